@@ -1,0 +1,82 @@
+//! Messages between nodes: the gossip payload and the request-response pairs.
+//!
+//! Membership messages are interpreted by p2p itself; `App` requests carry an
+//! opaque body for a named service that the node registers (health today,
+//! storage and updates later), so p2p stays ignorant of what they mean.
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::SignedRecord;
+
+/// Upper bound on the records in one exchange (and on the membership table).
+pub const MAX_MEMBERS: usize = 1024;
+/// Upper bound on a service name.
+pub const MAX_SERVICE_NAME: usize = 64;
+
+/// A record with how long ago the sender last saw it advance, so a receiver
+/// that has never heard of the node does not take an old record for a fresh
+/// one (and resurrect a dead node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgedRecord {
+    pub record: SignedRecord,
+    pub age_ms: u64,
+}
+
+/// What a node publishes on the membership topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GossipMessage {
+    /// The sender's own record, fresh off its heartbeat.
+    Heartbeat(SignedRecord),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Push-pull anti-entropy: here is my table, send me yours.
+    Exchange { records: Vec<AgedRecord> },
+    /// A record the receiver should merge at once (used when leaving).
+    Push { record: SignedRecord },
+    /// An application call for a named service.
+    App {
+        service: String,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Exchange { records: Vec<AgedRecord> },
+    Ack,
+    App {
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// The request was understood but refused or failed.
+    Error { message: String },
+}
+
+pub(crate) mod serde_bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
