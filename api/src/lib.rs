@@ -1,1 +1,99 @@
-//! placeholder
+//! plexi-api: the REST API every node serves (axum).
+//!
+//! Owns routing, bearer auth, the JSON error shape, request metrics and the
+//! OpenAPI document. It knows the cluster only through the [`Cluster`] trait,
+//! which the binary implements; it never sees libp2p or sled types.
+
+pub mod auth;
+pub mod error;
+pub mod model;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+pub use auth::{Caller, Role, TokenEntry, TokenSet};
+pub use error::ApiError;
+pub use routes::ApiDoc;
+
+/// What the API needs from the node. Implemented by the binary.
+#[async_trait::async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// The answering node's name.
+    fn local_node_id(&self) -> String;
+    fn version(&self) -> String;
+    /// Every known member, this node included.
+    fn nodes(&self) -> Vec<model::NodeView>;
+    /// Health of any member, asked of that member when it must come from it.
+    async fn node_health(&self, node_id: &str) -> Result<model::HealthReport, ApiError>;
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    status: u16,
+}
+
+/// Counters the API keeps in the node's registry.
+#[derive(Clone)]
+pub struct ApiMetrics {
+    requests: Family<HttpLabels, Counter>,
+}
+
+impl ApiMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "plexi_http_requests",
+            "HTTP requests served, by method and status",
+            requests.clone(),
+        );
+        ApiMetrics { requests }
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub cluster: Arc<dyn Cluster>,
+    pub tokens: Arc<TokenSet>,
+    pub registry: Arc<Registry>,
+    pub metrics: ApiMetrics,
+}
+
+async fn count_requests(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let res = next.run(req).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&HttpLabels {
+            method,
+            status: res.status().as_u16(),
+        })
+        .inc();
+    res
+}
+
+/// The whole API.
+pub fn router(state: ApiState) -> Router {
+    let protected = routes::protected()
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .route("/health", get(routes::liveness))
+        .route("/metrics", get(routes::metrics))
+        .route("/api/v1/openapi.json", get(routes::openapi))
+        .merge(protected)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}

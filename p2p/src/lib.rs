@@ -14,7 +14,7 @@ pub mod protocol;
 pub mod record;
 pub mod swarm;
 
-pub use libp2p::{identity::Keypair, Multiaddr, PeerId};
+pub use libp2p::{identity::Keypair, multiaddr, Multiaddr, PeerId};
 pub use membership::{MemberStatus, MemberView, Timings};
 pub use record::NodeState;
 pub use swarm::{spawn, AppHandler, LocalInfo, P2pConfig, P2pEvent, P2pHandle};

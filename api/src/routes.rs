@@ -1,0 +1,121 @@
+//! Handlers, each annotated for the OpenAPI document.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::model::{HealthCheck, HealthReport, Liveness, NodeList, NodeView};
+use crate::ApiState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "plexi", description = "Self-managing storage cluster: every node serves the whole API."),
+    paths(liveness, metrics, list_nodes, node_health),
+    components(schemas(ErrorBody, NodeList, NodeView, HealthReport, HealthCheck, Liveness)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub(crate) fn protected() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/clustering/nodes", get(list_nodes))
+        .route("/api/v1/clustering/nodes/{node_id}/health", get(node_health))
+}
+
+/// Liveness of the answering node. Needs no token.
+#[utoipa::path(get, path = "/health", security(()), responses((status = 200, body = Liveness)))]
+pub(crate) async fn liveness(State(state): State<ApiState>) -> Json<Liveness> {
+    Json(Liveness {
+        status: "ok".into(),
+        node_id: state.cluster.local_node_id(),
+        version: state.cluster.version(),
+    })
+}
+
+/// Metrics in the Prometheus/OpenMetrics text format. Needs no token.
+#[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &state.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics_encoding_failed",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// Every known node with its membership status.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clustering/nodes",
+    responses(
+        (status = 200, body = NodeList),
+        (status = 401, body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_nodes(State(state): State<ApiState>) -> Json<NodeList> {
+    Json(NodeList {
+        nodes: state.cluster.nodes(),
+    })
+}
+
+/// A node's health checks, answered by any node about any node.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clustering/nodes/{node_id}/health",
+    params(("node_id" = String, Path, description = "The node's name or peer id")),
+    responses(
+        (status = 200, body = HealthReport),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(crate) async fn node_health(
+    State(state): State<ApiState>,
+    Path(node_id): Path<String>,
+) -> Result<Json<HealthReport>, ApiError> {
+    state.cluster.node_health(&node_id).await.map(Json)
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
+}

@@ -1,0 +1,451 @@
+//! `config/clustering.yml`: every key of the spec with its default, a `node:`
+//! section, and our `membership:` timings. Unknown keys, wrong types and
+//! out-of-range values are rejected with a message naming the key and the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem; the node exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub cluster_updates: ClusterUpdates,
+    pub distributed_storage: DistributedStorage,
+    pub node: NodeSection,
+    pub membership: MembershipSection,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterUpdates {
+    pub max_concurrent_updates: u32,
+    pub rolling_update_delay_seconds: u64,
+    pub health_check_timeout_seconds: u64,
+    pub rollback_timeout_seconds: u64,
+    pub maintenance_mode_timeout_seconds: u64,
+    pub auto_rollback_on_failure: bool,
+    pub backup_before_update: bool,
+    /// Hex ed25519 public keys whose signed releases this cluster runs.
+    pub release_public_keys: Vec<String>,
+}
+
+impl Default for ClusterUpdates {
+    fn default() -> Self {
+        ClusterUpdates {
+            max_concurrent_updates: 3,
+            rolling_update_delay_seconds: 30,
+            health_check_timeout_seconds: 60,
+            rollback_timeout_seconds: 300,
+            maintenance_mode_timeout_seconds: 600,
+            auto_rollback_on_failure: true,
+            backup_before_update: true,
+            release_public_keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsistencyLevel {
+    Strong,
+    Eventual,
+    Weak,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageStrategy {
+    LoadBalanced,
+    PerformanceOptimized,
+    RedundancyFocused,
+    Geographic,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedStorage {
+    pub default_replication_factor: u32,
+    pub max_replication_factor: u32,
+    pub consistency_level: ConsistencyLevel,
+    pub storage_strategy: StorageStrategy,
+    pub auto_rebalance: bool,
+    pub cleanup_interval_hours: f64,
+    pub health_check_interval_seconds: f64,
+    pub max_node_usage_percentage: f64,
+    pub rereplication_delay_seconds: u64,
+}
+
+impl Default for DistributedStorage {
+    fn default() -> Self {
+        DistributedStorage {
+            default_replication_factor: 3,
+            max_replication_factor: 5,
+            consistency_level: ConsistencyLevel::Eventual,
+            storage_strategy: StorageStrategy::LoadBalanced,
+            auto_rebalance: true,
+            cleanup_interval_hours: 24.0,
+            health_check_interval_seconds: 60.0,
+            max_node_usage_percentage: 85.0,
+            rereplication_delay_seconds: 300,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    Admin,
+    Read,
+}
+
+/// A named API token, stored as the blake3 hash (hex) of the token.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub role: TokenRole,
+    pub blake3: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    pub name: Option<String>,
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub api: String,
+    pub bootstrap: Vec<String>,
+    pub region: String,
+    pub zone: String,
+    /// Capacity offered to the cluster; by default the free space of the
+    /// data dir's file system at start.
+    pub capacity_gb: Option<f64>,
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            name: None,
+            data_dir: PathBuf::from("plexi-data"),
+            listen: "/ip4/0.0.0.0/tcp/7000".into(),
+            api: "0.0.0.0:8080".into(),
+            bootstrap: Vec::new(),
+            region: "default".into(),
+            zone: "default".into(),
+            capacity_gb: None,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// Membership and failure-detection timings (our addition; tests shrink them).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipSection {
+    pub heartbeat_interval_ms: u64,
+    pub exchange_interval_ms: u64,
+    pub suspect_after_ms: u64,
+    pub dead_after_ms: u64,
+    pub forget_after_seconds: u64,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for MembershipSection {
+    fn default() -> Self {
+        MembershipSection {
+            heartbeat_interval_ms: 1_000,
+            exchange_interval_ms: 1_000,
+            suspect_after_ms: 3_000,
+            dead_after_ms: 6_000,
+            forget_after_seconds: 24 * 3600,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Overrides from the command line; `None` keeps the file's value.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub api: Option<String>,
+    pub bootstrap: Vec<String>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub capacity_gb: Option<f64>,
+}
+
+/// The default config file, read when it exists and no `--config` is given.
+pub const DEFAULT_PATH: &str = "config/clustering.yml";
+
+impl Config {
+    /// Loads `explicit` (which must exist), else the default path if present,
+    /// else the embedded defaults; applies `overrides`; validates.
+    pub fn load(explicit: Option<&Path>, overrides: &Overrides) -> Result<(Config, String), ConfigError> {
+        let (mut config, file) = match explicit {
+            Some(path) => (Self::read(path)?, path.display().to_string()),
+            None if Path::new(DEFAULT_PATH).exists() => {
+                (Self::read(Path::new(DEFAULT_PATH))?, DEFAULT_PATH.to_string())
+            }
+            None => (Config::default(), "(built-in defaults)".to_string()),
+        };
+        config.apply(overrides);
+        config.validate().map_err(|message| ConfigError {
+            file: file.clone(),
+            message,
+        })?;
+        Ok((config, file))
+    }
+
+    fn read(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError { file, message })
+    }
+
+    /// Parses YAML text; an empty file is the defaults.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        let n = &mut self.node;
+        if let Some(v) = &o.data_dir {
+            n.data_dir = v.clone();
+        }
+        if let Some(v) = &o.name {
+            n.name = Some(v.clone());
+        }
+        if let Some(v) = &o.listen {
+            n.listen = v.clone();
+        }
+        if let Some(v) = &o.api {
+            n.api = v.clone();
+        }
+        if !o.bootstrap.is_empty() {
+            n.bootstrap = o.bootstrap.clone();
+        }
+        if let Some(v) = &o.region {
+            n.region = v.clone();
+        }
+        if let Some(v) = &o.zone {
+            n.zone = v.clone();
+        }
+        if o.capacity_gb.is_some() {
+            n.capacity_gb = o.capacity_gb;
+        }
+    }
+
+    /// Range and format checks; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        fn range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) -> Result<(), String> {
+            if v < lo || v > hi {
+                return Err(format!("{key} = {v} is out of range: must be between {lo} and {hi}"));
+            }
+            Ok(())
+        }
+        let u = &self.cluster_updates;
+        range("cluster_updates.max_concurrent_updates", u.max_concurrent_updates, 1, 1024)?;
+        range("cluster_updates.rolling_update_delay_seconds", u.rolling_update_delay_seconds, 0, 86_400)?;
+        range("cluster_updates.health_check_timeout_seconds", u.health_check_timeout_seconds, 1, 86_400)?;
+        range("cluster_updates.rollback_timeout_seconds", u.rollback_timeout_seconds, 1, 86_400)?;
+        range(
+            "cluster_updates.maintenance_mode_timeout_seconds",
+            u.maintenance_mode_timeout_seconds,
+            1,
+            7 * 86_400,
+        )?;
+        for (i, key) in u.release_public_keys.iter().enumerate() {
+            if key.len() != 64 || hex::decode(key).is_err() {
+                return Err(format!(
+                    "cluster_updates.release_public_keys[{i}] is not a 64-character hex ed25519 public key"
+                ));
+            }
+        }
+
+        let s = &self.distributed_storage;
+        range("distributed_storage.max_replication_factor", s.max_replication_factor, 1, 16)?;
+        if s.default_replication_factor < 1 || s.default_replication_factor > s.max_replication_factor {
+            return Err(format!(
+                "distributed_storage.default_replication_factor = {} is out of range: must be between 1 and max_replication_factor ({})",
+                s.default_replication_factor, s.max_replication_factor
+            ));
+        }
+        positive("distributed_storage.cleanup_interval_hours", s.cleanup_interval_hours)?;
+        positive("distributed_storage.health_check_interval_seconds", s.health_check_interval_seconds)?;
+        range("distributed_storage.max_node_usage_percentage", s.max_node_usage_percentage, 1.0, 100.0)?;
+        range("distributed_storage.rereplication_delay_seconds", s.rereplication_delay_seconds, 0, 30 * 86_400)?;
+
+        let n = &self.node;
+        if let Some(name) = &n.name {
+            valid_name("node.name", name)?;
+        }
+        if n.data_dir.as_os_str().is_empty() {
+            return Err("node.data_dir must not be empty".into());
+        }
+        n.listen
+            .parse::<plexi_p2p::Multiaddr>()
+            .map_err(|e| format!("node.listen = {:?} is not a multiaddr: {e}", n.listen))?;
+        n.api
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("node.api = {:?} is not ADDR:PORT: {e}", n.api))?;
+        for (i, b) in n.bootstrap.iter().enumerate() {
+            b.parse::<plexi_p2p::Multiaddr>()
+                .map_err(|e| format!("node.bootstrap[{i}] = {b:?} is not a multiaddr: {e}"))?;
+        }
+        valid_name("node.region", &n.region)?;
+        valid_name("node.zone", &n.zone)?;
+        if let Some(c) = n.capacity_gb {
+            positive("node.capacity_gb", c)?;
+        }
+        for (i, t) in n.tokens.iter().enumerate() {
+            valid_name(&format!("node.tokens[{i}].name"), &t.name)?;
+            if blake3::Hash::from_hex(&t.blake3).is_err() {
+                return Err(format!("node.tokens[{i}].blake3 is not a 64-character hex blake3 hash"));
+            }
+        }
+
+        let m = &self.membership;
+        range("membership.heartbeat_interval_ms", m.heartbeat_interval_ms, 50, 60_000)?;
+        range("membership.exchange_interval_ms", m.exchange_interval_ms, 50, 600_000)?;
+        range("membership.request_timeout_ms", m.request_timeout_ms, 100, 600_000)?;
+        if m.suspect_after_ms < 2 * m.heartbeat_interval_ms {
+            return Err(format!(
+                "membership.suspect_after_ms = {} must be at least twice membership.heartbeat_interval_ms ({})",
+                m.suspect_after_ms, m.heartbeat_interval_ms
+            ));
+        }
+        if m.dead_after_ms < m.suspect_after_ms {
+            return Err(format!(
+                "membership.dead_after_ms = {} must be at least membership.suspect_after_ms ({})",
+                m.dead_after_ms, m.suspect_after_ms
+            ));
+        }
+        if m.forget_after_seconds * 1000 < m.dead_after_ms {
+            return Err("membership.forget_after_seconds must be longer than membership.dead_after_ms".into());
+        }
+        Ok(())
+    }
+}
+
+fn positive(key: &str, v: f64) -> Result<(), String> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("{key} = {v} must be a positive number"));
+    }
+    Ok(())
+}
+
+/// Names, regions and zones: 1-64 chars of [A-Za-z0-9._-].
+fn valid_name(key: &str, v: &str) -> Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        return Err(format!(
+            "{key} = {v:?} must be 1-64 characters of letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_EXAMPLE: &str = r#"
+cluster_updates:
+  max_concurrent_updates: 3
+  rolling_update_delay_seconds: 30
+  health_check_timeout_seconds: 60
+  rollback_timeout_seconds: 300
+  maintenance_mode_timeout_seconds: 600
+  auto_rollback_on_failure: true
+  backup_before_update: true
+distributed_storage:
+  default_replication_factor: 3
+  max_replication_factor: 5
+  consistency_level: "eventual"
+  storage_strategy: "load_balanced"
+  auto_rebalance: true
+  cleanup_interval_hours: 24
+  health_check_interval_seconds: 60
+  max_node_usage_percentage: 85
+  rereplication_delay_seconds: 300
+"#;
+
+    #[test]
+    fn spec_example_equals_defaults() {
+        let c = Config::parse(SPEC_EXAMPLE).unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("cluster_updates:\n  max_concurent_updates: 3\n").unwrap_err();
+        assert!(err.contains("max_concurent_updates"), "{err}");
+        let err = Config::parse("nodes:\n  name: x\n").unwrap_err();
+        assert!(err.contains("nodes"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::parse("distributed_storage:\n  max_replication_factor: lots\n").unwrap_err();
+        assert!(err.contains("max_replication_factor"), "{err}");
+        let err = Config::parse("distributed_storage:\n  consistency_level: sometimes\n").unwrap_err();
+        assert!(err.contains("consistency_level") || err.contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_is_named() {
+        let mut c = Config::default();
+        c.distributed_storage.default_replication_factor = 9;
+        assert!(c.validate().unwrap_err().contains("distributed_storage.default_replication_factor"));
+        let mut c = Config::default();
+        c.distributed_storage.max_node_usage_percentage = 120.0;
+        assert!(c.validate().unwrap_err().contains("max_node_usage_percentage"));
+        let mut c = Config::default();
+        c.membership.dead_after_ms = 100;
+        assert!(c.validate().unwrap_err().contains("membership.dead_after_ms"));
+        let mut c = Config::default();
+        c.node.listen = "tcp://nope".into();
+        assert!(c.validate().unwrap_err().contains("node.listen"));
+        let mut c = Config::default();
+        c.node.name = Some("bad name".into());
+        assert!(c.validate().unwrap_err().contains("node.name"));
+        let mut c = Config::default();
+        c.cluster_updates.release_public_keys = vec!["abc".into()];
+        assert!(c.validate().unwrap_err().contains("release_public_keys[0]"));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let mut c = Config::parse("node:\n  region: eu\n  zone: a\n").unwrap();
+        c.apply(&Overrides {
+            zone: Some("b".into()),
+            ..Default::default()
+        });
+        assert_eq!((c.node.region.as_str(), c.node.zone.as_str()), ("eu", "b"));
+    }
+}

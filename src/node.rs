@@ -1,0 +1,550 @@
+//! `plexi node`: wires one node together. Opens the data dir (identity,
+//! store, tokens), starts the p2p swarm and the REST API, keeps the node's own
+//! record current, answers peers' application calls, and leaves the cluster
+//! gracefully on SIGTERM/SIGINT.
+//!
+//! Data dir layout: `identity.key` (libp2p keypair), `store/` (sled),
+//! `admin.token` (when generated), `node.json` (runtime addresses, rewritten
+//! at every start).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use plexi_api::model::{HealthCheck, HealthReport, NodeView};
+use plexi_api::{ApiError, ApiMetrics, ApiState, Cluster};
+use plexi_p2p::codec::{decode_cbor, encode_cbor};
+use plexi_p2p::{LocalInfo, MemberStatus, MemberView, Multiaddr, P2pConfig, P2pEvent, P2pHandle, PeerId, Timings};
+use plexi_store::NodeStore;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError, Overrides};
+use crate::health::{disk_check, fs_space, GIB};
+
+/// The compiled-in version (see build.rs).
+pub const VERSION: &str = env!("PLEXI_VERSION");
+
+/// The application service name for health calls between nodes.
+const HEALTH_SERVICE: &str = "health";
+/// Bound on graceful HTTP shutdown.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("configuration error: {0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Startup(String),
+}
+
+fn startup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> NodeError + '_ {
+    move |e| NodeError::Startup(format!("{what}: {e}"))
+}
+
+/// One running node: what the API and peers ask about.
+pub struct Node {
+    name: String,
+    peer_id: PeerId,
+    region: String,
+    zone: String,
+    store: Arc<NodeStore>,
+    data_dir: PathBuf,
+    started: Instant,
+    p2p: OnceLock<P2pHandle>,
+}
+
+impl Node {
+    fn p2p(&self) -> &P2pHandle {
+        self.p2p.get().expect("p2p is started before the API and peers are served")
+    }
+
+    /// Runs the local checks (blocking I/O goes to the blocking pool).
+    async fn local_health(self: &Arc<Self>) -> HealthReport {
+        let node = self.clone();
+        let (store_check, disk) = tokio::task::spawn_blocking(move || {
+            let store = match node.store.probe() {
+                Ok(d) => HealthCheck {
+                    name: "store".into(),
+                    ok: true,
+                    detail: format!("write+flush in {:.1} ms", d.as_secs_f64() * 1000.0),
+                },
+                Err(e) => HealthCheck {
+                    name: "store".into(),
+                    ok: false,
+                    detail: e.to_string(),
+                },
+            };
+            (store, disk_check(&node.data_dir))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            let failed = |name: &str| HealthCheck {
+                name: name.into(),
+                ok: false,
+                detail: format!("check panicked: {e}"),
+            };
+            (failed("store"), failed("disk_space"))
+        });
+
+        let members = self.p2p().members();
+        let others: Vec<&MemberView> = members
+            .iter()
+            .filter(|m| m.record.state.peer_id != self.peer_id.to_string())
+            .collect();
+        let alive = others.iter().filter(|m| m.status == MemberStatus::Alive).count();
+        let expected = others
+            .iter()
+            .filter(|m| matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect | MemberStatus::Dead))
+            .count();
+        let peers = HealthCheck {
+            name: "peers".into(),
+            // A lone node is healthy; a member that sees none of its peers is not.
+            ok: expected == 0 || alive > 0,
+            detail: format!("{alive} of {expected} other members alive"),
+        };
+        let checks = vec![store_check, disk, peers];
+        HealthReport {
+            node_id: self.name.clone(),
+            peer_id: self.peer_id.to_string(),
+            version: VERSION.into(),
+            status: MemberStatus::Alive.as_str().into(),
+            healthy: checks.iter().all(|c| c.ok),
+            checks,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            checked_at: rfc3339(SystemTime::now()),
+            source: "local".into(),
+        }
+    }
+
+    /// Finds a member by name or peer id. With several records under one
+    /// name (a node rebuilt with a new identity), the liveliest wins.
+    fn find(&self, node_id: &str) -> Option<MemberView> {
+        self.p2p()
+            .members()
+            .into_iter()
+            .filter(|m| m.record.state.name == node_id || m.record.state.peer_id == node_id)
+            .min_by_key(|m| (m.status, m.silent_ms))
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn gb(bytes: u64) -> f64 {
+    (bytes as f64 / GIB * 1000.0).round() / 1000.0
+}
+
+fn node_view(m: &MemberView, local: &str) -> NodeView {
+    let s = &m.record.state;
+    let seen = SystemTime::now()
+        .checked_sub(Duration::from_millis(m.silent_ms))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    NodeView {
+        node_id: s.name.clone(),
+        peer_id: s.peer_id.clone(),
+        status: m.status.as_str().into(),
+        version: s.version.clone(),
+        region: s.region.clone(),
+        zone: s.zone.clone(),
+        addresses: s.listen_addresses.clone(),
+        api_address: s.api_address.clone(),
+        incarnation: s.incarnation,
+        last_heartbeat: rfc3339(seen),
+        last_heartbeat_age_ms: m.silent_ms,
+        total_capacity_gb: gb(s.capacity_bytes),
+        used_capacity_gb: gb(s.used_bytes),
+        object_count: s.object_count,
+        is_healthy: s.healthy && m.status == MemberStatus::Alive,
+        is_local: s.peer_id == local,
+    }
+}
+
+/// The API's view of the node.
+struct NodeApi(Arc<Node>);
+
+impl std::ops::Deref for NodeApi {
+    type Target = Arc<Node>;
+    fn deref(&self) -> &Arc<Node> {
+        &self.0
+    }
+}
+
+#[async_trait::async_trait]
+impl Cluster for NodeApi {
+    fn local_node_id(&self) -> String {
+        self.name.clone()
+    }
+
+    fn version(&self) -> String {
+        VERSION.into()
+    }
+
+    fn nodes(&self) -> Vec<NodeView> {
+        let local = self.peer_id.to_string();
+        let mut nodes: Vec<NodeView> = self.p2p().members().iter().map(|m| node_view(m, &local)).collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id).then(a.peer_id.cmp(&b.peer_id)));
+        nodes
+    }
+
+    async fn node_health(&self, node_id: &str) -> Result<HealthReport, ApiError> {
+        let member = self
+            .find(node_id)
+            .ok_or_else(|| ApiError::not_found(format!("no node named {node_id:?} is known to this node")))?;
+        let state = &member.record.state;
+        if state.peer_id == self.peer_id.to_string() {
+            return Ok(self.local_health().await);
+        }
+        let unreachable = |detail: String| HealthReport {
+            node_id: state.name.clone(),
+            peer_id: state.peer_id.clone(),
+            version: state.version.clone(),
+            status: member.status.as_str().into(),
+            healthy: false,
+            checks: vec![HealthCheck {
+                name: "reachable".into(),
+                ok: false,
+                detail,
+            }],
+            uptime_seconds: 0,
+            checked_at: rfc3339(SystemTime::now()),
+            source: "membership".into(),
+        };
+        if matches!(member.status, MemberStatus::Dead | MemberStatus::Left) {
+            return Ok(unreachable(format!(
+                "node is {}: no heartbeat for {:.1} s",
+                member.status.as_str(),
+                member.silent_ms as f64 / 1000.0
+            )));
+        }
+        let peer: PeerId = state
+            .peer_id
+            .parse()
+            .map_err(|_| ApiError::not_found("member has an invalid peer id"))?;
+        match self.p2p().request(peer, HEALTH_SERVICE, Vec::new()).await {
+            Ok(bytes) => match decode_cbor::<HealthReport>(&bytes) {
+                Ok(mut report) => {
+                    report.status = member.status.as_str().into();
+                    report.source = "peer".into();
+                    Ok(report)
+                }
+                Err(e) => Ok(unreachable(format!("node answered with an undecodable report: {e}"))),
+            },
+            Err(e) => Ok(unreachable(format!("node did not answer: {e}"))),
+        }
+    }
+}
+
+/// Serves peers' application calls.
+struct Rpc(Arc<Node>);
+
+#[async_trait::async_trait]
+impl plexi_p2p::AppHandler for Rpc {
+    async fn handle(&self, peer: PeerId, service: String, _body: Vec<u8>) -> Result<Vec<u8>, String> {
+        match service.as_str() {
+            HEALTH_SERVICE => encode_cbor(&self.0.local_health().await).map_err(|e| e.to_string()),
+            other => {
+                tracing::warn!(%peer, service = other, "call for an unknown service dropped");
+                Err(format!("unknown service {other:?}"))
+            }
+        }
+    }
+}
+
+/// Written to `DATA_DIR/node.json` once the node serves; read by the testnet
+/// scripts and the process tests.
+#[derive(Serialize)]
+struct RuntimeInfo<'a> {
+    node_id: &'a str,
+    peer_id: String,
+    pid: u32,
+    version: &'a str,
+    api_address: String,
+    p2p_addresses: Vec<String>,
+}
+
+/// The address other nodes and clients should use for our API.
+fn advertised_api(bound: SocketAddr, listen: &[String]) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let ip = listen
+        .iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .find_map(|a| {
+            a.iter().find_map(|p| match p {
+                plexi_p2p::multiaddr::Protocol::Ip4(ip) if !ip.is_loopback() => Some(ip),
+                _ => None,
+            })
+        })
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    format!("{ip}:{}", bound.port())
+}
+
+fn default_name(peer: &PeerId) -> String {
+    let s = peer.to_string();
+    format!("node-{}", &s[s.len().saturating_sub(8)..])
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), NodeError> {
+    let (config, config_file) = Config::load(config_path.as_deref(), &overrides)?;
+    let n = &config.node;
+    let data_dir = n.data_dir.clone();
+    create_private_dir(&data_dir).map_err(startup(&format!("data dir {}", data_dir.display())))?;
+
+    let keypair = plexi_p2p::identity::load_or_create(&data_dir.join("identity.key")).map_err(startup("identity"))?;
+    let peer_id = keypair.public().to_peer_id();
+    let store = Arc::new(NodeStore::open(&data_dir.join("store")).map_err(startup("store"))?);
+    let incarnation = store.next_incarnation().map_err(startup("store"))?;
+    let name = n.name.clone().unwrap_or_else(|| default_name(&peer_id));
+
+    let (tokens, generated) = crate::tokens::resolve(
+        &config,
+        &data_dir,
+        std::env::var("PLEXI_ADMIN_TOKEN").ok(),
+        std::env::var("PLEXI_READ_TOKEN").ok(),
+    )
+    .map_err(startup("tokens"))?;
+    if let Some(path) = &generated {
+        tracing::info!(path = %path.display(), "no admin token configured; using the generated one in this file");
+    }
+
+    let capacity_bytes = match n.capacity_gb {
+        Some(gb) => (gb * GIB) as u64,
+        None => fs_space(&data_dir).map(|(_, avail)| avail).unwrap_or(0),
+    };
+
+    let api_addr: SocketAddr = n.api.parse().expect("validated");
+    let listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .map_err(startup(&format!("API address {api_addr}")))?;
+    let api_bound = listener.local_addr().map_err(startup("API address"))?;
+
+    let mut registry = Registry::default();
+    let api_metrics = ApiMetrics::register(&mut registry);
+    let uptime = Gauge::<i64>::default();
+    registry.register("plexi_node_incarnation", "The node's current incarnation", {
+        let g = Gauge::<i64>::default();
+        g.set(incarnation as i64);
+        g
+    });
+    registry.register("plexi_node_uptime_seconds", "Seconds since the node started", uptime.clone());
+
+    let node = Arc::new(Node {
+        name: name.clone(),
+        peer_id,
+        region: n.region.clone(),
+        zone: n.zone.clone(),
+        store: store.clone(),
+        data_dir: data_dir.clone(),
+        started: Instant::now(),
+        p2p: OnceLock::new(),
+    });
+
+    let first_info = LocalInfo {
+        name: name.clone(),
+        version: VERSION.into(),
+        region: node.region.clone(),
+        zone: node.zone.clone(),
+        capacity_bytes,
+        used_bytes: 0,
+        object_count: 0,
+        healthy: true,
+        api_address: api_bound.to_string(),
+    };
+    let (info_tx, info_rx) = watch::channel(first_info.clone());
+
+    let m = &config.membership;
+    let p2p_config = P2pConfig {
+        keypair,
+        listen: vec![n.listen.parse().expect("validated")],
+        bootstrap: n.bootstrap.iter().map(|b| b.parse().expect("validated")).collect(),
+        incarnation,
+        timings: Timings {
+            suspect_after_ms: m.suspect_after_ms,
+            dead_after_ms: m.dead_after_ms,
+            forget_after_ms: m.forget_after_seconds * 1000,
+        },
+        heartbeat_interval: Duration::from_millis(m.heartbeat_interval_ms),
+        exchange_interval: Duration::from_millis(m.exchange_interval_ms),
+        request_timeout: Duration::from_millis(m.request_timeout_ms),
+    };
+    let (p2p, _swarm_task) = plexi_p2p::spawn(p2p_config, info_rx, Arc::new(Rpc(node.clone())), &mut registry)
+        .await
+        .map_err(startup("p2p"))?;
+    node.p2p.set(p2p.clone()).ok().expect("set once");
+
+    tracing::info!(
+        node_id = %name,
+        %peer_id,
+        version = VERSION,
+        incarnation,
+        config = %config_file,
+        data_dir = %data_dir.display(),
+        api = %api_bound,
+        "node starting"
+    );
+
+    // Persist incarnation bumps; log membership changes (done in p2p).
+    {
+        let mut events = p2p.subscribe();
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(P2pEvent::IncarnationBumped(inc)) => {
+                        let store = store.clone();
+                        let res = tokio::task::spawn_blocking(move || store.raise_incarnation(inc)).await;
+                        if !matches!(res, Ok(Ok(_))) {
+                            tracing::error!(incarnation = inc, "failed to persist incarnation");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    // Keep the node's own record current: usage, health, advertised API.
+    {
+        let node = node.clone();
+        let interval = Duration::from_secs_f64(config.distributed_storage.health_check_interval_seconds.min(10.0));
+        let uptime = uptime.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let report = node.local_health().await;
+                let used = node.store.size_on_disk().unwrap_or(0);
+                let listen = node
+                    .p2p()
+                    .members()
+                    .into_iter()
+                    .find(|m| m.record.state.peer_id == node.peer_id.to_string())
+                    .map(|m| m.record.state.listen_addresses)
+                    .unwrap_or_default();
+                let info = LocalInfo {
+                    api_address: advertised_api(api_bound, &listen),
+                    used_bytes: used,
+                    healthy: report.healthy,
+                    ..first_info.clone()
+                };
+                info_tx.send_if_modified(|cur| {
+                    let changed = *cur != info;
+                    *cur = info;
+                    changed
+                });
+                uptime.set(node.started.elapsed().as_secs() as i64);
+            }
+        });
+    }
+
+    // Write node.json once the swarm reports its listen addresses.
+    {
+        let node = node.clone();
+        let data_dir = data_dir.clone();
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                let own = node
+                    .p2p()
+                    .members()
+                    .into_iter()
+                    .find(|m| m.record.state.peer_id == node.peer_id.to_string());
+                let listen = own.map(|m| m.record.state.listen_addresses).unwrap_or_default();
+                if !listen.is_empty() {
+                    let info = RuntimeInfo {
+                        node_id: &node.name,
+                        peer_id: node.peer_id.to_string(),
+                        pid: std::process::id(),
+                        version: VERSION,
+                        api_address: advertised_api(api_bound, &listen),
+                        p2p_addresses: listen,
+                    };
+                    let path = data_dir.join("node.json");
+                    let tmp = data_dir.join("node.json.tmp");
+                    let text = serde_json::to_string_pretty(&info).expect("serializable");
+                    if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
+                        tracing::warn!(path = %path.display(), "cannot write runtime info");
+                    }
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::warn!("no listen address after 5 s; node.json not written");
+        });
+    }
+
+    let state = ApiState {
+        cluster: Arc::new(NodeApi(node.clone())),
+        tokens: Arc::new(tokens),
+        registry: Arc::new(registry),
+        metrics: api_metrics,
+    };
+    let app = plexi_api::router(state);
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.changed().await;
+            })
+            .await
+    });
+
+    shutdown_signal().await;
+    p2p.leave().await;
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(HTTP_DRAIN, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server error during shutdown"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+        Err(_) => tracing::warn!("HTTP drain timed out"),
+    }
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertises_a_routable_api_address() {
+        let bound: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(
+            advertised_api(bound, &["/ip4/127.0.0.1/tcp/7000".into(), "/ip4/10.1.2.3/tcp/7000".into()]),
+            "10.1.2.3:8080"
+        );
+        assert_eq!(advertised_api(bound, &[]), "127.0.0.1:8080");
+        let bound: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        assert_eq!(advertised_api(bound, &[]), "127.0.0.1:9000");
+    }
+}
