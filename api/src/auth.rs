@@ -86,6 +86,9 @@ pub async fn require_token(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    if crate::PUBLIC_PATHS.contains(&req.uri().path()) {
+        return Ok(next.run(req).await);
+    }
     let needed = if matches!(*req.method(), Method::GET | Method::HEAD) {
         Role::Read
     } else {

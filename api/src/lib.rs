@@ -83,17 +83,21 @@ async fn count_requests(State(state): State<ApiState>, req: Request, next: Next)
     res
 }
 
-/// The whole API.
+/// Paths served without a token.
+pub const PUBLIC_PATHS: [&str; 3] = ["/health", "/metrics", "/api/v1/openapi.json"];
+
+/// The whole API. Auth wraps every route (matched or not) except
+/// [`PUBLIC_PATHS`], so a read token is refused any change with 403 before
+/// routing, and an unknown path reveals nothing without a token.
 pub fn router(state: ApiState) -> Router {
-    let protected = routes::protected()
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/health", get(routes::liveness))
         .route("/metrics", get(routes::metrics))
         .route("/api/v1/openapi.json", get(routes::openapi))
-        .merge(protected)
+        .merge(routes::protected())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }

@@ -1,0 +1,520 @@
+#!/usr/bin/env bash
+# testnet/bench-membership.sh: benchmark (not a test) of plexi cluster membership
+# on loopback. It measures
+#   (a) convergence: clusters of 3, 5, 10 and 20 nodes started as a chain (node I
+#       bootstraps only from node I-1, all launched back to back); the time from
+#       launching the last node (and from launching the first) until every node's
+#       API lists all N nodes alive;
+#   (b) failure detection: in a 5-node cluster one node (node3, the middle of the
+#       chain) is killed with SIGKILL; the time until node1 reports it suspect and
+#       dead, and until every survivor reports it dead (default timings);
+#   (c) idle footprint: VmRSS (from /proc/PID/status) of every node after
+#       BENCH_IDLE_SECONDS of idling in the 5- and 20-node clusters, and the CPU
+#       each node used over that idle window.
+# Each measurement is repeated BENCH_RUNS times; min/median/max are reported in a
+# markdown table (machine, commit, binary) ready for docs/BENCHMARKS.md.
+#
+# Nodes run with no config file (built-in default timings), from a temp dir, on
+# ports derived from BENCH_BASE_PORT (checked free), with a random admin token.
+# Every process it starts is recorded and killed by that pid on exit.
+# Polling: one `curl --parallel` round over every node's
+# /api/v1/clustering/nodes about every 50 ms, parsed by python3; a figure is the
+# time at which the round that first saw the condition had completed.
+#
+# Environment:
+#   PROFILE             debug (default) or release    PLEXI_BIN  skip the build
+#   BENCH_BASE_PORT     default 27000                 BENCH_RUNS default 3
+#   BENCH_SIZES         default "3 5 10 20"           BENCH_IDLE_SECONDS default 10
+#   BENCH_TIMEOUT       seconds to wait for one condition (default 120)
+#   BENCH_KEEP=1        keep the temp dir (logs) at the end
+set -euo pipefail
+
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$script_dir/.." && pwd)
+
+case "${1:-}" in
+    "") ;;
+    -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench-membership.sh: takes no arguments (see --help)" >&2; exit 2 ;;
+esac
+
+PROFILE=${PROFILE:-debug}
+BENCH_BASE_PORT=${BENCH_BASE_PORT:-27000}
+BENCH_RUNS=${BENCH_RUNS:-3}
+BENCH_SIZES=${BENCH_SIZES:-3 5 10 20}
+BENCH_IDLE_SECONDS=${BENCH_IDLE_SECONDS:-10}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
+RSS_SIZES=" 5 20 " # cluster sizes whose idle footprint is measured
+FAIL_SIZE=5        # cluster size of the failure-detection runs
+FAIL_VICTIM=3      # which node is killed
+POLL_SLEEP=0.05
+
+die() {
+    echo "bench-membership.sh: $*" >&2
+    exit 1
+}
+
+for v in BENCH_BASE_PORT BENCH_RUNS BENCH_IDLE_SECONDS BENCH_TIMEOUT; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer"
+done
+((BENCH_RUNS >= 1)) || die "BENCH_RUNS must be at least 1"
+for s in $BENCH_SIZES; do
+    if ! [[ $s =~ ^[0-9]+$ ]] || ((s < 2 || s > 49)); then
+        die "BENCH_SIZES: sizes must be 2..49, got '$s'"
+    fi
+done
+for tool in curl python3; do
+    command -v "$tool" >/dev/null || die "$tool is required"
+done
+[[ -r /proc/self/status ]] || die "needs Linux /proc"
+
+# ---- the binary
+if [[ -n ${PLEXI_BIN:-} ]]; then
+    bin=$PLEXI_BIN
+    [[ -x $bin ]] || die "PLEXI_BIN is not an executable: $bin"
+    bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
+    profile_label="PLEXI_BIN"
+else
+    case $PROFILE in
+        debug) build_args=() ;;
+        release) build_args=(--release) ;;
+        *) die "PROFILE must be debug or release, got '$PROFILE'" ;;
+    esac
+    echo "building plexi ($PROFILE)..." >&2
+    (cd "$repo" && cargo build "${build_args[@]}") >&2
+    bin=${CARGO_TARGET_DIR:-$repo/target}/$PROFILE/plexi
+    [[ -x $bin ]] || die "build produced no binary at $bin"
+    profile_label=$PROFILE
+fi
+
+# ---- bookkeeping and cleanup
+work=$(mktemp -d "${TMPDIR:-/tmp}/plexi-bench.XXXXXX")
+results=$work/results.tsv # kind <TAB> size <TAB> value
+: >"$results"
+all_pids=() # every node process this script started
+token=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+
+# True when PID is alive and still one of our nodes (its command line names a
+# data dir under $work), so a reused pid is never signalled.
+is_ours() {
+    local pid=$1
+    kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^$work/"
+}
+
+cleanup() {
+    local pid t any
+    trap - EXIT INT TERM
+    for pid in "${all_pids[@]}"; do
+        if is_ours "$pid"; then kill -TERM "$pid" 2>/dev/null || true; fi
+    done
+    for ((t = 0; t < 100; t++)); do
+        any=false
+        for pid in "${all_pids[@]}"; do
+            if is_ours "$pid"; then any=true; fi
+        done
+        $any || break
+        sleep 0.1
+    done
+    for pid in "${all_pids[@]}"; do
+        if is_ours "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
+    for pid in "${all_pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
+        echo "kept $work" >&2
+    else
+        rm -rf -- "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+NOW_MS=0
+now_ms() { # sets NOW_MS (wall clock, milliseconds, no subshell)
+    local t=${EPOCHREALTIME/[.,]/}
+    NOW_MS=$((10#$t / 1000))
+}
+
+# ---- ports: one block of 100 per cluster, p2p at +1.., API at +51..
+next_block=0
+P2P_BASE=0
+API_BASE=0
+alloc_ports() { # N
+    local n=$1 tries p base busy
+    for ((tries = 0; tries < 200; tries++)); do
+        base=$((BENCH_BASE_PORT + next_block * 100))
+        next_block=$((next_block + 1))
+        ((base + 100 <= 65535)) || break
+        local ports=()
+        for ((p = 1; p <= n; p++)); do ports+=($((base + p)) $((base + 50 + p))); done
+        busy=$(python3 - "${ports[@]}" <<'PY'
+import socket, sys
+for p in sys.argv[1:]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", int(p)))
+    except OSError:
+        print(p)
+        break
+    finally:
+        s.close()
+PY
+)
+        if [[ -z $busy ]]; then
+            P2P_BASE=$base
+            API_BASE=$((base + 50))
+            return 0
+        fi
+    done
+    die "no free port block from $BENCH_BASE_PORT on"
+}
+
+# ---- clusters
+REGIONS=(eu-west us-east ap-south)
+C_DIR=""
+C_PIDS=()
+C_APIS=()
+T_FIRST=0
+T_LAST=0
+cluster_seq=0
+
+launch_chain() { # N: start N nodes, node I bootstrapping only from node I-1
+    local n=$1 i region zone
+    cluster_seq=$((cluster_seq + 1))
+    C_DIR=$work/c$cluster_seq-n$n
+    mkdir -p "$C_DIR"
+    alloc_ports "$n"
+    C_PIDS=()
+    C_APIS=()
+    now_ms
+    T_FIRST=$NOW_MS
+    for ((i = 1; i <= n; i++)); do
+        region=${REGIONS[$(((i - 1) % 3))]}
+        if ((i % 2)); then zone=$region-a; else zone=$region-b; fi
+        local args=(node --data-dir "$C_DIR/node$i" --name "node$i"
+            --listen "/ip4/127.0.0.1/tcp/$((P2P_BASE + i))"
+            --api "127.0.0.1:$((API_BASE + i))" --region "$region" --zone "$zone")
+        if ((i > 1)); then
+            args+=(--bootstrap "/ip4/127.0.0.1/tcp/$((P2P_BASE + i - 1))")
+        fi
+        # The subshell execs the node, so $! is the node's own pid.
+        (
+            cd "$C_DIR"
+            export PLEXI_ADMIN_TOKEN=$token NO_COLOR=1 PLEXI_LOG=${PLEXI_LOG:-info}
+            exec "$bin" "${args[@]}" >"$C_DIR/node$i.log" 2>&1 </dev/null
+        ) &
+        C_PIDS+=($!)
+        all_pids+=($!)
+        C_APIS+=("http://127.0.0.1:$((API_BASE + i))/api/v1/clustering/nodes")
+    done
+    now_ms
+    T_LAST=$NOW_MS
+}
+
+stop_cluster() {
+    local pid t any
+    for pid in "${C_PIDS[@]}"; do
+        if is_ours "$pid"; then kill -TERM "$pid" 2>/dev/null || true; fi
+    done
+    for ((t = 0; t < 100; t++)); do
+        any=false
+        for pid in "${C_PIDS[@]}"; do
+            if is_ours "$pid"; then any=true; fi
+        done
+        $any || break
+        sleep 0.1
+    done
+    for pid in "${C_PIDS[@]}"; do
+        if is_ours "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ ${BENCH_KEEP:-0} != 1 ]]; then
+        rm -rf -- "$C_DIR"
+    fi
+}
+
+show_logs() {
+    local f
+    for f in "$C_DIR"/node*.log; do
+        [[ -f $f ]] || continue
+        echo "---- tail of $f" >&2
+        tail -n 5 "$f" >&2
+    done
+}
+
+# One polling round over the given node indexes (1-based); responses land in
+# $C_DIR/poll.I. Sets NOW_MS to the time the round completed.
+POLL_ROUNDS=0
+POLL_MS_TOTAL=0
+poll_round() {
+    local i args=() start
+    now_ms
+    start=$NOW_MS
+    for i in "$@"; do
+        rm -f "$C_DIR/poll.$i"
+        args+=(-o "$C_DIR/poll.$i" "${C_APIS[$i - 1]}")
+    done
+    curl --parallel --parallel-immediate --parallel-max 64 -s --connect-timeout 1 --max-time 2 \
+        -H "Authorization: Bearer $token" "${args[@]}" 2>/dev/null || true
+    now_ms
+    POLL_ROUNDS=$((POLL_ROUNDS + 1))
+    POLL_MS_TOTAL=$((POLL_MS_TOTAL + NOW_MS - start))
+}
+
+# python3 evaluation of one round.
+#   alive N FILE...   -> how many files list exactly N members, all alive
+#   status NAME FILE... -> NAME's status in each file (none / err when unknown)
+PY_EVAL='
+import json, sys
+mode, arg, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+def nodes(f):
+    try:
+        with open(f) as fh:
+            return json.load(fh)["nodes"]
+    except Exception:
+        return None
+if mode == "alive":
+    n, ok = int(arg), 0
+    for f in files:
+        ns = nodes(f)
+        if ns is not None and len(ns) == n and all(x.get("status") == "alive" for x in ns):
+            ok += 1
+    print(ok)
+else:
+    out = []
+    for f in files:
+        ns = nodes(f)
+        if ns is None:
+            out.append("err")
+        else:
+            out.append(next((x.get("status", "none") for x in ns if x.get("node_id") == arg), "none"))
+    print(" ".join(out))
+'
+
+any_died() { # true when a node of the current cluster has exited
+    local pid
+    for pid in "${C_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || return 0
+    done
+    return 1
+}
+
+# Wait until every node of the current cluster lists all N nodes alive; sets
+# CONV_MS to the time the round that saw it completed.
+CONV_MS=0
+wait_converged() { # N
+    local n=$1 i ok deadline idx=() files=()
+    for ((i = 1; i <= n; i++)); do
+        idx+=("$i")
+        files+=("$C_DIR/poll.$i")
+    done
+    now_ms
+    deadline=$((NOW_MS + BENCH_TIMEOUT * 1000))
+    while :; do
+        poll_round "${idx[@]}"
+        ok=$(python3 -c "$PY_EVAL" alive "$n" "${files[@]}")
+        if ((ok == n)); then
+            CONV_MS=$NOW_MS
+            return 0
+        fi
+        if any_died; then
+            echo "a node exited" >&2
+            return 1
+        fi
+        ((NOW_MS < deadline)) || { echo "timed out: $ok of $n nodes list all alive" >&2; return 1; }
+        sleep "$POLL_SLEEP"
+    done
+}
+
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results"; }
+
+ms() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
+
+clk_tck=$(getconf CLK_TCK)
+cpu_ticks() { # PID: utime+stime in clock ticks
+    local stat rest f
+    stat=$(<"/proc/$1/stat")
+    rest=${stat##*) } # fields after "(comm) "; utime and stime are fields 14, 15
+    read -r -a f <<<"$rest"
+    echo $((f[11] + f[12]))
+}
+
+machine_cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+machine_nproc=$(nproc)
+mem_total=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+commit=$(git -C "$repo" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+    commit="$commit (+ uncommitted changes)"
+fi
+version=$("$bin" --version 2>/dev/null || echo "plexi ?")
+started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+
+echo "plexi membership benchmark: $version ($profile_label), $BENCH_RUNS run(s), sizes $BENCH_SIZES, work dir $work" >&2
+
+# ---- (a) convergence, and (c) idle footprint for RSS_SIZES
+for n in $BENCH_SIZES; do
+    for ((run = 1; run <= BENCH_RUNS; run++)); do
+        launch_chain "$n"
+        if wait_converged "$n"; then
+            record conv_last "$n" $((CONV_MS - T_LAST))
+            record conv_first "$n" $((CONV_MS - T_FIRST))
+            echo "n=$n run $run: all alive everywhere $(ms $((CONV_MS - T_LAST))) s after the last launch, $(ms $((CONV_MS - T_FIRST))) s after the first" >&2
+            if [[ $RSS_SIZES == *" $n "* ]]; then
+                declare -A t0=()
+                for pid in "${C_PIDS[@]}"; do t0[$pid]=$(cpu_ticks "$pid"); done
+                now_ms
+                idle_start=$NOW_MS
+                sleep "$BENCH_IDLE_SECONDS"
+                now_ms
+                idle_ms=$((NOW_MS - idle_start))
+                rss_list=()
+                for pid in "${C_PIDS[@]}"; do
+                    is_ours "$pid" || die "node pid $pid is gone before its RSS was read"
+                    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+                    record rss_kb "$n" "$kb"
+                    rss_list+=("$((kb / 1024))")
+                    t1=$(cpu_ticks "$pid")
+                    # CPU over the idle window, in hundredths of a percent of one core
+                    record idle_cpu "$n" $(((t1 - t0[$pid]) * 1000 * 10000 / clk_tck / idle_ms))
+                done
+                unset t0
+                echo "n=$n run $run: idle VmRSS MiB after ${BENCH_IDLE_SECONDS}s: ${rss_list[*]}" >&2
+            fi
+        else
+            record conv_timeout "$n" 1
+            echo "n=$n run $run: did not converge" >&2
+            show_logs
+        fi
+        stop_cluster
+    done
+done
+
+# ---- (b) failure detection
+for ((run = 1; run <= BENCH_RUNS; run++)); do
+    n=$FAIL_SIZE
+    launch_chain "$n"
+    if ! wait_converged "$n"; then
+        record fail_timeout "$n" 1
+        echo "failure run $run: cluster did not converge" >&2
+        show_logs
+        stop_cluster
+        continue
+    fi
+    sleep 2 # steady state
+    survivors=()
+    files=()
+    for ((i = 1; i <= n; i++)); do
+        if ((i != FAIL_VICTIM)); then
+            survivors+=("$i")
+            files+=("$C_DIR/poll.$i")
+        fi
+    done
+    victim_pid=${C_PIDS[$FAIL_VICTIM - 1]}
+    is_ours "$victim_pid" || die "victim pid $victim_pid is not a node"
+    kill -KILL "$victim_pid"
+    { wait "$victim_pid"; } 2>/dev/null || true # reap it quietly (no "Killed" notice)
+    now_ms
+    t_kill=$NOW_MS
+    deadline=$((t_kill + BENCH_TIMEOUT * 1000))
+    t_suspect=""
+    t_dead1=""
+    t_dead_all=""
+    while :; do
+        poll_round "${survivors[@]}"
+        read -r -a st <<<"$(python3 -c "$PY_EVAL" status "node$FAIL_VICTIM" "${files[@]}")"
+        # st[0] is node1's view (node1 always survives: FAIL_VICTIM > 1)
+        if [[ -z $t_suspect && (${st[0]} == suspect || ${st[0]} == dead) ]]; then t_suspect=$NOW_MS; fi
+        if [[ -z $t_dead1 && ${st[0]} == dead ]]; then t_dead1=$NOW_MS; fi
+        all_dead=true
+        for s in "${st[@]}"; do
+            [[ $s == dead ]] || all_dead=false
+        done
+        if $all_dead; then
+            t_dead_all=$NOW_MS
+            break
+        fi
+        ((NOW_MS < deadline)) || break
+        sleep "$POLL_SLEEP"
+    done
+    if [[ -n $t_dead_all ]]; then
+        t_suspect=${t_suspect:-$t_dead1}
+        record fail_suspect1 "$n" $((t_suspect - t_kill))
+        record fail_dead1 "$n" $((t_dead1 - t_kill))
+        record fail_dead_all "$n" $((t_dead_all - t_kill))
+        echo "failure run $run: node$FAIL_VICTIM SIGKILLed; node1 saw it suspect after $(ms $((t_suspect - t_kill))) s, dead after $(ms $((t_dead1 - t_kill))) s; all survivors saw it dead after $(ms $((t_dead_all - t_kill))) s" >&2
+    else
+        record fail_timeout "$n" 1
+        echo "failure run $run: survivors did not all report node$FAIL_VICTIM dead within ${BENCH_TIMEOUT}s (last: ${st[*]})" >&2
+        show_logs
+    fi
+    stop_cluster
+done
+
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+poll_avg=$((POLL_ROUNDS > 0 ? POLL_MS_TOTAL / POLL_ROUNDS : 0))
+
+# ---- the report
+python3 - "$results" <<PY
+import statistics, sys
+from collections import defaultdict
+
+rows = defaultdict(list)
+timeouts = defaultdict(int)
+for line in open(sys.argv[1]):
+    kind, size, value = line.rstrip("\n").split("\t")
+    if kind.endswith("_timeout"):
+        timeouts[(kind, int(size))] += 1
+    else:
+        rows[(kind, int(size))].append(int(value))
+
+sizes = [int(s) for s in "$BENCH_SIZES".split()]
+runs = $BENCH_RUNS
+
+def fmt(kind, v):
+    if kind == "rss_kb":
+        return "%.1f" % (v / 1024)
+    if kind == "idle_cpu":
+        return "%.2f" % (v / 100)
+    return "%.2f" % (v / 1000)
+
+def row(label, kind, size, samples_note, timeout_kind=None):
+    vals = rows.get((kind, size), [])
+    failed = timeouts.get((timeout_kind, size), 0) if timeout_kind else 0
+    note = samples_note(len(vals))
+    if failed:
+        note += ", %d run(s) failed" % failed
+    if not vals:
+        print("| %s | %d | %s | - | - | - |" % (label, size, note))
+        return
+    print("| %s | %d | %s | %s | %s | %s |" % (label, size, note,
+          fmt(kind, min(vals)), fmt(kind, statistics.median(vals)), fmt(kind, max(vals))))
+
+print()
+print("### Membership on loopback (testnet/bench-membership.sh)")
+print()
+print("- Machine: $machine_nproc CPUs, $machine_cpu, $mem_total RAM; load average $load_start at start, $load_end at end")
+print("- Commit: $commit; binary: $version, $profile_label build")
+print("- Date: $started_at; timings: defaults (heartbeat 1000 ms, exchange 1000 ms, suspect 3000 ms, dead 6000 ms)")
+print("- Chain start: node I bootstraps only from node I-1, all launched back to back; a polling round (curl over every node's API, then python3) every ~50 ms + $poll_avg ms average round time, so figures are upper bounds within about one round")
+print()
+print("| Measurement | Nodes | Samples | Min | Median | Max |")
+print("|---|---:|---|---:|---:|---:|")
+for s in sizes:
+    row("Convergence after last launch (s)", "conv_last", s, lambda k: "%d runs" % k, "conv_timeout")
+for s in sizes:
+    row("Convergence after first launch (s)", "conv_first", s, lambda k: "%d runs" % k, "conv_timeout")
+row("SIGKILL to suspect, seen by node1 (s)", "fail_suspect1", $FAIL_SIZE, lambda k: "%d runs" % k, "fail_timeout")
+row("SIGKILL to dead, seen by node1 (s)", "fail_dead1", $FAIL_SIZE, lambda k: "%d runs" % k, "fail_timeout")
+row("SIGKILL to dead, seen by all survivors (s)", "fail_dead_all", $FAIL_SIZE, lambda k: "%d runs" % k, "fail_timeout")
+for s in sizes:
+    if " %d " % s in "$RSS_SIZES":
+        row("Idle VmRSS per node after ${BENCH_IDLE_SECONDS} s (MiB)", "rss_kb", s, lambda k: "%d nodes" % k)
+for s in sizes:
+    if " %d " % s in "$RSS_SIZES":
+        row("Idle CPU per node over ${BENCH_IDLE_SECONDS} s (% of one core)", "idle_cpu", s, lambda k: "%d nodes" % k)
+PY

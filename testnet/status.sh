@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# testnet/status.sh: show the local plexi testnet started by start.sh.
+#
+# Prints every node recorded in $TESTNET_DIR/pids with its pid, whether that
+# process is alive, and its API address; then the cluster as the first live
+# node's API sees it (`plexi nodes` with the testnet's admin token).
+# Exits 0 when every recorded node is alive, 1 otherwise (or with no testnet).
+#
+# Environment: TESTNET_DIR (default: <repo>/testnet/run); PLEXI_BIN (default:
+# the binary start.sh used, else <repo>/target/$PROFILE/plexi, PROFILE=debug).
+set -euo pipefail
+
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$script_dir/.." && pwd)
+TESTNET_DIR=${TESTNET_DIR:-$repo/testnet/run}
+PROFILE=${PROFILE:-debug}
+
+case "${1:-}" in
+    "") ;;
+    -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "status.sh: takes no arguments" >&2; exit 2 ;;
+esac
+
+pids_file=$TESTNET_DIR/pids
+token_file=$TESTNET_DIR/admin.token
+
+if [[ ! -f $pids_file ]]; then
+    echo "no testnet recorded in $TESTNET_DIR (no pids file); start one with testnet/start.sh"
+    exit 1
+fi
+
+# True when PID is alive and is the plexi node using data dir DIR.
+is_node_pid() {
+    local pid=$1 dir=$2
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    [[ -r /proc/$pid/cmdline ]] || return 0
+    tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qxF -- "$dir"
+}
+
+api_of() { # NAME: the API address from the node's node.json, or "-"
+    local nj=$TESTNET_DIR/$1/node.json
+    if [[ -s $nj ]]; then
+        python3 -c 'import json, sys; print("http://" + json.load(open(sys.argv[1]))["api_address"])' "$nj" 2>/dev/null || echo -
+    else
+        echo -
+    fi
+}
+
+first_api=""
+all_alive=true
+printf '%-8s %-8s %-6s %s\n' NAME PID STATE API
+while read -r name pid _; do
+    [[ -n ${name:-} ]] || continue
+    api=$(api_of "$name")
+    if is_node_pid "$pid" "$TESTNET_DIR/$name"; then
+        state=alive
+        if [[ -z $first_api && $api != - ]]; then
+            first_api=$api
+        fi
+    else
+        state=dead
+        all_alive=false
+    fi
+    printf '%-8s %-8s %-6s %s\n' "$name" "$pid" "$state" "$api"
+done <"$pids_file"
+echo
+
+if [[ -z $first_api ]]; then
+    echo "no live node to ask"
+    exit 1
+fi
+
+if [[ -n ${PLEXI_BIN:-} ]]; then
+    bin=$PLEXI_BIN
+elif [[ -s $TESTNET_DIR/bin ]]; then
+    bin=$(head -n 1 "$TESTNET_DIR/bin")
+else
+    bin=${CARGO_TARGET_DIR:-$repo/target}/$PROFILE/plexi
+fi
+if [[ ! -x $bin ]]; then
+    echo "status.sh: no plexi binary at $bin (set PLEXI_BIN)" >&2
+    exit 1
+fi
+if [[ ! -r $token_file ]]; then
+    echo "status.sh: no admin token at $token_file" >&2
+    exit 1
+fi
+token=$(head -n 1 "$token_file")
+
+echo "cluster as seen by $first_api:"
+PLEXI_TOKEN=$token "$bin" nodes --api "$first_api"
+if ! $all_alive; then
+    exit 1
+fi

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# testnet/stop.sh [--clean]: stop the local plexi testnet started by start.sh.
+#
+# Only the processes recorded in $TESTNET_DIR/pids are signalled, never anything
+# found by name, and a recorded pid is signalled only while it is still the
+# plexi node of that data dir (a pid reused by another process is left alone).
+# Each node gets SIGTERM (it leaves the cluster gracefully); nodes still running
+# after STOP_TIMEOUT seconds (default 10) get SIGKILL. The pids file is removed;
+# state and logs are kept unless --clean is given, which deletes $TESTNET_DIR.
+#
+# Environment: TESTNET_DIR (default: <repo>/testnet/run), STOP_TIMEOUT.
+set -euo pipefail
+
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$script_dir/.." && pwd)
+TESTNET_DIR=${TESTNET_DIR:-$repo/testnet/run}
+STOP_TIMEOUT=${STOP_TIMEOUT:-10}
+
+clean=false
+for arg in "$@"; do
+    case $arg in
+        --clean) clean=true ;;
+        -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "stop.sh: unknown argument '$arg' (usage: stop.sh [--clean])" >&2; exit 2 ;;
+    esac
+done
+[[ $STOP_TIMEOUT =~ ^[0-9]+$ ]] || { echo "stop.sh: STOP_TIMEOUT must be a number of seconds" >&2; exit 2; }
+
+pids_file=$TESTNET_DIR/pids
+
+# True when PID is alive and is the plexi node using data dir DIR.
+is_node_pid() {
+    local pid=$1 dir=$2
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    [[ -r /proc/$pid/cmdline ]] || return 0
+    tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qxF -- "$dir"
+}
+
+if [[ -f $pids_file ]]; then
+    names=()
+    pids=()
+    while read -r name pid _; do
+        [[ -n ${name:-} ]] || continue
+        if is_node_pid "$pid" "$TESTNET_DIR/$name"; then
+            names+=("$name")
+            pids+=("$pid")
+        else
+            echo "$name (pid $pid): not running"
+        fi
+    done <"$pids_file"
+
+    for ((k = 0; k < ${#pids[@]}; k++)); do
+        echo "stopping ${names[$k]} (pid ${pids[$k]}): SIGTERM"
+        kill -TERM "${pids[$k]}" 2>/dev/null || true
+    done
+
+    # Poll until all are gone or the timeout passes (tenths of a second).
+    left=${#pids[@]}
+    for ((t = 0; t < STOP_TIMEOUT * 10 && left > 0; t++)); do
+        sleep 0.1
+        left=0
+        for ((k = 0; k < ${#pids[@]}; k++)); do
+            if is_node_pid "${pids[$k]}" "$TESTNET_DIR/${names[$k]}"; then
+                left=$((left + 1))
+            fi
+        done
+    done
+
+    for ((k = 0; k < ${#pids[@]}; k++)); do
+        if is_node_pid "${pids[$k]}" "$TESTNET_DIR/${names[$k]}"; then
+            echo "${names[$k]} (pid ${pids[$k]}) still running after ${STOP_TIMEOUT}s: SIGKILL"
+            kill -KILL "${pids[$k]}" 2>/dev/null || true
+        fi
+    done
+    for ((k = 0; k < ${#pids[@]}; k++)); do
+        for ((t = 0; t < 50; t++)); do
+            is_node_pid "${pids[$k]}" "$TESTNET_DIR/${names[$k]}" || break
+            sleep 0.1
+        done
+        if is_node_pid "${pids[$k]}" "$TESTNET_DIR/${names[$k]}"; then
+            echo "stop.sh: ${names[$k]} (pid ${pids[$k]}) survived SIGKILL" >&2
+            exit 1
+        fi
+    done
+    rm -f "$pids_file"
+    echo "stopped ${#pids[@]} node(s)"
+else
+    echo "no testnet recorded in $TESTNET_DIR (no pids file)"
+fi
+
+if ! $clean; then
+    if [[ -d $TESTNET_DIR ]]; then
+        echo "state and logs kept in $TESTNET_DIR (stop.sh --clean deletes them)"
+    fi
+elif [[ ! -d $TESTNET_DIR ]]; then
+    echo "nothing to remove: $TESTNET_DIR does not exist"
+elif [[ -f $TESTNET_DIR/admin.token || -d $TESTNET_DIR/node1 ]] && [[ $(cd "$TESTNET_DIR" && pwd) != / ]]; then
+    # Delete only what looks like a testnet directory.
+    rm -rf -- "$TESTNET_DIR"
+    echo "removed $TESTNET_DIR"
+else
+    echo "stop.sh: $TESTNET_DIR does not look like a testnet directory; not removing it" >&2
+    exit 1
+fi

@@ -1,0 +1,221 @@
+//! Harness for process-level tests: real `plexi node` processes on loopback
+//! (ports chosen by the OS), each in its own temp data dir, killed on drop.
+//! Conditions are polled with deadlines, never waited for with fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_plexi");
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
+pub const READ: &str = "test-read-token-0123456789abcdef";
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct TestNode {
+    pub name: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub api: String,
+    pub p2p: String,
+    pub peer_id: String,
+    config: Option<PathBuf>,
+}
+
+pub struct NodeSpec<'a> {
+    pub name: &'a str,
+    pub bootstrap: Vec<String>,
+    pub region: &'a str,
+    pub zone: &'a str,
+    /// YAML written to a config file passed with --config.
+    pub config: Option<&'a str>,
+}
+
+impl<'a> NodeSpec<'a> {
+    pub fn new(name: &'a str) -> Self {
+        NodeSpec {
+            name,
+            bootstrap: vec![],
+            region: "r1",
+            zone: "z1",
+            config: None,
+        }
+    }
+}
+
+fn start(dir: &Path, spec: &NodeSpec, config: Option<&Path>, api: &str) -> Child {
+    let log = std::fs::File::create(dir.join("node.log")).expect("log file");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("node")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--name", spec.name, "--listen", "/ip4/127.0.0.1/tcp/0", "--api", api])
+        .args(["--region", spec.region, "--zone", spec.zone]);
+    for b in &spec.bootstrap {
+        cmd.args(["--bootstrap", b]);
+    }
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.env("PLEXI_ADMIN_TOKEN", ADMIN)
+        .env("PLEXI_READ_TOKEN", READ)
+        .env("PLEXI_LOG", "info,plexi_p2p=debug,libp2p=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd.spawn().expect("spawn plexi node")
+}
+
+impl TestNode {
+    /// Starts a node in a fresh directory under `root` and waits until it serves.
+    pub fn spawn(root: &Path, spec: NodeSpec) -> TestNode {
+        let dir = root.join(spec.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = spec.config.map(|text| {
+            let p = dir.join("clustering.yml");
+            std::fs::write(&p, text).unwrap();
+            p
+        });
+        let child = start(&dir, &spec, config.as_deref(), "127.0.0.1:0");
+        let mut node = TestNode {
+            name: spec.name.to_string(),
+            dir,
+            child: Some(child),
+            api: String::new(),
+            p2p: String::new(),
+            peer_id: String::new(),
+            config,
+        };
+        node.await_serving(None);
+        node
+    }
+
+    /// Waits for a node.json newer than `after` (a restart rewrites it) and
+    /// for /health to answer.
+    fn await_serving(&mut self, old_pid: Option<u32>) {
+        let path = self.dir.join("data").join("node.json");
+        let pid = self.pid();
+        let info: Value = wait_for(Duration::from_secs(20), || {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+            let file_pid = v["pid"].as_u64()? as u32;
+            (file_pid == pid && Some(file_pid) != old_pid).then_some(v)
+        })
+        .unwrap_or_else(|| panic!("{} never wrote node.json\n{}", self.name, self.log_tail()));
+        self.api = format!("http://{}", info["api_address"].as_str().unwrap());
+        self.p2p = info["p2p_addresses"][0].as_str().unwrap().to_string();
+        self.peer_id = info["peer_id"].as_str().unwrap().to_string();
+        wait_for(Duration::from_secs(10), || {
+            reqwest::blocking::get(format!("{}/health", self.api)).ok().filter(|r| r.status().is_success())
+        })
+        .unwrap_or_else(|| panic!("{} does not serve /health\n{}", self.name, self.log_tail()));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let rc = unsafe { libc::kill(self.pid() as i32, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let code = wait_for(timeout, || child.try_wait().ok().flatten())?;
+        self.child = None;
+        code.code()
+    }
+
+    /// Starts the node again on the same data dir (new ports).
+    pub fn restart(&mut self, bootstrap: Vec<String>) {
+        assert!(self.child.is_none(), "restart a stopped node");
+        let spec = NodeSpec {
+            name: &self.name.clone(),
+            bootstrap,
+            region: "r1",
+            zone: "z1",
+            config: None,
+        };
+        let old = std::fs::read_to_string(self.dir.join("data/node.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["pid"].as_u64())
+            .map(|p| p as u32);
+        self.child = Some(start(&self.dir, &spec, self.config.as_deref(), "127.0.0.1:0"));
+        self.await_serving(old);
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> reqwest::blocking::Response {
+        let client = reqwest::blocking::Client::new();
+        let mut req = client.get(format!("{}{path}", self.api)).timeout(Duration::from_secs(15));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().expect("request")
+    }
+
+    pub fn get_json(&self, path: &str) -> Value {
+        let res = self.get(path, Some(READ));
+        assert!(res.status().is_success(), "GET {path}: {}", res.status());
+        res.json().expect("json")
+    }
+
+    /// Status of `name` as this node sees it.
+    pub fn status_of(&self, name: &str) -> Option<String> {
+        let res = self.get("/api/v1/clustering/nodes", Some(READ));
+        let v: Value = res.json().ok()?;
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["node_id"] == name)
+            .map(|n| n["status"].as_str().unwrap_or("").to_string())
+    }
+
+    pub fn nodes(&self) -> Vec<Value> {
+        self.get_json("/api/v1/clustering/nodes")["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn alive_count(&self) -> usize {
+        self.nodes().iter().filter(|n| n["status"] == "alive").count()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
