@@ -5,7 +5,9 @@ fn main() {
     let version = std::env::var("PLEXI_BUILD_VERSION")
         .ok()
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| std::env::var("CARGO_PKG_VERSION").expect("cargo sets CARGO_PKG_VERSION"));
+        .unwrap_or_else(|| {
+            std::env::var("CARGO_PKG_VERSION").expect("cargo sets CARGO_PKG_VERSION")
+        });
     if let Err(e) = semver::Version::parse(&version) {
         panic!("PLEXI_BUILD_VERSION={version:?} is not a semantic version: {e}");
     }

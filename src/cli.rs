@@ -8,7 +8,12 @@ use plexi_api::model::{HealthReport, NodeList};
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
     /// Base URL of any node's API.
-    #[arg(long, env = "PLEXI_API", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "PLEXI_API",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub api: String,
     /// Bearer token (read or admin).
     #[arg(long, env = "PLEXI_TOKEN", hide_env_values = true, global = true)]
@@ -31,12 +36,21 @@ impl ApiArgs {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let res = req.send().await.with_context(|| format!("cannot reach {}", self.api))?;
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.api))?;
         let status = res.status();
         if !status.is_success() {
             let body: serde_json::Value = res.json().await.unwrap_or_default();
-            let msg = body["error"]["message"].as_str().unwrap_or("no error message");
-            bail!("{} {}: {msg}", status.as_u16(), status.canonical_reason().unwrap_or(""));
+            let msg = body["error"]["message"]
+                .as_str()
+                .unwrap_or("no error message");
+            bail!(
+                "{} {}: {msg}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            );
         }
         res.json().await.context("undecodable response")
     }
@@ -78,7 +92,12 @@ pub async fn health(api: &ApiArgs, node_id: &str) -> Result<()> {
         r.node_id, r.peer_id, r.version, r.healthy, r.status, r.uptime_seconds, r.source
     );
     for c in r.checks {
-        println!("  [{}] {:<12} {}", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
+        println!(
+            "  [{}] {:<12} {}",
+            if c.ok { "ok" } else { "FAIL" },
+            c.name,
+            c.detail
+        );
     }
     Ok(())
 }

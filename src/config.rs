@@ -191,12 +191,16 @@ pub const DEFAULT_PATH: &str = "config/clustering.yml";
 impl Config {
     /// Loads `explicit` (which must exist), else the default path if present,
     /// else the embedded defaults; applies `overrides`; validates.
-    pub fn load(explicit: Option<&Path>, overrides: &Overrides) -> Result<(Config, String), ConfigError> {
+    pub fn load(
+        explicit: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<(Config, String), ConfigError> {
         let (mut config, file) = match explicit {
             Some(path) => (Self::read(path)?, path.display().to_string()),
-            None if Path::new(DEFAULT_PATH).exists() => {
-                (Self::read(Path::new(DEFAULT_PATH))?, DEFAULT_PATH.to_string())
-            }
+            None if Path::new(DEFAULT_PATH).exists() => (
+                Self::read(Path::new(DEFAULT_PATH))?,
+                DEFAULT_PATH.to_string(),
+            ),
             None => (Config::default(), "(built-in defaults)".to_string()),
         };
         config.apply(overrides);
@@ -254,17 +258,44 @@ impl Config {
 
     /// Range and format checks; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        fn range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) -> Result<(), String> {
+        fn range<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            v: T,
+            lo: T,
+            hi: T,
+        ) -> Result<(), String> {
             if v < lo || v > hi {
-                return Err(format!("{key} = {v} is out of range: must be between {lo} and {hi}"));
+                return Err(format!(
+                    "{key} = {v} is out of range: must be between {lo} and {hi}"
+                ));
             }
             Ok(())
         }
         let u = &self.cluster_updates;
-        range("cluster_updates.max_concurrent_updates", u.max_concurrent_updates, 1, 1024)?;
-        range("cluster_updates.rolling_update_delay_seconds", u.rolling_update_delay_seconds, 0, 86_400)?;
-        range("cluster_updates.health_check_timeout_seconds", u.health_check_timeout_seconds, 1, 86_400)?;
-        range("cluster_updates.rollback_timeout_seconds", u.rollback_timeout_seconds, 1, 86_400)?;
+        range(
+            "cluster_updates.max_concurrent_updates",
+            u.max_concurrent_updates,
+            1,
+            1024,
+        )?;
+        range(
+            "cluster_updates.rolling_update_delay_seconds",
+            u.rolling_update_delay_seconds,
+            0,
+            86_400,
+        )?;
+        range(
+            "cluster_updates.health_check_timeout_seconds",
+            u.health_check_timeout_seconds,
+            1,
+            86_400,
+        )?;
+        range(
+            "cluster_updates.rollback_timeout_seconds",
+            u.rollback_timeout_seconds,
+            1,
+            86_400,
+        )?;
         range(
             "cluster_updates.maintenance_mode_timeout_seconds",
             u.maintenance_mode_timeout_seconds,
@@ -280,17 +311,40 @@ impl Config {
         }
 
         let s = &self.distributed_storage;
-        range("distributed_storage.max_replication_factor", s.max_replication_factor, 1, 16)?;
-        if s.default_replication_factor < 1 || s.default_replication_factor > s.max_replication_factor {
+        range(
+            "distributed_storage.max_replication_factor",
+            s.max_replication_factor,
+            1,
+            16,
+        )?;
+        if s.default_replication_factor < 1
+            || s.default_replication_factor > s.max_replication_factor
+        {
             return Err(format!(
                 "distributed_storage.default_replication_factor = {} is out of range: must be between 1 and max_replication_factor ({})",
                 s.default_replication_factor, s.max_replication_factor
             ));
         }
-        positive("distributed_storage.cleanup_interval_hours", s.cleanup_interval_hours)?;
-        positive("distributed_storage.health_check_interval_seconds", s.health_check_interval_seconds)?;
-        range("distributed_storage.max_node_usage_percentage", s.max_node_usage_percentage, 1.0, 100.0)?;
-        range("distributed_storage.rereplication_delay_seconds", s.rereplication_delay_seconds, 0, 30 * 86_400)?;
+        positive(
+            "distributed_storage.cleanup_interval_hours",
+            s.cleanup_interval_hours,
+        )?;
+        positive(
+            "distributed_storage.health_check_interval_seconds",
+            s.health_check_interval_seconds,
+        )?;
+        range(
+            "distributed_storage.max_node_usage_percentage",
+            s.max_node_usage_percentage,
+            1.0,
+            100.0,
+        )?;
+        range(
+            "distributed_storage.rereplication_delay_seconds",
+            s.rereplication_delay_seconds,
+            0,
+            30 * 86_400,
+        )?;
 
         let n = &self.node;
         if let Some(name) = &n.name {
@@ -317,14 +371,31 @@ impl Config {
         for (i, t) in n.tokens.iter().enumerate() {
             valid_name(&format!("node.tokens[{i}].name"), &t.name)?;
             if blake3::Hash::from_hex(&t.blake3).is_err() {
-                return Err(format!("node.tokens[{i}].blake3 is not a 64-character hex blake3 hash"));
+                return Err(format!(
+                    "node.tokens[{i}].blake3 is not a 64-character hex blake3 hash"
+                ));
             }
         }
 
         let m = &self.membership;
-        range("membership.heartbeat_interval_ms", m.heartbeat_interval_ms, 50, 60_000)?;
-        range("membership.exchange_interval_ms", m.exchange_interval_ms, 50, 600_000)?;
-        range("membership.request_timeout_ms", m.request_timeout_ms, 100, 600_000)?;
+        range(
+            "membership.heartbeat_interval_ms",
+            m.heartbeat_interval_ms,
+            50,
+            60_000,
+        )?;
+        range(
+            "membership.exchange_interval_ms",
+            m.exchange_interval_ms,
+            50,
+            600_000,
+        )?;
+        range(
+            "membership.request_timeout_ms",
+            m.request_timeout_ms,
+            100,
+            600_000,
+        )?;
         if m.suspect_after_ms < 2 * m.heartbeat_interval_ms {
             return Err(format!(
                 "membership.suspect_after_ms = {} must be at least twice membership.heartbeat_interval_ms ({})",
@@ -338,7 +409,10 @@ impl Config {
             ));
         }
         if m.forget_after_seconds * 1000 < m.dead_after_ms {
-            return Err("membership.forget_after_seconds must be longer than membership.dead_after_ms".into());
+            return Err(
+                "membership.forget_after_seconds must be longer than membership.dead_after_ms"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -355,7 +429,8 @@ fn positive(key: &str, v: f64) -> Result<(), String> {
 fn valid_name(key: &str, v: &str) -> Result<(), String> {
     let ok = !v.is_empty()
         && v.len() <= 64
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !ok {
         return Err(format!(
             "{key} = {v:?} must be 1-64 characters of letters, digits, '.', '_' or '-'"
@@ -411,23 +486,37 @@ distributed_storage:
 
     #[test]
     fn wrong_type_is_named() {
-        let err = Config::parse("distributed_storage:\n  max_replication_factor: lots\n").unwrap_err();
+        let err =
+            Config::parse("distributed_storage:\n  max_replication_factor: lots\n").unwrap_err();
         assert!(err.contains("max_replication_factor"), "{err}");
-        let err = Config::parse("distributed_storage:\n  consistency_level: sometimes\n").unwrap_err();
-        assert!(err.contains("consistency_level") || err.contains("sometimes"), "{err}");
+        let err =
+            Config::parse("distributed_storage:\n  consistency_level: sometimes\n").unwrap_err();
+        assert!(
+            err.contains("consistency_level") || err.contains("sometimes"),
+            "{err}"
+        );
     }
 
     #[test]
     fn out_of_range_is_named() {
         let mut c = Config::default();
         c.distributed_storage.default_replication_factor = 9;
-        assert!(c.validate().unwrap_err().contains("distributed_storage.default_replication_factor"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("distributed_storage.default_replication_factor"));
         let mut c = Config::default();
         c.distributed_storage.max_node_usage_percentage = 120.0;
-        assert!(c.validate().unwrap_err().contains("max_node_usage_percentage"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("max_node_usage_percentage"));
         let mut c = Config::default();
         c.membership.dead_after_ms = 100;
-        assert!(c.validate().unwrap_err().contains("membership.dead_after_ms"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("membership.dead_after_ms"));
         let mut c = Config::default();
         c.node.listen = "tcp://nope".into();
         assert!(c.validate().unwrap_err().contains("node.listen"));

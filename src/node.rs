@@ -15,7 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use plexi_api::model::{HealthCheck, HealthReport, NodeView};
 use plexi_api::{ApiError, ApiMetrics, ApiState, Cluster};
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
-use plexi_p2p::{LocalInfo, MemberStatus, MemberView, Multiaddr, P2pConfig, P2pEvent, P2pHandle, PeerId, Timings};
+use plexi_p2p::{
+    LocalInfo, MemberStatus, MemberView, Multiaddr, P2pConfig, P2pEvent, P2pHandle, PeerId, Timings,
+};
 use plexi_store::NodeStore;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -59,7 +61,9 @@ pub struct Node {
 
 impl Node {
     fn p2p(&self) -> &P2pHandle {
-        self.p2p.get().expect("p2p is started before the API and peers are served")
+        self.p2p
+            .get()
+            .expect("p2p is started before the API and peers are served")
     }
 
     /// Runs the local checks (blocking I/O goes to the blocking pool).
@@ -95,10 +99,18 @@ impl Node {
             .iter()
             .filter(|m| m.record.state.peer_id != self.peer_id.to_string())
             .collect();
-        let alive = others.iter().filter(|m| m.status == MemberStatus::Alive).count();
+        let alive = others
+            .iter()
+            .filter(|m| m.status == MemberStatus::Alive)
+            .count();
         let expected = others
             .iter()
-            .filter(|m| matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect | MemberStatus::Dead))
+            .filter(|m| {
+                matches!(
+                    m.status,
+                    MemberStatus::Alive | MemberStatus::Suspect | MemberStatus::Dead
+                )
+            })
             .count();
         let peers = HealthCheck {
             name: "peers".into(),
@@ -186,15 +198,20 @@ impl Cluster for NodeApi {
 
     fn nodes(&self) -> Vec<NodeView> {
         let local = self.peer_id.to_string();
-        let mut nodes: Vec<NodeView> = self.p2p().members().iter().map(|m| node_view(m, &local)).collect();
+        let mut nodes: Vec<NodeView> = self
+            .p2p()
+            .members()
+            .iter()
+            .map(|m| node_view(m, &local))
+            .collect();
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id).then(a.peer_id.cmp(&b.peer_id)));
         nodes
     }
 
     async fn node_health(&self, node_id: &str) -> Result<HealthReport, ApiError> {
-        let member = self
-            .find(node_id)
-            .ok_or_else(|| ApiError::not_found(format!("no node named {node_id:?} is known to this node")))?;
+        let member = self.find(node_id).ok_or_else(|| {
+            ApiError::not_found(format!("no node named {node_id:?} is known to this node"))
+        })?;
         let state = &member.record.state;
         if state.peer_id == self.peer_id.to_string() {
             return Ok(self.local_health().await);
@@ -232,7 +249,9 @@ impl Cluster for NodeApi {
                     report.source = "peer".into();
                     Ok(report)
                 }
-                Err(e) => Ok(unreachable(format!("node answered with an undecodable report: {e}"))),
+                Err(e) => Ok(unreachable(format!(
+                    "node answered with an undecodable report: {e}"
+                ))),
             },
             Err(e) => Ok(unreachable(format!("node did not answer: {e}"))),
         }
@@ -244,7 +263,12 @@ struct Rpc(Arc<Node>);
 
 #[async_trait::async_trait]
 impl plexi_p2p::AppHandler for Rpc {
-    async fn handle(&self, peer: PeerId, service: String, _body: Vec<u8>) -> Result<Vec<u8>, String> {
+    async fn handle(
+        &self,
+        peer: PeerId,
+        service: String,
+        _body: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
         match service.as_str() {
             HEALTH_SERVICE => encode_cbor(&self.0.local_health().await).map_err(|e| e.to_string()),
             other => {
@@ -318,7 +342,8 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
     let data_dir = n.data_dir.clone();
     create_private_dir(&data_dir).map_err(startup(&format!("data dir {}", data_dir.display())))?;
 
-    let keypair = plexi_p2p::identity::load_or_create(&data_dir.join("identity.key")).map_err(startup("identity"))?;
+    let keypair = plexi_p2p::identity::load_or_create(&data_dir.join("identity.key"))
+        .map_err(startup("identity"))?;
     let peer_id = keypair.public().to_peer_id();
     let store = Arc::new(NodeStore::open(&data_dir.join("store")).map_err(startup("store"))?);
     let incarnation = store.next_incarnation().map_err(startup("store"))?;
@@ -349,12 +374,20 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
     let mut registry = Registry::default();
     let api_metrics = ApiMetrics::register(&mut registry);
     let uptime = Gauge::<i64>::default();
-    registry.register("plexi_node_incarnation", "The node's current incarnation", {
-        let g = Gauge::<i64>::default();
-        g.set(incarnation as i64);
-        g
-    });
-    registry.register("plexi_node_uptime_seconds", "Seconds since the node started", uptime.clone());
+    registry.register(
+        "plexi_node_incarnation",
+        "The node's current incarnation",
+        {
+            let g = Gauge::<i64>::default();
+            g.set(incarnation as i64);
+            g
+        },
+    );
+    registry.register(
+        "plexi_node_uptime_seconds",
+        "Seconds since the node started",
+        uptime.clone(),
+    );
 
     let node = Arc::new(Node {
         name: name.clone(),
@@ -384,7 +417,11 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
     let p2p_config = P2pConfig {
         keypair,
         listen: vec![n.listen.parse().expect("validated")],
-        bootstrap: n.bootstrap.iter().map(|b| b.parse().expect("validated")).collect(),
+        bootstrap: n
+            .bootstrap
+            .iter()
+            .map(|b| b.parse().expect("validated"))
+            .collect(),
         incarnation,
         timings: Timings {
             suspect_after_ms: m.suspect_after_ms,
@@ -395,9 +432,14 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
         exchange_interval: Duration::from_millis(m.exchange_interval_ms),
         request_timeout: Duration::from_millis(m.request_timeout_ms),
     };
-    let (p2p, _swarm_task) = plexi_p2p::spawn(p2p_config, info_rx, Arc::new(Rpc(node.clone())), &mut registry)
-        .await
-        .map_err(startup("p2p"))?;
+    let (p2p, _swarm_task) = plexi_p2p::spawn(
+        p2p_config,
+        info_rx,
+        Arc::new(Rpc(node.clone())),
+        &mut registry,
+    )
+    .await
+    .map_err(startup("p2p"))?;
     node.p2p.set(p2p.clone()).ok().expect("set once");
 
     tracing::info!(
@@ -420,7 +462,8 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
                 match events.recv().await {
                     Ok(P2pEvent::IncarnationBumped(inc)) => {
                         let store = store.clone();
-                        let res = tokio::task::spawn_blocking(move || store.raise_incarnation(inc)).await;
+                        let res =
+                            tokio::task::spawn_blocking(move || store.raise_incarnation(inc)).await;
                         if !matches!(res, Ok(Ok(_))) {
                             tracing::error!(incarnation = inc, "failed to persist incarnation");
                         }
@@ -436,7 +479,12 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
     // Keep the node's own record current: usage, health, advertised API.
     {
         let node = node.clone();
-        let interval = Duration::from_secs_f64(config.distributed_storage.health_check_interval_seconds.min(10.0));
+        let interval = Duration::from_secs_f64(
+            config
+                .distributed_storage
+                .health_check_interval_seconds
+                .min(10.0),
+        );
         let uptime = uptime.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -478,7 +526,9 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
                     .members()
                     .into_iter()
                     .find(|m| m.record.state.peer_id == node.peer_id.to_string());
-                let listen = own.map(|m| m.record.state.listen_addresses).unwrap_or_default();
+                let listen = own
+                    .map(|m| m.record.state.listen_addresses)
+                    .unwrap_or_default();
                 if !listen.is_empty() {
                     let info = RuntimeInfo {
                         node_id: &node.name,
@@ -491,7 +541,10 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
                     let path = data_dir.join("node.json");
                     let tmp = data_dir.join("node.json.tmp");
                     let text = serde_json::to_string_pretty(&info).expect("serializable");
-                    if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
+                    if std::fs::write(&tmp, text)
+                        .and_then(|_| std::fs::rename(&tmp, &path))
+                        .is_err()
+                    {
                         tracing::warn!(path = %path.display(), "cannot write runtime info");
                     }
                     return;
@@ -540,7 +593,13 @@ mod tests {
     fn advertises_a_routable_api_address() {
         let bound: SocketAddr = "0.0.0.0:8080".parse().unwrap();
         assert_eq!(
-            advertised_api(bound, &["/ip4/127.0.0.1/tcp/7000".into(), "/ip4/10.1.2.3/tcp/7000".into()]),
+            advertised_api(
+                bound,
+                &[
+                    "/ip4/127.0.0.1/tcp/7000".into(),
+                    "/ip4/10.1.2.3/tcp/7000".into()
+                ]
+            ),
             "10.1.2.3:8080"
         );
         assert_eq!(advertised_api(bound, &[]), "127.0.0.1:8080");

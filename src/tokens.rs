@@ -37,7 +37,10 @@ pub fn resolve(
             hash: blake3::Hash::from_hex(&t.blake3).expect("validated by Config::validate"),
         });
     }
-    for (name, role, value) in [("env-admin", Role::Admin, env_admin), ("env-read", Role::Read, env_read)] {
+    for (name, role, value) in [
+        ("env-admin", Role::Admin, env_admin),
+        ("env-read", Role::Read, env_read),
+    ] {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
             entries.push(TokenEntry {
                 name: name.into(),
@@ -69,7 +72,9 @@ fn load_or_create(path: &Path) -> Result<String, TokenError> {
         let token = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let token = token.trim().to_string();
         if token.len() < 16 {
-            return Err(err("holds fewer than 16 characters; delete it to generate a new one".into()));
+            return Err(err(
+                "holds fewer than 16 characters; delete it to generate a new one".into(),
+            ));
         }
         return Ok(token);
     }
@@ -96,7 +101,8 @@ mod tests {
     #[test]
     fn generates_admin_token_once_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
-        let (set, path) = resolve(&Config::default(), dir.path(), None, Some("r".repeat(20))).unwrap();
+        let (set, path) =
+            resolve(&Config::default(), dir.path(), None, Some("r".repeat(20))).unwrap();
         let path = path.unwrap();
         let token = std::fs::read_to_string(&path).unwrap();
         assert_eq!(set.identify(token.trim()).unwrap().role, Role::Admin);
@@ -104,7 +110,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let (again, _) = resolve(&Config::default(), dir.path(), None, None).unwrap();
         assert!(again.identify(token.trim()).is_some());
@@ -113,7 +122,8 @@ mod tests {
     #[test]
     fn env_admin_means_no_generated_file() {
         let dir = tempfile::tempdir().unwrap();
-        let (set, path) = resolve(&Config::default(), dir.path(), Some("a".repeat(20)), None).unwrap();
+        let (set, path) =
+            resolve(&Config::default(), dir.path(), Some("a".repeat(20)), None).unwrap();
         assert!(path.is_none());
         assert!(!dir.path().join(ADMIN_TOKEN_FILE).exists());
         assert_eq!(set.identify(&"a".repeat(20)).unwrap().name, "env-admin");

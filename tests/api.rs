@@ -34,7 +34,10 @@ fn run_with_config(yaml: &str) -> (i32, String) {
     }
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     let status = status.unwrap_or_else(|| panic!("node accepted a bad config:\n{yaml}\n{stderr}"));
-    assert!(stderr.contains(&cfg.display().to_string()), "file not named: {stderr}");
+    assert!(
+        stderr.contains(&cfg.display().to_string()),
+        "file not named: {stderr}"
+    );
     (status.code().unwrap_or(-1), stderr)
 }
 
@@ -48,13 +51,34 @@ fn misspelt_key_exits_2_naming_key_and_file() {
 #[test]
 fn bad_values_exit_2_naming_the_key() {
     for (yaml, key) in [
-        ("distributed_storage:\n  max_replication_factor: many\n", "max_replication_factor"),
-        ("distributed_storage:\n  default_replication_factor: 9\n", "default_replication_factor"),
-        ("distributed_storage:\n  storage_strategy: random\n", "storage_strategy"),
-        ("distributed_storage:\n  max_node_usage_percentage: 101\n", "max_node_usage_percentage"),
-        ("node:\n  listen: not-a-multiaddr\n  api: 127.0.0.1:0\n", "node.listen"),
-        ("node:\n  listen: /ip4/127.0.0.1/tcp/0\n  api: 127.0.0.1:0\n  zone: \"a b\"\n", "node.zone"),
-        ("membership:\n  dead_after_ms: 10\n", "membership.dead_after_ms"),
+        (
+            "distributed_storage:\n  max_replication_factor: many\n",
+            "max_replication_factor",
+        ),
+        (
+            "distributed_storage:\n  default_replication_factor: 9\n",
+            "default_replication_factor",
+        ),
+        (
+            "distributed_storage:\n  storage_strategy: random\n",
+            "storage_strategy",
+        ),
+        (
+            "distributed_storage:\n  max_node_usage_percentage: 101\n",
+            "max_node_usage_percentage",
+        ),
+        (
+            "node:\n  listen: not-a-multiaddr\n  api: 127.0.0.1:0\n",
+            "node.listen",
+        ),
+        (
+            "node:\n  listen: /ip4/127.0.0.1/tcp/0\n  api: 127.0.0.1:0\n  zone: \"a b\"\n",
+            "node.zone",
+        ),
+        (
+            "membership:\n  dead_after_ms: 10\n",
+            "membership.dead_after_ms",
+        ),
     ] {
         let (code, err) = run_with_config(yaml);
         assert_eq!(code, 2, "{yaml}: {err}");
@@ -104,9 +128,15 @@ fn fresh_node_without_config_or_flags_serves() {
     assert!(served.is_some(), "fresh node did not serve: {log}");
     let token = token.expect("admin.token generated");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert!(log.contains("admin.token"), "path of the token is logged");
-    assert!(!log.contains(token.trim()), "the token itself is never logged");
+    assert!(
+        !log.contains(token.trim()),
+        "the token itself is never logged"
+    );
 }
 
 #[test]
@@ -133,7 +163,11 @@ fn auth_roles_error_shape_metrics_and_openapi() {
     let body: Value = res.json().unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
     assert!(body["error"]["message"].as_str().unwrap().len() > 10);
-    assert_eq!(a.get("/api/v1/clustering/nodes", Some("wrong-token-value")).status(), 401);
+    assert_eq!(
+        a.get("/api/v1/clustering/nodes", Some("wrong-token-value"))
+            .status(),
+        401
+    );
     assert_eq!(a.get("/api/v1/clustering/nodes", Some(READ)).status(), 200);
     assert_eq!(a.get("/api/v1/clustering/nodes", Some(ADMIN)).status(), 200);
 
@@ -153,7 +187,10 @@ fn auth_roles_error_shape_metrics_and_openapi() {
         .send()
         .unwrap();
     assert_eq!(res.status(), 405);
-    assert_eq!(res.json::<Value>().unwrap()["error"]["code"], "method_not_allowed");
+    assert_eq!(
+        res.json::<Value>().unwrap()["error"]["code"],
+        "method_not_allowed"
+    );
 
     // Unknown endpoint and unknown node: 404 with the JSON error shape.
     let res = a.get("/api/v1/nope", Some(READ));
@@ -164,7 +201,10 @@ fn auth_roles_error_shape_metrics_and_openapi() {
     assert_eq!(res.json::<Value>().unwrap()["error"]["code"], "not_found");
 
     // Both see each other; health of b through a comes from b.
-    assert!(wait_for(Duration::from_secs(15), || (a.alive_count() == 2 && b.alive_count() == 2).then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(15), || (a.alive_count() == 2
+        && b.alive_count() == 2)
+        .then_some(()))
+    .is_some());
     let h = a.get_json("/api/v1/clustering/nodes/b/health");
     assert_eq!(h["source"], "peer");
     assert_eq!(h["peer_id"], b.peer_id.as_str());
@@ -175,7 +215,10 @@ fn auth_roles_error_shape_metrics_and_openapi() {
     // gauges refresh at each heartbeat).
     let res = a.get("/metrics", None);
     assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().unwrap().contains("text"));
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("text"));
     let text = wait_for(Duration::from_secs(5), || {
         let t = a.get("/metrics", None).text().ok()?;
         t.contains("plexi_members{status=\"alive\"} 2").then_some(t)
@@ -193,7 +236,12 @@ fn auth_roles_error_shape_metrics_and_openapi() {
     // The OpenAPI document names our paths.
     let doc: Value = a.get("/api/v1/openapi.json", None).json().unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for p in ["/api/v1/clustering/nodes", "/api/v1/clustering/nodes/{node_id}/health", "/health", "/metrics"] {
+    for p in [
+        "/api/v1/clustering/nodes",
+        "/api/v1/clustering/nodes/{node_id}/health",
+        "/health",
+        "/metrics",
+    ] {
         assert!(doc["paths"].get(p).is_some(), "openapi lacks {p}");
     }
 }

@@ -24,7 +24,10 @@ fn chain_of_five_converges_detects_kill_rejoins_and_leaves() {
     let mut nodes: Vec<TestNode> = Vec::new();
     for i in 0..5 {
         // Each node knows only the previous one.
-        let bootstrap = nodes.last().map(|p: &TestNode| vec![p.p2p.clone()]).unwrap_or_default();
+        let bootstrap = nodes
+            .last()
+            .map(|p: &TestNode| vec![p.p2p.clone()])
+            .unwrap_or_default();
         nodes.push(TestNode::spawn(
             root.path(),
             NodeSpec {
@@ -37,26 +40,39 @@ fn chain_of_five_converges_detects_kill_rejoins_and_leaves() {
         ));
     }
     let started = Instant::now();
-    let converged = wait_for(CONVERGE_BOUND, || nodes.iter().all(|n| n.alive_count() == 5).then_some(()));
+    let converged = wait_for(CONVERGE_BOUND, || {
+        nodes.iter().all(|n| n.alive_count() == 5).then_some(())
+    });
     assert!(
         converged.is_some(),
         "chain did not converge: {:?}\n{}",
         nodes.iter().map(|n| n.alive_count()).collect::<Vec<_>>(),
         nodes[0].log_tail()
     );
-    eprintln!("chain of 5 converged {:?} after the last start", started.elapsed());
+    eprintln!(
+        "chain of 5 converged {:?} after the last start",
+        started.elapsed()
+    );
 
     // Every node sees every other with the right region, zone and peer id.
     for n in &nodes {
         for (i, other) in nodes.iter().enumerate() {
-            let v = n.nodes().into_iter().find(|v| v["node_id"] == other.name).unwrap();
+            let v = n
+                .nodes()
+                .into_iter()
+                .find(|v| v["node_id"] == other.name)
+                .unwrap();
             assert_eq!(v["peer_id"], other.peer_id.as_str());
             assert_eq!(v["region"], regions[i]);
             assert_eq!(v["zone"], zones[i]);
             assert_eq!(v["is_local"], n.name == other.name);
         }
     }
-    let old_incarnation = nodes[0].nodes().iter().find(|v| v["node_id"] == "n3").unwrap()["incarnation"]
+    let old_incarnation = nodes[0]
+        .nodes()
+        .iter()
+        .find(|v| v["node_id"] == "n3")
+        .unwrap()["incarnation"]
         .as_u64()
         .unwrap();
 
@@ -74,7 +90,10 @@ fn chain_of_five_converges_detects_kill_rejoins_and_leaves() {
         "n3 not dead everywhere within {DEAD_BOUND:?}: {:?}",
         [0, 1, 3, 4].map(|i| nodes[i].status_of("n3"))
     );
-    eprintln!("SIGKILLed n3 seen dead by all after {:?}", killed_at.elapsed());
+    eprintln!(
+        "SIGKILLed n3 seen dead by all after {:?}",
+        killed_at.elapsed()
+    );
     // It passed through suspect or went straight to dead, but never stays alive
     // on anyone, and the rest stay alive.
     for i in [0, 1, 3, 4] {
@@ -92,21 +111,39 @@ fn chain_of_five_converges_detects_kill_rejoins_and_leaves() {
     nodes[2].restart(vec![n5]);
     assert_eq!(nodes[2].peer_id, old_peer, "identity survives restart");
     let back = wait_for(CONVERGE_BOUND, || {
-        nodes.iter().all(|n| n.status_of("n3").as_deref() == Some("alive")).then_some(())
+        nodes
+            .iter()
+            .all(|n| n.status_of("n3").as_deref() == Some("alive"))
+            .then_some(())
     });
     assert!(back.is_some(), "restarted n3 not alive everywhere");
-    let v = nodes[0].nodes().into_iter().find(|v| v["node_id"] == "n3").unwrap();
+    let v = nodes[0]
+        .nodes()
+        .into_iter()
+        .find(|v| v["node_id"] == "n3")
+        .unwrap();
     assert_eq!(v["peer_id"], old_peer.as_str());
     assert!(v["incarnation"].as_u64().unwrap() > old_incarnation);
     // Only one record for n3: the restart superseded the old one.
-    assert_eq!(nodes[0].nodes().iter().filter(|v| v["node_id"] == "n3").count(), 1);
+    assert_eq!(
+        nodes[0]
+            .nodes()
+            .iter()
+            .filter(|v| v["node_id"] == "n3")
+            .count(),
+        1
+    );
 
     // Health of a remote node comes from that node, over the cluster network.
     let h = nodes[0].get_json("/api/v1/clustering/nodes/n3/health");
     assert_eq!(h["source"], "peer");
     assert_eq!(h["node_id"], "n3");
     assert_eq!(h["healthy"], true, "{h}");
-    assert!(h["checks"].as_array().unwrap().iter().any(|c| c["name"] == "store" && c["ok"] == true));
+    assert!(h["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "store" && c["ok"] == true));
 
     // SIGTERM n4: others see `left` at once (well before failure detection),
     // and the process exits cleanly.
@@ -119,7 +156,10 @@ fn chain_of_five_converges_detects_kill_rejoins_and_leaves() {
             .then_some(())
     });
     assert!(left.is_some(), "n4 not `left` everywhere within 3 s");
-    eprintln!("SIGTERMed n4 seen left by all after {:?}", term_at.elapsed());
+    eprintln!(
+        "SIGTERMed n4 seen left by all after {:?}",
+        term_at.elapsed()
+    );
     assert_eq!(nodes[3].wait_exit(Duration::from_secs(10)), Some(0));
     // `left` stays `left` (no resurrection by stale gossip).
     std::thread::sleep(Duration::from_millis(1500));

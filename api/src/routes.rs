@@ -37,7 +37,10 @@ impl Modify for BearerAuth {
 pub(crate) fn protected() -> Router<ApiState> {
     Router::new()
         .route("/api/v1/clustering/nodes", get(list_nodes))
-        .route("/api/v1/clustering/nodes/{node_id}/health", get(node_health))
+        .route(
+            "/api/v1/clustering/nodes/{node_id}/health",
+            get(node_health),
+        )
 }
 
 /// Liveness of the answering node. Needs no token.

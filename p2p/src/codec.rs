@@ -155,7 +155,9 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         for seed in 0u8..=255 {
-            let bytes: Vec<u8> = (0..64).map(|i| seed.wrapping_mul(31).wrapping_add(i)).collect();
+            let bytes: Vec<u8> = (0..64)
+                .map(|i| seed.wrapping_mul(31).wrapping_add(i))
+                .collect();
             let _ = decode_cbor::<Request>(&bytes);
         }
     }
@@ -173,9 +175,11 @@ mod tests {
                 .await
                 .unwrap();
             let mut rd = Cursor::new(buf.into_inner());
-            let back = FramedCbor.read_request(&RPC_PROTOCOL, &mut rd).await.unwrap();
+            let back = FramedCbor
+                .read_request(&RPC_PROTOCOL, &mut rd)
+                .await
+                .unwrap();
             assert_eq!(back, req);
         });
     }
-
 }

@@ -16,7 +16,8 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, P2pError> {
     };
     if path.exists() {
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        return Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(format!("not a keypair: {e}")));
+        return Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| err(format!("not a keypair: {e}")));
     }
     let key = Keypair::generate_ed25519();
     let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;

@@ -183,6 +183,20 @@ impl Membership {
         }
     }
 
+    /// Whether a record with this (unverified) body and signature would
+    /// change the table; lets the driver skip signature checks on the many
+    /// stale copies that gossip and exchanges deliver.
+    pub fn is_news(&self, state: &crate::record::NodeState, signature: &[u8]) -> bool {
+        match self.members.get(&state.peer_id) {
+            None => true,
+            Some(m) => match state.version().cmp(&m.record.state.version()) {
+                std::cmp::Ordering::Greater => true,
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Equal => signature > m.record.signed.signature.as_slice(),
+            },
+        }
+    }
+
     fn status_of(&self, peer: &str, member: &Member, now_ms: u64) -> MemberStatus {
         if member.record.state.status == SelfStatus::Left {
             return MemberStatus::Left;
@@ -245,9 +259,8 @@ impl Membership {
         let forget = self.timings.forget_after_ms;
         let local = self.local_peer.clone();
         let before = self.members.len();
-        self.members.retain(|peer, m| {
-            *peer == local || now_ms.saturating_sub(m.last_progress_ms) < forget
-        });
+        self.members
+            .retain(|peer, m| *peer == local || now_ms.saturating_sub(m.last_progress_ms) < forget);
         before - self.members.len()
     }
 
@@ -256,7 +269,10 @@ impl Membership {
         let mut out = MemberStatus::ALL.map(|s| (s, 0));
         for (peer, m) in &self.members {
             let s = self.status_of(peer, m, now_ms);
-            out.iter_mut().find(|(k, _)| *k == s).expect("all statuses").1 += 1;
+            out.iter_mut()
+                .find(|(k, _)| *k == s)
+                .expect("all statuses")
+                .1 += 1;
         }
         out
     }
@@ -289,7 +305,9 @@ mod tests {
     }
 
     fn status(m: &Membership, key: &Keypair, now: u64) -> MemberStatus {
-        m.get(&key.public().to_peer_id().to_string(), now).unwrap().status
+        m.get(&key.public().to_peer_id().to_string(), now)
+            .unwrap()
+            .status
     }
 
     #[test]
@@ -332,7 +350,10 @@ mod tests {
         let mut m = table(&me);
         m.merge(rec(&other, 3, 900), 0, 0);
         assert_eq!(status(&m, &other, 20_000), MemberStatus::Dead);
-        assert_eq!(m.merge(rec(&other, 4, 0), 0, 20_000), MergeOutcome::Advanced);
+        assert_eq!(
+            m.merge(rec(&other, 4, 0), 0, 20_000),
+            MergeOutcome::Advanced
+        );
         assert_eq!(status(&m, &other, 20_000), MemberStatus::Alive);
     }
 
@@ -359,6 +380,20 @@ mod tests {
             MergeOutcome::OwnRecordSuperseded { incarnation: 7 }
         );
         assert_eq!(m.merge(rec(&me, 1, 0), 0, 0), MergeOutcome::Stale);
+    }
+
+    #[test]
+    fn is_news_matches_merge() {
+        let (me, other) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let mut m = table(&me);
+        let r = rec(&other, 1, 5);
+        assert!(m.is_news(&r.state, &r.signed.signature));
+        m.merge(r.clone(), 0, 0);
+        assert!(!m.is_news(&r.state, &r.signed.signature));
+        let older = rec(&other, 1, 4);
+        assert!(!m.is_news(&older.state, &older.signed.signature));
+        let newer = rec(&other, 2, 0);
+        assert!(m.is_news(&newer.state, &newer.signed.signature));
     }
 
     #[test]

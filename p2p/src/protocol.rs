@@ -45,14 +45,18 @@ pub enum Request {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Exchange { records: Vec<AgedRecord> },
+    Exchange {
+        records: Vec<AgedRecord>,
+    },
     Ack,
     App {
         #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     /// The request was understood but refused or failed.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 pub(crate) mod serde_bytes {
@@ -79,4 +83,3 @@ pub(crate) mod serde_bytes {
         d.deserialize_byte_buf(V)
     }
 }
-

@@ -165,7 +165,9 @@ pub(crate) mod tests {
     #[test]
     fn tampered_body_is_refused() {
         let key = Keypair::generate_ed25519();
-        let mut rec = SignedRecord::sign(&key, &state_for(&key, 1, 2)).unwrap().signed;
+        let mut rec = SignedRecord::sign(&key, &state_for(&key, 1, 2))
+            .unwrap()
+            .signed;
         let last = rec.body.len() - 1;
         rec.body[last] ^= 1;
         assert!(rec.verify().is_err());

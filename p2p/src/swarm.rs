@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
+use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{gossipsub, identify, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
-use libp2p::metrics::{Metrics, Recorder};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,7 +30,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::backoff::Backoff;
 use crate::codec::{decode_cbor, encode_cbor, FramedCbor, RPC_PROTOCOL};
 use crate::membership::{MemberStatus, MemberView, Membership, MergeOutcome, Timings};
-use crate::protocol::{AgedRecord, GossipMessage, Request, Response, MAX_MEMBERS, MAX_SERVICE_NAME};
+use crate::protocol::{
+    AgedRecord, GossipMessage, Request, Response, MAX_MEMBERS, MAX_SERVICE_NAME,
+};
 use crate::record::{NodeState, SelfStatus, SignedRecord, MAX_ADDRESSES};
 use crate::P2pError;
 
@@ -94,7 +96,8 @@ pub enum P2pEvent {
 /// Serves application requests (`Request::App`) for named services.
 #[async_trait::async_trait]
 pub trait AppHandler: Send + Sync + 'static {
-    async fn handle(&self, peer: PeerId, service: String, body: Vec<u8>) -> Result<Vec<u8>, String>;
+    async fn handle(&self, peer: PeerId, service: String, body: Vec<u8>)
+        -> Result<Vec<u8>, String>;
 }
 
 enum Command {
@@ -145,7 +148,10 @@ impl P2pHandle {
     /// Every member with its status, the local node included.
     pub fn members(&self) -> Vec<MemberView> {
         let now = self.clock.now_ms();
-        self.membership.lock().expect("membership lock").members(now)
+        self.membership
+            .lock()
+            .expect("membership lock")
+            .members(now)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<P2pEvent> {
@@ -177,7 +183,12 @@ impl P2pHandle {
 
     pub async fn connected_peers(&self) -> Vec<PeerId> {
         let (reply, rx) = oneshot::channel();
-        if self.commands.send(Command::ConnectedPeers { reply }).await.is_err() {
+        if self
+            .commands
+            .send(Command::ConnectedPeers { reply })
+            .await
+            .is_err()
+        {
             return vec![];
         }
         rx.await.unwrap_or_default()
@@ -222,7 +233,11 @@ impl P2pMetrics {
     fn register(registry: &mut Registry) -> Self {
         let libp2p = Metrics::new(registry);
         let members = Family::<StatusLabel, Gauge>::default();
-        registry.register("plexi_members", "Cluster members by status as seen by this node", members.clone());
+        registry.register(
+            "plexi_members",
+            "Cluster members by status as seen by this node",
+            members.clone(),
+        );
         let malformed = Family::<KindLabel, Counter>::default();
         registry.register(
             "plexi_p2p_malformed_messages",
@@ -230,9 +245,17 @@ impl P2pMetrics {
             malformed.clone(),
         );
         let rpc_inbound = Family::<KindLabel, Counter>::default();
-        registry.register("plexi_p2p_inbound_requests", "Inbound request-response calls by kind", rpc_inbound.clone());
+        registry.register(
+            "plexi_p2p_inbound_requests",
+            "Inbound request-response calls by kind",
+            rpc_inbound.clone(),
+        );
         let connected_peers = Gauge::default();
-        registry.register("plexi_p2p_connected_peers", "Peers with an open connection", connected_peers.clone());
+        registry.register(
+            "plexi_p2p_connected_peers",
+            "Peers with an open connection",
+            connected_peers.clone(),
+        );
         P2pMetrics {
             libp2p,
             members,
@@ -262,36 +285,38 @@ pub async fn spawn(
             yamux::Config::default,
         )
         .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-            let gossip_config = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(500))
-                .heartbeat_initial_delay(Duration::from_millis(100))
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                .max_transmit_size(64 * 1024)
-                .build()
-                .map_err(|e| format!("gossipsub config: {e}"))?;
-            let gossipsub = gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                gossip_config,
-            )?;
-            let identify = identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
-                    .with_agent_version(format!("plexi/{}", env!("CARGO_PKG_VERSION"))),
-            );
-            let rpc = request_response::Behaviour::with_codec(
-                FramedCbor,
-                [(RPC_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(config.request_timeout)
-                    .with_max_concurrent_streams(256),
-            );
-            Ok(Behaviour {
-                gossipsub,
-                identify,
-                ping: ping::Behaviour::new(ping::Config::new()),
-                rpc,
-            })
-        })
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let gossip_config = gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(Duration::from_millis(500))
+                    .heartbeat_initial_delay(Duration::from_millis(100))
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .max_transmit_size(64 * 1024)
+                    .build()
+                    .map_err(|e| format!("gossipsub config: {e}"))?;
+                let gossipsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                let identify = identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                        .with_agent_version(format!("plexi/{}", env!("CARGO_PKG_VERSION"))),
+                );
+                let rpc = request_response::Behaviour::with_codec(
+                    FramedCbor,
+                    [(RPC_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(config.request_timeout)
+                        .with_max_concurrent_streams(256),
+                );
+                Ok(Behaviour {
+                    gossipsub,
+                    identify,
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                    rpc,
+                })
+            },
+        )
         .map_err(|e| P2pError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
@@ -309,7 +334,10 @@ pub async fn spawn(
     }
 
     let clock = Clock(Instant::now());
-    let membership = Arc::new(Mutex::new(Membership::new(local_peer.to_string(), config.timings)));
+    let membership = Arc::new(Mutex::new(Membership::new(
+        local_peer.to_string(),
+        config.timings,
+    )));
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (events, _) = broadcast::channel(256);
     let handle = P2pHandle {
@@ -339,7 +367,12 @@ pub async fn spawn(
         bootstrap: config
             .bootstrap
             .iter()
-            .map(|a| (strip_p2p(a), (None, Backoff::new(BACKOFF_BASE_MS, BACKOFF_MAX_MS))))
+            .map(|a| {
+                (
+                    strip_p2p(a),
+                    (None, Backoff::new(BACKOFF_BASE_MS, BACKOFF_MAX_MS)),
+                )
+            })
             .collect(),
         member_backoff: HashMap::new(),
         exchanges: HashSet::new(),
@@ -353,13 +386,17 @@ pub async fn spawn(
     let exchange_interval = config.exchange_interval;
     let task = tokio::spawn(async move {
         driver.sign_and_install();
-        driver.run(commands_rx, heartbeat_interval, exchange_interval).await
+        driver
+            .run(commands_rx, heartbeat_interval, exchange_interval)
+            .await
     });
     Ok((handle, task))
 }
 
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
-    addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
 }
 
 struct Leaving {
@@ -441,7 +478,11 @@ impl Driver {
             name: info.name,
             incarnation: self.incarnation,
             heartbeat: self.heartbeat,
-            status: if self.left() { SelfStatus::Left } else { SelfStatus::Active },
+            status: if self.left() {
+                SelfStatus::Left
+            } else {
+                SelfStatus::Active
+            },
             version: info.version,
             region: info.region,
             zone: info.zone,
@@ -461,7 +502,10 @@ impl Driver {
             Ok(rec) => {
                 let signed = rec.signed.clone();
                 let now = self.now_ms();
-                self.membership.lock().expect("membership lock").set_local(rec, now);
+                self.membership
+                    .lock()
+                    .expect("membership lock")
+                    .set_local(rec, now);
                 Some(signed)
             }
             Err(e) => {
@@ -479,7 +523,12 @@ impl Driver {
                 return;
             }
         };
-        match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), bytes)
+        {
             Ok(_) => {}
             // Nobody to send to yet: the next tick (or an exchange) covers it.
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
@@ -510,7 +559,9 @@ impl Driver {
         for (status, n) in counts {
             self.metrics
                 .members
-                .get_or_create(&StatusLabel { status: status.as_str() })
+                .get_or_create(&StatusLabel {
+                    status: status.as_str(),
+                })
                 .set(n as i64);
         }
         let mut seen = HashSet::new();
@@ -537,27 +588,56 @@ impl Driver {
     }
 
     fn merge_signed(&mut self, signed: SignedRecord, age_ms: u64, source: &'static str) {
+        // Decoding is cheap and verifying is not: most copies that gossip and
+        // exchanges deliver are stale, so look before checking the signature.
+        let is_news = match decode_cbor::<NodeState>(&signed.body) {
+            Ok(state) => self
+                .membership
+                .lock()
+                .expect("membership lock")
+                .is_news(&state, &signed.signature),
+            Err(_) => true, // let verify() report it
+        };
+        if !is_news {
+            return;
+        }
         let verified = match signed.verify() {
             Ok(v) => v,
             Err(e) => {
-                self.metrics.malformed.get_or_create(&KindLabel { kind: source }).inc();
+                self.metrics
+                    .malformed
+                    .get_or_create(&KindLabel { kind: source })
+                    .inc();
                 tracing::warn!(source, error = %e, "dropped malformed record");
                 return;
             }
         };
         let now = self.now_ms();
-        let outcome = self.membership.lock().expect("membership lock").merge(verified, age_ms, now);
+        let outcome = self
+            .membership
+            .lock()
+            .expect("membership lock")
+            .merge(verified, age_ms, now);
         match outcome {
-            MergeOutcome::OwnRecordSuperseded { incarnation } if incarnation >= self.incarnation => {
+            MergeOutcome::OwnRecordSuperseded { incarnation }
+                if incarnation >= self.incarnation =>
+            {
                 self.incarnation = incarnation + 1;
                 self.heartbeat = 0;
-                tracing::warn!(incarnation = self.incarnation, "a newer record of ours circulates; moving to a higher incarnation");
-                let _ = self.events.send(P2pEvent::IncarnationBumped(self.incarnation));
+                tracing::warn!(
+                    incarnation = self.incarnation,
+                    "a newer record of ours circulates; moving to a higher incarnation"
+                );
+                let _ = self
+                    .events
+                    .send(P2pEvent::IncarnationBumped(self.incarnation));
                 if let Some(rec) = self.sign_and_install() {
                     self.publish(rec);
                 }
             }
-            MergeOutcome::Full => tracing::warn!(max = MAX_MEMBERS, "membership table full; record dropped"),
+            MergeOutcome::Full => {
+                tracing::warn!(max = MAX_MEMBERS, "membership table full; record dropped")
+            }
             _ => {}
         }
     }
@@ -567,7 +647,11 @@ impl Driver {
             let m = self.membership.lock().expect("membership lock");
             m.exchange_view(self.now_ms())
         };
-        let id = self.swarm.behaviour_mut().rpc.send_request(&peer, Request::Exchange { records });
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_request(&peer, Request::Exchange { records });
         self.exchanges.insert(id);
     }
 
@@ -598,13 +682,19 @@ impl Driver {
             backoff.attempted(now, rng.gen());
             dials.push(DialOpts::unknown_peer_id().address(addr.clone()).build());
         }
-        let members = self.membership.lock().expect("membership lock").members(now);
+        let members = self
+            .membership
+            .lock()
+            .expect("membership lock")
+            .members(now);
         let local = self.swarm.local_peer_id().to_string();
         for m in members {
             if m.status == MemberStatus::Left || m.record.state.peer_id == local {
                 continue;
             }
-            let Ok(peer) = m.record.state.peer_id.parse::<PeerId>() else { continue };
+            let Ok(peer) = m.record.state.peer_id.parse::<PeerId>() else {
+                continue;
+            };
             if self.connected.contains(&peer) {
                 continue;
             }
@@ -638,22 +728,37 @@ impl Driver {
                 tracing::debug!(error = %e, "dial not started");
             }
         }
-        self.member_backoff.retain(|p, _| self.connected.contains(p) || self.last_status.contains_key(&p.to_string()));
+        self.member_backoff.retain(|p, _| {
+            self.connected.contains(p) || self.last_status.contains_key(&p.to_string())
+        });
     }
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Request { peer, service, body, reply } => {
+            Command::Request {
+                peer,
+                service,
+                body,
+                reply,
+            } => {
                 if self.outbound.len() >= MAX_PENDING_REQUESTS {
                     let _ = reply.send(Err(P2pError::Busy));
                     return;
                 }
-                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, Request::App { service, body });
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_request(&peer, Request::App { service, body });
                 self.outbound.insert(id, reply);
             }
             Command::Respond { id, response } => {
                 if let Some(channel) = self.inbound.remove(&id) {
-                    let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(channel, response);
                 }
             }
             Command::ConnectedPeers { reply } => {
@@ -670,18 +775,20 @@ impl Driver {
                     deadline: Instant::now() + LEAVE_DEADLINE,
                 });
                 self.heartbeat += 1;
-                let Some(record) = self.sign_and_install() else { return };
+                let Some(record) = self.sign_and_install() else {
+                    return;
+                };
                 tracing::info!(peers = self.connected.len(), "leaving the cluster");
                 self.publish(record.clone());
                 let peers: Vec<PeerId> = self.connected.iter().copied().collect();
                 let mut pending = HashSet::new();
                 for peer in peers {
-                    pending.insert(
-                        self.swarm
-                            .behaviour_mut()
-                            .rpc
-                            .send_request(&peer, Request::Push { record: record.clone() }),
-                    );
+                    pending.insert(self.swarm.behaviour_mut().rpc.send_request(
+                        &peer,
+                        Request::Push {
+                            record: record.clone(),
+                        },
+                    ));
                 }
                 if let Some(l) = self.leaving.as_mut() {
                     l.pending = pending;
@@ -713,14 +820,21 @@ impl Driver {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
-                if self.listen_addresses.len() < MAX_ADDRESSES && !self.listen_addresses.contains(&address) {
+                if self.listen_addresses.len() < MAX_ADDRESSES
+                    && !self.listen_addresses.contains(&address)
+                {
                     self.listen_addresses.push(address);
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addresses.retain(|a| a != &address);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
                     if let Some((p, backoff)) = self.bootstrap.get_mut(&strip_p2p(address)) {
                         *p = Some(peer_id);
@@ -731,7 +845,9 @@ impl Driver {
                     b.succeeded();
                 }
                 self.connected.insert(peer_id);
-                self.metrics.connected_peers.set(self.connected.len() as i64);
+                self.metrics
+                    .connected_peers
+                    .set(self.connected.len() as i64);
                 if num_established.get() == 1 {
                     tracing::debug!(%peer_id, "connected");
                     if !self.left() {
@@ -739,12 +855,17 @@ impl Driver {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
-                if num_established == 0 {
-                    tracing::debug!(%peer_id, cause = ?cause, "disconnected");
-                    self.connected.remove(&peer_id);
-                    self.metrics.connected_peers.set(self.connected.len() as i64);
-                }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
+                tracing::debug!(%peer_id, cause = ?cause, "disconnected");
+                self.connected.remove(&peer_id);
+                self.metrics
+                    .connected_peers
+                    .set(self.connected.len() as i64);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer_id = ?peer_id, error = %error, "dial failed");
@@ -755,7 +876,10 @@ impl Driver {
                     match decode_cbor::<GossipMessage>(&message.data) {
                         Ok(GossipMessage::Heartbeat(rec)) => self.merge_signed(rec, 0, "gossip"),
                         Err(e) => {
-                            self.metrics.malformed.get_or_create(&KindLabel { kind: "gossip" }).inc();
+                            self.metrics
+                                .malformed
+                                .get_or_create(&KindLabel { kind: "gossip" })
+                                .inc();
                             tracing::warn!(source = ?message.source, error = %e, "dropped malformed gossip");
                         }
                     }
@@ -779,14 +903,20 @@ impl Driver {
     fn on_rpc(&mut self, ev: request_response::Event<Request, Response>) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    self.on_request(peer, request, channel)
-                }
-                request_response::Message::Response { request_id, response } => {
-                    self.on_response(peer, request_id, response)
-                }
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_request(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_response(peer, request_id, response),
             },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
                 tracing::debug!(%peer, error = %error, "request failed");
                 self.exchanges.remove(&request_id);
                 if let Some(reply) = self.outbound.remove(&request_id) {
@@ -804,23 +934,46 @@ impl Driver {
     fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
         match request {
             Request::Exchange { records } => {
-                self.metrics.rpc_inbound.get_or_create(&KindLabel { kind: "exchange" }).inc();
+                self.metrics
+                    .rpc_inbound
+                    .get_or_create(&KindLabel { kind: "exchange" })
+                    .inc();
                 self.merge_batch(records);
-                let records = self.membership.lock().expect("membership lock").exchange_view(self.now_ms());
-                let _ = self.swarm.behaviour_mut().rpc.send_response(channel, Response::Exchange { records });
+                let records = self
+                    .membership
+                    .lock()
+                    .expect("membership lock")
+                    .exchange_view(self.now_ms());
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_response(channel, Response::Exchange { records });
             }
             Request::Push { record } => {
-                self.metrics.rpc_inbound.get_or_create(&KindLabel { kind: "push" }).inc();
+                self.metrics
+                    .rpc_inbound
+                    .get_or_create(&KindLabel { kind: "push" })
+                    .inc();
                 self.merge_signed(record, 0, "push");
                 self.report_statuses();
-                let _ = self.swarm.behaviour_mut().rpc.send_response(channel, Response::Ack);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_response(channel, Response::Ack);
             }
             Request::App { service, body } => {
-                self.metrics.rpc_inbound.get_or_create(&KindLabel { kind: "app" }).inc();
+                self.metrics
+                    .rpc_inbound
+                    .get_or_create(&KindLabel { kind: "app" })
+                    .inc();
                 if service.len() > MAX_SERVICE_NAME || self.inbound.len() >= MAX_PENDING_REQUESTS {
                     let _ = self.swarm.behaviour_mut().rpc.send_response(
                         channel,
-                        Response::Error { message: "busy or bad service name".into() },
+                        Response::Error {
+                            message: "busy or bad service name".into(),
+                        },
                     );
                     return;
                 }
@@ -842,8 +995,14 @@ impl Driver {
 
     fn merge_batch(&mut self, records: Vec<AgedRecord>) {
         if records.len() > MAX_MEMBERS {
-            self.metrics.malformed.get_or_create(&KindLabel { kind: "exchange" }).inc();
-            tracing::warn!(count = records.len(), "exchange with too many records dropped");
+            self.metrics
+                .malformed
+                .get_or_create(&KindLabel { kind: "exchange" })
+                .inc();
+            tracing::warn!(
+                count = records.len(),
+                "exchange with too many records dropped"
+            );
             return;
         }
         for aged in records {

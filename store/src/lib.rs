@@ -88,7 +88,10 @@ impl NodeStore {
     pub fn probe(&self) -> Result<std::time::Duration, StoreError> {
         let started = std::time::Instant::now();
         self.meta
-            .insert(b"probe", &(started.elapsed().as_nanos() as u64).to_be_bytes())
+            .insert(
+                b"probe",
+                &(started.elapsed().as_nanos() as u64).to_be_bytes(),
+            )
             .map_err(|e| self.err(e))?;
         self.db.flush().map_err(|e| self.err(e))?;
         Ok(started.elapsed())

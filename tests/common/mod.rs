@@ -65,7 +65,14 @@ fn start(dir: &Path, spec: &NodeSpec, config: Option<&Path>, api: &str) -> Child
     cmd.arg("node")
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .args(["--name", spec.name, "--listen", "/ip4/127.0.0.1/tcp/0", "--api", api])
+        .args([
+            "--name",
+            spec.name,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            api,
+        ])
         .args(["--region", spec.region, "--zone", spec.zone]);
     for b in &spec.bootstrap {
         cmd.args(["--bootstrap", b]);
@@ -121,7 +128,9 @@ impl TestNode {
         self.p2p = info["p2p_addresses"][0].as_str().unwrap().to_string();
         self.peer_id = info["peer_id"].as_str().unwrap().to_string();
         wait_for(Duration::from_secs(10), || {
-            reqwest::blocking::get(format!("{}/health", self.api)).ok().filter(|r| r.status().is_success())
+            reqwest::blocking::get(format!("{}/health", self.api))
+                .ok()
+                .filter(|r| r.status().is_success())
         })
         .unwrap_or_else(|| panic!("{} does not serve /health\n{}", self.name, self.log_tail()));
     }
@@ -166,7 +175,12 @@ impl TestNode {
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             .and_then(|v| v["pid"].as_u64())
             .map(|p| p as u32);
-        self.child = Some(start(&self.dir, &spec, self.config.as_deref(), "127.0.0.1:0"));
+        self.child = Some(start(
+            &self.dir,
+            &spec,
+            self.config.as_deref(),
+            "127.0.0.1:0",
+        ));
         self.await_serving(old);
     }
 
@@ -178,7 +192,9 @@ impl TestNode {
 
     pub fn get(&self, path: &str, token: Option<&str>) -> reqwest::blocking::Response {
         let client = reqwest::blocking::Client::new();
-        let mut req = client.get(format!("{}{path}", self.api)).timeout(Duration::from_secs(15));
+        let mut req = client
+            .get(format!("{}{path}", self.api))
+            .timeout(Duration::from_secs(15));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -210,7 +226,10 @@ impl TestNode {
     }
 
     pub fn alive_count(&self) -> usize {
-        self.nodes().iter().filter(|n| n["status"] == "alive").count()
+        self.nodes()
+            .iter()
+            .filter(|n| n["status"] == "alive")
+            .count()
     }
 }
 
