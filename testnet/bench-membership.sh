@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # testnet/bench-membership.sh: benchmark (not a test) of plexi cluster membership
-# on loopback. It measures
+# on loopback. Every figure comes with a baseline measured in the same run.
+# It measures
+#   (0) baseline: a lone node (no peers, no bootstrap), BENCH_RUNS times: the time
+#       from its launch until its /health answers and its
+#       /api/v1/clustering/nodes lists itself alive (process start + serve
+#       time), then its VmRSS and CPU after BENCH_IDLE_SECONDS of idling;
 #   (a) convergence: clusters of 3, 5, 10 and 20 nodes started as a chain (node I
 #       bootstraps only from node I-1, all launched back to back); the time from
 #       launching the last node (and from launching the first) until every node's
-#       API lists all N nodes alive;
+#       API lists all N nodes alive; reported raw and minus the median of (0);
 #   (b) failure detection: in a 5-node cluster one node (node3, the middle of the
 #       chain) is killed with SIGKILL; the time until node1 reports it suspect and
-#       dead, and until every survivor reports it dead (default timings);
+#       dead, and until every survivor reports it dead (default timings). Its
+#       baselines: the configured suspect_after_ms / dead_after_ms, less 0..1
+#       heartbeat interval (what an ideal timeout detector would show: status is
+#       judged from the last heartbeat received), and, in the same cluster after,
+#       a graceful leave: node4 gets SIGTERM and the time until node1, and every
+#       remaining node, reports it `left`;
 #   (c) idle footprint: VmRSS (from /proc/PID/status) of every node after
 #       BENCH_IDLE_SECONDS of idling in the 5- and 20-node clusters, and the CPU
-#       each node used over that idle window.
+#       each node used over that idle window; baseline: the lone node of (0).
 # Each measurement is repeated BENCH_RUNS times; min/median/max are reported in a
-# markdown table (machine, commit, binary) ready for docs/BENCHMARKS.md.
+# markdown table (machine, commit, binary) ready for docs/BENCHMARKS.md, with
+# baseline rows marked "Baseline:".
 #
 # Nodes run with no config file (built-in default timings), from a temp dir, on
 # ports derived from BENCH_BASE_PORT (checked free), with a random admin token.
@@ -46,7 +57,15 @@ BENCH_IDLE_SECONDS=${BENCH_IDLE_SECONDS:-10}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
 RSS_SIZES=" 5 20 " # cluster sizes whose idle footprint is measured
 FAIL_SIZE=5        # cluster size of the failure-detection runs
-FAIL_VICTIM=3      # which node is killed
+FAIL_VICTIM=3      # which node is killed (SIGKILL)
+FAIL_LEAVER=4      # which node then leaves gracefully (SIGTERM)
+# The built-in default timings the nodes run with (src/config.rs,
+# MembershipSection::default); the ideal of a timeout detector.
+# Status is computed when asked, from the time since the last heartbeat
+# received, so a kill is seen between (timeout - HEARTBEAT_MS) and timeout later.
+HEARTBEAT_MS=1000
+SUSPECT_AFTER_MS=3000
+DEAD_AFTER_MS=6000
 POLL_SLEEP=0.05
 
 die() {
@@ -178,6 +197,7 @@ REGIONS=(eu-west us-east ap-south)
 C_DIR=""
 C_PIDS=()
 C_APIS=()
+C_HEALTH=()
 T_FIRST=0
 T_LAST=0
 cluster_seq=0
@@ -190,6 +210,7 @@ launch_chain() { # N: start N nodes, node I bootstrapping only from node I-1
     alloc_ports "$n"
     C_PIDS=()
     C_APIS=()
+    C_HEALTH=()
     now_ms
     T_FIRST=$NOW_MS
     for ((i = 1; i <= n; i++)); do
@@ -210,6 +231,7 @@ launch_chain() { # N: start N nodes, node I bootstrapping only from node I-1
         C_PIDS+=($!)
         all_pids+=($!)
         C_APIS+=("http://127.0.0.1:$((API_BASE + i))/api/v1/clustering/nodes")
+        C_HEALTH+=("http://127.0.0.1:$((API_BASE + i))/health")
     done
     now_ms
     T_LAST=$NOW_MS
@@ -247,16 +269,21 @@ show_logs() {
 }
 
 # One polling round over the given node indexes (1-based); responses land in
-# $C_DIR/poll.I. Sets NOW_MS to the time the round completed.
+# $C_DIR/poll.I (and, when POLL_HEALTH=1, /health's in $C_DIR/health.I, fetched
+# in the same parallel round). Sets NOW_MS to the time the round completed.
 POLL_ROUNDS=0
 POLL_MS_TOTAL=0
+POLL_HEALTH=0
 poll_round() {
     local i args=() start
     now_ms
     start=$NOW_MS
     for i in "$@"; do
-        rm -f "$C_DIR/poll.$i"
+        rm -f "$C_DIR/poll.$i" "$C_DIR/health.$i"
         args+=(-o "$C_DIR/poll.$i" "${C_APIS[$i - 1]}")
+        if ((POLL_HEALTH)); then
+            args+=(-o "$C_DIR/health.$i" "${C_HEALTH[$i - 1]}")
+        fi
     done
     curl --parallel --parallel-immediate --parallel-max 64 -s --connect-timeout 1 --max-time 2 \
         -H "Authorization: Bearer $token" "${args[@]}" 2>/dev/null || true
@@ -268,6 +295,7 @@ poll_round() {
 # python3 evaluation of one round.
 #   alive N FILE...   -> how many files list exactly N members, all alive
 #   status NAME FILE... -> NAME's status in each file (none / err when unknown)
+#   health - FILE...    -> how many files are a /health answer with status "ok"
 PY_EVAL='
 import json, sys
 mode, arg, files = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -277,7 +305,15 @@ def nodes(f):
             return json.load(fh)["nodes"]
     except Exception:
         return None
-if mode == "alive":
+def healthy(f):
+    try:
+        with open(f) as fh:
+            return json.load(fh).get("status") == "ok"
+    except Exception:
+        return False
+if mode == "health":
+    print(sum(1 for f in files if healthy(f)))
+elif mode == "alive":
     n, ok = int(arg), 0
     for f in files:
         ns = nodes(f)
@@ -303,20 +339,26 @@ any_died() { # true when a node of the current cluster has exited
     return 1
 }
 
-# Wait until every node of the current cluster lists all N nodes alive; sets
-# CONV_MS to the time the round that saw it completed.
+# Wait until every node of the current cluster lists all N nodes alive (and,
+# when POLL_HEALTH=1, also answers /health with status ok in the same round);
+# sets CONV_MS to the time the round that saw it completed.
 CONV_MS=0
 wait_converged() { # N
-    local n=$1 i ok deadline idx=() files=()
+    local n=$1 i ok hok deadline idx=() files=() hfiles=()
     for ((i = 1; i <= n; i++)); do
         idx+=("$i")
         files+=("$C_DIR/poll.$i")
+        hfiles+=("$C_DIR/health.$i")
     done
     now_ms
     deadline=$((NOW_MS + BENCH_TIMEOUT * 1000))
     while :; do
         poll_round "${idx[@]}"
         ok=$(python3 -c "$PY_EVAL" alive "$n" "${files[@]}")
+        if ((POLL_HEALTH && ok == n)); then
+            hok=$(python3 -c "$PY_EVAL" health - "${hfiles[@]}")
+            ((hok == n)) || ok=0
+        fi
         if ((ok == n)); then
             CONV_MS=$NOW_MS
             return 0
@@ -356,6 +398,50 @@ started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 echo "plexi membership benchmark: $version ($profile_label), $BENCH_RUNS run(s), sizes $BENCH_SIZES, work dir $work" >&2
 
+# Idle the current cluster for BENCH_IDLE_SECONDS, then record every node's
+# VmRSS (kB, as RSS_KIND) and the CPU it used over the window (hundredths of a
+# percent of one core, as CPU_KIND). Sets IDLE_RSS_LIST (MiB per node).
+IDLE_RSS_LIST=()
+measure_idle() { # RSS_KIND CPU_KIND SIZE
+    local rss_kind=$1 cpu_kind=$2 size=$3 pid idle_start idle_ms kb t1
+    local -A t0=()
+    for pid in "${C_PIDS[@]}"; do t0[$pid]=$(cpu_ticks "$pid"); done
+    now_ms
+    idle_start=$NOW_MS
+    sleep "$BENCH_IDLE_SECONDS"
+    now_ms
+    idle_ms=$((NOW_MS - idle_start))
+    IDLE_RSS_LIST=()
+    for pid in "${C_PIDS[@]}"; do
+        is_ours "$pid" || die "node pid $pid is gone before its RSS was read"
+        kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+        record "$rss_kind" "$size" "$kb"
+        IDLE_RSS_LIST+=("$((kb / 1024))")
+        t1=$(cpu_ticks "$pid")
+        record "$cpu_kind" "$size" $(((t1 - t0[$pid]) * 1000 * 10000 / clk_tck / idle_ms))
+    done
+}
+
+# ---- (0) baseline: a lone node, launch to /health ok + itself listed alive,
+# then its idle footprint
+for ((run = 1; run <= BENCH_RUNS; run++)); do
+    launch_chain 1
+    POLL_HEALTH=1
+    if wait_converged 1; then
+        POLL_HEALTH=0
+        record base_start 1 $((CONV_MS - T_FIRST))
+        echo "lone node run $run: /health ok and itself listed alive $(ms $((CONV_MS - T_FIRST))) s after launch" >&2
+        measure_idle base_rss_kb base_idle_cpu 1
+        echo "lone node run $run: idle VmRSS MiB after ${BENCH_IDLE_SECONDS}s: ${IDLE_RSS_LIST[*]}" >&2
+    else
+        POLL_HEALTH=0
+        record base_timeout 1 1
+        echo "lone node run $run: did not come up" >&2
+        show_logs
+    fi
+    stop_cluster
+done
+
 # ---- (a) convergence, and (c) idle footprint for RSS_SIZES
 for n in $BENCH_SIZES; do
     for ((run = 1; run <= BENCH_RUNS; run++)); do
@@ -365,25 +451,8 @@ for n in $BENCH_SIZES; do
             record conv_first "$n" $((CONV_MS - T_FIRST))
             echo "n=$n run $run: all alive everywhere $(ms $((CONV_MS - T_LAST))) s after the last launch, $(ms $((CONV_MS - T_FIRST))) s after the first" >&2
             if [[ $RSS_SIZES == *" $n "* ]]; then
-                declare -A t0=()
-                for pid in "${C_PIDS[@]}"; do t0[$pid]=$(cpu_ticks "$pid"); done
-                now_ms
-                idle_start=$NOW_MS
-                sleep "$BENCH_IDLE_SECONDS"
-                now_ms
-                idle_ms=$((NOW_MS - idle_start))
-                rss_list=()
-                for pid in "${C_PIDS[@]}"; do
-                    is_ours "$pid" || die "node pid $pid is gone before its RSS was read"
-                    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
-                    record rss_kb "$n" "$kb"
-                    rss_list+=("$((kb / 1024))")
-                    t1=$(cpu_ticks "$pid")
-                    # CPU over the idle window, in hundredths of a percent of one core
-                    record idle_cpu "$n" $(((t1 - t0[$pid]) * 1000 * 10000 / clk_tck / idle_ms))
-                done
-                unset t0
-                echo "n=$n run $run: idle VmRSS MiB after ${BENCH_IDLE_SECONDS}s: ${rss_list[*]}" >&2
+                measure_idle rss_kb idle_cpu "$n"
+                echo "n=$n run $run: idle VmRSS MiB after ${BENCH_IDLE_SECONDS}s: ${IDLE_RSS_LIST[*]}" >&2
             fi
         else
             record conv_timeout "$n" 1
@@ -452,6 +521,58 @@ for ((run = 1; run <= BENCH_RUNS; run++)); do
         echo "failure run $run: survivors did not all report node$FAIL_VICTIM dead within ${BENCH_TIMEOUT}s (last: ${st[*]})" >&2
         show_logs
     fi
+    # Baseline in the same cluster: a graceful leave. node$FAIL_LEAVER gets
+    # SIGTERM; poll the remaining nodes until node1, then all, report it `left`.
+    stayers=()
+    files=()
+    for ((i = 1; i <= n; i++)); do
+        if ((i != FAIL_VICTIM && i != FAIL_LEAVER)); then
+            stayers+=("$i")
+            files+=("$C_DIR/poll.$i")
+        fi
+    done
+    leaver_pid=${C_PIDS[$FAIL_LEAVER - 1]}
+    is_ours "$leaver_pid" || die "leaver pid $leaver_pid is not a node"
+    now_ms
+    t_term=$NOW_MS
+    kill -TERM "$leaver_pid"
+    deadline=$((t_term + BENCH_TIMEOUT * 1000))
+    t_left1=""
+    t_left_all=""
+    t_exit=""
+    while :; do
+        poll_round "${stayers[@]}"
+        if [[ -z $t_exit ]]; then # exited (gone, or a zombie not yet reaped)
+            pstate=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$leaver_pid/status" 2>/dev/null || true)
+            if [[ -z $pstate || $pstate == Z ]]; then t_exit=$NOW_MS; fi
+        fi
+        read -r -a st <<<"$(python3 -c "$PY_EVAL" status "node$FAIL_LEAVER" "${files[@]}")"
+        if [[ -z $t_left1 && ${st[0]} == left ]]; then t_left1=$NOW_MS; fi
+        all_left=true
+        for s in "${st[@]}"; do
+            [[ $s == left ]] || all_left=false
+        done
+        if $all_left; then
+            t_left_all=$NOW_MS
+            break
+        fi
+        ((NOW_MS < deadline)) || break
+        sleep "$POLL_SLEEP"
+    done
+    if [[ -n $t_exit ]]; then
+        exit_note="the process had exited $(ms $((t_exit - t_term))) s after SIGTERM"
+    else
+        exit_note="the process had not exited yet"
+    fi
+    if [[ -n $t_left_all ]]; then
+        record leave_left1 "$n" $((t_left1 - t_term))
+        record leave_left_all "$n" $((t_left_all - t_term))
+        echo "failure run $run: node$FAIL_LEAVER SIGTERMed; node1 saw it left after $(ms $((t_left1 - t_term))) s, all remaining nodes after $(ms $((t_left_all - t_term))) s; $exit_note" >&2
+    else
+        record leave_timeout "$n" 1
+        echo "failure run $run: remaining nodes did not all report node$FAIL_LEAVER left within ${BENCH_TIMEOUT}s (last: ${st[*]})" >&2
+        show_logs
+    fi
     stop_cluster
 done
 
@@ -473,48 +594,77 @@ for line in open(sys.argv[1]):
         rows[(kind, int(size))].append(int(value))
 
 sizes = [int(s) for s in "$BENCH_SIZES".split()]
-runs = $BENCH_RUNS
+rss_sizes = [s for s in sizes if " %d " % s in "$RSS_SIZES"]
+fail_size = $FAIL_SIZE
+B = "**Baseline:** "
 
 def fmt(kind, v):
-    if kind == "rss_kb":
+    if kind.endswith("rss_kb"):
         return "%.1f" % (v / 1024)
-    if kind == "idle_cpu":
+    if kind.endswith("idle_cpu"):
         return "%.2f" % (v / 100)
     return "%.2f" % (v / 1000)
 
-def row(label, kind, size, samples_note, timeout_kind=None):
+def runs(k):
+    return "%d runs" % k
+
+def nodes(k):
+    return "%d nodes" % k
+
+def row(label, kind, size, samples_note, timeout_kind=None, minus=None):
+    """minus: a (kind, size) whose median is subtracted from every sample."""
     vals = rows.get((kind, size), [])
     failed = timeouts.get((timeout_kind, size), 0) if timeout_kind else 0
     note = samples_note(len(vals))
     if failed:
         note += ", %d run(s) failed" % failed
+    if minus is not None:
+        base = rows.get(minus, [])
+        vals = [v - statistics.median(base) for v in vals] if base else []
     if not vals:
         print("| %s | %d | %s | - | - | - |" % (label, size, note))
         return
     print("| %s | %d | %s | %s | %s | %s |" % (label, size, note,
           fmt(kind, min(vals)), fmt(kind, statistics.median(vals)), fmt(kind, max(vals))))
 
+def config_row(label, size, timeout_ms):
+    # An ideal timeout detector fed a heartbeat every HEARTBEAT_MS, evaluated when
+    # asked: it sees a kill between timeout - HEARTBEAT_MS and timeout later.
+    print("| %s | %d | configured | %.2f | - | %.2f |" % (label, size,
+          (timeout_ms - $HEARTBEAT_MS) / 1000, timeout_ms / 1000))
+
 print()
 print("### Membership on loopback (testnet/bench-membership.sh)")
 print()
 print("- Machine: $machine_nproc CPUs, $machine_cpu, $mem_total RAM; load average $load_start at start, $load_end at end")
 print("- Commit: $commit; binary: $version, $profile_label build")
-print("- Date: $started_at; timings: defaults (heartbeat 1000 ms, exchange 1000 ms, suspect 3000 ms, dead 6000 ms)")
+print("- Date: $started_at; timings: defaults (heartbeat $HEARTBEAT_MS ms, exchange 1000 ms, suspect $SUSPECT_AFTER_MS ms, dead $DEAD_AFTER_MS ms)")
 print("- Chain start: node I bootstraps only from node I-1, all launched back to back; a polling round (curl over every node's API, then python3) every ~50 ms + $poll_avg ms average round time, so figures are upper bounds within about one round")
+print("- Rows marked Baseline were measured in the same run (or are the configured timeout): a lone node with no peers for start-up and idle footprint, a graceful SIGTERM leave in the same 5-node cluster for failure detection; \"minus baseline\" rows subtract the lone node's median start-up time from every sample")
 print()
 print("| Measurement | Nodes | Samples | Min | Median | Max |")
 print("|---|---:|---|---:|---:|---:|")
+base = ("base_start", 1)
+row(B + "lone node, launch to /health ok and itself listed alive (s)", "base_start", 1, runs, "base_timeout")
 for s in sizes:
-    row("Convergence after last launch (s)", "conv_last", s, lambda k: "%d runs" % k, "conv_timeout")
+    row("Convergence after last launch (s)", "conv_last", s, runs, "conv_timeout")
 for s in sizes:
-    row("Convergence after first launch (s)", "conv_first", s, lambda k: "%d runs" % k, "conv_timeout")
-row("SIGKILL to suspect, seen by node1 (s)", "fail_suspect1", $FAIL_SIZE, lambda k: "%d runs" % k, "fail_timeout")
-row("SIGKILL to dead, seen by node1 (s)", "fail_dead1", $FAIL_SIZE, lambda k: "%d runs" % k, "fail_timeout")
-row("SIGKILL to dead, seen by all survivors (s)", "fail_dead_all", $FAIL_SIZE, lambda k: "%d runs" % k, "fail_timeout")
+    row("Convergence after last launch, minus baseline (s)", "conv_last", s, runs, "conv_timeout", base)
 for s in sizes:
-    if " %d " % s in "$RSS_SIZES":
-        row("Idle VmRSS per node after ${BENCH_IDLE_SECONDS} s (MiB)", "rss_kb", s, lambda k: "%d nodes" % k)
+    row("Convergence after first launch (s)", "conv_first", s, runs, "conv_timeout")
 for s in sizes:
-    if " %d " % s in "$RSS_SIZES":
-        row("Idle CPU per node over ${BENCH_IDLE_SECONDS} s (% of one core)", "idle_cpu", s, lambda k: "%d nodes" % k)
+    row("Convergence after first launch, minus baseline (s)", "conv_first", s, runs, "conv_timeout", base)
+config_row(B + "configured suspect_after_ms = %.2f s, less 0..1 heartbeat interval (s)" % ($SUSPECT_AFTER_MS / 1000), fail_size, $SUSPECT_AFTER_MS)
+row("SIGKILL to suspect, seen by node1 (s)", "fail_suspect1", fail_size, runs, "fail_timeout")
+config_row(B + "configured dead_after_ms = %.2f s, less 0..1 heartbeat interval: ideal timeout detector (s)" % ($DEAD_AFTER_MS / 1000), fail_size, $DEAD_AFTER_MS)
+row("SIGKILL to dead, seen by node1 (s)", "fail_dead1", fail_size, runs, "fail_timeout")
+row("SIGKILL to dead, seen by all survivors (s)", "fail_dead_all", fail_size, runs, "fail_timeout")
+row(B + "SIGTERM to left (graceful leave, same cluster), seen by node1 (s)", "leave_left1", fail_size, runs, "leave_timeout")
+row(B + "SIGTERM to left, seen by all remaining nodes (s)", "leave_left_all", fail_size, runs, "leave_timeout")
+row(B + "idle VmRSS of a lone node after ${BENCH_IDLE_SECONDS} s (MiB)", "base_rss_kb", 1, nodes)
+for s in rss_sizes:
+    row("Idle VmRSS per node after ${BENCH_IDLE_SECONDS} s (MiB)", "rss_kb", s, nodes)
+row(B + "idle CPU of a lone node over ${BENCH_IDLE_SECONDS} s (% of one core)", "base_idle_cpu", 1, nodes)
+for s in rss_sizes:
+    row("Idle CPU per node over ${BENCH_IDLE_SECONDS} s (% of one core)", "idle_cpu", s, nodes)
 PY

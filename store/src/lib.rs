@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod placement;
+pub mod version;
+
 const META_TREE: &str = "meta";
 const INCARNATION_KEY: &[u8] = b"incarnation";
 
