@@ -51,7 +51,11 @@ fn unit_hash(partition: u16, id: &str) -> f64 {
     let mut hasher = blake3::Hasher::new();
     hasher.update(&partition.to_be_bytes());
     hasher.update(id.as_bytes());
-    let h = u64::from_be_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+    let h = u64::from_be_bytes(
+        hasher.finalize().as_bytes()[..8]
+            .try_into()
+            .expect("8 bytes"),
+    );
     ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
@@ -113,7 +117,7 @@ pub fn rank(partition: u16, nodes: &[Candidate], strategy: Strategy) -> Vec<usiz
 pub fn replicas(partition: u16, nodes: &[Candidate], strategy: Strategy, rf: usize) -> Vec<usize> {
     let ranked = rank(partition, nodes, strategy);
     let mut chosen: Vec<usize> = Vec::with_capacity(rf);
-    let mut take = |pred: &dyn Fn(&Candidate, &[usize]) -> bool, chosen: &mut Vec<usize>| {
+    let take = |pred: &dyn Fn(&Candidate, &[usize]) -> bool, chosen: &mut Vec<usize>| {
         for &i in &ranked {
             if chosen.len() >= rf {
                 return;
@@ -124,10 +128,16 @@ pub fn replicas(partition: u16, nodes: &[Candidate], strategy: Strategy, rf: usi
         }
     };
     if strategy == Strategy::Geographic {
-        take(&|c, ch| ch.iter().all(|&j| nodes[j].region != c.region), &mut chosen);
+        take(
+            &|c, ch| ch.iter().all(|&j| nodes[j].region != c.region),
+            &mut chosen,
+        );
     }
     take(
-        &|c, ch| ch.iter().all(|&j| (&nodes[j].region, &nodes[j].zone) != (&c.region, &c.zone)),
+        &|c, ch| {
+            ch.iter()
+                .all(|&j| (&nodes[j].region, &nodes[j].zone) != (&c.region, &c.zone))
+        },
         &mut chosen,
     );
     take(&|_, _| true, &mut chosen);
@@ -153,13 +163,22 @@ mod tests {
 
     fn assignment(nodes: &[Candidate], s: Strategy, rf: usize) -> Vec<BTreeSet<String>> {
         (0..PARTITIONS)
-            .map(|p| replicas(p, nodes, s, rf).into_iter().map(|i| nodes[i].id.clone()).collect())
+            .map(|p| {
+                replicas(p, nodes, s, rf)
+                    .into_iter()
+                    .map(|i| nodes[i].id.clone())
+                    .collect()
+            })
             .collect()
     }
 
     /// Fraction of replica slots that change owner when `after` replaces `before`.
     fn moved(before: &[BTreeSet<String>], after: &[BTreeSet<String>], rf: usize) -> f64 {
-        let changed: usize = before.iter().zip(after).map(|(b, a)| a.difference(b).count()).sum();
+        let changed: usize = before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| a.difference(b).count())
+            .sum();
         changed as f64 / (before.len() * rf) as f64
     }
 
@@ -276,7 +295,10 @@ mod tests {
         // Small wobbles inside a bucket change nothing.
         let before = assignment(&nodes, Strategy::PerformanceOptimized, 3);
         nodes[0].latency_ms = Some(1.7);
-        assert_eq!(before, assignment(&nodes, Strategy::PerformanceOptimized, 3));
+        assert_eq!(
+            before,
+            assignment(&nodes, Strategy::PerformanceOptimized, 3)
+        );
     }
 
     #[test]

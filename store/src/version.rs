@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Totally ordered: physical time, then logical counter, then node.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Version {
     /// Milliseconds since the Unix epoch, never behind any version seen.
     pub physical_ms: u64,
@@ -60,7 +62,11 @@ impl Hlc {
         } else {
             Version {
                 physical_ms: self.last.physical_ms,
-                logical: self.last.logical.checked_add(1).expect("logical clock overflow"),
+                logical: self
+                    .last
+                    .logical
+                    .checked_add(1)
+                    .expect("logical clock overflow"),
                 node: self.node,
             }
         };
@@ -107,13 +113,28 @@ mod tests {
         assert!(a.observe(v, 1000));
         assert!(a.now(1000) > v);
         // A clock an hour ahead does not drag us.
-        assert!(!a.observe(Version { physical_ms: 1000 + 3_600_000, logical: 0, node: 2 }, 1000));
+        assert!(!a.observe(
+            Version {
+                physical_ms: 1000 + 3_600_000,
+                logical: 0,
+                node: 2
+            },
+            1000
+        ));
     }
 
     #[test]
     fn ties_break_by_node() {
-        let x = Version { physical_ms: 1, logical: 0, node: 1 };
-        let y = Version { physical_ms: 1, logical: 0, node: 2 };
+        let x = Version {
+            physical_ms: 1,
+            logical: 0,
+            node: 1,
+        };
+        let y = Version {
+            physical_ms: 1,
+            logical: 0,
+            node: 2,
+        };
         assert!(x < y);
     }
 }
