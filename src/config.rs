@@ -81,6 +81,14 @@ pub struct DistributedStorage {
     pub health_check_interval_seconds: f64,
     pub max_node_usage_percentage: f64,
     pub rereplication_delay_seconds: u64,
+    /// Largest object body accepted (413 above).
+    pub max_object_mib: f64,
+    /// How often each node compares partition digests with one peer.
+    pub anti_entropy_interval_seconds: f64,
+    /// Tombstones older than this are purged by cleanup.
+    pub tombstone_grace_seconds: u64,
+    /// Throttle for repair, re-replication and rebalancing traffic per node.
+    pub repair_mib_per_second: f64,
 }
 
 impl Default for DistributedStorage {
@@ -95,6 +103,10 @@ impl Default for DistributedStorage {
             health_check_interval_seconds: 60.0,
             max_node_usage_percentage: 85.0,
             rereplication_delay_seconds: 300,
+            max_object_mib: 64.0,
+            anti_entropy_interval_seconds: 10.0,
+            tombstone_grace_seconds: 86_400,
+            repair_mib_per_second: 32.0,
         }
     }
 }
@@ -344,6 +356,30 @@ impl Config {
             s.rereplication_delay_seconds,
             0,
             30 * 86_400,
+        )?;
+        range(
+            "distributed_storage.max_object_mib",
+            s.max_object_mib,
+            0.001,
+            1024.0,
+        )?;
+        range(
+            "distributed_storage.anti_entropy_interval_seconds",
+            s.anti_entropy_interval_seconds,
+            0.1,
+            86_400.0,
+        )?;
+        range(
+            "distributed_storage.tombstone_grace_seconds",
+            s.tombstone_grace_seconds,
+            1,
+            365 * 86_400,
+        )?;
+        range(
+            "distributed_storage.repair_mib_per_second",
+            s.repair_mib_per_second,
+            0.1,
+            100_000.0,
         )?;
 
         let n = &self.node;

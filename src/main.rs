@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod health;
 mod node;
+mod storage;
 mod tokens;
 
 use std::path::PathBuf;

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, Overrides};
 use crate::health::{disk_check, fs_space, GIB};
+use crate::storage::{wire, Settings as StorageSettings, Storage, StorageApi, StorageMetrics};
 
 /// The compiled-in version (see build.rs).
 pub const VERSION: &str = env!("PLEXI_VERSION");
@@ -57,6 +58,7 @@ pub struct Node {
     data_dir: PathBuf,
     started: Instant,
     p2p: OnceLock<P2pHandle>,
+    storage: OnceLock<Arc<Storage>>,
 }
 
 impl Node {
@@ -267,10 +269,14 @@ impl plexi_p2p::AppHandler for Rpc {
         &self,
         peer: PeerId,
         service: String,
-        _body: Vec<u8>,
+        body: Vec<u8>,
     ) -> Result<Vec<u8>, String> {
         match service.as_str() {
             HEALTH_SERVICE => encode_cbor(&self.0.local_health().await).map_err(|e| e.to_string()),
+            wire::STORE_SERVICE => match self.0.storage.get() {
+                Some(storage) => crate::storage::serve(storage, peer, &body).await,
+                None => Err("storage is starting".into()),
+            },
             other => {
                 tracing::warn!(%peer, service = other, "call for an unknown service dropped");
                 Err(format!("unknown service {other:?}"))
@@ -388,6 +394,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
         "Seconds since the node started",
         uptime.clone(),
     );
+    let storage_metrics = StorageMetrics::register(&mut registry);
 
     let node = Arc::new(Node {
         name: name.clone(),
@@ -398,6 +405,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
         data_dir: data_dir.clone(),
         started: Instant::now(),
         p2p: OnceLock::new(),
+        storage: OnceLock::new(),
     });
 
     let first_info = LocalInfo {
@@ -441,6 +449,18 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
     .await
     .map_err(startup("p2p"))?;
     node.p2p.set(p2p.clone()).ok().expect("set once");
+    let storage = Storage::new(
+        StorageSettings::from_config(&config.distributed_storage),
+        peer_id,
+        p2p.clone(),
+        store.clone(),
+        storage_metrics,
+    );
+    node.storage.set(storage.clone()).ok().expect("set once");
+    crate::storage::repair::spawn(storage.clone());
+    if let Some(aside) = store.quarantined() {
+        tracing::error!(quarantine = %aside.display(), "the store was quarantined at start; anti-entropy refills it from replicas");
+    }
 
     tracing::info!(
         node_id = %name,
@@ -491,7 +511,11 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
             loop {
                 tick.tick().await;
                 let report = node.local_health().await;
-                let used = node.store.size_on_disk().unwrap_or(0);
+                let (objects, used) = node
+                    .storage
+                    .get()
+                    .map(|s| plexi_store::objects::ObjectStore::counts(s.engine().as_ref()))
+                    .unwrap_or((0, 0));
                 let listen = node
                     .p2p()
                     .members()
@@ -502,6 +526,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
                 let info = LocalInfo {
                     api_address: advertised_api(api_bound, &listen),
                     used_bytes: used,
+                    object_count: objects,
                     healthy: report.healthy,
                     ..first_info.clone()
                 };
@@ -557,6 +582,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
 
     let state = ApiState {
         cluster: Arc::new(NodeApi(node.clone())),
+        storage: Arc::new(StorageApi(storage.clone())),
         tokens: Arc::new(tokens),
         registry: Arc::new(registry),
         metrics: api_metrics,

@@ -118,7 +118,8 @@ token=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 is_ours() {
     local pid=$1
     kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^$work/"
+    # (2>/dev/null first: the node may exit between kill -0 and the read)
+    tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | grep -q "^$work/"
 }
 
 cleanup() {
@@ -394,6 +395,13 @@ if [[ -n $(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null) ]
     commit="$commit (+ uncommitted changes)"
 fi
 version=$("$bin" --version 2>/dev/null || echo "plexi ?")
+# With PLEXI_BIN the binary may predate HEAD: give its build time, and say so.
+bin_mtime=$(stat -c %Y "$bin")
+bin_built=$(date -u -d "@$bin_mtime" +%Y-%m-%dT%H:%M:%SZ)
+head_time=$(git -C "$repo" log -1 --format=%ct 2>/dev/null || echo 0)
+if [[ $profile_label == PLEXI_BIN ]] && ((head_time > bin_mtime)); then
+    commit="$commit (HEAD at run time; committed after the binary was built, so the binary is of an earlier commit)"
+fi
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 echo "plexi membership benchmark: $version ($profile_label), $BENCH_RUNS run(s), sizes $BENCH_SIZES, work dir $work" >&2
@@ -637,7 +645,7 @@ print()
 print("### Membership on loopback (testnet/bench-membership.sh)")
 print()
 print("- Machine: $machine_nproc CPUs, $machine_cpu, $mem_total RAM; load average $load_start at start, $load_end at end")
-print("- Commit: $commit; binary: $version, $profile_label build")
+print("- Commit: $commit; binary: $version, $profile_label build, built $bin_built")
 print("- Date: $started_at; timings: defaults (heartbeat $HEARTBEAT_MS ms, exchange 1000 ms, suspect $SUSPECT_AFTER_MS ms, dead $DEAD_AFTER_MS ms)")
 print("- Chain start: node I bootstraps only from node I-1, all launched back to back; a polling round (curl over every node's API, then python3) every ~50 ms + $poll_avg ms average round time, so figures are upper bounds within about one round")
 print("- Rows marked Baseline were measured in the same run (or are the configured timeout): a lone node with no peers for start-up and idle footprint, a graceful SIGTERM leave in the same 5-node cluster for failure detection; \"minus baseline\" rows subtract the lone node's median start-up time from every sample")

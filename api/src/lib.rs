@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod model;
 mod routes;
+pub mod storage_routes;
 
 use std::sync::Arc;
 
@@ -37,6 +38,21 @@ pub trait Cluster: Send + Sync + 'static {
     async fn node_health(&self, node_id: &str) -> Result<model::HealthReport, ApiError>;
 }
 
+/// What the data endpoints need from the node. Implemented by the binary.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Largest accepted object body, in bytes (larger: 413).
+    fn max_object_bytes(&self) -> usize;
+    async fn put(&self, req: storage_routes::PutRequest) -> Result<model::PutResult, ApiError>;
+    async fn get(
+        &self,
+        data_id: &str,
+        consistency: Option<&str>,
+    ) -> Result<model::DataObject, ApiError>;
+    async fn delete(&self, data_id: &str, consistency: Option<&str>) -> Result<(), ApiError>;
+    async fn info(&self, data_id: &str) -> Result<model::DataInfo, ApiError>;
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     method: String,
@@ -64,6 +80,7 @@ impl ApiMetrics {
 #[derive(Clone)]
 pub struct ApiState {
     pub cluster: Arc<dyn Cluster>,
+    pub storage: Arc<dyn Storage>,
     pub tokens: Arc<TokenSet>,
     pub registry: Arc<Registry>,
     pub metrics: ApiMetrics,
@@ -94,7 +111,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(routes::liveness))
         .route("/metrics", get(routes::metrics))
         .route("/api/v1/openapi.json", get(routes::openapi))
-        .merge(routes::protected())
+        .merge(routes::protected(state.storage.max_object_bytes()))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn_with_state(

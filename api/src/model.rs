@@ -73,3 +73,67 @@ pub struct Liveness {
     pub node_id: String,
     pub version: String,
 }
+
+/// `PUT .../data/{data_id}` answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct PutResult {
+    pub data_id: String,
+    pub data_type: String,
+    pub size_bytes: u64,
+    /// blake3 of the bytes, hex.
+    pub checksum: String,
+    /// Hybrid-logical-clock version `physical_ms.logical.node`.
+    pub version: String,
+    pub consistency_level: String,
+    pub replication_factor: u32,
+    /// The nodes that own a replica (placement order).
+    pub replicas: Vec<String>,
+    /// Replicas that acknowledged a durable write before the answer.
+    pub acknowledged_by: Vec<String>,
+    /// Fewer than `replication_factor` replicas could take the write; repair
+    /// will add the missing ones.
+    pub under_replicated: bool,
+}
+
+/// Where one replica of an object is.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ReplicaInfo {
+    pub node_id: String,
+    pub peer_id: String,
+    /// Membership status of the node (alive, suspect, dead, left).
+    pub status: String,
+    /// Whether the node answered and holds a copy.
+    pub has_copy: bool,
+    pub version: Option<String>,
+    /// Holds the newest version any replica has.
+    pub is_current: bool,
+    pub is_healthy: bool,
+}
+
+/// `GET .../data/{data_id}/info`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct DataInfo {
+    pub data_id: String,
+    pub data_type: String,
+    pub size_bytes: u64,
+    pub checksum: String,
+    pub version: String,
+    pub consistency_level: String,
+    pub replication_factor: u32,
+    pub partition: u16,
+    pub created_at: String,
+    pub last_accessed: Option<String>,
+    pub access_count: u64,
+    pub live_replicas: u32,
+    pub under_replicated: bool,
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+/// An object as read: metadata and bytes.
+#[derive(Clone, Debug)]
+pub struct DataObject {
+    pub data_type: String,
+    pub checksum: String,
+    pub version: String,
+    pub bytes: Vec<u8>,
+}

@@ -1,6 +1,6 @@
 //! Handlers, each annotated for the OpenAPI document.
 
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,8 +15,20 @@ use crate::ApiState;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "plexi", description = "Self-managing storage cluster: every node serves the whole API."),
-    paths(liveness, metrics, list_nodes, node_health),
-    components(schemas(ErrorBody, NodeList, NodeView, HealthReport, HealthCheck, Liveness)),
+    paths(
+        liveness,
+        metrics,
+        list_nodes,
+        node_health,
+        crate::storage_routes::put_data,
+        crate::storage_routes::get_data,
+        crate::storage_routes::delete_data,
+        crate::storage_routes::data_info,
+    ),
+    components(schemas(
+        ErrorBody, NodeList, NodeView, HealthReport, HealthCheck, Liveness,
+        crate::model::PutResult, crate::model::DataInfo, crate::model::ReplicaInfo,
+    )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -34,12 +46,24 @@ impl Modify for BearerAuth {
     }
 }
 
-pub(crate) fn protected() -> Router<ApiState> {
+pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
+    use crate::storage_routes as s;
     Router::new()
         .route("/api/v1/clustering/nodes", get(list_nodes))
         .route(
             "/api/v1/clustering/nodes/{node_id}/health",
             get(node_health),
+        )
+        .route(
+            "/api/v1/clustering/storage/data/{data_id}",
+            get(s::get_data)
+                .put(s::put_data)
+                .delete(s::delete_data)
+                .layer(DefaultBodyLimit::max(max_object_bytes)),
+        )
+        .route(
+            "/api/v1/clustering/storage/data/{data_id}/info",
+            get(s::data_info),
         )
 }
 

@@ -59,7 +59,7 @@ pub enum Response {
     },
 }
 
-pub(crate) mod serde_bytes {
+pub mod serde_bytes {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {

@@ -16,6 +16,7 @@ pub mod version;
 use std::sync::Arc;
 
 const META_TREE: &str = "meta";
+const HINTS_TREE: &str = "hints";
 const INCARNATION_KEY: &[u8] = b"incarnation";
 
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +40,15 @@ pub struct NodeStore {
     db: sled::Db,
     meta: sled::Tree,
     objects: Arc<objects::SledObjects>,
+    hints: sled::Tree,
+    hint_count: std::sync::atomic::AtomicU64,
     path: PathBuf,
     quarantined: Option<PathBuf>,
 }
+
+/// Bound on stored hints; past it new hints are dropped (anti-entropy still
+/// repairs those replicas, only later).
+pub const MAX_HINTS: u64 = 1_000_000;
 
 impl NodeStore {
     /// Opens the store; if it cannot be opened, moves it aside to
@@ -80,10 +87,14 @@ impl NodeStore {
             &db,
             &path.display().to_string(),
         )?);
+        let hints = db.open_tree(HINTS_TREE).map_err(wrap)?;
+        let hint_count = std::sync::atomic::AtomicU64::new(hints.len() as u64);
         Ok(NodeStore {
             db,
             meta,
             objects,
+            hints,
+            hint_count,
             path: path.to_path_buf(),
             quarantined: None,
         })
@@ -92,6 +103,71 @@ impl NodeStore {
     /// The object engine.
     pub fn objects(&self) -> Arc<objects::SledObjects> {
         self.objects.clone()
+    }
+
+    /// Remembers that `peer` missed the write of `data_id` (hinted handoff).
+    /// Returns false when the hint table is full.
+    pub fn add_hint(&self, peer: &str, data_id: &str) -> Result<bool, StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.hint_count.load(Ordering::Relaxed) >= MAX_HINTS {
+            return Ok(false);
+        }
+        let prev = self
+            .hints
+            .insert(hint_key(peer, data_id), &[][..])
+            .map_err(|e| self.err(e))?;
+        if prev.is_none() {
+            self.hint_count.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
+    /// Up to `limit` object ids `peer` has hints for.
+    pub fn hints_for(&self, peer: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut prefix = peer.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.hints.scan_prefix(&prefix).take(limit) {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Peers that have hints waiting.
+    pub fn hinted_peers(&self) -> Result<Vec<String>, StoreError> {
+        let mut out: Vec<String> = Vec::new();
+        let mut cursor: Vec<u8> = Vec::new();
+        loop {
+            let next = self.hints.range(cursor.clone()..).next();
+            let Some(item) = next else { break };
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            let Some(sep) = k.iter().position(|b| *b == 0) else {
+                break;
+            };
+            let peer = String::from_utf8_lossy(&k[..sep]).into_owned();
+            cursor = k[..sep].to_vec();
+            cursor.push(1); // past every key of this peer
+            out.push(peer);
+        }
+        Ok(out)
+    }
+
+    pub fn remove_hint(&self, peer: &str, data_id: &str) -> Result<(), StoreError> {
+        if self
+            .hints
+            .remove(hint_key(peer, data_id))
+            .map_err(|e| self.err(e))?
+            .is_some()
+        {
+            self.hint_count
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub fn hint_count(&self) -> u64 {
+        self.hint_count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where a store that failed to open was moved, if this start did that.
@@ -163,9 +239,33 @@ impl NodeStore {
     }
 }
 
+fn hint_key(peer: &str, data_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(peer.len() + 1 + data_id.len());
+    k.extend_from_slice(peer.as_bytes());
+    k.push(0);
+    k.extend_from_slice(data_id.as_bytes());
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_by_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = NodeStore::open(dir.path()).unwrap();
+        s.add_hint("peerA", "x").unwrap();
+        s.add_hint("peerA", "y").unwrap();
+        s.add_hint("peerA", "y").unwrap();
+        s.add_hint("peerB", "z").unwrap();
+        assert_eq!(s.hint_count(), 3);
+        assert_eq!(s.hinted_peers().unwrap(), vec!["peerA", "peerB"]);
+        assert_eq!(s.hints_for("peerA", 10).unwrap(), vec!["x", "y"]);
+        s.remove_hint("peerA", "x").unwrap();
+        assert_eq!(s.hints_for("peerA", 10).unwrap(), vec!["y"]);
+        assert_eq!(s.hint_count(), 2);
+    }
 
     #[test]
     fn incarnation_grows_across_reopen() {

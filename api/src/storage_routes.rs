@@ -1,0 +1,206 @@
+//! The data endpoints: PUT, GET, DELETE and info of an object through any
+//! node. Input is validated here into a [`PutRequest`]; the node coordinates.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::model::{DataInfo, PutResult};
+use crate::ApiState;
+
+/// Query of `PUT .../data/{data_id}`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct PutQuery {
+    /// Free-form type stored with the object (default `application/octet-stream`).
+    pub data_type: Option<String>,
+    /// strong | eventual | weak (default: the cluster's consistency_level).
+    pub consistency: Option<String>,
+    /// Total copies, 1..=max_replication_factor (default: the cluster's).
+    pub replication_factor: Option<String>,
+}
+
+/// Query of `GET .../data/{data_id}`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct GetQuery {
+    pub consistency: Option<String>,
+}
+
+/// A validated write.
+#[derive(Clone, Debug)]
+pub struct PutRequest {
+    pub data_id: String,
+    pub data_type: String,
+    pub consistency: Option<String>,
+    pub replication_factor: Option<u32>,
+    pub bytes: Bytes,
+    /// Token name of the caller (for the audit trail).
+    pub actor: String,
+}
+
+pub const MAX_DATA_ID_BYTES: usize = 512;
+pub const MAX_DATA_TYPE_BYTES: usize = 128;
+
+pub fn validate_data_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_DATA_ID_BYTES || id.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request(
+            "invalid_data_id",
+            format!("data_id must be 1-{MAX_DATA_ID_BYTES} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_consistency(c: &Option<String>) -> Result<(), ApiError> {
+    match c.as_deref() {
+        None | Some("strong") | Some("eventual") | Some("weak") => Ok(()),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_consistency",
+            format!("consistency {other:?} is not one of strong, eventual, weak"),
+        )),
+    }
+}
+
+#[utoipa::path(
+    put,
+    path = "/api/v1/clustering/storage/data/{data_id}",
+    params(("data_id" = String, Path), PutQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, body = PutResult),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+pub(crate) async fn put_data(
+    State(state): State<ApiState>,
+    Path(data_id): Path<String>,
+    Query(q): Query<PutQuery>,
+    caller: Option<Extension<Caller>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<PutResult>), ApiError> {
+    let storage = &state.storage;
+    validate_data_id(&data_id)?;
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the body exceeds the limit of {} bytes",
+                    storage.max_object_bytes()
+                ),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", e.body_text())
+        }
+    })?;
+    validate_consistency(&q.consistency)?;
+    let replication_factor = match q.replication_factor.as_deref() {
+        None => None,
+        Some(s) => Some(s.parse::<u32>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_replication_factor",
+                format!("replication_factor {s:?} is not a whole number"),
+            )
+        })?),
+    };
+    let data_type = q
+        .data_type
+        .unwrap_or_else(|| "application/octet-stream".into());
+    if data_type.is_empty()
+        || data_type.len() > MAX_DATA_TYPE_BYTES
+        || data_type.chars().any(|c| c.is_control())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_data_type",
+            format!("data_type must be 1-{MAX_DATA_TYPE_BYTES} bytes without control characters"),
+        ));
+    }
+    let req = PutRequest {
+        data_id,
+        data_type,
+        consistency: q.consistency,
+        replication_factor,
+        bytes,
+        actor: caller.map(|Extension(c)| c.name).unwrap_or_default(),
+    };
+    let res = storage.put(req).await?;
+    Ok((StatusCode::CREATED, Json(res)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/clustering/storage/data/{data_id}",
+    params(("data_id" = String, Path), GetQuery),
+    responses(
+        (status = 200, description = "The object's bytes; ETag = blake3 checksum, X-Data-Type", content_type = "application/octet-stream"),
+        (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_data(
+    State(state): State<ApiState>,
+    Path(data_id): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> Result<Response, ApiError> {
+    let storage = &state.storage;
+    validate_data_id(&data_id)?;
+    validate_consistency(&q.consistency)?;
+    let obj = storage.get(&data_id, q.consistency.as_deref()).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", obj.checksum)) {
+        headers.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&obj.data_type) {
+        headers.insert("x-data-type", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&obj.version) {
+        headers.insert("x-data-version", v);
+    }
+    Ok((headers, obj.bytes).into_response())
+}
+
+#[utoipa::path(
+    delete,
+    path = "/api/v1/clustering/storage/data/{data_id}",
+    params(("data_id" = String, Path), GetQuery),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody))
+)]
+pub(crate) async fn delete_data(
+    State(state): State<ApiState>,
+    Path(data_id): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> Result<StatusCode, ApiError> {
+    let storage = &state.storage;
+    validate_data_id(&data_id)?;
+    validate_consistency(&q.consistency)?;
+    storage.delete(&data_id, q.consistency.as_deref()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/clustering/storage/data/{data_id}/info",
+    params(("data_id" = String, Path)),
+    responses((status = 200, body = DataInfo), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn data_info(
+    State(state): State<ApiState>,
+    Path(data_id): Path<String>,
+) -> Result<Json<DataInfo>, ApiError> {
+    let storage = &state.storage;
+    validate_data_id(&data_id)?;
+    storage.info(&data_id).await.map(Json)
+}

@@ -1,0 +1,1137 @@
+//! Distributed storage: any node coordinates reads and writes of any object,
+//! talking to the replicas over libp2p request-response (`store` service).
+//!
+//! Reading order of the data path: [`Storage::put`] (validate, version with
+//! the HLC, place, send to the replicas, wait as the consistency level says),
+//! [`Storage::get`] (ask replicas in placement order, or a majority for
+//! strong, repair stale ones), [`Storage::handle`] (the replica side). The
+//! background loops that heal the cluster (hints, anti-entropy, cleanup)
+//! live in `repair.rs`.
+
+pub mod repair;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use plexi_api::model::{DataInfo, DataObject, PutResult, ReplicaInfo};
+use plexi_api::storage_routes::PutRequest;
+use plexi_api::ApiError;
+use plexi_p2p::codec::{decode_cbor, encode_cbor};
+use plexi_p2p::{MemberStatus, P2pHandle, PeerId};
+use plexi_store::objects::{
+    Applied, Consistency, GroupCommit, ObjectMeta, ObjectStore, SledObjects,
+};
+use plexi_store::placement::{self, Candidate, Strategy};
+use plexi_store::version::Hlc;
+use plexi_store::{NodeStore, StoreError};
+
+use crate::config::{ConsistencyLevel, DistributedStorage, StorageStrategy};
+use wire::{StoreCall, StoreReply, CHUNK_BYTES, MAX_BATCH, READ_CHUNK_BYTES};
+
+/// Bound on concurrent large-object uploads a replica accepts.
+const MAX_UPLOADS: usize = 16;
+/// Bound on the bytes buffered in those uploads.
+const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
+/// An upload idle this long is dropped.
+const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Storage settings resolved from the config.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub default_rf: u32,
+    pub max_rf: u32,
+    pub default_consistency: Consistency,
+    pub strategy: Strategy,
+    pub max_usage_pct: f64,
+    pub rereplication_delay: Duration,
+    pub max_object_bytes: usize,
+    pub anti_entropy_interval: Duration,
+    pub cleanup_interval: Duration,
+    pub tombstone_grace: Duration,
+    pub repair_bytes_per_second: u64,
+}
+
+impl Settings {
+    pub fn from_config(c: &DistributedStorage) -> Self {
+        Settings {
+            default_rf: c.default_replication_factor,
+            max_rf: c.max_replication_factor,
+            default_consistency: match c.consistency_level {
+                ConsistencyLevel::Strong => Consistency::Strong,
+                ConsistencyLevel::Eventual => Consistency::Eventual,
+                ConsistencyLevel::Weak => Consistency::Weak,
+            },
+            strategy: match c.storage_strategy {
+                StorageStrategy::LoadBalanced => Strategy::LoadBalanced,
+                StorageStrategy::PerformanceOptimized => Strategy::PerformanceOptimized,
+                StorageStrategy::RedundancyFocused => Strategy::RedundancyFocused,
+                StorageStrategy::Geographic => Strategy::Geographic,
+            },
+            max_usage_pct: c.max_node_usage_percentage,
+            rereplication_delay: Duration::from_secs(c.rereplication_delay_seconds),
+            max_object_bytes: (c.max_object_mib * 1024.0 * 1024.0) as usize,
+            anti_entropy_interval: Duration::from_secs_f64(c.anti_entropy_interval_seconds),
+            cleanup_interval: Duration::from_secs_f64(c.cleanup_interval_hours * 3600.0),
+            tombstone_grace: Duration::from_secs(c.tombstone_grace_seconds),
+            repair_bytes_per_second: (c.repair_mib_per_second * 1024.0 * 1024.0) as u64,
+        }
+    }
+}
+
+/// A member as storage sees it.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub peer_id: String,
+    pub name: String,
+    pub status: MemberStatus,
+    pub silent_ms: u64,
+    pub region: String,
+    pub zone: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub object_count: u64,
+    pub healthy: bool,
+}
+
+impl Member {
+    pub fn reachable(&self) -> bool {
+        matches!(self.status, MemberStatus::Alive | MemberStatus::Suspect)
+    }
+
+    pub fn usage_pct(&self) -> f64 {
+        if self.capacity_bytes == 0 {
+            return 100.0;
+        }
+        self.used_bytes as f64 * 100.0 / self.capacity_bytes as f64
+    }
+}
+
+struct Upload {
+    from: String,
+    data: Vec<u8>,
+    touched: Instant,
+}
+
+/// Per-peer figures measured by this node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PeerStats {
+    /// EWMA of store-call latency, ms.
+    pub latency_ms: Option<f64>,
+    pub read_latency_ms: Option<f64>,
+    pub write_latency_ms: Option<f64>,
+    /// Times this node saw the peer go dead.
+    pub deaths: u32,
+}
+
+pub struct Storage {
+    pub settings: Settings,
+    local_peer: String,
+    p2p: P2pHandle,
+    store: Arc<NodeStore>,
+    engine: Arc<SledObjects>,
+    commit: GroupCommit,
+    hlc: Mutex<Hlc>,
+    stats: Mutex<HashMap<String, PeerStats>>,
+    uploads: Mutex<HashMap<u64, Upload>>,
+    pub metrics: StorageMetrics,
+}
+
+#[derive(Clone, Default)]
+pub struct StorageMetrics {
+    pub ops: prometheus_client::metrics::family::Family<
+        OpLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    pub repaired: prometheus_client::metrics::counter::Counter,
+    pub corrupt: prometheus_client::metrics::counter::Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+    pub outcome: &'static str,
+}
+
+impl StorageMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = StorageMetrics::default();
+        registry.register(
+            "plexi_storage_ops",
+            "Coordinated storage operations by op and outcome",
+            m.ops.clone(),
+        );
+        registry.register(
+            "plexi_storage_repaired_replicas",
+            "Replicas written by read repair, hints and anti-entropy",
+            m.repaired.clone(),
+        );
+        registry.register(
+            "plexi_storage_corrupt_replicas",
+            "Local replicas found with bytes failing their checksum",
+            m.corrupt.clone(),
+        );
+        m
+    }
+
+    fn op(&self, op: &'static str, outcome: &'static str) {
+        self.ops.get_or_create(&OpLabels { op, outcome }).inc();
+    }
+}
+
+fn unavailable(code: &'static str, msg: impl Into<String>) -> ApiError {
+    ApiError::unavailable(code, msg)
+}
+
+impl Storage {
+    pub fn new(
+        settings: Settings,
+        local_peer: PeerId,
+        p2p: P2pHandle,
+        store: Arc<NodeStore>,
+        metrics: StorageMetrics,
+    ) -> Arc<Self> {
+        let engine = store.objects();
+        let commit = GroupCommit::start(engine.clone());
+        let local_peer = local_peer.to_string();
+        Arc::new(Storage {
+            settings,
+            hlc: Mutex::new(Hlc::new(Hlc::node_of(&local_peer))),
+            local_peer,
+            p2p,
+            store,
+            engine,
+            commit,
+            stats: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<SledObjects> {
+        &self.engine
+    }
+
+    pub fn local_peer(&self) -> &str {
+        &self.local_peer
+    }
+
+    pub fn peer_stats(&self) -> HashMap<String, PeerStats> {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    pub fn note_death(&self, peer: &str) {
+        self.stats
+            .lock()
+            .expect("stats lock")
+            .entry(peer.to_string())
+            .or_default()
+            .deaths += 1;
+    }
+
+    /// Every known member, from the membership table.
+    pub fn members(&self) -> Vec<Member> {
+        self.p2p
+            .members()
+            .into_iter()
+            .map(|m| {
+                let s = m.record.state;
+                Member {
+                    peer_id: s.peer_id,
+                    name: s.name,
+                    status: m.status,
+                    silent_ms: m.silent_ms,
+                    region: s.region,
+                    zone: s.zone,
+                    capacity_bytes: s.capacity_bytes,
+                    used_bytes: s.used_bytes,
+                    object_count: s.object_count,
+                    healthy: s.healthy,
+                }
+            })
+            .collect()
+    }
+
+    /// The members placement ranks: alive and suspect ones, and dead ones
+    /// until `rereplication_delay` has passed (so a restart moves nothing);
+    /// never left ones; none above `max_node_usage_percentage`.
+    pub fn placement_members(&self, members: &[Member]) -> Vec<Member> {
+        let delay = self.settings.rereplication_delay.as_millis() as u64;
+        members
+            .iter()
+            .filter(|m| match m.status {
+                MemberStatus::Alive | MemberStatus::Suspect => true,
+                MemberStatus::Dead => m.silent_ms < delay,
+                MemberStatus::Left => false,
+            })
+            .filter(|m| m.usage_pct() <= self.settings.max_usage_pct)
+            .cloned()
+            .collect()
+    }
+
+    /// The replica set of `data_id` at factor `rf` over `members` (already
+    /// filtered by [`Self::placement_members`]), primary first.
+    pub fn replicas_among(&self, data_id: &str, rf: usize, members: &[Member]) -> Vec<Member> {
+        let stats = self.peer_stats();
+        let candidates: Vec<Candidate> = members
+            .iter()
+            .map(|m| {
+                let s = stats.get(&m.peer_id).copied().unwrap_or_default();
+                Candidate {
+                    id: m.peer_id.clone(),
+                    region: m.region.clone(),
+                    zone: m.zone.clone(),
+                    capacity_bytes: m.capacity_bytes,
+                    latency_ms: if m.peer_id == self.local_peer {
+                        Some(0.5)
+                    } else {
+                        s.latency_ms
+                    },
+                    reliability: 1.0 - (0.1 * s.deaths as f64).min(0.9),
+                }
+            })
+            .collect();
+        placement::replicas(
+            placement::partition_of(data_id),
+            &candidates,
+            self.settings.strategy,
+            rf,
+        )
+        .into_iter()
+        .map(|i| members[i].clone())
+        .collect()
+    }
+
+    pub fn replicas_for(&self, data_id: &str, rf: usize) -> Vec<Member> {
+        let members = self.placement_members(&self.members());
+        self.replicas_among(data_id, rf, &members)
+    }
+
+    fn record_latency(&self, peer: &str, started: Instant, kind: &'static str) {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut stats = self.stats.lock().expect("stats lock");
+        let s = stats.entry(peer.to_string()).or_default();
+        let ewma = |old: Option<f64>| Some(old.map_or(ms, |o| 0.8 * o + 0.2 * ms));
+        s.latency_ms = ewma(s.latency_ms);
+        match kind {
+            "read" => s.read_latency_ms = ewma(s.read_latency_ms),
+            _ => s.write_latency_ms = ewma(s.write_latency_ms),
+        }
+    }
+
+    /// One store call to a member: served locally for ourselves, else over
+    /// request-response.
+    pub async fn call(self: &Arc<Self>, peer: &str, call: StoreCall) -> Result<StoreReply, String> {
+        let kind = match call {
+            StoreCall::Read { .. } | StoreCall::Metas { .. } => "read",
+            _ => "write",
+        };
+        if peer == self.local_peer {
+            return self.handle_call(&self.local_peer.clone(), call).await;
+        }
+        let peer_id: PeerId = peer.parse().map_err(|_| format!("bad peer id {peer}"))?;
+        let body = encode_cbor(&call).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let reply = self
+            .p2p
+            .request(peer_id, wire::STORE_SERVICE, body)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.record_latency(peer, started, kind);
+        decode_cbor(&reply).map_err(|e| e.to_string())
+    }
+
+    /// Sends a whole object to one replica (chunked when large); Ok once the
+    /// replica flushed it.
+    pub async fn send_object(
+        self: &Arc<Self>,
+        peer: &str,
+        meta: &ObjectMeta,
+        data: &[u8],
+    ) -> Result<bool, String> {
+        let reply = if data.len() <= CHUNK_BYTES || meta.tombstone {
+            self.call(
+                peer,
+                StoreCall::Put {
+                    meta: meta.clone(),
+                    data: data.to_vec(),
+                },
+            )
+            .await?
+        } else {
+            let upload: u64 = rand::random();
+            for (i, chunk) in data.chunks(CHUNK_BYTES).enumerate() {
+                match self
+                    .call(
+                        peer,
+                        StoreCall::PutChunk {
+                            upload,
+                            offset: (i * CHUNK_BYTES) as u64,
+                            data: chunk.to_vec(),
+                        },
+                    )
+                    .await?
+                {
+                    StoreReply::ChunkAccepted => {}
+                    other => return Err(format!("unexpected reply {other:?}")),
+                }
+            }
+            self.call(
+                peer,
+                StoreCall::PutCommit {
+                    upload,
+                    meta: meta.clone(),
+                },
+            )
+            .await?
+        };
+        match reply {
+            StoreReply::Applied { stored } => Ok(stored),
+            other => Err(format!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// Reads a whole object from one replica (chunked when large), checking
+    /// the bytes against the metadata. `Ok(None)`: the replica has nothing.
+    pub async fn fetch_object(
+        self: &Arc<Self>,
+        peer: &str,
+        data_id: &str,
+    ) -> Result<Option<(ObjectMeta, Vec<u8>)>, String> {
+        let first = self
+            .call(
+                peer,
+                StoreCall::Read {
+                    data_id: data_id.to_string(),
+                    offset: 0,
+                    len: READ_CHUNK_BYTES,
+                },
+            )
+            .await?;
+        let (meta, mut data) = match first {
+            StoreReply::Read { meta: None, .. } => return Ok(None),
+            StoreReply::Read {
+                meta: Some(m),
+                data,
+            } => (m, data),
+            other => return Err(format!("unexpected reply {other:?}")),
+        };
+        if meta.tombstone {
+            return Ok(Some((meta, Vec::new())));
+        }
+        while (data.len() as u64) < meta.size_bytes {
+            let more = self
+                .call(
+                    peer,
+                    StoreCall::Read {
+                        data_id: data_id.to_string(),
+                        offset: data.len() as u64,
+                        len: READ_CHUNK_BYTES,
+                    },
+                )
+                .await?;
+            match more {
+                StoreReply::Read {
+                    meta: Some(m),
+                    data: chunk,
+                } if m.version == meta.version && !chunk.is_empty() => {
+                    data.extend_from_slice(&chunk)
+                }
+                _ => return Err("object changed or vanished during the read".into()),
+            }
+        }
+        if data.len() as u64 != meta.size_bytes || *blake3::hash(&data).as_bytes() != meta.checksum
+        {
+            return Err(format!("bytes from {peer} fail their checksum"));
+        }
+        Ok(Some((meta, data)))
+    }
+
+    pub fn hinted_peers(&self) -> Result<Vec<String>, StoreError> {
+        self.store.hinted_peers()
+    }
+
+    pub fn hints_for(&self, peer: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.store.hints_for(peer, limit)
+    }
+
+    pub fn remove_hint(&self, peer: &str, data_id: &str) -> Result<(), StoreError> {
+        self.store.remove_hint(peer, data_id)
+    }
+
+    /// Remembers that `peer` missed this write.
+    fn hint(&self, peer: &str, data_id: &str) {
+        match self.store.add_hint(peer, data_id) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                peer,
+                data_id,
+                "hint table full; anti-entropy will repair this replica"
+            ),
+            Err(e) => tracing::warn!(peer, data_id, error = %e, "cannot store hint"),
+        }
+    }
+
+    fn resolve_rf(&self, rf: Option<u32>) -> Result<u32, ApiError> {
+        let rf = rf.unwrap_or(self.settings.default_rf);
+        if rf < 1 || rf > self.settings.max_rf {
+            return Err(ApiError::bad_request(
+                "invalid_replication_factor",
+                format!(
+                    "replication_factor {rf} is out of range: must be between 1 and {}",
+                    self.settings.max_rf
+                ),
+            ));
+        }
+        Ok(rf)
+    }
+
+    fn resolve_consistency(&self, c: Option<&str>) -> Result<Consistency, ApiError> {
+        match c {
+            None => Ok(self.settings.default_consistency),
+            Some(s) => Consistency::parse(s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_consistency",
+                    format!("consistency {s:?} is not one of strong, eventual, weak"),
+                )
+            }),
+        }
+    }
+
+    /// Coordinates one write (an object or a tombstone).
+    async fn write(
+        self: &Arc<Self>,
+        meta: ObjectMeta,
+        data: Arc<Vec<u8>>,
+    ) -> Result<(Vec<String>, Vec<String>, bool), ApiError> {
+        let rf = meta.replication_factor as usize;
+        let replicas = self.replicas_for(&meta.data_id, rf);
+        let names: Vec<String> = replicas.iter().map(|m| m.name.clone()).collect();
+        let (live, down): (Vec<Member>, Vec<Member>) =
+            replicas.into_iter().partition(|m| m.reachable());
+        let consistency = meta.consistency_level;
+        if consistency == Consistency::Strong && live.len() < rf {
+            return Err(unavailable(
+                "insufficient_replicas",
+                format!(
+                    "a strong write needs all {rf} replicas; only {} placement node(s) are reachable",
+                    live.len()
+                ),
+            ));
+        }
+        if live.is_empty() {
+            return Err(unavailable("no_replicas", "no placement node is reachable"));
+        }
+        for m in &down {
+            self.hint(&m.peer_id, &meta.data_id);
+        }
+        let mut under = live.len() < rf;
+        let mut sends: FuturesUnordered<_> = live
+            .iter()
+            .map(|m| {
+                let (this, meta, data, m) = (self.clone(), meta.clone(), data.clone(), m.clone());
+                async move {
+                    let res = this.send_object(&m.peer_id, &meta, &data).await;
+                    (m, res)
+                }
+            })
+            .collect();
+        let needed = match consistency {
+            Consistency::Strong => live.len(),
+            Consistency::Eventual => 1,
+            Consistency::Weak => 0,
+        };
+        let mut acked = Vec::new();
+        let mut failed = Vec::new();
+        while acked.len() < needed {
+            let Some((m, res)) = sends.next().await else {
+                break;
+            };
+            match res {
+                Ok(_) => acked.push(m.name.clone()),
+                Err(e) => {
+                    tracing::warn!(node_id = %m.name, data_id = %meta.data_id, error = %e, "replica write failed");
+                    self.hint(&m.peer_id, &meta.data_id);
+                    failed.push(m.name.clone());
+                }
+            }
+        }
+        if acked.len() < needed {
+            // Stragglers still finish in the background.
+            self.finish_in_background(sends, meta.data_id.clone());
+            return Err(unavailable(
+                "replica_write_failed",
+                format!(
+                    "{} of {needed} required replica(s) acknowledged; failed: {}",
+                    acked.len(),
+                    failed.join(", ")
+                ),
+            ));
+        }
+        if !failed.is_empty() {
+            under = true;
+        }
+        self.finish_in_background(sends, meta.data_id.clone());
+        Ok((names, acked, under))
+    }
+
+    fn finish_in_background<F>(self: &Arc<Self>, mut sends: FuturesUnordered<F>, data_id: String)
+    where
+        F: std::future::Future<Output = (Member, Result<bool, String>)> + Send + 'static,
+    {
+        if sends.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some((m, res)) = sends.next().await {
+                if let Err(e) = res {
+                    tracing::warn!(node_id = %m.name, %data_id, error = %e, "background replica write failed; hinted");
+                    this.hint(&m.peer_id, &data_id);
+                }
+            }
+        });
+    }
+
+    pub async fn put(self: &Arc<Self>, req: PutRequest) -> Result<PutResult, ApiError> {
+        let rf = self.resolve_rf(req.replication_factor)?;
+        let consistency = self.resolve_consistency(req.consistency.as_deref())?;
+        if req.bytes.len() > self.settings.max_object_bytes {
+            return Err(ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the body exceeds the limit of {} bytes",
+                    self.settings.max_object_bytes
+                ),
+            ));
+        }
+        let now = wall_ms();
+        let version = self.hlc.lock().expect("hlc lock").now(now);
+        let data = Arc::new(req.bytes.to_vec());
+        let meta = ObjectMeta {
+            data_id: req.data_id.clone(),
+            data_type: req.data_type.clone(),
+            size_bytes: data.len() as u64,
+            checksum: *blake3::hash(&data).as_bytes(),
+            version,
+            replication_factor: rf as u8,
+            consistency_level: consistency,
+            created_at_ms: now,
+            tombstone: false,
+        };
+        let res = self.write(meta.clone(), data).await;
+        self.metrics
+            .op("put", if res.is_ok() { "ok" } else { "error" });
+        let (replicas, acknowledged_by, under_replicated) = res?;
+        Ok(PutResult {
+            data_id: meta.data_id.clone(),
+            data_type: meta.data_type.clone(),
+            size_bytes: meta.size_bytes,
+            checksum: meta.checksum_hex(),
+            version: meta.version.to_text(),
+            consistency_level: consistency.as_str().into(),
+            replication_factor: rf,
+            replicas,
+            acknowledged_by,
+            under_replicated,
+        })
+    }
+
+    /// The newest metadata among the candidate replicas that answer, with who
+    /// answered what. Candidates: the placement at `max_rf` (the object's
+    /// replicas are a prefix of it whatever its factor).
+    async fn survey(
+        self: &Arc<Self>,
+        data_id: &str,
+    ) -> (Vec<Member>, Vec<(Member, Option<ObjectMeta>)>) {
+        let candidates = self.replicas_for(data_id, self.settings.max_rf as usize);
+        let mut asks: FuturesUnordered<_> = candidates
+            .iter()
+            .filter(|m| m.reachable())
+            .map(|m| {
+                let (this, m, id) = (self.clone(), m.clone(), data_id.to_string());
+                async move {
+                    let r = this
+                        .call(&m.peer_id, StoreCall::Metas { data_ids: vec![id] })
+                        .await;
+                    (m, r)
+                }
+            })
+            .collect();
+        let mut answers = Vec::new();
+        while let Some((m, r)) = asks.next().await {
+            match r {
+                Ok(StoreReply::Metas(mut v)) if v.len() == 1 => {
+                    answers.push((m, v.pop().flatten().map(|(meta, _)| meta)))
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
+        (candidates, answers)
+    }
+
+    pub async fn get(
+        self: &Arc<Self>,
+        data_id: &str,
+        consistency: Option<&str>,
+    ) -> Result<DataObject, ApiError> {
+        let consistency = self.resolve_consistency(consistency)?;
+        let res = match consistency {
+            Consistency::Strong => self.get_strong(data_id).await,
+            _ => self.get_first(data_id).await,
+        };
+        self.metrics.op(
+            "get",
+            match &res {
+                Ok(_) => "ok",
+                Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => "not_found",
+                Err(_) => "error",
+            },
+        );
+        let (meta, bytes) = res?;
+        Ok(DataObject {
+            data_type: meta.data_type.clone(),
+            checksum: meta.checksum_hex(),
+            version: meta.version.to_text(),
+            bytes,
+        })
+    }
+
+    fn not_found(data_id: &str) -> ApiError {
+        ApiError::not_found(format!("no object {data_id:?}"))
+    }
+
+    /// eventual / weak: the first replica that has the object answers, local
+    /// first; stale replicas are repaired in the background.
+    async fn get_first(self: &Arc<Self>, data_id: &str) -> Result<(ObjectMeta, Vec<u8>), ApiError> {
+        match self.get_any(data_id).await {
+            Some((meta, _)) if meta.tombstone => Err(Self::not_found(data_id)),
+            Some(found) => Ok(found),
+            None => Err(Self::not_found(data_id)),
+        }
+    }
+
+    /// The first copy (object or tombstone) any replica, or failing them any
+    /// member, has.
+    pub async fn get_any(self: &Arc<Self>, data_id: &str) -> Option<(ObjectMeta, Vec<u8>)> {
+        let mut order = self.replicas_for(data_id, self.settings.max_rf as usize);
+        order.retain(|m| m.reachable());
+        order.sort_by_key(|m| m.peer_id != self.local_peer); // local first, stable
+        let mut tried: Vec<String> = Vec::new();
+        for m in &order {
+            tried.push(m.peer_id.clone());
+            match self.fetch_object(&m.peer_id, data_id).await {
+                Ok(Some((meta, data))) => {
+                    self.read_repair_in_background(data_id.to_string(), meta.clone(), data.clone());
+                    return Some((meta, data));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(node_id = %m.name, data_id, error = %e, "replica read failed")
+                }
+            }
+        }
+        // During a rebalance the object may still sit on its old owners.
+        for m in self
+            .members()
+            .into_iter()
+            .filter(|m| m.reachable() && !tried.contains(&m.peer_id))
+        {
+            if let Ok(Some(found)) = self.fetch_object(&m.peer_id, data_id).await {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// strong: a majority of the object's replicas must answer; the newest
+    /// version wins and stale replicas are repaired before answering.
+    async fn get_strong(
+        self: &Arc<Self>,
+        data_id: &str,
+    ) -> Result<(ObjectMeta, Vec<u8>), ApiError> {
+        let (candidates, answers) = self.survey(data_id).await;
+        let newest = answers
+            .iter()
+            .filter_map(|(_, m)| m.clone())
+            .max_by_key(|m| m.version);
+        let rf = newest
+            .as_ref()
+            .map(|m| m.replication_factor as usize)
+            .unwrap_or(self.settings.default_rf as usize)
+            .min(candidates.len().max(1));
+        let owners: Vec<&Member> = candidates.iter().take(rf).collect();
+        let answered = owners
+            .iter()
+            .filter(|o| answers.iter().any(|(a, _)| a.peer_id == o.peer_id))
+            .count();
+        let majority = rf / 2 + 1;
+        if answered < majority {
+            return Err(unavailable(
+                "no_quorum",
+                format!("a strong read needs {majority} of {rf} replicas; {answered} answered"),
+            ));
+        }
+        let Some(newest) = newest else {
+            return Err(Self::not_found(data_id));
+        };
+        // Fetch the bytes from a replica holding the newest version.
+        let mut got = None;
+        for (m, meta) in &answers {
+            if meta.as_ref().map(|x| x.version) == Some(newest.version) {
+                match self.fetch_object(&m.peer_id, data_id).await {
+                    Ok(Some((meta, data))) if meta.version == newest.version => {
+                        got = Some((meta, data));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let Some((meta, data)) = got else {
+            return Err(unavailable(
+                "read_failed",
+                "no replica holding the newest version could serve it",
+            ));
+        };
+        // Repair stale owners before answering, so the next strong read agrees.
+        for o in owners {
+            let theirs = answers
+                .iter()
+                .find(|(a, _)| a.peer_id == o.peer_id)
+                .and_then(|(_, m)| m.as_ref().map(|m| m.version));
+            if o.reachable()
+                && theirs.is_none_or(|v| v < meta.version)
+                && self.send_object(&o.peer_id, &meta, &data).await.is_ok()
+            {
+                self.metrics.repaired.inc();
+            }
+        }
+        if meta.tombstone {
+            return Err(Self::not_found(data_id));
+        }
+        Ok((meta, data))
+    }
+
+    fn read_repair_in_background(
+        self: &Arc<Self>,
+        data_id: String,
+        meta: ObjectMeta,
+        data: Vec<u8>,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let (candidates, answers) = this.survey(&data_id).await;
+            let newest = answers
+                .iter()
+                .filter_map(|(_, m)| m.clone())
+                .max_by_key(|m| m.version);
+            if newest.as_ref().is_some_and(|n| n.version > meta.version) {
+                return; // we served a stale copy; the holder of the newest repairs
+            }
+            let owners = candidates.iter().take(meta.replication_factor as usize);
+            for o in owners {
+                let theirs = answers
+                    .iter()
+                    .find(|(a, _)| a.peer_id == o.peer_id)
+                    .and_then(|(_, m)| m.as_ref().map(|m| m.version));
+                let answered = answers.iter().any(|(a, _)| a.peer_id == o.peer_id);
+                if answered
+                    && theirs.is_none_or(|v| v < meta.version)
+                    && this.send_object(&o.peer_id, &meta, &data).await.is_ok()
+                {
+                    this.metrics.repaired.inc();
+                    tracing::debug!(node_id = %o.name, %data_id, "read repair");
+                }
+            }
+        });
+    }
+
+    pub async fn delete(
+        self: &Arc<Self>,
+        data_id: &str,
+        consistency: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let consistency = self.resolve_consistency(consistency)?;
+        let (_, answers) = self.survey(data_id).await;
+        let rf = answers
+            .iter()
+            .filter_map(|(_, m)| m.as_ref().map(|m| m.replication_factor as u32))
+            .max()
+            .unwrap_or(self.settings.default_rf);
+        let now = wall_ms();
+        let version = self.hlc.lock().expect("hlc lock").now(now);
+        let meta = ObjectMeta {
+            data_id: data_id.to_string(),
+            data_type: String::new(),
+            size_bytes: 0,
+            checksum: [0; 32],
+            version,
+            replication_factor: rf as u8,
+            consistency_level: consistency,
+            created_at_ms: now,
+            tombstone: true,
+        };
+        let res = self.write(meta, Arc::new(Vec::new())).await;
+        self.metrics
+            .op("delete", if res.is_ok() { "ok" } else { "error" });
+        res.map(|_| ())
+    }
+
+    pub async fn info(self: &Arc<Self>, data_id: &str) -> Result<DataInfo, ApiError> {
+        let candidates = self.replicas_for(data_id, self.settings.max_rf as usize);
+        let all = self.members();
+        let mut asks: FuturesUnordered<_> = candidates
+            .iter()
+            .filter(|m| m.reachable())
+            .map(|m| {
+                let (this, m, id) = (self.clone(), m.clone(), data_id.to_string());
+                async move {
+                    (
+                        m.peer_id.clone(),
+                        this.call(&m.peer_id, StoreCall::Metas { data_ids: vec![id] })
+                            .await,
+                    )
+                }
+            })
+            .collect();
+        let mut found: HashMap<String, Option<(ObjectMeta, plexi_store::objects::AccessStats)>> =
+            HashMap::new();
+        while let Some((peer, r)) = asks.next().await {
+            if let Ok(StoreReply::Metas(mut v)) = r {
+                found.insert(peer, v.pop().flatten());
+            }
+        }
+        let newest = found
+            .values()
+            .filter_map(|v| v.as_ref().map(|(m, _)| m.clone()))
+            .max_by_key(|m| m.version)
+            .filter(|m| !m.tombstone)
+            .ok_or_else(|| Self::not_found(data_id))?;
+        let rf = newest.replication_factor as usize;
+        let mut replicas = Vec::new();
+        let (mut last_accessed, mut access_count) = (0u64, 0u64);
+        for m in candidates.iter().take(rf) {
+            let entry = found.get(&m.peer_id).cloned().flatten();
+            if let Some((_, a)) = &entry {
+                last_accessed = last_accessed.max(a.last_accessed_ms);
+                access_count += a.access_count;
+            }
+            let version = entry.as_ref().map(|(meta, _)| meta.version);
+            let status = all
+                .iter()
+                .find(|x| x.peer_id == m.peer_id)
+                .map(|x| x.status)
+                .unwrap_or(m.status);
+            replicas.push(ReplicaInfo {
+                node_id: m.name.clone(),
+                peer_id: m.peer_id.clone(),
+                status: status.as_str().into(),
+                has_copy: entry.as_ref().is_some_and(|(meta, _)| !meta.tombstone),
+                version: version.map(|v| v.to_text()),
+                is_current: version == Some(newest.version),
+                is_healthy: m.healthy && status == MemberStatus::Alive,
+            });
+        }
+        let live = replicas
+            .iter()
+            .filter(|r| r.is_current && r.status == "alive")
+            .count() as u32;
+        Ok(DataInfo {
+            data_id: newest.data_id.clone(),
+            data_type: newest.data_type.clone(),
+            size_bytes: newest.size_bytes,
+            checksum: newest.checksum_hex(),
+            version: newest.version.to_text(),
+            consistency_level: newest.consistency_level.as_str().into(),
+            replication_factor: rf as u32,
+            partition: placement::partition_of(data_id),
+            created_at: rfc3339_ms(newest.created_at_ms),
+            last_accessed: (last_accessed > 0).then(|| rfc3339_ms(last_accessed)),
+            access_count,
+            live_replicas: live,
+            under_replicated: (live as usize) < rf,
+            replicas,
+        })
+    }
+
+    /// The replica side of the `store` service.
+    pub async fn handle_call(
+        self: &Arc<Self>,
+        from: &str,
+        call: StoreCall,
+    ) -> Result<StoreReply, String> {
+        match call {
+            StoreCall::Put { meta, data } => self.apply_durably(meta, data).await,
+            StoreCall::PutChunk {
+                upload,
+                offset,
+                data,
+            } => {
+                let mut uploads = self.uploads.lock().expect("uploads lock");
+                uploads.retain(|_, u| u.touched.elapsed() < UPLOAD_IDLE);
+                let buffered: usize = uploads.values().map(|u| u.data.len()).sum();
+                if buffered + data.len() > MAX_UPLOAD_BYTES {
+                    return Err("too many bytes in uploads; retry later".into());
+                }
+                if !uploads.contains_key(&upload) && uploads.len() >= MAX_UPLOADS {
+                    return Err("too many uploads in progress; retry later".into());
+                }
+                let u = uploads.entry(upload).or_insert_with(|| Upload {
+                    from: from.to_string(),
+                    data: Vec::new(),
+                    touched: Instant::now(),
+                });
+                if u.from != from || u.data.len() as u64 != offset {
+                    return Err("chunk out of order".into());
+                }
+                u.data.extend_from_slice(&data);
+                u.touched = Instant::now();
+                Ok(StoreReply::ChunkAccepted)
+            }
+            StoreCall::PutCommit { upload, meta } => {
+                let u = self.uploads.lock().expect("uploads lock").remove(&upload);
+                match u {
+                    Some(u) if u.from == from => self.apply_durably(meta, u.data).await,
+                    _ => Err("unknown upload".into()),
+                }
+            }
+            StoreCall::Read {
+                data_id,
+                offset,
+                len,
+            } => {
+                let engine = self.engine.clone();
+                let res =
+                    tokio::task::spawn_blocking(move || engine.get(&data_id).map(|r| (data_id, r)))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                match res {
+                    Ok((_, None)) => Ok(StoreReply::Read {
+                        meta: None,
+                        data: Vec::new(),
+                    }),
+                    Ok((data_id, Some((meta, data)))) => {
+                        if offset == 0 && !meta.tombstone {
+                            self.engine.record_access(&data_id, wall_ms());
+                        }
+                        let start = (offset as usize).min(data.len());
+                        let end = start
+                            .saturating_add(len.min(READ_CHUNK_BYTES) as usize)
+                            .min(data.len());
+                        Ok(StoreReply::Read {
+                            meta: Some(meta),
+                            data: data[start..end].to_vec(),
+                        })
+                    }
+                    Err(StoreError::Corrupt { key, .. }) => {
+                        self.metrics.corrupt.inc();
+                        Err(format!("replica of {key} is corrupt"))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            StoreCall::Metas { data_ids } => {
+                if data_ids.len() > MAX_BATCH {
+                    return Err("batch too large".into());
+                }
+                let out = data_ids
+                    .iter()
+                    .map(|id| {
+                        self.engine
+                            .meta(id)
+                            .ok()
+                            .flatten()
+                            .map(|m| (m, self.engine.access(id)))
+                    })
+                    .collect();
+                Ok(StoreReply::Metas(out))
+            }
+            StoreCall::Digests => self
+                .engine
+                .digests()
+                .map(StoreReply::Digests)
+                .map_err(|e| e.to_string()),
+            StoreCall::Entries { partition } => {
+                if partition >= placement::PARTITIONS {
+                    return Err("no such partition".into());
+                }
+                self.engine
+                    .entries(partition)
+                    .map(StoreReply::Entries)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Applies a write and returns once it is durable.
+    pub async fn apply_durably(
+        self: &Arc<Self>,
+        meta: ObjectMeta,
+        data: Vec<u8>,
+    ) -> Result<StoreReply, String> {
+        if meta.data_id.is_empty() || meta.data_id.len() > plexi_store::objects::MAX_DATA_ID_BYTES {
+            return Err("bad data id".into());
+        }
+        let _ = self
+            .hlc
+            .lock()
+            .expect("hlc lock")
+            .observe(meta.version, wall_ms());
+        let engine = self.engine.clone();
+        let applied = tokio::task::spawn_blocking(move || engine.apply(&meta, &data))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.commit.flush().await.map_err(|e| e.to_string())?;
+        Ok(StoreReply::Applied {
+            stored: applied == Applied::Stored,
+        })
+    }
+}
+
+/// The `store` service as the p2p layer calls it.
+pub async fn serve(storage: &Arc<Storage>, from: PeerId, body: &[u8]) -> Result<Vec<u8>, String> {
+    let call: StoreCall = decode_cbor(body).map_err(|e| {
+        tracing::warn!(peer = %from, error = %e, "malformed store call dropped");
+        e.to_string()
+    })?;
+    let reply = storage.handle_call(&from.to_string(), call).await?;
+    encode_cbor(&reply).map_err(|e| e.to_string())
+}
+
+/// The API's view of storage.
+pub struct StorageApi(pub Arc<Storage>);
+
+#[async_trait::async_trait]
+impl plexi_api::Storage for StorageApi {
+    fn max_object_bytes(&self) -> usize {
+        self.0.settings.max_object_bytes
+    }
+    async fn put(&self, req: PutRequest) -> Result<PutResult, ApiError> {
+        self.0.put(req).await
+    }
+    async fn get(&self, data_id: &str, consistency: Option<&str>) -> Result<DataObject, ApiError> {
+        self.0.get(data_id, consistency).await
+    }
+    async fn delete(&self, data_id: &str, consistency: Option<&str>) -> Result<(), ApiError> {
+        self.0.delete(data_id, consistency).await
+    }
+    async fn info(&self, data_id: &str) -> Result<DataInfo, ApiError> {
+        self.0.info(data_id).await
+    }
+}

@@ -1,0 +1,388 @@
+//! The loops that heal the cluster without anyone reading the data:
+//!
+//! - hinted handoff: writes a reachable-again replica missed are re-sent;
+//! - anti-entropy: every `anti_entropy_interval_seconds` a node compares its
+//!   1024 partition digests with one peer (round robin) and, for partitions
+//!   that differ, pushes what the peer owns and lacks and pulls what it owns
+//!   and lacks. Because ownership comes from the current placement, the same
+//!   pass re-replicates the objects of a node dead longer than
+//!   `rereplication_delay_seconds` and rebalances onto a node that joined;
+//! - cleanup (every `cleanup_interval_hours`, and on demand): drops replicas
+//!   this node no longer owns once every owner confirmed a copy at least as
+//!   new, purges tombstones past their grace, and scrubs (re-hashes every
+//!   local object and replaces corrupt ones from a healthy replica).
+//!
+//! All traffic is throttled to `repair_mib_per_second` and every pass is
+//! bounded in partitions and objects.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plexi_store::objects::{ObjectMeta, ObjectStore};
+use plexi_store::placement::PARTITIONS;
+use plexi_store::StoreError;
+
+use super::wire::{StoreCall, StoreReply, MAX_BATCH};
+use super::{wall_ms, Member, Storage};
+
+/// Most differing partitions examined with one peer per pass.
+const MAX_PARTITIONS_PER_PASS: usize = 128;
+/// Most hints replayed per peer per pass.
+const MAX_HINTS_PER_PASS: usize = 256;
+
+/// Progress of a running or finished background job (rebalance, cleanup).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub examined: AtomicU64,
+    pub total: AtomicU64,
+    pub moved_objects: AtomicU64,
+    pub moved_bytes: AtomicU64,
+    pub removed: AtomicU64,
+    pub repaired: AtomicU64,
+}
+
+/// Sleeps as needed to keep `bytes` over the pass under the throttle.
+struct Throttle {
+    started: Instant,
+    bytes: u64,
+    per_second: u64,
+}
+
+impl Throttle {
+    fn new(per_second: u64) -> Self {
+        Throttle {
+            started: Instant::now(),
+            bytes: 0,
+            per_second: per_second.max(1),
+        }
+    }
+
+    async fn spend(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.per_second as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+/// Starts the background loops.
+pub fn spawn(storage: Arc<Storage>) {
+    let s = storage.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(s.settings.anti_entropy_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round = 0usize;
+        loop {
+            tick.tick().await;
+            replay_hints(&s).await;
+            let peers: Vec<Member> = s
+                .members()
+                .into_iter()
+                .filter(|m| m.reachable() && m.peer_id != s.local_peer())
+                .collect();
+            if !peers.is_empty() {
+                let peer = &peers[round % peers.len()];
+                round = round.wrapping_add(1);
+                if let Err(e) = anti_entropy_with(&s, peer, &Progress::default()).await {
+                    tracing::debug!(node_id = %peer.name, error = %e, "anti-entropy pass failed");
+                }
+            }
+        }
+    });
+    let s = storage;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(s.settings.cleanup_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // not at start
+        loop {
+            tick.tick().await;
+            let p = Progress::default();
+            match cleanup(&s, &p).await {
+                Ok(()) => tracing::info!(
+                    removed = p.removed.load(Ordering::Relaxed),
+                    repaired = p.repaired.load(Ordering::Relaxed),
+                    "scheduled cleanup done"
+                ),
+                Err(e) => tracing::warn!(error = %e, "scheduled cleanup failed"),
+            }
+        }
+    });
+}
+
+/// The object's current owners (placement at its own factor).
+fn owners(s: &Storage, meta: &ObjectMeta, placement: &[Member]) -> Vec<Member> {
+    s.replicas_among(&meta.data_id, meta.replication_factor as usize, placement)
+}
+
+fn local_object(s: &Storage, data_id: &str) -> Result<Option<(ObjectMeta, Vec<u8>)>, StoreError> {
+    s.engine().get(data_id)
+}
+
+async fn replay_hints(s: &Arc<Storage>) {
+    let store_peers = match s.hinted_peers() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list hints");
+            return;
+        }
+    };
+    if store_peers.is_empty() {
+        return;
+    }
+    let members = s.members();
+    for peer in store_peers {
+        let Some(m) = members.iter().find(|m| m.peer_id == peer) else {
+            continue;
+        };
+        if !m.reachable() {
+            continue;
+        }
+        let ids = s.hints_for(&peer, MAX_HINTS_PER_PASS).unwrap_or_default();
+        let mut throttle = Throttle::new(s.settings.repair_bytes_per_second);
+        for id in ids {
+            // The bytes: ours if we hold a replica, else from any replica.
+            let obj = match local_object(s, &id) {
+                Ok(Some(o)) => Some(o),
+                _ => s.get_any(&id).await,
+            };
+            let done = match obj {
+                Some((meta, data)) => {
+                    let ok = s.send_object(&peer, &meta, &data).await.is_ok();
+                    if ok {
+                        s.metrics.repaired.inc();
+                        throttle.spend(data.len() as u64).await;
+                    }
+                    ok
+                }
+                None => true, // nothing to hand off any more
+            };
+            if done {
+                let _ = s.remove_hint(&peer, &id);
+            } else {
+                break; // try this peer again next pass
+            }
+        }
+    }
+}
+
+/// Compares digests with `peer` and exchanges what differs, in the
+/// direction placement says.
+pub async fn anti_entropy_with(
+    s: &Arc<Storage>,
+    peer: &Member,
+    progress: &Progress,
+) -> Result<(), String> {
+    let theirs = match s.call(&peer.peer_id, StoreCall::Digests).await? {
+        StoreReply::Digests(d) if d.len() == PARTITIONS as usize => d,
+        _ => return Err("bad digests reply".into()),
+    };
+    let mine = s.engine().digests().map_err(|e| e.to_string())?;
+    let differing: Vec<u16> = (0..PARTITIONS)
+        .filter(|&p| mine[p as usize] != theirs[p as usize])
+        .take(MAX_PARTITIONS_PER_PASS)
+        .collect();
+    if differing.is_empty() {
+        return Ok(());
+    }
+    let placement = s.placement_members(&s.members());
+    let mut throttle = Throttle::new(s.settings.repair_bytes_per_second);
+    for p in differing {
+        let their_entries = match s
+            .call(&peer.peer_id, StoreCall::Entries { partition: p })
+            .await?
+        {
+            StoreReply::Entries(e) => e,
+            _ => return Err("bad entries reply".into()),
+        };
+        let their: HashMap<String, plexi_store::version::Version> =
+            their_entries.into_iter().collect();
+        let my_entries = s.engine().entries(p).map_err(|e| e.to_string())?;
+        // Push: ours is newer or theirs is missing, and they own it.
+        for (id, v) in &my_entries {
+            if their.get(id).is_some_and(|tv| tv >= v) {
+                continue;
+            }
+            let Ok(Some((meta, data))) = local_object(s, id) else {
+                continue;
+            };
+            if !owners(s, &meta, &placement)
+                .iter()
+                .any(|o| o.peer_id == peer.peer_id)
+            {
+                continue;
+            }
+            if s.send_object(&peer.peer_id, &meta, &data).await.is_ok() {
+                s.metrics.repaired.inc();
+                progress.moved_objects.fetch_add(1, Ordering::Relaxed);
+                progress
+                    .moved_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                throttle.spend(data.len() as u64).await;
+            }
+        }
+        // Pull: theirs is newer or ours is missing, and we own it.
+        let mine_map: HashMap<&str, plexi_store::version::Version> =
+            my_entries.iter().map(|(id, v)| (id.as_str(), *v)).collect();
+        let wanted: Vec<String> = their
+            .iter()
+            .filter(|(id, tv)| mine_map.get(id.as_str()).is_none_or(|mv| mv < *tv))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for batch in wanted.chunks(MAX_BATCH) {
+            let metas = match s
+                .call(
+                    &peer.peer_id,
+                    StoreCall::Metas {
+                        data_ids: batch.to_vec(),
+                    },
+                )
+                .await?
+            {
+                StoreReply::Metas(m) => m,
+                _ => return Err("bad metas reply".into()),
+            };
+            for (meta, _) in metas.into_iter().flatten() {
+                if !owners(s, &meta, &placement)
+                    .iter()
+                    .any(|o| o.peer_id == s.local_peer())
+                {
+                    continue;
+                }
+                if let Ok(Some((meta, data))) = s.fetch_object(&peer.peer_id, &meta.data_id).await {
+                    let len = data.len() as u64;
+                    if s.apply_durably(meta, data).await.is_ok() {
+                        s.metrics.repaired.inc();
+                        progress.moved_objects.fetch_add(1, Ordering::Relaxed);
+                        progress.moved_bytes.fetch_add(len, Ordering::Relaxed);
+                        throttle.spend(len).await;
+                    }
+                }
+            }
+        }
+        progress.examined.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// A full rebalance pass: anti-entropy with every reachable peer, then
+/// cleanup of what this node no longer owns.
+pub async fn rebalance(s: &Arc<Storage>, progress: &Progress) -> Result<(), String> {
+    let peers: Vec<Member> = s
+        .members()
+        .into_iter()
+        .filter(|m| m.reachable() && m.peer_id != s.local_peer())
+        .collect();
+    progress.total.store(peers.len() as u64, Ordering::Relaxed);
+    for peer in &peers {
+        // Repeat until nothing differs that we can act on (bounded).
+        for _ in 0..8 {
+            let before = progress.moved_objects.load(Ordering::Relaxed);
+            anti_entropy_with(s, peer, &Progress::default()).await?;
+            let moved = progress.moved_objects.load(Ordering::Relaxed) - before;
+            if moved == 0 {
+                break;
+            }
+        }
+    }
+    cleanup(s, progress).await
+}
+
+/// Drops replicas this node no longer owns (once every owner holds a copy at
+/// least as new), purges old tombstones, scrubs local bytes.
+pub async fn cleanup(s: &Arc<Storage>, progress: &Progress) -> Result<(), String> {
+    let placement = s.placement_members(&s.members());
+    let grace_ms = s.settings.tombstone_grace.as_millis() as u64;
+    let now = wall_ms();
+    progress
+        .total
+        .fetch_add(PARTITIONS as u64, Ordering::Relaxed);
+    for p in 0..PARTITIONS {
+        let entries = s.engine().entries(p).map_err(|e| e.to_string())?;
+        for (id, v) in entries {
+            let meta = match s.engine().meta(&id) {
+                Ok(Some(m)) => m,
+                _ => continue,
+            };
+            if meta.tombstone && meta.version.physical_ms + grace_ms < now {
+                if s.engine().remove_if(&id, v).unwrap_or(false) {
+                    progress.removed.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            let owners = owners(s, &meta, &placement);
+            let i_own = owners.iter().any(|o| o.peer_id == s.local_peer());
+            if !i_own {
+                if owners.len() < meta.replication_factor as usize
+                    || owners.iter().any(|o| !o.reachable())
+                {
+                    continue; // keep our copy until every owner can confirm
+                }
+                let mut confirmed = true;
+                for o in &owners {
+                    let ok = matches!(
+                        s.call(&o.peer_id, StoreCall::Metas { data_ids: vec![id.clone()] }).await,
+                        Ok(StoreReply::Metas(ref m)) if m.first().and_then(|x| x.as_ref()).is_some_and(|(om, _)| om.version >= v)
+                    );
+                    if !ok {
+                        // Hand it over before we let go.
+                        if let Ok(Some((meta, data))) = local_object(s, &id) {
+                            if s.send_object(&o.peer_id, &meta, &data).await.is_err() {
+                                confirmed = false;
+                            }
+                        }
+                    }
+                }
+                if confirmed && s.engine().remove_if(&id, v).unwrap_or(false) {
+                    progress.removed.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            if !meta.tombstone {
+                scrub_one(s, &id, &meta, &owners, progress).await;
+            }
+        }
+        progress.examined.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Re-hashes one local object; a corrupt replica is replaced from another.
+async fn scrub_one(
+    s: &Arc<Storage>,
+    id: &str,
+    meta: &ObjectMeta,
+    owners: &[Member],
+    progress: &Progress,
+) {
+    match s.engine().get(id) {
+        Ok(_) => {}
+        Err(StoreError::Corrupt { .. }) => {
+            s.metrics.corrupt.inc();
+            tracing::warn!(data_id = id, "scrub found a corrupt replica; replacing it");
+            for o in owners
+                .iter()
+                .filter(|o| o.peer_id != s.local_peer() && o.reachable())
+            {
+                if let Ok(Some((good, data))) = s.fetch_object(&o.peer_id, id).await {
+                    if good.version >= meta.version
+                        && s.engine().remove_if(id, meta.version).is_ok()
+                        && s.apply_durably(good, data).await.is_ok()
+                    {
+                        progress.repaired.fetch_add(1, Ordering::Relaxed);
+                        s.metrics.repaired.inc();
+                        return;
+                    }
+                }
+            }
+            tracing::error!(
+                data_id = id,
+                "no healthy replica to replace a corrupt one with"
+            );
+        }
+        Err(e) => tracing::warn!(data_id = id, error = %e, "scrub read failed"),
+    }
+}

@@ -1,0 +1,63 @@
+//! The `store` service between nodes: what a coordinator asks a replica.
+//! Bodies travel as CBOR inside `Request::App`; object bytes move in bounded
+//! chunks so no frame nears the codec's caps.
+
+use plexi_p2p::protocol::serde_bytes;
+use plexi_store::objects::{AccessStats, ObjectMeta};
+use plexi_store::version::Version;
+use serde::{Deserialize, Serialize};
+
+pub const STORE_SERVICE: &str = "store";
+/// Objects up to this size go in one `Put`; larger ones in chunks of it.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Largest slice one `Read` returns.
+pub const READ_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// Most ids in one `Metas` call.
+pub const MAX_BATCH: usize = 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StoreCall {
+    /// Apply (last writer wins) and flush before answering.
+    Put {
+        meta: ObjectMeta,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// One chunk of a large object's upload.
+    PutChunk {
+        upload: u64,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Ends an upload: the assembled bytes are applied like `Put`.
+    PutCommit { upload: u64, meta: ObjectMeta },
+    /// Metadata and a slice of the bytes (offset 0 counts as an access).
+    Read {
+        data_id: String,
+        offset: u64,
+        len: u64,
+    },
+    /// Metadata (and local access stats) of several objects.
+    Metas { data_ids: Vec<String> },
+    /// The 1024 partition digests.
+    Digests,
+    /// `(data_id, version)` of one partition.
+    Entries { partition: u16 },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StoreReply {
+    Applied {
+        stored: bool,
+    },
+    ChunkAccepted,
+    Read {
+        meta: Option<ObjectMeta>,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    Metas(Vec<Option<(ObjectMeta, AccessStats)>>),
+    Digests(Vec<[u8; 32]>),
+    Entries(Vec<(String, Version)>),
+}
