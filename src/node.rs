@@ -477,9 +477,15 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
     {
         let mut events = p2p.subscribe();
         let store = store.clone();
+        let storage = storage.clone();
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
+                    Ok(P2pEvent::MemberStatus {
+                        peer_id,
+                        status: MemberStatus::Dead,
+                        ..
+                    }) => storage.note_death(&peer_id),
                     Ok(P2pEvent::IncarnationBumped(inc)) => {
                         let store = store.clone();
                         let res =
@@ -488,7 +494,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
                             tracing::error!(incarnation = inc, "failed to persist incarnation");
                         }
                     }
-                    Ok(_) => {}
+                    Ok(P2pEvent::MemberStatus { .. }) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }

@@ -51,6 +51,12 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<model::DataObject, ApiError>;
     async fn delete(&self, data_id: &str, consistency: Option<&str>) -> Result<(), ApiError>;
     async fn info(&self, data_id: &str) -> Result<model::DataInfo, ApiError>;
+    async fn overview(&self) -> Result<model::StorageOverview, ApiError>;
+    async fn nodes(&self) -> Result<model::StorageNodes, ApiError>;
+    async fn distribution(&self) -> Result<model::Distribution, ApiError>;
+    /// Starts a cluster-wide job (`rebalance` or `cleanup`).
+    async fn start_job(&self, kind: &str, actor: &str) -> Result<model::Job, ApiError>;
+    async fn job(&self, job_id: &str) -> Result<model::Job, ApiError>;
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -137,3 +137,114 @@ pub struct DataObject {
     pub version: String,
     pub bytes: Vec<u8>,
 }
+
+/// `GET /clustering/storage/overview`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct StorageOverview {
+    pub total_nodes: u32,
+    pub healthy_nodes: u32,
+    pub total_capacity_gb: f64,
+    pub used_capacity_gb: f64,
+    pub available_capacity_gb: f64,
+    pub usage_percentage: f64,
+    /// Logical objects (not replicas), tombstones excluded.
+    pub total_data_objects: u64,
+    /// The cluster's default replication factor.
+    pub replication_factor: u32,
+    pub storage_strategy: String,
+    pub consistency_level: String,
+    pub total_replicas: u64,
+    pub under_replicated_objects: u64,
+    /// Nodes that did not answer the census (their replicas are not counted).
+    pub unreachable_nodes: Vec<String>,
+}
+
+/// One node in `GET /clustering/storage/nodes`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct StorageNode {
+    pub node_id: String,
+    pub peer_id: String,
+    pub status: String,
+    pub region: String,
+    pub zone: String,
+    pub total_capacity_gb: f64,
+    pub used_capacity_gb: f64,
+    pub available_capacity_gb: f64,
+    pub usage_percentage: f64,
+    pub object_count: u64,
+    /// 0-100 from the latency this node measured to it.
+    pub performance_score: f64,
+    /// 0-100 from its failure history as seen by this node.
+    pub reliability_score: f64,
+    pub read_latency_ms: Option<f64>,
+    pub write_latency_ms: Option<f64>,
+    pub is_healthy: bool,
+    pub last_heartbeat: String,
+    /// Whether placement gives it new replicas (not above max usage).
+    pub accepts_new_replicas: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct StorageNodes {
+    pub nodes: Vec<StorageNode>,
+}
+
+/// Objects and bytes held (replicas).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Holding {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct NodeHolding {
+    pub node_id: String,
+    pub region: String,
+    pub zone: String,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// `GET /clustering/storage/distribution`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Distribution {
+    pub nodes: Vec<NodeHolding>,
+    pub regions: std::collections::BTreeMap<String, Holding>,
+    pub zones: std::collections::BTreeMap<String, Holding>,
+    /// Number of objects by how many current replicas they have.
+    pub replica_histogram: std::collections::BTreeMap<String, u64>,
+    pub total_objects: u64,
+    pub under_replicated_objects: u64,
+    /// Mean current replicas per object.
+    pub average_replication_factor: f64,
+    /// Current replicas over target replicas, 0-1.
+    pub replication_efficiency: f64,
+    pub unreachable_nodes: Vec<String>,
+}
+
+/// A background storage job (rebalance, cleanup).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Job {
+    pub job_id: String,
+    /// rebalance | cleanup
+    pub kind: String,
+    /// running | completed | failed
+    pub status: String,
+    pub progress_percentage: f64,
+    pub started_at: String,
+    pub completed_at: Option<String>,
+    pub moved_objects: u64,
+    pub moved_bytes: u64,
+    pub removed_replicas: u64,
+    pub repaired_replicas: u64,
+    /// The per-node parts of the job.
+    pub nodes: Vec<JobPart>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct JobPart {
+    pub node_id: String,
+    pub status: String,
+    pub progress_percentage: f64,
+}

@@ -24,10 +24,19 @@ use crate::ApiState;
         crate::storage_routes::get_data,
         crate::storage_routes::delete_data,
         crate::storage_routes::data_info,
+        crate::storage_routes::overview,
+        crate::storage_routes::storage_nodes,
+        crate::storage_routes::distribution,
+        crate::storage_routes::rebalance,
+        crate::storage_routes::cleanup,
+        crate::storage_routes::job,
     ),
     components(schemas(
         ErrorBody, NodeList, NodeView, HealthReport, HealthCheck, Liveness,
         crate::model::PutResult, crate::model::DataInfo, crate::model::ReplicaInfo,
+        crate::model::StorageOverview, crate::model::StorageNodes, crate::model::StorageNode,
+        crate::model::Distribution, crate::model::NodeHolding, crate::model::Holding,
+        crate::model::Job, crate::model::JobPart,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -65,6 +74,12 @@ pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
             "/api/v1/clustering/storage/data/{data_id}/info",
             get(s::data_info),
         )
+        .route("/api/v1/clustering/storage/overview", get(s::overview))
+        .route("/api/v1/clustering/storage/nodes", get(s::storage_nodes))
+        .route("/api/v1/clustering/storage/distribution", get(s::distribution))
+        .route("/api/v1/clustering/storage/rebalance", axum::routing::post(s::rebalance))
+        .route("/api/v1/clustering/storage/cleanup", axum::routing::post(s::cleanup))
+        .route("/api/v1/clustering/storage/jobs/{job_id}", get(s::job))
 }
 
 /// Liveness of the answering node. Needs no token.

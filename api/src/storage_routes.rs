@@ -204,3 +204,49 @@ pub(crate) async fn data_info(
     validate_data_id(&data_id)?;
     storage.info(&data_id).await.map(Json)
 }
+
+#[utoipa::path(get, path = "/api/v1/clustering/storage/overview", responses((status = 200, body = crate::model::StorageOverview)))]
+pub(crate) async fn overview(State(state): State<ApiState>) -> Result<Json<crate::model::StorageOverview>, ApiError> {
+    state.storage.overview().await.map(Json)
+}
+
+#[utoipa::path(get, path = "/api/v1/clustering/storage/nodes", responses((status = 200, body = crate::model::StorageNodes)))]
+pub(crate) async fn storage_nodes(State(state): State<ApiState>) -> Result<Json<crate::model::StorageNodes>, ApiError> {
+    state.storage.nodes().await.map(Json)
+}
+
+#[utoipa::path(get, path = "/api/v1/clustering/storage/distribution", responses((status = 200, body = crate::model::Distribution)))]
+pub(crate) async fn distribution(State(state): State<ApiState>) -> Result<Json<crate::model::Distribution>, ApiError> {
+    state.storage.distribution().await.map(Json)
+}
+
+fn actor(caller: Option<Extension<Caller>>) -> String {
+    caller.map(|Extension(c)| c.name).unwrap_or_default()
+}
+
+/// Starts a cluster-wide rebalance: every node copies what the current
+/// placement says it should hold, then drops what it no longer owns.
+#[utoipa::path(post, path = "/api/v1/clustering/storage/rebalance", responses((status = 202, body = crate::model::Job), (status = 403, body = ErrorBody)))]
+pub(crate) async fn rebalance(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+) -> Result<(StatusCode, Json<crate::model::Job>), ApiError> {
+    let job = state.storage.start_job("rebalance", &actor(caller)).await?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+/// Starts a cluster-wide cleanup: drop replicas no longer owned (once owners
+/// confirmed), purge old tombstones, scrub bytes.
+#[utoipa::path(post, path = "/api/v1/clustering/storage/cleanup", responses((status = 202, body = crate::model::Job), (status = 403, body = ErrorBody)))]
+pub(crate) async fn cleanup(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+) -> Result<(StatusCode, Json<crate::model::Job>), ApiError> {
+    let job = state.storage.start_job("cleanup", &actor(caller)).await?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+#[utoipa::path(get, path = "/api/v1/clustering/storage/jobs/{job_id}", params(("job_id" = String, Path)), responses((status = 200, body = crate::model::Job), (status = 404, body = ErrorBody)))]
+pub(crate) async fn job(State(state): State<ApiState>, Path(job_id): Path<String>) -> Result<Json<crate::model::Job>, ApiError> {
+    state.storage.job(&job_id).await.map(Json)
+}

@@ -8,7 +8,9 @@
 //! background loops that heal the cluster (hints, anti-entropy, cleanup)
 //! live in `repair.rs`.
 
+pub mod jobs;
 pub mod repair;
+pub mod report;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -147,6 +149,7 @@ pub struct Storage {
     hlc: Mutex<Hlc>,
     stats: Mutex<HashMap<String, PeerStats>>,
     uploads: Mutex<HashMap<u64, Upload>>,
+    pub jobs: jobs::Jobs,
     pub metrics: StorageMetrics,
 }
 
@@ -217,6 +220,7 @@ impl Storage {
             commit,
             stats: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
+            jobs: jobs::Jobs::default(),
             metrics,
         })
     }
@@ -1075,6 +1079,21 @@ impl Storage {
                     .map(StoreReply::Entries)
                     .map_err(|e| e.to_string())
             }
+            StoreCall::Census => {
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || report::local_census(&this))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            StoreCall::StartJob { job_id, kind } => {
+                if job_id.len() > 64 {
+                    return Err("bad job id".into());
+                }
+                self.jobs
+                    .start(self, &job_id, &kind)
+                    .map(|_| StoreReply::JobStarted)
+            }
+            StoreCall::JobStatus { job_id } => Ok(StoreReply::Job(self.jobs.status(&job_id))),
         }
     }
 
@@ -1133,5 +1152,20 @@ impl plexi_api::Storage for StorageApi {
     }
     async fn info(&self, data_id: &str) -> Result<DataInfo, ApiError> {
         self.0.info(data_id).await
+    }
+    async fn overview(&self) -> Result<plexi_api::model::StorageOverview, ApiError> {
+        report::overview(&self.0).await
+    }
+    async fn nodes(&self) -> Result<plexi_api::model::StorageNodes, ApiError> {
+        Ok(report::nodes(&self.0))
+    }
+    async fn distribution(&self) -> Result<plexi_api::model::Distribution, ApiError> {
+        report::distribution(&self.0).await
+    }
+    async fn start_job(&self, kind: &str, actor: &str) -> Result<plexi_api::model::Job, ApiError> {
+        jobs::start_cluster_job(&self.0, kind, actor).await
+    }
+    async fn job(&self, job_id: &str) -> Result<plexi_api::model::Job, ApiError> {
+        jobs::job_status(&self.0, job_id).await
     }
 }

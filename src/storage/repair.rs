@@ -263,7 +263,6 @@ pub async fn anti_entropy_with(
                 }
             }
         }
-        progress.examined.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -281,12 +280,12 @@ pub async fn rebalance(s: &Arc<Storage>, progress: &Progress) -> Result<(), Stri
         // Repeat until nothing differs that we can act on (bounded).
         for _ in 0..8 {
             let before = progress.moved_objects.load(Ordering::Relaxed);
-            anti_entropy_with(s, peer, &Progress::default()).await?;
-            let moved = progress.moved_objects.load(Ordering::Relaxed) - before;
-            if moved == 0 {
+            anti_entropy_with(s, peer, progress).await?;
+            if progress.moved_objects.load(Ordering::Relaxed) == before {
                 break;
             }
         }
+        progress.examined.fetch_add(1, Ordering::Relaxed);
     }
     cleanup(s, progress).await
 }

@@ -44,6 +44,38 @@ pub enum StoreCall {
     Digests,
     /// `(data_id, version)` of one partition.
     Entries { partition: u16 },
+    /// Every entry this replica holds (bounded by [`MAX_CENSUS`]).
+    Census,
+    /// Starts this node's part of a cluster-wide job.
+    StartJob { job_id: String, kind: String },
+    /// This node's part of a job, if it has one.
+    JobStatus { job_id: String },
+}
+
+/// Most entries one census answer carries.
+pub const MAX_CENSUS: usize = 100_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CensusEntry {
+    pub data_id: String,
+    pub version: Version,
+    pub replication_factor: u8,
+    pub size_bytes: u64,
+    pub tombstone: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobPartStatus {
+    pub kind: String,
+    pub status: String,
+    pub progress: f64,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub moved_objects: u64,
+    pub moved_bytes: u64,
+    pub removed: u64,
+    pub repaired: u64,
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,4 +92,10 @@ pub enum StoreReply {
     Metas(Vec<Option<(ObjectMeta, AccessStats)>>),
     Digests(Vec<[u8; 32]>),
     Entries(Vec<(String, Version)>),
+    Census {
+        entries: Vec<CensusEntry>,
+        truncated: bool,
+    },
+    JobStarted,
+    Job(Option<JobPartStatus>),
 }

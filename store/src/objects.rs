@@ -110,6 +110,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn entries(&self, partition: u16) -> Result<Vec<(String, Version)>, StoreError>;
     /// Live (non-tombstone) objects and their bytes on this replica.
     fn counts(&self) -> (u64, u64);
+    /// Metadata of up to `limit` entries (tombstones included), in key order.
+    fn census(&self, limit: usize) -> Result<Vec<ObjectMeta>, StoreError>;
     fn record_access(&self, data_id: &str, now_ms: u64);
     fn access(&self, data_id: &str) -> AccessStats;
     /// Makes every write applied so far durable.
@@ -354,6 +356,17 @@ impl ObjectStore for SledObjects {
             let (_, v) = item.map_err(|e| self.err(e))?;
             if let Some(m) = decode_meta(&v) {
                 out.push((m.data_id, m.version));
+            }
+        }
+        Ok(out)
+    }
+
+    fn census(&self, limit: usize) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.meta.iter().take(limit) {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            if let Some(m) = decode_meta(&v) {
+                out.push(m);
             }
         }
         Ok(out)
