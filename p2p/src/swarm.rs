@@ -642,6 +642,24 @@ impl Driver {
         }
     }
 
+    /// The listen addresses a member's record advertises.
+    fn addresses_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        let now = self.now_ms();
+        self.membership
+            .lock()
+            .expect("membership lock")
+            .get(&peer.to_string(), now)
+            .map(|m| {
+                m.record
+                    .state
+                    .listen_addresses
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn exchange_with(&mut self, peer: PeerId) {
         let records = {
             let m = self.membership.lock().expect("membership lock");
@@ -745,11 +763,14 @@ impl Driver {
                     let _ = reply.send(Err(P2pError::Busy));
                     return;
                 }
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .rpc
-                    .send_request(&peer, Request::App { service, body });
+                // A member we know only from its record may not be connected
+                // yet: give request-response its addresses to dial.
+                let addresses = self.addresses_of(&peer);
+                let id = self.swarm.behaviour_mut().rpc.send_request_with_addresses(
+                    &peer,
+                    Request::App { service, body },
+                    addresses,
+                );
                 self.outbound.insert(id, reply);
             }
             Command::Respond { id, response } => {

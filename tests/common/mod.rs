@@ -36,6 +36,8 @@ pub struct TestNode {
     pub p2p: String,
     pub peer_id: String,
     config: Option<PathBuf>,
+    region: String,
+    zone: String,
 }
 
 pub struct NodeSpec<'a> {
@@ -108,6 +110,8 @@ impl TestNode {
             p2p: String::new(),
             peer_id: String::new(),
             config,
+            region: spec.region.to_string(),
+            zone: spec.zone.to_string(),
         };
         node.await_serving(None);
         node
@@ -163,11 +167,12 @@ impl TestNode {
     /// Starts the node again on the same data dir (new ports).
     pub fn restart(&mut self, bootstrap: Vec<String>) {
         assert!(self.child.is_none(), "restart a stopped node");
+        let (name, region, zone) = (self.name.clone(), self.region.clone(), self.zone.clone());
         let spec = NodeSpec {
-            name: &self.name.clone(),
+            name: &name,
             bootstrap,
-            region: "r1",
-            zone: "z1",
+            region: &region,
+            zone: &zone,
             config: None,
         };
         let old = std::fs::read_to_string(self.dir.join("data/node.json"))
@@ -237,4 +242,84 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Fast timings for storage tests: failure detection in ~1.5 s, re-replication
+/// after 2 s, anti-entropy twice a second.
+pub const FAST: &str = "
+membership:
+  heartbeat_interval_ms: 200
+  exchange_interval_ms: 300
+  suspect_after_ms: 800
+  dead_after_ms: 1500
+distributed_storage:
+  rereplication_delay_seconds: 2
+  anti_entropy_interval_seconds: 0.3
+  health_check_interval_seconds: 1
+  max_object_mib: 8
+";
+
+impl TestNode {
+    pub fn put(&self, id: &str, body: &[u8], query: &str) -> reqwest::blocking::Response {
+        reqwest::blocking::Client::new()
+            .put(format!(
+                "{}/api/v1/clustering/storage/data/{id}?{query}",
+                self.api
+            ))
+            .bearer_auth(ADMIN)
+            .body(body.to_vec())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .expect("put")
+    }
+
+    pub fn fetch(&self, id: &str, query: &str) -> reqwest::blocking::Response {
+        reqwest::blocking::Client::new()
+            .get(format!(
+                "{}/api/v1/clustering/storage/data/{id}?{query}",
+                self.api
+            ))
+            .bearer_auth(READ)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .expect("get")
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::blocking::Response {
+        reqwest::blocking::Client::new()
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(ADMIN)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .expect("post")
+    }
+}
+
+/// Starts `n` nodes with `config`, each bootstrapping from the first, in
+/// distinct zones, and waits until all see all.
+pub fn cluster(root: &Path, n: usize, config: &str) -> Vec<TestNode> {
+    let names: Vec<String> = (1..=n).map(|i| format!("s{i}")).collect();
+    let zones: Vec<String> = (1..=n).map(|i| format!("z{i}")).collect();
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for i in 0..n {
+        let bootstrap = nodes
+            .first()
+            .map(|f| vec![f.p2p.clone()])
+            .unwrap_or_default();
+        nodes.push(TestNode::spawn(
+            root,
+            NodeSpec {
+                name: &names[i],
+                bootstrap,
+                region: "r1",
+                zone: &zones[i],
+                config: Some(config),
+            },
+        ));
+    }
+    let ok = wait_for(Duration::from_secs(20), || {
+        nodes.iter().all(|x| x.alive_count() == n).then_some(())
+    });
+    assert!(ok.is_some(), "cluster of {n} did not converge");
+    nodes
 }

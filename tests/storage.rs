@@ -1,0 +1,389 @@
+//! Distributed storage with real processes: bytes cross libp2p and land in
+//! sled on several nodes. Written through one node, read through others, at
+//! each consistency level; replica holders SIGKILLed; re-replication after
+//! the delay; joins and rebalancing; corrupt bytes on disk; bad input.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{cluster, wait_for, TestNode, ADMIN, FAST, READ};
+use serde_json::Value;
+
+fn body(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j * 7 % 251) as u8).collect()
+}
+
+fn blake3_hex(b: &[u8]) -> String {
+    blake3::hash(b).to_hex().to_string()
+}
+
+fn info(n: &TestNode, id: &str) -> Value {
+    n.get_json(&format!("/api/v1/clustering/storage/data/{id}/info"))
+}
+
+/// Reads `id` through `n` and checks bytes and ETag.
+fn assert_reads(n: &TestNode, id: &str, want: &[u8], consistency: &str) {
+    let res = n.fetch(id, &format!("consistency={consistency}"));
+    assert_eq!(res.status(), 200, "{} GET {id} ({consistency})", n.name);
+    let etag = res.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let got = res.bytes().unwrap();
+    assert_eq!(got.as_ref(), want, "{} GET {id} bytes", n.name);
+    assert_eq!(etag, blake3_hex(want));
+}
+
+#[test]
+fn writes_anywhere_read_everywhere_survive_kill_and_rereplicate() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 5, FAST);
+    let levels = ["strong", "eventual", "weak"];
+    let mut objects = Vec::new();
+    for i in 0..45 {
+        let id = format!("obj-{i}");
+        let data = body(i, 100 + i * 37);
+        let level = levels[i % 3];
+        let res = nodes[i % 5].put(
+            &id,
+            &data,
+            &format!("consistency={level}&data_type=test%2Fbin"),
+        );
+        assert_eq!(res.status(), 201, "PUT {id}");
+        let r: Value = res.json().unwrap();
+        assert_eq!(r["checksum"], blake3_hex(&data));
+        assert_eq!(r["replication_factor"], 3);
+        assert_eq!(r["replicas"].as_array().unwrap().len(), 3);
+        if level == "strong" {
+            assert_eq!(r["acknowledged_by"].as_array().unwrap().len(), 3);
+        }
+        objects.push((id, data));
+    }
+    // One large object, moved in chunks.
+    let big = body(7, 5 * 1024 * 1024 + 123);
+    assert_eq!(
+        nodes[1].put("big", &big, "consistency=strong").status(),
+        201
+    );
+    objects.push(("big".into(), big));
+
+    // Weak writes are acknowledged before they land: wait until every object
+    // has its replicas, then read each through a node that did not write it.
+    let settled = wait_for(Duration::from_secs(20), || {
+        objects
+            .iter()
+            .all(|(id, _)| info(&nodes[0], id)["live_replicas"] == 3)
+            .then_some(())
+    });
+    assert!(settled.is_some(), "objects did not reach 3 live replicas");
+    for (i, (id, data)) in objects.iter().enumerate() {
+        assert_reads(&nodes[(i + 2) % 5], id, data, "eventual");
+        assert_reads(&nodes[(i + 3) % 5], id, data, "strong");
+    }
+    let r = nodes[4].fetch("obj-3", "");
+    assert_eq!(r.headers()["x-data-type"], "test/bin");
+
+    // Overview counts logical objects.
+    let o = nodes[2].get_json("/api/v1/clustering/storage/overview");
+    assert_eq!(o["total_data_objects"], objects.len() as u64);
+    assert_eq!(o["total_nodes"], 5);
+    assert_eq!(o["under_replicated_objects"], 0);
+    for key in [
+        "healthy_nodes",
+        "total_capacity_gb",
+        "used_capacity_gb",
+        "available_capacity_gb",
+        "usage_percentage",
+        "replication_factor",
+        "storage_strategy",
+        "consistency_level",
+    ] {
+        assert!(o.get(key).is_some(), "overview lacks {key}");
+    }
+
+    // SIGKILL a node that holds replicas of obj-0: every read still succeeds.
+    let holder = info(&nodes[0], "obj-0")["replicas"][0]["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let victim = nodes.iter().position(|n| n.name == holder).unwrap();
+    nodes[victim].kill();
+    let killed_at = Instant::now();
+    let survivors: Vec<usize> = (0..5).filter(|&i| i != victim).collect();
+    for (i, (id, data)) in objects.iter().enumerate() {
+        assert_reads(&nodes[survivors[i % 4]], id, data, "eventual");
+    }
+    // Strong reads need a majority (2 of 3): still fine with one holder down.
+    for (i, (id, data)) in objects.iter().enumerate().take(10) {
+        assert_reads(&nodes[survivors[(i + 1) % 4]], id, data, "strong");
+    }
+
+    // After the delay every object is back to 3 live replicas, none on the dead node.
+    let back = wait_for(Duration::from_secs(60), || {
+        objects
+            .iter()
+            .all(|(id, _)| {
+                let v = info(&nodes[survivors[0]], id);
+                v["live_replicas"] == 3
+                    && v["replicas"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|r| r["node_id"] != holder.as_str())
+            })
+            .then_some(())
+    });
+    assert!(back.is_some(), "re-replication did not complete");
+    eprintln!(
+        "every object back to 3 live replicas {:?} after the SIGKILL",
+        killed_at.elapsed()
+    );
+    let d = nodes[survivors[1]].get_json("/api/v1/clustering/storage/distribution");
+    assert_eq!(d["under_replicated_objects"], 0, "{d}");
+
+    // Bad input: 4xx with the JSON error shape.
+    let s = &nodes[survivors[0]];
+    for (query, code) in [
+        ("replication_factor=0", "invalid_replication_factor"),
+        ("replication_factor=9", "invalid_replication_factor"),
+        ("replication_factor=three", "invalid_replication_factor"),
+        ("consistency=sometimes", "invalid_consistency"),
+    ] {
+        let res = s.put("bad", b"x", query);
+        assert_eq!(res.status(), 400, "{query}");
+        assert_eq!(
+            res.json::<Value>().unwrap()["error"]["code"],
+            code,
+            "{query}"
+        );
+    }
+    let too_big = vec![0u8; 8 * 1024 * 1024 + 1];
+    let res = s.put("huge", &too_big, "");
+    assert_eq!(res.status(), 413);
+    assert_eq!(
+        res.json::<Value>().unwrap()["error"]["code"],
+        "payload_too_large"
+    );
+    let res = reqwest::blocking::Client::new()
+        .put(format!("{}/api/v1/clustering/storage/data/x", s.api))
+        .bearer_auth(READ)
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let res = s.put("", b"x", "");
+    assert!(res.status().is_client_error());
+    let res = s.fetch("never-written", "");
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<Value>().unwrap()["error"]["code"], "not_found");
+
+    // Delete through one node, gone through another.
+    let res = reqwest::blocking::Client::new()
+        .delete(format!("{}/api/v1/clustering/storage/data/obj-1", s.api))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        nodes[survivors[2]]
+            .fetch("obj-1", "consistency=strong")
+            .status(),
+        404
+    );
+}
+
+#[test]
+fn node_stopped_during_writes_catches_up_without_reads() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3, FAST);
+    nodes[2].kill();
+    let dead = wait_for(Duration::from_secs(10), || {
+        (nodes[0].status_of("s3").as_deref() == Some("dead")).then_some(())
+    });
+    assert!(dead.is_some());
+    // With 2 of 3 up, eventual writes succeed and are under-replicated.
+    let mut objects = Vec::new();
+    for i in 0..20 {
+        let id = format!("late-{i}");
+        let data = body(i, 64 + i);
+        let res = nodes[i % 2].put(&id, &data, "consistency=eventual");
+        assert_eq!(res.status(), 201);
+        objects.push((id, data));
+    }
+    // Strong writes need every replica: 503 with a clear error.
+    let res = nodes[0].put("strong-now", b"x", "consistency=strong");
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        res.json::<Value>().unwrap()["error"]["code"],
+        "insufficient_replicas"
+    );
+
+    // Bring it back (within the re-replication delay or not): no reads, it
+    // converges through hints and anti-entropy; then read through it alone
+    // at `weak` (first replica that answers is itself when it holds it).
+    let boot = vec![nodes[0].p2p.clone()];
+    nodes[2].restart(boot);
+    let converged = wait_for(Duration::from_secs(30), || {
+        let d = nodes[2].get_json("/api/v1/clustering/storage/distribution");
+        let mine = d["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["node_id"] == "s3")?["objects"]
+            .as_u64()?;
+        (mine == objects.len() as u64).then_some(())
+    });
+    assert!(
+        converged.is_some(),
+        "restarted node did not receive the writes it missed"
+    );
+    for (id, data) in &objects {
+        assert_reads(&nodes[2], id, data, "weak");
+    }
+}
+
+#[test]
+fn join_moves_a_share_and_cleanup_drops_old_copies() {
+    let root = tempfile::tempdir().unwrap();
+    let config = format!("{FAST}  default_replication_factor: 2\n");
+    let mut nodes = cluster(root.path(), 3, &config);
+    let mut objects = Vec::new();
+    for i in 0..60 {
+        let id = format!("j-{i}");
+        let data = body(i, 200);
+        let res = nodes[i % 3].put(&id, &data, "consistency=strong");
+        assert_eq!(
+            res.status(),
+            201,
+            "PUT {id}: {}",
+            res.text().unwrap_or_default()
+        );
+        objects.push((id, data));
+    }
+    // A fourth node joins.
+    let boot = vec![nodes[0].p2p.clone()];
+    nodes.push(TestNode::spawn(
+        root.path(),
+        common::NodeSpec {
+            name: "s4",
+            bootstrap: boot,
+            region: "r1",
+            zone: "z4",
+            config: Some(&config),
+        },
+    ));
+    assert!(wait_for(Duration::from_secs(15), || nodes
+        .iter()
+        .all(|n| n.alive_count() == 4)
+        .then_some(()))
+    .is_some());
+    // Every object stays readable throughout.
+    for (i, (id, data)) in objects.iter().enumerate() {
+        assert_reads(&nodes[i % 4], id, data, "eventual");
+    }
+    // A rebalance job with progress; afterwards each object sits exactly on
+    // its 2 owners and s4 holds about 2/4 of the objects (RF 2 of 4 nodes).
+    let job: Value = nodes[1]
+        .post("/api/v1/clustering/storage/rebalance")
+        .json()
+        .unwrap();
+    let job_id = job["job_id"].as_str().unwrap().to_string();
+    let done = wait_for(Duration::from_secs(60), || {
+        let j = nodes[2].get_json(&format!("/api/v1/clustering/storage/jobs/{job_id}"));
+        (j["status"] != "running").then_some(j)
+    })
+    .expect("rebalance finished");
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress_percentage"], 100.0);
+    let settled = wait_for(Duration::from_secs(30), || {
+        let d = nodes[0].get_json("/api/v1/clustering/storage/distribution");
+        let total: u64 = d["nodes"]
+            .as_array()?
+            .iter()
+            .map(|n| n["objects"].as_u64().unwrap())
+            .sum();
+        (total == 2 * objects.len() as u64 && d["under_replicated_objects"] == 0).then_some(d)
+    });
+    let d = settled.expect("exactly RF copies after rebalance and cleanup");
+    let s4 = d["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == "s4")
+        .unwrap()["objects"]
+        .as_u64()
+        .unwrap();
+    eprintln!(
+        "s4 holds {s4} of {} objects after joining (ideal 30)",
+        objects.len()
+    );
+    assert!((15..=45).contains(&s4), "s4 holds {s4}");
+    for (i, (id, data)) in objects.iter().enumerate() {
+        assert_reads(&nodes[(i + 1) % 4], id, data, "strong");
+    }
+}
+
+#[test]
+fn corrupt_replica_is_never_served_and_is_repaired() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3, FAST);
+    let data = body(1, 4096);
+    assert_eq!(
+        nodes[0].put("victim", &data, "consistency=strong").status(),
+        201
+    );
+
+    // Flip the bytes of s2's replica on disk while it is down.
+    nodes[1].kill();
+    {
+        let db = sled::open(nodes[1].dir.join("data/store")).unwrap();
+        let tree = db.open_tree("objects.data").unwrap();
+        let key = plexi_store::objects::object_key("victim");
+        let mut bad = tree
+            .get(&key)
+            .unwrap()
+            .expect("s2 holds a replica")
+            .to_vec();
+        bad[10] ^= 0xff;
+        tree.insert(&key, bad).unwrap();
+        db.flush().unwrap();
+    }
+    let boot = vec![nodes[0].p2p.clone()];
+    nodes[1].restart(boot);
+    assert!(
+        wait_for(Duration::from_secs(15), || (nodes[0].alive_count() == 3)
+            .then_some(()))
+        .is_some()
+    );
+
+    // Reads through s2 (which tries itself first) still give the good bytes.
+    for _ in 0..3 {
+        assert_reads(&nodes[1], "victim", &data, "eventual");
+        assert_reads(&nodes[1], "victim", &data, "weak");
+    }
+    // Cleanup scrubs: the corrupt replica is detected and replaced.
+    let job: Value = nodes[1]
+        .post("/api/v1/clustering/storage/cleanup")
+        .json()
+        .unwrap();
+    let job_id = job["job_id"].as_str().unwrap().to_string();
+    let done = wait_for(Duration::from_secs(60), || {
+        let j = nodes[1].get_json(&format!("/api/v1/clustering/storage/jobs/{job_id}"));
+        (j["status"] != "running").then_some(j)
+    })
+    .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(done["repaired_replicas"].as_u64().unwrap() >= 1, "{done}");
+    let metrics = nodes[1].get("/metrics", None).text().unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("plexi_storage_corrupt_replicas_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // s2's own copy is good again: stop the others and read from it alone.
+    nodes[0].kill();
+    nodes[2].kill();
+    assert_reads(&nodes[1], "victim", &data, "weak");
+}
