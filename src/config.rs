@@ -104,7 +104,7 @@ impl Default for DistributedStorage {
             max_node_usage_percentage: 85.0,
             rereplication_delay_seconds: 300,
             max_object_mib: 64.0,
-            anti_entropy_interval_seconds: 10.0,
+            anti_entropy_interval_seconds: 5.0,
             tombstone_grace_seconds: 86_400,
             repair_mib_per_second: 32.0,
         }

@@ -61,7 +61,11 @@ pub struct Jobs {
 
 impl Jobs {
     pub fn status(&self, job_id: &str) -> Option<JobPartStatus> {
-        self.parts.lock().expect("jobs lock").get(job_id).map(|j| j.status())
+        self.parts
+            .lock()
+            .expect("jobs lock")
+            .get(job_id)
+            .map(|j| j.status())
     }
 
     /// Starts this node's part of `job_id` (idempotent).
@@ -122,7 +126,9 @@ pub async fn start_cluster_job(s: &Arc<Storage>, kind: &str, actor: &str) -> Res
         .map(|m| {
             let (s, m, job_id, kind) = (s.clone(), m.clone(), job_id.clone(), kind.to_string());
             async move {
-                let r = s.call(&m.peer_id, StoreCall::StartJob { job_id, kind }).await;
+                let r = s
+                    .call(&m.peer_id, StoreCall::StartJob { job_id, kind })
+                    .await;
                 (m, r)
             }
         })
@@ -155,7 +161,9 @@ pub async fn job_status(s: &Arc<Storage>, job_id: &str) -> Result<Job, ApiError>
         }
     }
     if parts.is_empty() {
-        return Err(ApiError::not_found(format!("no job {job_id:?} on any reachable node")));
+        return Err(ApiError::not_found(format!(
+            "no job {job_id:?} on any reachable node"
+        )));
     }
     parts.sort_by(|a, b| a.0.cmp(&b.0));
     let status = if parts.iter().any(|(_, p)| p.status == "failed") {
@@ -166,19 +174,26 @@ pub async fn job_status(s: &Arc<Storage>, job_id: &str) -> Result<Job, ApiError>
         "completed"
     };
     let n = parts.len() as f64;
-    let finished = parts.iter().map(|(_, p)| p.finished_ms).collect::<Option<Vec<u64>>>();
+    let finished = parts
+        .iter()
+        .map(|(_, p)| p.finished_ms)
+        .collect::<Option<Vec<u64>>>();
     Ok(Job {
         job_id: job_id.to_string(),
         kind: parts[0].1.kind.clone(),
         status: status.into(),
-        progress_percentage: (parts.iter().map(|(_, p)| p.progress).sum::<f64>() / n * 10.0).round() / 10.0,
+        progress_percentage: (parts.iter().map(|(_, p)| p.progress).sum::<f64>() / n * 10.0)
+            .round()
+            / 10.0,
         started_at: rfc3339_ms(parts.iter().map(|(_, p)| p.started_ms).min().unwrap_or(0)),
         completed_at: finished.and_then(|f| f.into_iter().max()).map(rfc3339_ms),
         moved_objects: parts.iter().map(|(_, p)| p.moved_objects).sum(),
         moved_bytes: parts.iter().map(|(_, p)| p.moved_bytes).sum(),
         removed_replicas: parts.iter().map(|(_, p)| p.removed).sum(),
         repaired_replicas: parts.iter().map(|(_, p)| p.repaired).sum(),
-        error: parts.iter().find_map(|(n, p)| p.error.as_ref().map(|e| format!("{n}: {e}"))),
+        error: parts
+            .iter()
+            .find_map(|(n, p)| p.error.as_ref().map(|e| format!("{n}: {e}"))),
         nodes: parts
             .into_iter()
             .map(|(node_id, p)| JobPart {

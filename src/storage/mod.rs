@@ -62,6 +62,7 @@ pub struct Settings {
     pub rereplication_delay: Duration,
     pub max_object_bytes: usize,
     pub anti_entropy_interval: Duration,
+    pub auto_rebalance: bool,
     pub cleanup_interval: Duration,
     pub tombstone_grace: Duration,
     pub repair_bytes_per_second: u64,
@@ -87,6 +88,7 @@ impl Settings {
             rereplication_delay: Duration::from_secs(c.rereplication_delay_seconds),
             max_object_bytes: (c.max_object_mib * 1024.0 * 1024.0) as usize,
             anti_entropy_interval: Duration::from_secs_f64(c.anti_entropy_interval_seconds),
+            auto_rebalance: c.auto_rebalance,
             cleanup_interval: Duration::from_secs_f64(c.cleanup_interval_hours * 3600.0),
             tombstone_grace: Duration::from_secs(c.tombstone_grace_seconds),
             repair_bytes_per_second: (c.repair_mib_per_second * 1024.0 * 1024.0) as u64,
@@ -151,6 +153,8 @@ pub struct Storage {
     uploads: Mutex<HashMap<u64, Upload>>,
     pub jobs: jobs::Jobs,
     pub metrics: StorageMetrics,
+    /// Set once this node has synced with every reachable peer after start.
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Default)]
@@ -222,7 +226,17 @@ impl Storage {
             uploads: Mutex::new(HashMap::new()),
             jobs: jobs::Jobs::default(),
             metrics,
+            caught_up: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_caught_up(&self) {
+        self.caught_up
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub fn engine(&self) -> &Arc<SledObjects> {
@@ -734,7 +748,10 @@ impl Storage {
     pub async fn get_any(self: &Arc<Self>, data_id: &str) -> Option<(ObjectMeta, Vec<u8>)> {
         let mut order = self.replicas_for(data_id, self.settings.max_rf as usize);
         order.retain(|m| m.reachable());
-        order.sort_by_key(|m| m.peer_id != self.local_peer); // local first, stable
+        // Local first (stable order otherwise), unless this node is still
+        // catching up after a restart: then it is the last resort.
+        let local_first = self.caught_up();
+        order.sort_by_key(|m| (m.peer_id == self.local_peer) != local_first);
         let mut tried: Vec<String> = Vec::new();
         for m in &order {
             tried.push(m.peer_id.clone());
@@ -1019,6 +1036,11 @@ impl Storage {
                 offset,
                 len,
             } => {
+                if !self.caught_up() && from != self.local_peer {
+                    // A replica that just came back may hold stale copies:
+                    // send the reader to another replica until it has synced.
+                    return Err("replica is catching up".into());
+                }
                 let engine = self.engine.clone();
                 let res =
                     tokio::task::spawn_blocking(move || engine.get(&data_id).map(|r| (data_id, r)))

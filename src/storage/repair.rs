@@ -69,16 +69,60 @@ impl Throttle {
     }
 }
 
+/// Bound on the start-up catch-up: after this the node serves reads anyway.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+
+/// Start-up: sync with every reachable peer once (hints they hold for us
+/// arrive meanwhile), then serve reads as a replica.
+async fn catch_up(s: &Arc<Storage>) {
+    let started = Instant::now();
+    // Give membership a moment to learn the cluster before judging it empty.
+    tokio::time::sleep(s.settings.anti_entropy_interval.min(Duration::from_secs(2))).await;
+    let peers: Vec<Member> = s
+        .members()
+        .into_iter()
+        .filter(|m| m.reachable() && m.peer_id != s.local_peer())
+        .collect();
+    let progress = Progress::default();
+    for peer in &peers {
+        if started.elapsed() > CATCH_UP_LIMIT {
+            tracing::warn!("catch-up took too long; serving reads anyway");
+            break;
+        }
+        for _ in 0..8 {
+            let before = progress.moved_objects.load(Ordering::Relaxed);
+            if let Err(e) = anti_entropy_with(s, peer, &progress).await {
+                tracing::debug!(node_id = %peer.name, error = %e, "catch-up pass failed");
+                break;
+            }
+            if progress.moved_objects.load(Ordering::Relaxed) == before {
+                break;
+            }
+        }
+    }
+    s.set_caught_up();
+    tracing::info!(
+        peers = peers.len(),
+        pulled = progress.moved_objects.load(Ordering::Relaxed),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "caught up; serving reads as a replica"
+    );
+}
+
 /// Starts the background loops.
 pub fn spawn(storage: Arc<Storage>) {
     let s = storage.clone();
     tokio::spawn(async move {
+        catch_up(&s).await;
         let mut tick = tokio::time::interval(s.settings.anti_entropy_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round = 0usize;
         loop {
             tick.tick().await;
             replay_hints(&s).await;
+            if !s.settings.auto_rebalance {
+                continue; // data moves only on POST rebalance
+            }
             let peers: Vec<Member> = s
                 .members()
                 .into_iter()

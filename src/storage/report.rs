@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use plexi_api::model::{Distribution, Holding, NodeHolding, StorageNode, StorageNodes, StorageOverview};
+use plexi_api::model::{
+    Distribution, Holding, NodeHolding, StorageNode, StorageNodes, StorageOverview,
+};
 use plexi_api::ApiError;
 use plexi_p2p::MemberStatus;
 use plexi_store::objects::{Consistency, ObjectStore};
@@ -60,8 +62,16 @@ impl Census {
 }
 
 async fn census(s: &Arc<Storage>) -> Census {
-    let members: Vec<Member> = s.members().into_iter().filter(|m| m.status != MemberStatus::Left).collect();
-    let mut unreachable: Vec<String> = members.iter().filter(|m| !m.reachable()).map(|m| m.name.clone()).collect();
+    let members: Vec<Member> = s
+        .members()
+        .into_iter()
+        .filter(|m| m.status != MemberStatus::Left)
+        .collect();
+    let mut unreachable: Vec<String> = members
+        .iter()
+        .filter(|m| !m.reachable())
+        .map(|m| m.name.clone())
+        .collect();
     let mut asks: FuturesUnordered<_> = members
         .iter()
         .filter(|m| m.reachable())
@@ -106,12 +116,19 @@ async fn census(s: &Arc<Storage>) -> Census {
         }
     }
     unreachable.sort();
-    Census { answers, unreachable, objects }
+    Census {
+        answers,
+        unreachable,
+        objects,
+    }
 }
 
 /// The local part of a census.
 pub fn local_census(s: &Storage) -> Result<StoreReply, String> {
-    let metas = s.engine().census(MAX_CENSUS + 1).map_err(|e| e.to_string())?;
+    let metas = s
+        .engine()
+        .census(MAX_CENSUS + 1)
+        .map_err(|e| e.to_string())?;
     let truncated = metas.len() > MAX_CENSUS;
     Ok(StoreReply::Census {
         entries: metas
@@ -134,7 +151,11 @@ fn consistency_name(c: Consistency) -> &'static str {
 }
 
 pub async fn overview(s: &Arc<Storage>) -> Result<StorageOverview, ApiError> {
-    let members: Vec<Member> = s.members().into_iter().filter(|m| m.status != MemberStatus::Left).collect();
+    let members: Vec<Member> = s
+        .members()
+        .into_iter()
+        .filter(|m| m.status != MemberStatus::Left)
+        .collect();
     let in_service: Vec<&Member> = members.iter().filter(|m| m.reachable()).collect();
     let total: u64 = in_service.iter().map(|m| m.capacity_bytes).sum();
     let used: u64 = in_service.iter().map(|m| m.used_bytes).sum();
@@ -142,7 +163,10 @@ pub async fn overview(s: &Arc<Storage>) -> Result<StorageOverview, ApiError> {
     let live: Vec<&ObjectTally> = c.live().collect();
     Ok(StorageOverview {
         total_nodes: members.len() as u32,
-        healthy_nodes: members.iter().filter(|m| m.status == MemberStatus::Alive && m.healthy).count() as u32,
+        healthy_nodes: members
+            .iter()
+            .filter(|m| m.status == MemberStatus::Alive && m.healthy)
+            .count() as u32,
         total_capacity_gb: gb(total),
         used_capacity_gb: gb(used),
         available_capacity_gb: gb(total.saturating_sub(used)),
@@ -152,7 +176,10 @@ pub async fn overview(s: &Arc<Storage>) -> Result<StorageOverview, ApiError> {
         storage_strategy: strategy_name(s.settings.strategy).into(),
         consistency_level: consistency_name(s.settings.default_consistency).into(),
         total_replicas: live.iter().map(|t| t.current_holders as u64).sum(),
-        under_replicated_objects: live.iter().filter(|t| t.current_holders < t.rf as u32).count() as u64,
+        under_replicated_objects: live
+            .iter()
+            .filter(|t| t.current_holders < t.rf as u32)
+            .count() as u64,
         unreachable_nodes: c.unreachable,
     })
 }
@@ -165,7 +192,11 @@ pub fn nodes(s: &Arc<Storage>) -> StorageNodes {
         .iter()
         .map(|m| {
             let st = stats.get(&m.peer_id).copied().unwrap_or_default();
-            let latency = if m.peer_id == s.local_peer() { Some(0.0) } else { st.latency_ms };
+            let latency = if m.peer_id == s.local_peer() {
+                Some(0.0)
+            } else {
+                st.latency_ms
+            };
             StorageNode {
                 node_id: m.name.clone(),
                 peer_id: m.peer_id.clone(),
@@ -182,7 +213,9 @@ pub fn nodes(s: &Arc<Storage>) -> StorageNodes {
                 read_latency_ms: st.read_latency_ms.map(|v| (v * 100.0).round() / 100.0),
                 write_latency_ms: st.write_latency_ms.map(|v| (v * 100.0).round() / 100.0),
                 is_healthy: m.healthy && m.status == MemberStatus::Alive,
-                last_heartbeat: crate::storage::rfc3339_ms(crate::storage::wall_ms().saturating_sub(m.silent_ms)),
+                last_heartbeat: crate::storage::rfc3339_ms(
+                    crate::storage::wall_ms().saturating_sub(m.silent_ms),
+                ),
                 accepts_new_replicas: placement.iter().any(|p| p.peer_id == m.peer_id),
             }
         })
@@ -206,7 +239,10 @@ pub async fn distribution(s: &Arc<Storage>) -> Result<Distribution, ApiError> {
             objects,
             bytes,
         });
-        for (map, key) in [(&mut regions, m.region.clone()), (&mut zones, format!("{}/{}", m.region, m.zone))] {
+        for (map, key) in [
+            (&mut regions, m.region.clone()),
+            (&mut zones, format!("{}/{}", m.region, m.zone)),
+        ] {
             let h = map.entry(key).or_default();
             h.objects += objects;
             h.bytes += bytes;
@@ -227,8 +263,15 @@ pub async fn distribution(s: &Arc<Storage>) -> Result<Distribution, ApiError> {
         zones,
         replica_histogram: histogram,
         total_objects: n,
-        under_replicated_objects: live.iter().filter(|t| t.current_holders < t.rf as u32).count() as u64,
-        average_replication_factor: if n == 0 { 0.0 } else { (replicas as f64 / n as f64 * 100.0).round() / 100.0 },
+        under_replicated_objects: live
+            .iter()
+            .filter(|t| t.current_holders < t.rf as u32)
+            .count() as u64,
+        average_replication_factor: if n == 0 {
+            0.0
+        } else {
+            (replicas as f64 / n as f64 * 100.0).round() / 100.0
+        },
         replication_efficiency: if target == 0 {
             1.0
         } else {
