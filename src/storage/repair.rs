@@ -29,6 +29,8 @@ use super::{wall_ms, Member, Storage};
 
 /// Most differing partitions examined with one peer per pass.
 const MAX_PARTITIONS_PER_PASS: usize = 128;
+/// Every this many anti-entropy ticks, drop copies this node no longer owns.
+const HANDOFF_EVERY: usize = 12;
 /// Most hints replayed per peer per pass.
 const MAX_HINTS_PER_PASS: usize = 256;
 
@@ -122,6 +124,16 @@ pub fn spawn(storage: Arc<Storage>) {
             replay_hints(&s).await;
             if !s.settings.auto_rebalance {
                 continue; // data moves only on POST rebalance
+            }
+            if round % HANDOFF_EVERY == HANDOFF_EVERY - 1 {
+                let p = Progress::default();
+                if let Err(e) = cleanup_pass(&s, &p, false).await {
+                    tracing::debug!(error = %e, "handoff pass failed");
+                }
+                let removed = p.removed.load(Ordering::Relaxed);
+                if removed > 0 {
+                    tracing::info!(removed, "dropped replicas this node no longer owns");
+                }
             }
             let peers: Vec<Member> = s
                 .members()
@@ -337,6 +349,12 @@ pub async fn rebalance(s: &Arc<Storage>, progress: &Progress) -> Result<(), Stri
 /// Drops replicas this node no longer owns (once every owner holds a copy at
 /// least as new), purges old tombstones, scrubs local bytes.
 pub async fn cleanup(s: &Arc<Storage>, progress: &Progress) -> Result<(), String> {
+    cleanup_pass(s, progress, true).await
+}
+
+/// `full`: also purge tombstones and scrub; otherwise only hand off and drop
+/// replicas this node no longer owns (the automatic half of a rebalance).
+async fn cleanup_pass(s: &Arc<Storage>, progress: &Progress, full: bool) -> Result<(), String> {
     let placement = s.placement_members(&s.members());
     let grace_ms = s.settings.tombstone_grace.as_millis() as u64;
     let now = wall_ms();
@@ -350,7 +368,7 @@ pub async fn cleanup(s: &Arc<Storage>, progress: &Progress) -> Result<(), String
                 Ok(Some(m)) => m,
                 _ => continue,
             };
-            if meta.tombstone && meta.version.physical_ms + grace_ms < now {
+            if full && meta.tombstone && meta.version.physical_ms + grace_ms < now {
                 if s.engine().remove_if(&id, v).unwrap_or(false) {
                     progress.removed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -372,11 +390,13 @@ pub async fn cleanup(s: &Arc<Storage>, progress: &Progress) -> Result<(), String
                     );
                     if !ok {
                         // Hand it over before we let go.
-                        if let Ok(Some((meta, data))) = local_object(s, &id) {
-                            if s.send_object(&o.peer_id, &meta, &data).await.is_err() {
-                                confirmed = false;
+                        let handed = match local_object(s, &id) {
+                            Ok(Some((meta, data))) => {
+                                s.send_object(&o.peer_id, &meta, &data).await.is_ok()
                             }
-                        }
+                            _ => false,
+                        };
+                        confirmed &= handed;
                     }
                 }
                 if confirmed && s.engine().remove_if(&id, v).unwrap_or(false) {
@@ -384,7 +404,7 @@ pub async fn cleanup(s: &Arc<Storage>, progress: &Progress) -> Result<(), String
                 }
                 continue;
             }
-            if !meta.tombstone {
+            if full && !meta.tombstone {
                 scrub_one(s, &id, &meta, &owners, progress).await;
             }
         }
