@@ -29,8 +29,9 @@
 # ports derived from BENCH_BASE_PORT (checked free), with a random admin token.
 # Every process it starts is recorded and killed by that pid on exit.
 # Polling: one `curl --parallel` round over every node's
-# /api/v1/clustering/nodes about every 50 ms, parsed by python3; a figure is the
-# time at which the round that first saw the condition had completed.
+# /api/v1/clustering/nodes, parsed by python3, then a 50 ms sleep (the report
+# gives the average period, ~130 ms on 2 cores); a figure is the time at which
+# the round that first saw the condition had completed.
 #
 # Environment:
 #   PROFILE             debug (default) or release    PLEXI_BIN  skip the build
@@ -86,6 +87,12 @@ for tool in curl python3; do
     command -v "$tool" >/dev/null || die "$tool is required"
 done
 [[ -r /proc/self/status ]] || die "needs Linux /proc"
+# The per-round evaluations run the interpreter itself (not a version-manager
+# shim) without site-packages: ~40 ms a start instead of ~160 ms here, which
+# would otherwise dominate the polling period.
+py=$(python3 -c 'import sys; print(sys.executable)')
+[[ -x $py ]] || die "cannot resolve the python3 interpreter"
+pyeval() { "$py" -S -c "$PY_EVAL" "$@"; }
 
 # ---- the binary
 if [[ -n ${PLEXI_BIN:-} ]]; then
@@ -272,13 +279,22 @@ show_logs() {
 # One polling round over the given node indexes (1-based); responses land in
 # $C_DIR/poll.I (and, when POLL_HEALTH=1, /health's in $C_DIR/health.I, fetched
 # in the same parallel round). Sets NOW_MS to the time the round completed.
+# POLL_PREV_START=0 starts a new series (the period is averaged within series).
 POLL_ROUNDS=0
 POLL_MS_TOTAL=0
 POLL_HEALTH=0
+POLL_PREV_START=0
+POLL_PERIODS=0
+POLL_PERIOD_MS_TOTAL=0
 poll_round() {
     local i args=() start
     now_ms
     start=$NOW_MS
+    if ((POLL_PREV_START > 0)); then
+        POLL_PERIODS=$((POLL_PERIODS + 1))
+        POLL_PERIOD_MS_TOTAL=$((POLL_PERIOD_MS_TOTAL + start - POLL_PREV_START))
+    fi
+    POLL_PREV_START=$start
     for i in "$@"; do
         rm -f "$C_DIR/poll.$i" "$C_DIR/health.$i"
         args+=(-o "$C_DIR/poll.$i" "${C_APIS[$i - 1]}")
@@ -345,7 +361,7 @@ any_died() { # true when a node of the current cluster has exited
 # sets CONV_MS to the time the round that saw it completed.
 CONV_MS=0
 wait_converged() { # N
-    local n=$1 i ok hok deadline idx=() files=() hfiles=()
+    local n=$1 i ok hok answered f deadline idx=() files=() hfiles=()
     for ((i = 1; i <= n; i++)); do
         idx+=("$i")
         files+=("$C_DIR/poll.$i")
@@ -353,11 +369,21 @@ wait_converged() { # N
     done
     now_ms
     deadline=$((NOW_MS + BENCH_TIMEOUT * 1000))
+    POLL_PREV_START=0
     while :; do
         poll_round "${idx[@]}"
-        ok=$(python3 -c "$PY_EVAL" alive "$n" "${files[@]}")
+        # A node that did not answer (still starting) fails the round: skip
+        # the evaluation, so early rounds follow each other quickly.
+        ok=0
+        answered=true
+        for f in "${files[@]}"; do
+            [[ -s $f ]] || { answered=false; break; }
+        done
+        if $answered; then
+            ok=$(pyeval alive "$n" "${files[@]}")
+        fi
         if ((POLL_HEALTH && ok == n)); then
-            hok=$(python3 -c "$PY_EVAL" health - "${hfiles[@]}")
+            hok=$(pyeval health - "${hfiles[@]}")
             ((hok == n)) || ok=0
         fi
         if ((ok == n)); then
@@ -493,6 +519,7 @@ for ((run = 1; run <= BENCH_RUNS; run++)); do
     done
     victim_pid=${C_PIDS[$FAIL_VICTIM - 1]}
     is_ours "$victim_pid" || die "victim pid $victim_pid is not a node"
+    POLL_PREV_START=0
     kill -KILL "$victim_pid"
     { wait "$victim_pid"; } 2>/dev/null || true # reap it quietly (no "Killed" notice)
     now_ms
@@ -503,7 +530,7 @@ for ((run = 1; run <= BENCH_RUNS; run++)); do
     t_dead_all=""
     while :; do
         poll_round "${survivors[@]}"
-        read -r -a st <<<"$(python3 -c "$PY_EVAL" status "node$FAIL_VICTIM" "${files[@]}")"
+        read -r -a st <<<"$(pyeval status "node$FAIL_VICTIM" "${files[@]}")"
         # st[0] is node1's view (node1 always survives: FAIL_VICTIM > 1)
         if [[ -z $t_suspect && (${st[0]} == suspect || ${st[0]} == dead) ]]; then t_suspect=$NOW_MS; fi
         if [[ -z $t_dead1 && ${st[0]} == dead ]]; then t_dead1=$NOW_MS; fi
@@ -543,6 +570,7 @@ for ((run = 1; run <= BENCH_RUNS; run++)); do
     is_ours "$leaver_pid" || die "leaver pid $leaver_pid is not a node"
     now_ms
     t_term=$NOW_MS
+    POLL_PREV_START=0
     kill -TERM "$leaver_pid"
     deadline=$((t_term + BENCH_TIMEOUT * 1000))
     t_left1=""
@@ -554,7 +582,7 @@ for ((run = 1; run <= BENCH_RUNS; run++)); do
             pstate=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$leaver_pid/status" 2>/dev/null || true)
             if [[ -z $pstate || $pstate == Z ]]; then t_exit=$NOW_MS; fi
         fi
-        read -r -a st <<<"$(python3 -c "$PY_EVAL" status "node$FAIL_LEAVER" "${files[@]}")"
+        read -r -a st <<<"$(pyeval status "node$FAIL_LEAVER" "${files[@]}")"
         if [[ -z $t_left1 && ${st[0]} == left ]]; then t_left1=$NOW_MS; fi
         all_left=true
         for s in "${st[@]}"; do
@@ -586,6 +614,7 @@ done
 
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 poll_avg=$((POLL_ROUNDS > 0 ? POLL_MS_TOTAL / POLL_ROUNDS : 0))
+poll_period=$((POLL_PERIODS > 0 ? POLL_PERIOD_MS_TOTAL / POLL_PERIODS : 0))
 
 # ---- the report
 python3 - "$results" <<PY
@@ -647,7 +676,7 @@ print()
 print("- Machine: $machine_nproc CPUs, $machine_cpu, $mem_total RAM; load average $load_start at start, $load_end at end")
 print("- Commit: $commit; binary: $version, $profile_label build, built $bin_built")
 print("- Date: $started_at; timings: defaults (heartbeat $HEARTBEAT_MS ms, exchange 1000 ms, suspect $SUSPECT_AFTER_MS ms, dead $DEAD_AFTER_MS ms)")
-print("- Chain start: node I bootstraps only from node I-1, all launched back to back; a polling round (curl over every node's API, then python3) every ~50 ms + $poll_avg ms average round time, so figures are upper bounds within about one round")
+print("- Chain start: node I bootstraps only from node I-1, all launched back to back; a polling round (curl over every node's API, then python3) every $poll_period ms on average (curl's share $poll_avg ms, then evaluation and a 50 ms sleep), so figures are upper bounds within about one period")
 print("- Rows marked Baseline were measured in the same run (or are the configured timeout): a lone node with no peers for start-up and idle footprint, a graceful SIGTERM leave in the same 5-node cluster for failure detection; \"minus baseline\" rows subtract the lone node's median start-up time from every sample")
 print()
 print("| Measurement | Nodes | Samples | Min | Median | Max |")
