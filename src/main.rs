@@ -1,12 +1,15 @@
 //! The `plexi` binary: `plexi node` runs a node; the other commands are
 //! clients of any node's REST API. anyhow lives only here, at the edge.
 
+mod bench;
 mod cli;
 mod config;
 mod health;
 mod node;
+mod release;
 mod storage;
 mod tokens;
+mod updates;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +38,51 @@ enum Command {
     /// A node's health checks, asked through any node.
     Health {
         node_id: String,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Store an object (from a file or standard input) through any node.
+    Put {
+        #[command(flatten)]
+        args: cli::PutArgs,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Read an object; its blake3 is checked against the ETag.
+    Get {
+        #[command(flatten)]
+        args: cli::GetArgs,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Delete an object.
+    Rm {
+        data_id: String,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// An object's metadata and where each replica is.
+    Info {
+        data_id: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Cluster storage: overview, nodes, distribution, rebalance, cleanup.
+    Storage {
+        #[command(subcommand)]
+        cmd: cli::StorageCmd,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Load generator against node APIs, or the bare engine (--engine-baseline).
+    Bench(bench::BenchArgs),
+    /// Signed releases: keygen, publish, list.
+    Release {
+        #[command(subcommand)]
+        cmd: release::ReleaseCmd,
         #[command(flatten)]
         api: cli::ApiArgs,
     },
@@ -116,6 +164,15 @@ fn main() -> ExitCode {
         }
         Command::Nodes { api, json } => report(runtime.block_on(cli::nodes(&api, json))),
         Command::Health { node_id, api } => report(runtime.block_on(cli::health(&api, &node_id))),
+        Command::Put { args, api } => report(runtime.block_on(cli::put(&api, &args))),
+        Command::Get { args, api } => report(runtime.block_on(cli::get(&api, &args))),
+        Command::Rm { data_id, api } => report(runtime.block_on(cli::rm(&api, &data_id))),
+        Command::Info { data_id, json, api } => {
+            report(runtime.block_on(cli::info(&api, &data_id, json)))
+        }
+        Command::Storage { cmd, api } => report(runtime.block_on(cli::storage(&api, &cmd))),
+        Command::Bench(args) => report(runtime.block_on(bench::run(args))),
+        Command::Release { cmd, api } => report(runtime.block_on(release::command(&api, cmd))),
     }
 }
 

@@ -589,6 +589,10 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
     let state = ApiState {
         cluster: Arc::new(NodeApi(node.clone())),
         storage: Arc::new(StorageApi(storage.clone())),
+        updates: Arc::new(crate::updates::UpdatesApi {
+            storage: storage.clone(),
+            trusted: config.cluster_updates.release_public_keys.clone(),
+        }),
         tokens: Arc::new(tokens),
         registry: Arc::new(registry),
         metrics: api_metrics,

@@ -59,6 +59,18 @@ pub trait Storage: Send + Sync + 'static {
     async fn job(&self, job_id: &str) -> Result<model::Job, ApiError>;
 }
 
+/// Releases and (later) update operations. Implemented by the binary.
+#[async_trait::async_trait]
+pub trait Updates: Send + Sync + 'static {
+    async fn releases(&self) -> Result<model::ReleaseList, ApiError>;
+    /// Verifies and publishes a signed manifest whose binary is already stored.
+    async fn publish_release(
+        &self,
+        signed: model::SignedRelease,
+        actor: &str,
+    ) -> Result<model::ReleaseView, ApiError>;
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     method: String,
@@ -87,6 +99,7 @@ impl ApiMetrics {
 pub struct ApiState {
     pub cluster: Arc<dyn Cluster>,
     pub storage: Arc<dyn Storage>,
+    pub updates: Arc<dyn Updates>,
     pub tokens: Arc<TokenSet>,
     pub registry: Arc<Registry>,
     pub metrics: ApiMetrics,

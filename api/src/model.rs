@@ -248,3 +248,48 @@ pub struct JobPart {
     pub status: String,
     pub progress_percentage: f64,
 }
+
+/// What a release manifest says; signed by the release key.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ReleaseManifest {
+    pub version: String,
+    /// blake3 of the binary, hex.
+    pub blake3: String,
+    pub size_bytes: u64,
+    pub breaking: bool,
+    pub min_compatible_version: Option<String>,
+    pub notes: String,
+    /// Unix milliseconds when signed (a manifest older than the published
+    /// one for the same version is refused as a replay).
+    pub created_at_ms: u64,
+}
+
+/// A manifest with its signer and signature, as published.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SignedRelease {
+    pub manifest: ReleaseManifest,
+    /// ed25519 public key of the signer, hex.
+    pub public_key: String,
+    /// ed25519 signature over the manifest's CBOR encoding, hex.
+    pub signature: String,
+}
+
+/// A published release as listed.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ReleaseView {
+    pub version: String,
+    pub blake3: String,
+    pub size_bytes: u64,
+    pub breaking: bool,
+    pub min_compatible_version: Option<String>,
+    pub notes: String,
+    pub created_at: String,
+    pub public_key: String,
+    /// Signed by a key in this node's `release_public_keys` and the signature verifies.
+    pub trusted: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ReleaseList {
+    pub releases: Vec<ReleaseView>,
+}

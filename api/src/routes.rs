@@ -30,6 +30,8 @@ use crate::ApiState;
         crate::storage_routes::rebalance,
         crate::storage_routes::cleanup,
         crate::storage_routes::job,
+        list_releases,
+        publish_release,
     ),
     components(schemas(
         ErrorBody, NodeList, NodeView, HealthReport, HealthCheck, Liveness,
@@ -37,6 +39,8 @@ use crate::ApiState;
         crate::model::StorageOverview, crate::model::StorageNodes, crate::model::StorageNode,
         crate::model::Distribution, crate::model::NodeHolding, crate::model::Holding,
         crate::model::Job, crate::model::JobPart,
+        crate::model::ReleaseManifest, crate::model::SignedRelease,
+        crate::model::ReleaseView, crate::model::ReleaseList,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -76,10 +80,23 @@ pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
         )
         .route("/api/v1/clustering/storage/overview", get(s::overview))
         .route("/api/v1/clustering/storage/nodes", get(s::storage_nodes))
-        .route("/api/v1/clustering/storage/distribution", get(s::distribution))
-        .route("/api/v1/clustering/storage/rebalance", axum::routing::post(s::rebalance))
-        .route("/api/v1/clustering/storage/cleanup", axum::routing::post(s::cleanup))
+        .route(
+            "/api/v1/clustering/storage/distribution",
+            get(s::distribution),
+        )
+        .route(
+            "/api/v1/clustering/storage/rebalance",
+            axum::routing::post(s::rebalance),
+        )
+        .route(
+            "/api/v1/clustering/storage/cleanup",
+            axum::routing::post(s::cleanup),
+        )
         .route("/api/v1/clustering/storage/jobs/{job_id}", get(s::job))
+        .route(
+            "/api/v1/clustering/updates/releases",
+            get(list_releases).post(publish_release),
+        )
 }
 
 /// Liveness of the answering node. Needs no token.
@@ -148,6 +165,38 @@ pub(crate) async fn node_health(
     Path(node_id): Path<String>,
 ) -> Result<Json<HealthReport>, ApiError> {
     state.cluster.node_health(&node_id).await.map(Json)
+}
+
+/// Published releases, newest first, with whether this node trusts each.
+#[utoipa::path(get, path = "/api/v1/clustering/updates/releases", responses((status = 200, body = crate::model::ReleaseList)))]
+pub(crate) async fn list_releases(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::model::ReleaseList>, ApiError> {
+    state.updates.releases().await.map(Json)
+}
+
+/// Publishes a signed release whose binary was stored first as
+/// `release.<version>.bin`. Untrusted keys, bad signatures, hash mismatches
+/// and replays of older manifests are refused.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clustering/updates/releases",
+    request_body = crate::model::SignedRelease,
+    responses(
+        (status = 201, body = crate::model::ReleaseView),
+        (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    )
+)]
+pub(crate) async fn publish_release(
+    State(state): State<ApiState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    body: Result<Json<crate::model::SignedRelease>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<crate::model::ReleaseView>), ApiError> {
+    let Json(signed) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let actor = caller.map(|axum::Extension(c)| c.name).unwrap_or_default();
+    let view = state.updates.publish_release(signed, &actor).await?;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 pub(crate) async fn not_found() -> ApiError {

@@ -206,17 +206,23 @@ pub(crate) async fn data_info(
 }
 
 #[utoipa::path(get, path = "/api/v1/clustering/storage/overview", responses((status = 200, body = crate::model::StorageOverview)))]
-pub(crate) async fn overview(State(state): State<ApiState>) -> Result<Json<crate::model::StorageOverview>, ApiError> {
+pub(crate) async fn overview(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::model::StorageOverview>, ApiError> {
     state.storage.overview().await.map(Json)
 }
 
 #[utoipa::path(get, path = "/api/v1/clustering/storage/nodes", responses((status = 200, body = crate::model::StorageNodes)))]
-pub(crate) async fn storage_nodes(State(state): State<ApiState>) -> Result<Json<crate::model::StorageNodes>, ApiError> {
+pub(crate) async fn storage_nodes(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::model::StorageNodes>, ApiError> {
     state.storage.nodes().await.map(Json)
 }
 
 #[utoipa::path(get, path = "/api/v1/clustering/storage/distribution", responses((status = 200, body = crate::model::Distribution)))]
-pub(crate) async fn distribution(State(state): State<ApiState>) -> Result<Json<crate::model::Distribution>, ApiError> {
+pub(crate) async fn distribution(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::model::Distribution>, ApiError> {
     state.storage.distribution().await.map(Json)
 }
 
@@ -247,6 +253,9 @@ pub(crate) async fn cleanup(
 }
 
 #[utoipa::path(get, path = "/api/v1/clustering/storage/jobs/{job_id}", params(("job_id" = String, Path)), responses((status = 200, body = crate::model::Job), (status = 404, body = ErrorBody)))]
-pub(crate) async fn job(State(state): State<ApiState>, Path(job_id): Path<String>) -> Result<Json<crate::model::Job>, ApiError> {
+pub(crate) async fn job(
+    State(state): State<ApiState>,
+    Path(job_id): Path<String>,
+) -> Result<Json<crate::model::Job>, ApiError> {
     state.storage.job(&job_id).await.map(Json)
 }

@@ -123,6 +123,20 @@ async fn census(s: &Arc<Storage>) -> Census {
     }
 }
 
+/// Ids of live objects (newest version not a tombstone) that start with
+/// `prefix` and end with `suffix`, sorted.
+pub async fn live_ids(s: &Arc<Storage>, prefix: &str, suffix: &str) -> Vec<String> {
+    let c = census(s).await;
+    let mut ids: Vec<String> = c
+        .objects
+        .iter()
+        .filter(|(id, t)| !t.tombstone && id.starts_with(prefix) && id.ends_with(suffix))
+        .map(|(id, _)| id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// The local part of a census.
 pub fn local_census(s: &Storage) -> Result<StoreReply, String> {
     let metas = s

@@ -1,0 +1,135 @@
+//! The update side of the API that exists today: publishing and listing
+//! signed releases, stored as objects in the cluster's own storage. Every
+//! refusal is logged with its actor (the audit log proper comes with the
+//! update issue).
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use plexi_api::model::{ReleaseList, ReleaseView, SignedRelease};
+use plexi_api::storage_routes::PutRequest;
+use plexi_api::ApiError;
+
+use crate::release::{self, ReleaseError};
+use crate::storage::{report, rfc3339_ms, Storage};
+
+pub struct UpdatesApi {
+    pub storage: Arc<Storage>,
+    /// `cluster_updates.release_public_keys`.
+    pub trusted: Vec<String>,
+}
+
+fn refusal(e: &ReleaseError) -> ApiError {
+    let code = match e {
+        ReleaseError::Untrusted(_) => "untrusted_release_key",
+        ReleaseError::BadSignature => "bad_release_signature",
+        ReleaseError::HashMismatch => "release_hash_mismatch",
+        ReleaseError::Replay(_) => "release_replay",
+        ReleaseError::Malformed(_) | ReleaseError::KeyFile { .. } => "invalid_release",
+    };
+    let status = match e {
+        ReleaseError::Replay(_) => StatusCode::CONFLICT,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
+impl UpdatesApi {
+    fn view(&self, signed: &SignedRelease) -> ReleaseView {
+        let m = &signed.manifest;
+        ReleaseView {
+            version: m.version.clone(),
+            blake3: m.blake3.clone(),
+            size_bytes: m.size_bytes,
+            breaking: m.breaking,
+            min_compatible_version: m.min_compatible_version.clone(),
+            notes: m.notes.clone(),
+            created_at: rfc3339_ms(m.created_at_ms),
+            public_key: signed.public_key.clone(),
+            trusted: release::verify(signed, &self.trusted).is_ok(),
+        }
+    }
+
+    async fn stored_manifest(&self, id: &str) -> Result<Option<SignedRelease>, ApiError> {
+        match self.storage.get(id, Some("strong")).await {
+            Ok(obj) => serde_json::from_slice(&obj.bytes)
+                .map(Some)
+                .map_err(|e| ApiError::unavailable("corrupt_manifest", format!("{id}: {e}"))),
+            Err(e) if e.status == StatusCode::NOT_FOUND => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn check(&self, signed: &SignedRelease) -> Result<(), ApiError> {
+        release::verify(signed, &self.trusted).map_err(|e| refusal(&e))?;
+        let version = semver::Version::parse(&signed.manifest.version)
+            .map_err(|e| refusal(&ReleaseError::Malformed(e.to_string())))?;
+        let bin_id = release::binary_id(&version);
+        let binary = match self.storage.get(&bin_id, Some("strong")).await {
+            Ok(obj) => obj,
+            Err(e) if e.status == StatusCode::NOT_FOUND => {
+                return Err(ApiError::bad_request(
+                    "release_binary_missing",
+                    format!("store the binary as {bin_id} first"),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        release::check_binary(&signed.manifest, &binary.bytes).map_err(|e| refusal(&e))?;
+        let existing = self
+            .stored_manifest(&release::manifest_id(&version))
+            .await?;
+        release::check_not_replay(&signed.manifest, existing.as_ref().map(|s| &s.manifest))
+            .map_err(|e| refusal(&e))
+    }
+}
+
+#[async_trait::async_trait]
+impl plexi_api::Updates for UpdatesApi {
+    async fn releases(&self) -> Result<ReleaseList, ApiError> {
+        let mut releases = Vec::new();
+        for id in report::live_ids(&self.storage, "release.", ".manifest").await {
+            match self.stored_manifest(&id).await {
+                Ok(Some(signed)) => releases.push(self.view(&signed)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(data_id = %id, error = %e, "unreadable release manifest skipped")
+                }
+            }
+        }
+        releases.sort_by(|a, b| {
+            let (va, vb) = (
+                semver::Version::parse(&a.version).ok(),
+                semver::Version::parse(&b.version).ok(),
+            );
+            vb.cmp(&va)
+        });
+        Ok(ReleaseList { releases })
+    }
+
+    async fn publish_release(
+        &self,
+        signed: SignedRelease,
+        actor: &str,
+    ) -> Result<ReleaseView, ApiError> {
+        let version = signed.manifest.version.clone();
+        if let Err(e) = self.check(&signed).await {
+            tracing::warn!(actor, %version, public_key = %signed.public_key, code = e.code, reason = %e.message, "release refused");
+            return Err(e);
+        }
+        let v = semver::Version::parse(&version).expect("checked");
+        let body = serde_json::to_vec_pretty(&signed).expect("serializable");
+        self.storage
+            .put(PutRequest {
+                data_id: release::manifest_id(&v),
+                data_type: "application/json".into(),
+                consistency: Some("strong".into()),
+                replication_factor: None,
+                bytes: body.into(),
+                actor: actor.to_string(),
+            })
+            .await?;
+        tracing::info!(actor, %version, public_key = %signed.public_key, "release published");
+        Ok(self.view(&signed))
+    }
+}
