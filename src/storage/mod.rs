@@ -155,7 +155,12 @@ pub struct Storage {
     pub metrics: StorageMetrics,
     /// Set once this node has synced with every reachable peer after start.
     caught_up: std::sync::atomic::AtomicBool,
+    /// MiB of object bytes held by replica writes in flight.
+    inflight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Bound on object bytes (MiB) a coordinator holds for replica writes in flight.
+const MAX_INFLIGHT_MIB: u32 = 256;
 
 #[derive(Clone, Default)]
 pub struct StorageMetrics {
@@ -227,6 +232,7 @@ impl Storage {
             jobs: jobs::Jobs::default(),
             metrics,
             caught_up: std::sync::atomic::AtomicBool::new(false),
+            inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_MIB as usize)),
         })
     }
 
@@ -556,6 +562,15 @@ impl Storage {
         for m in &down {
             self.hint(&m.peer_id, &meta.data_id);
         }
+        // Bound the bytes held for replica writes in flight (weak and
+        // eventual answers leave them running): past the bound, writers wait.
+        let mib = (data.len() / (1024 * 1024) + 1).min(MAX_INFLIGHT_MIB as usize) as u32;
+        let permit = self
+            .inflight
+            .clone()
+            .acquire_many_owned(mib)
+            .await
+            .map_err(|_| unavailable("shutting_down", "the node is stopping"))?;
         let mut under = live.len() < rf;
         let mut sends: FuturesUnordered<_> = live
             .iter()
@@ -589,7 +604,7 @@ impl Storage {
         }
         if acked.len() < needed {
             // Stragglers still finish in the background.
-            self.finish_in_background(sends, meta.data_id.clone());
+            self.finish_in_background(sends, meta.data_id.clone(), permit);
             return Err(unavailable(
                 "replica_write_failed",
                 format!(
@@ -602,12 +617,18 @@ impl Storage {
         if !failed.is_empty() {
             under = true;
         }
-        self.finish_in_background(sends, meta.data_id.clone());
+        self.finish_in_background(sends, meta.data_id.clone(), permit);
         Ok((names, acked, under))
     }
 
-    fn finish_in_background<F>(self: &Arc<Self>, mut sends: FuturesUnordered<F>, data_id: String)
-    where
+    /// Lets the remaining replica writes finish after the answer; the bytes
+    /// stay accounted in `permit` until the last one is done.
+    fn finish_in_background<F>(
+        self: &Arc<Self>,
+        mut sends: FuturesUnordered<F>,
+        data_id: String,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) where
         F: std::future::Future<Output = (Member, Result<bool, String>)> + Send + 'static,
     {
         if sends.is_empty() {
@@ -621,6 +642,7 @@ impl Storage {
                     this.hint(&m.peer_id, &data_id);
                 }
             }
+            drop(permit);
         });
     }
 
@@ -815,7 +837,8 @@ impl Storage {
         for (m, meta) in &answers {
             if meta.as_ref().map(|x| x.version) == Some(newest.version) {
                 match self.fetch_object(&m.peer_id, data_id).await {
-                    Ok(Some((meta, data))) if meta.version == newest.version => {
+                    // A write may have landed since the survey: newer is fine.
+                    Ok(Some((meta, data))) if meta.version >= newest.version => {
                         got = Some((meta, data));
                         break;
                     }

@@ -331,7 +331,10 @@ pub async fn rebalance(s: &Arc<Storage>, progress: &Progress) -> Result<(), Stri
         .into_iter()
         .filter(|m| m.reachable() && m.peer_id != s.local_peer())
         .collect();
-    progress.total.store(peers.len() as u64, Ordering::Relaxed);
+    // The whole job's size up front, so progress only grows.
+    progress
+        .total
+        .store(peers.len() as u64 + PARTITIONS as u64, Ordering::Relaxed);
     for peer in &peers {
         // Repeat until nothing differs that we can act on (bounded).
         for _ in 0..8 {
@@ -343,12 +346,13 @@ pub async fn rebalance(s: &Arc<Storage>, progress: &Progress) -> Result<(), Stri
         }
         progress.examined.fetch_add(1, Ordering::Relaxed);
     }
-    cleanup(s, progress).await
+    cleanup_pass(s, progress, true).await
 }
 
 /// Drops replicas this node no longer owns (once every owner holds a copy at
 /// least as new), purges old tombstones, scrubs local bytes.
 pub async fn cleanup(s: &Arc<Storage>, progress: &Progress) -> Result<(), String> {
+    progress.total.store(PARTITIONS as u64, Ordering::Relaxed);
     cleanup_pass(s, progress, true).await
 }
 
@@ -358,9 +362,6 @@ async fn cleanup_pass(s: &Arc<Storage>, progress: &Progress, full: bool) -> Resu
     let placement = s.placement_members(&s.members());
     let grace_ms = s.settings.tombstone_grace.as_millis() as u64;
     let now = wall_ms();
-    progress
-        .total
-        .fetch_add(PARTITIONS as u64, Ordering::Relaxed);
     for p in 0..PARTITIONS {
         let entries = s.engine().entries(p).map_err(|e| e.to_string())?;
         for (id, v) in entries {

@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 const META_TREE: &str = "meta";
 const HINTS_TREE: &str = "hints";
+/// sled's page cache (its default is 1 GiB per node).
+const CACHE_BYTES: u64 = 128 * 1024 * 1024;
 const INCARNATION_KEY: &[u8] = b"incarnation";
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +83,11 @@ impl NodeStore {
             path: path.display().to_string(),
             source,
         };
-        let db = sled::Config::new().path(path).open().map_err(wrap)?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(wrap)?;
         let meta = db.open_tree(META_TREE).map_err(wrap)?;
         let objects = Arc::new(objects::SledObjects::open(
             &db,

@@ -160,6 +160,8 @@ pub struct SledObjects {
     live_objects: AtomicU64,
     live_bytes: AtomicU64,
     path: String,
+    /// When the last flush started scanning `blobs/`.
+    blobs_synced_at: std::sync::Mutex<std::time::SystemTime>,
 }
 
 impl SledObjects {
@@ -179,6 +181,7 @@ impl SledObjects {
             live_objects: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
             path: path.to_string(),
+            blobs_synced_at: std::sync::Mutex::new(std::time::UNIX_EPOCH),
         };
         let (mut n, mut bytes) = (0, 0);
         for item in s.meta.iter() {
@@ -207,6 +210,46 @@ impl SledObjects {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => self.err(e),
         }
+    }
+}
+
+impl SledObjects {
+    /// sled 0.34 writes values too large for its log (over about 128 KiB)
+    /// to files under `blobs/` and never fsyncs them; its flush covers only
+    /// the log. So a flush here also fsyncs every blob file written since the
+    /// previous flush, and the directory, before a write counts as durable.
+    fn sync_new_blobs(&self) -> Result<(), StoreError> {
+        let dir = std::path::Path::new(&self.path).join("blobs");
+        let io = |e: std::io::Error| StoreError::Flush(format!("{}: {e}", dir.display()));
+        let scan_started = std::time::SystemTime::now();
+        let since = *self.blobs_synced_at.lock().expect("blob sync lock");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(e)),
+        };
+        let mut synced = 0usize;
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            let modified = entry.metadata().and_then(|m| m.modified()).map_err(io)?;
+            // One second of slack for coarse file-system timestamps.
+            if modified + std::time::Duration::from_secs(1) >= since {
+                match std::fs::File::open(entry.path()) {
+                    Ok(f) => f.sync_all().map_err(io)?,
+                    // sled may have removed a superseded blob meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(e)),
+                }
+                synced += 1;
+            }
+        }
+        if synced > 0 {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        *self.blobs_synced_at.lock().expect("blob sync lock") = scan_started;
+        Ok(())
     }
 }
 
@@ -270,13 +313,25 @@ impl ObjectStore for SledObjects {
 
     fn get(&self, data_id: &str) -> Result<Option<(ObjectMeta, Vec<u8>)>, StoreError> {
         let key = object_key(data_id);
-        let Some(meta) = self.meta(data_id)? else {
-            return Ok(None);
-        };
+        // Metadata and bytes from one transaction: a concurrent write must
+        // not pair new metadata with old bytes (a false "corrupt").
+        let res = (&self.meta, &self.data).transaction(|(m, d)| {
+            let meta = m.get(&key)?;
+            let data = match &meta {
+                Some(_) => d.get(&key)?,
+                None => None,
+            };
+            Ok::<_, ConflictableTransactionError<StoreError>>((meta, data))
+        });
+        let (meta, data) = res.map_err(|e| self.tx_err(e))?;
+        let Some(meta) = meta else { return Ok(None) };
+        let meta = decode_meta(&meta).ok_or_else(|| StoreError::Corrupt {
+            path: self.path.clone(),
+            key: data_id.to_string(),
+        })?;
         if meta.tombstone {
             return Ok(Some((meta, Vec::new())));
         }
-        let data = self.data.get(&key).map_err(|e| self.err(e))?;
         let data = data.map(|d| d.to_vec()).unwrap_or_default();
         if data.len() as u64 != meta.size_bytes || *blake3::hash(&data).as_bytes() != meta.checksum
         {
@@ -401,7 +456,8 @@ impl ObjectStore for SledObjects {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+        self.db.flush().map(|_| ()).map_err(|e| self.err(e))?;
+        self.sync_new_blobs()
     }
 }
 
