@@ -231,7 +231,13 @@ impl SledObjects {
         let mut synced = 0usize;
         for entry in entries {
             let entry = entry.map_err(io)?;
-            let modified = entry.metadata().and_then(|m| m.modified()).map_err(io)?;
+            // sled removes superseded blobs at any time: a vanished file is
+            // simply no longer ours to sync.
+            let modified = match entry.metadata().and_then(|m| m.modified()) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(e)),
+            };
             // One second of slack for coarse file-system timestamps.
             if modified + std::time::Duration::from_secs(1) >= since {
                 match std::fs::File::open(entry.path()) {
@@ -547,7 +553,7 @@ mod tests {
     fn open() -> (tempfile::TempDir, SledObjects) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let s = SledObjects::open(&db, "test").unwrap();
+        let s = SledObjects::open(&db, &dir.path().display().to_string()).unwrap();
         (dir, s)
     }
 
@@ -624,6 +630,21 @@ mod tests {
         let v = a.meta("k1").unwrap().unwrap().version;
         assert!(a.remove_if("k1", v).unwrap());
         assert!(!a.remove_if("k1", v).unwrap());
+    }
+
+    #[test]
+    fn large_values_overwritten_and_flushed() {
+        // Values over sled's blob threshold live in blob files that sled
+        // removes when superseded; flushing (which fsyncs them) must cope.
+        let (_d, s) = open();
+        for i in 0..20u64 {
+            let data: Vec<u8> = (0..300_000u32).map(|j| (j as u64 * 7 + i) as u8).collect();
+            let m = meta("big", &data, 100 + i);
+            assert_eq!(s.apply(&m, &data).unwrap(), Applied::Stored);
+            s.flush().unwrap();
+            assert_eq!(s.get("big").unwrap().unwrap().1, data);
+        }
+        assert!(std::path::Path::new(&s.path).join("blobs").exists());
     }
 
     #[tokio::test]
