@@ -58,7 +58,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
     /// strong | eventual | weak (default: the cluster's).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = crate::cli::parse_consistency)]
     pub consistency: Option<Consistency>,
     /// Total copies per object (default: the cluster's).
     #[arg(long)]

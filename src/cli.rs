@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use plexi_api::model::{
     DataInfo, Distribution, HealthReport, Job, NodeList, PutResult, StorageNodes, StorageOverview,
 };
@@ -28,22 +28,11 @@ pub struct ApiArgs {
     pub token: Option<String>,
 }
 
-/// A consistency level, checked before anything is sent.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Consistency {
-    Strong,
-    Eventual,
-    Weak,
-}
+pub use plexi_store::objects::Consistency;
 
-impl Consistency {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Consistency::Strong => "strong",
-            Consistency::Eventual => "eventual",
-            Consistency::Weak => "weak",
-        }
-    }
+/// Parses `--consistency` before anything is sent.
+pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
+    Consistency::parse(s).ok_or_else(|| format!("{s:?} is not one of strong, eventual, weak"))
 }
 
 /// `http://host:port` from `host:port` or a URL, without a trailing slash.
@@ -234,7 +223,7 @@ pub struct PutArgs {
     #[arg(long)]
     pub data_type: Option<String>,
     /// strong | eventual | weak (default: the cluster's consistency_level).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = parse_consistency)]
     pub consistency: Option<Consistency>,
     /// Total copies (default: the cluster's default_replication_factor).
     #[arg(long)]
@@ -315,7 +304,7 @@ pub struct GetArgs {
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
     /// strong | eventual | weak (default: the cluster's consistency_level).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = parse_consistency)]
     pub consistency: Option<Consistency>,
 }
 

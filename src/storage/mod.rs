@@ -24,7 +24,7 @@ use plexi_api::ApiError;
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
 use plexi_p2p::{MemberStatus, P2pHandle, PeerId};
 use plexi_store::objects::{
-    Applied, Consistency, GroupCommit, ObjectMeta, ObjectStore, SledObjects,
+    AccessStats, Applied, Consistency, GroupCommit, ObjectMeta, ObjectStore, SledObjects,
 };
 use plexi_store::placement::{self, Candidate, Strategy};
 use plexi_store::version::Hlc;
@@ -698,6 +698,22 @@ impl Storage {
         self: &Arc<Self>,
         data_id: &str,
     ) -> (Vec<Member>, Vec<(Member, Option<ObjectMeta>)>) {
+        let (candidates, answers) = self.survey_with_access(data_id).await;
+        let answers = answers
+            .into_iter()
+            .map(|(m, found)| (m, found.map(|(meta, _)| meta)))
+            .collect();
+        (candidates, answers)
+    }
+
+    /// [`Self::survey`] with each replica's local access statistics.
+    async fn survey_with_access(
+        self: &Arc<Self>,
+        data_id: &str,
+    ) -> (
+        Vec<Member>,
+        Vec<(Member, Option<(ObjectMeta, AccessStats)>)>,
+    ) {
         let candidates = self.replicas_for(data_id, self.settings.max_rf as usize);
         let mut asks: FuturesUnordered<_> = candidates
             .iter()
@@ -716,7 +732,7 @@ impl Storage {
         while let Some((m, r)) = asks.next().await {
             match r {
                 Ok(StoreReply::Metas(mut v)) if v.len() == 1 => {
-                    answers.push((m, v.pop().flatten().map(|(meta, _)| meta)))
+                    answers.push((m, v.pop().flatten()))
                 }
                 Ok(_) | Err(_) => {}
             }
@@ -937,29 +953,12 @@ impl Storage {
     }
 
     pub async fn info(self: &Arc<Self>, data_id: &str) -> Result<DataInfo, ApiError> {
-        let candidates = self.replicas_for(data_id, self.settings.max_rf as usize);
+        let (candidates, answers) = self.survey_with_access(data_id).await;
         let all = self.members();
-        let mut asks: FuturesUnordered<_> = candidates
-            .iter()
-            .filter(|m| m.reachable())
-            .map(|m| {
-                let (this, m, id) = (self.clone(), m.clone(), data_id.to_string());
-                async move {
-                    (
-                        m.peer_id.clone(),
-                        this.call(&m.peer_id, StoreCall::Metas { data_ids: vec![id] })
-                            .await,
-                    )
-                }
-            })
+        let found: HashMap<String, Option<(ObjectMeta, AccessStats)>> = answers
+            .into_iter()
+            .map(|(m, entry)| (m.peer_id, entry))
             .collect();
-        let mut found: HashMap<String, Option<(ObjectMeta, plexi_store::objects::AccessStats)>> =
-            HashMap::new();
-        while let Some((peer, r)) = asks.next().await {
-            if let Ok(StoreReply::Metas(mut v)) = r {
-                found.insert(peer, v.pop().flatten());
-            }
-        }
         let newest = found
             .values()
             .filter_map(|v| v.as_ref().map(|(m, _)| m.clone()))
