@@ -59,6 +59,8 @@ pub struct Node {
     started: Instant,
     p2p: OnceLock<P2pHandle>,
     storage: OnceLock<Arc<Storage>>,
+    /// EWMA of the local store probe, µs.
+    store_latency_us: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
@@ -73,11 +75,21 @@ impl Node {
         let node = self.clone();
         let (store_check, disk) = tokio::task::spawn_blocking(move || {
             let store = match node.store.probe() {
-                Ok(d) => HealthCheck {
-                    name: "store".into(),
-                    ok: true,
-                    detail: format!("write+flush in {:.1} ms", d.as_secs_f64() * 1000.0),
-                },
+                Ok(d) => {
+                    // EWMA of the probe, gossiped for placement.
+                    let us = d.as_micros().min(u64::MAX as u128) as u64;
+                    let old = node
+                        .store_latency_us
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    let new = if old == 0 { us } else { (old * 4 + us) / 5 };
+                    node.store_latency_us
+                        .store(new, std::sync::atomic::Ordering::Relaxed);
+                    HealthCheck {
+                        name: "store".into(),
+                        ok: true,
+                        detail: format!("write+flush in {:.1} ms", d.as_secs_f64() * 1000.0),
+                    }
+                }
                 Err(e) => HealthCheck {
                     name: "store".into(),
                     ok: false,
@@ -406,6 +418,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
         started: Instant::now(),
         p2p: OnceLock::new(),
         storage: OnceLock::new(),
+        store_latency_us: std::sync::atomic::AtomicU64::new(0),
     });
 
     let first_info = LocalInfo {
@@ -416,6 +429,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
         capacity_bytes,
         used_bytes: 0,
         object_count: 0,
+        store_latency_us: 0,
         healthy: true,
         api_address: api_bound.to_string(),
     };
@@ -533,6 +547,9 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
                     api_address: advertised_api(api_bound, &listen),
                     used_bytes: used,
                     object_count: objects,
+                    store_latency_us: node
+                        .store_latency_us
+                        .load(std::sync::atomic::Ordering::Relaxed),
                     healthy: report.healthy,
                     ..first_info.clone()
                 };

@@ -44,6 +44,9 @@ pub struct NodeState {
     pub capacity_bytes: u64,
     pub used_bytes: u64,
     pub object_count: u64,
+    /// The node's own measured store write+flush latency (µs), for
+    /// performance-aware placement that every node computes alike.
+    pub store_latency_us: u64,
     pub healthy: bool,
     /// The node's REST API address (`host:port`).
     pub api_address: String,
@@ -148,6 +151,7 @@ pub(crate) mod tests {
             capacity_bytes: 1,
             used_bytes: 0,
             object_count: 0,
+            store_latency_us: 0,
             healthy: true,
             api_address: "127.0.0.1:1".into(),
             listen_addresses: vec![],

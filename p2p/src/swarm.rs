@@ -63,6 +63,7 @@ pub struct LocalInfo {
     pub capacity_bytes: u64,
     pub used_bytes: u64,
     pub object_count: u64,
+    pub store_latency_us: u64,
     pub healthy: bool,
     pub api_address: String,
 }
@@ -489,6 +490,7 @@ impl Driver {
             capacity_bytes: info.capacity_bytes,
             used_bytes: info.used_bytes,
             object_count: info.object_count,
+            store_latency_us: info.store_latency_us,
             healthy: info.healthy,
             api_address: info.api_address,
             listen_addresses: self

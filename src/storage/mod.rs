@@ -109,6 +109,9 @@ pub struct Member {
     pub used_bytes: u64,
     pub object_count: u64,
     pub healthy: bool,
+    /// Its own store latency, as it gossips it (µs; 0 = not measured yet).
+    pub store_latency_us: u64,
+    pub incarnation: u64,
 }
 
 impl Member {
@@ -204,6 +207,14 @@ impl StorageMetrics {
     }
 }
 
+/// Reliability from failure history: every start after the first counts as
+/// a failure or restart. Coarse on purpose (placement buckets it): up to 4
+/// restarts stay at the top, so a restart or two moves no data.
+pub fn reliability(incarnation: u64) -> f64 {
+    let restarts = incarnation.saturating_sub(1) as f64;
+    (1.0 - 0.002 * restarts).max(0.0)
+}
+
 fn unavailable(code: &'static str, msg: impl Into<String>) -> ApiError {
     ApiError::unavailable(code, msg)
 }
@@ -283,6 +294,8 @@ impl Storage {
                     capacity_bytes: s.capacity_bytes,
                     used_bytes: s.used_bytes,
                     object_count: s.object_count,
+                    store_latency_us: s.store_latency_us,
+                    incarnation: s.incarnation,
                     healthy: s.healthy,
                 }
             })
@@ -309,23 +322,17 @@ impl Storage {
     /// The replica set of `data_id` at factor `rf` over `members` (already
     /// filtered by [`Self::placement_members`]), primary first.
     pub fn replicas_among(&self, data_id: &str, rf: usize, members: &[Member]) -> Vec<Member> {
-        let stats = self.peer_stats();
+        // Only gossiped figures go into placement, so that every node
+        // computes the same replica sets.
         let candidates: Vec<Candidate> = members
             .iter()
-            .map(|m| {
-                let s = stats.get(&m.peer_id).copied().unwrap_or_default();
-                Candidate {
-                    id: m.peer_id.clone(),
-                    region: m.region.clone(),
-                    zone: m.zone.clone(),
-                    capacity_bytes: m.capacity_bytes,
-                    latency_ms: if m.peer_id == self.local_peer {
-                        Some(0.5)
-                    } else {
-                        s.latency_ms
-                    },
-                    reliability: 1.0 - (0.1 * s.deaths as f64).min(0.9),
-                }
+            .map(|m| Candidate {
+                id: m.peer_id.clone(),
+                region: m.region.clone(),
+                zone: m.zone.clone(),
+                capacity_bytes: m.capacity_bytes,
+                latency_ms: (m.store_latency_us > 0).then(|| m.store_latency_us as f64 / 1000.0),
+                reliability: reliability(m.incarnation),
             })
             .collect();
         placement::replicas(
