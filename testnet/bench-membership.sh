@@ -42,6 +42,8 @@
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=testnet/lib.sh
+source "$script_dir/lib.sh"
 repo=$(cd "$script_dir/.." && pwd)
 
 case "${1:-}" in
@@ -177,20 +179,7 @@ alloc_ports() { # N
         ((base + 100 <= 65535)) || break
         local ports=()
         for ((p = 1; p <= n; p++)); do ports+=($((base + p)) $((base + 50 + p))); done
-        busy=$(python3 - "${ports[@]}" <<'PY'
-import socket, sys
-for p in sys.argv[1:]:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(("127.0.0.1", int(p)))
-    except OSError:
-        print(p)
-        break
-    finally:
-        s.close()
-PY
-)
+        busy=$(busy_ports "${ports[@]}")
         if [[ -z $busy ]]; then
             P2P_BASE=$base
             API_BASE=$((base + 50))

@@ -25,6 +25,8 @@
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=testnet/lib.sh
+source "$script_dir/lib.sh"
 repo=$(cd "$script_dir/.." && pwd)
 
 usage() {
@@ -66,15 +68,6 @@ fi
 pids_file=$TESTNET_DIR/pids
 token_file=$TESTNET_DIR/admin.token
 
-# True when PID is alive and is the plexi node using data dir DIR (guards
-# against a recorded pid having been reused by an unrelated process).
-is_node_pid() {
-    local pid=$1 dir=$2
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    [[ -r /proc/$pid/cmdline ]] || return 0
-    tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qxF -- "$dir"
-}
 
 # Refuse to start over a running testnet.
 if [[ -f $pids_file ]]; then
@@ -114,21 +107,7 @@ ports=()
 for ((i = 1; i <= n; i++)); do
     ports+=($((BASE_P2P_PORT + i)) $((BASE_API_PORT + i)))
 done
-busy=$(python3 - "${ports[@]}" <<'PY'
-import socket, sys
-busy = []
-for p in sys.argv[1:]:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(("127.0.0.1", int(p)))
-    except OSError:
-        busy.append(p)
-    finally:
-        s.close()
-print(" ".join(busy))
-PY
-)
+busy=$(busy_ports "${ports[@]}")
 [[ -z $busy ]] || die "ports already in use: $busy (set BASE_P2P_PORT/BASE_API_PORT)"
 
 mkdir -p "$TESTNET_DIR"

@@ -11,6 +11,8 @@
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=testnet/lib.sh
+source "$script_dir/lib.sh"
 repo=$(cd "$script_dir/.." && pwd)
 TESTNET_DIR=${TESTNET_DIR:-$repo/testnet/run}
 PROFILE=${PROFILE:-debug}
@@ -29,14 +31,6 @@ if [[ ! -f $pids_file ]]; then
     exit 1
 fi
 
-# True when PID is alive and is the plexi node using data dir DIR.
-is_node_pid() {
-    local pid=$1 dir=$2
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    [[ -r /proc/$pid/cmdline ]] || return 0
-    tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qxF -- "$dir"
-}
 
 api_of() { # NAME: the API address from the node's node.json, or "-"
     local nj=$TESTNET_DIR/$1/node.json
