@@ -146,6 +146,14 @@ impl Node {
         }
     }
 
+    /// The listen addresses our own record advertises.
+    fn own_listen_addresses(&self) -> Vec<String> {
+        self.p2p()
+            .member(&self.peer_id)
+            .map(|m| m.record.state.listen_addresses)
+            .unwrap_or_default()
+    }
+
     /// Finds a member by name or peer id. With several records under one
     /// name (a node rebuilt with a new identity), the liveliest wins.
     fn find(&self, node_id: &str) -> Option<MemberView> {
@@ -536,13 +544,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
                     .get()
                     .map(|s| plexi_store::objects::ObjectStore::counts(s.engine().as_ref()))
                     .unwrap_or((0, 0));
-                let listen = node
-                    .p2p()
-                    .members()
-                    .into_iter()
-                    .find(|m| m.record.state.peer_id == node.peer_id.to_string())
-                    .map(|m| m.record.state.listen_addresses)
-                    .unwrap_or_default();
+                let listen = node.own_listen_addresses();
                 let info = LocalInfo {
                     api_address: advertised_api(api_bound, &listen),
                     used_bytes: used,
@@ -569,14 +571,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
         let data_dir = data_dir.clone();
         tokio::spawn(async move {
             for _ in 0..100 {
-                let own = node
-                    .p2p()
-                    .members()
-                    .into_iter()
-                    .find(|m| m.record.state.peer_id == node.peer_id.to_string());
-                let listen = own
-                    .map(|m| m.record.state.listen_addresses)
-                    .unwrap_or_default();
+                let listen = node.own_listen_addresses();
                 if !listen.is_empty() {
                     let info = RuntimeInfo {
                         node_id: &node.name,

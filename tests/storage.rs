@@ -22,6 +22,21 @@ fn info(n: &TestNode, id: &str) -> Value {
     n.get_json(&format!("/api/v1/clustering/storage/data/{id}/info"))
 }
 
+/// Starts a storage job through `start` and follows it through `watch` until
+/// it is no longer running (bounded); returns its final status.
+fn run_job(start: &TestNode, watch: &TestNode, kind: &str) -> Value {
+    let job: Value = start
+        .post(&format!("/api/v1/clustering/storage/{kind}"))
+        .json()
+        .unwrap();
+    let job_id = job["job_id"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(60), || {
+        let j = watch.get_json(&format!("/api/v1/clustering/storage/jobs/{job_id}"));
+        (j["status"] != "running").then_some(j)
+    })
+    .unwrap_or_else(|| panic!("{kind} job {job_id} still running after 60 s"))
+}
+
 /// Reads `id` through `n` and checks bytes and ETag.
 fn assert_reads(n: &TestNode, id: &str, want: &[u8], consistency: &str) {
     let res = n.fetch(id, &format!("consistency={consistency}"));
@@ -284,16 +299,8 @@ fn join_moves_a_share_and_cleanup_drops_old_copies() {
     }
     // A rebalance job with progress; afterwards each object sits exactly on
     // its 2 owners and s4 holds about 2/4 of the objects (RF 2 of 4 nodes).
-    let job: Value = nodes[1]
-        .post("/api/v1/clustering/storage/rebalance")
-        .json()
-        .unwrap();
-    let job_id = job["job_id"].as_str().unwrap().to_string();
-    let done = wait_for(Duration::from_secs(60), || {
-        let j = nodes[2].get_json(&format!("/api/v1/clustering/storage/jobs/{job_id}"));
-        (j["status"] != "running").then_some(j)
-    })
-    .expect("rebalance finished");
+    // Started through s2, followed through s3.
+    let done = run_job(&nodes[1], &nodes[2], "rebalance");
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["progress_percentage"], 100.0);
     let settled = wait_for(Duration::from_secs(30), || {
@@ -363,16 +370,7 @@ fn corrupt_replica_is_never_served_and_is_repaired() {
         assert_reads(&nodes[1], "victim", &data, "weak");
     }
     // Cleanup scrubs: the corrupt replica is detected and replaced.
-    let job: Value = nodes[1]
-        .post("/api/v1/clustering/storage/cleanup")
-        .json()
-        .unwrap();
-    let job_id = job["job_id"].as_str().unwrap().to_string();
-    let done = wait_for(Duration::from_secs(60), || {
-        let j = nodes[1].get_json(&format!("/api/v1/clustering/storage/jobs/{job_id}"));
-        (j["status"] != "running").then_some(j)
-    })
-    .unwrap();
+    let done = run_job(&nodes[1], &nodes[1], "cleanup");
     assert_eq!(done["status"], "completed", "{done}");
     assert!(done["repaired_replicas"].as_u64().unwrap() >= 1, "{done}");
     let metrics = nodes[1].get("/metrics", None).text().unwrap();

@@ -155,6 +155,15 @@ impl P2pHandle {
             .members(now)
     }
 
+    /// One member (the local node included) by peer id.
+    pub fn member(&self, peer: &PeerId) -> Option<MemberView> {
+        let now = self.clock.now_ms();
+        self.membership
+            .lock()
+            .expect("membership lock")
+            .get(&peer.to_string(), now)
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<P2pEvent> {
         self.events.subscribe()
     }

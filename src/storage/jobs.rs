@@ -116,11 +116,7 @@ pub async fn start_cluster_job(s: &Arc<Storage>, kind: &str, actor: &str) -> Res
         .start(s, &job_id, kind)
         .map_err(|e| ApiError::bad_request("invalid_job", e))?;
     tracing::info!(%job_id, kind, actor, "storage job started");
-    let peers: Vec<_> = s
-        .members()
-        .into_iter()
-        .filter(|m| m.reachable() && m.peer_id != s.local_peer())
-        .collect();
+    let peers: Vec<_> = s.peers();
     let mut calls: FuturesUnordered<_> = peers
         .iter()
         .map(|m| {

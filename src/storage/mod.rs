@@ -302,6 +302,14 @@ impl Storage {
             .collect()
     }
 
+    /// Reachable members other than this node.
+    pub fn peers(&self) -> Vec<Member> {
+        self.members()
+            .into_iter()
+            .filter(|m| m.reachable() && m.peer_id != self.local_peer)
+            .collect()
+    }
+
     /// The members placement ranks: alive and suspect ones, and dead ones
     /// until `rereplication_delay` has passed (so a restart moves nothing);
     /// never left ones; none above `max_node_usage_percentage`.

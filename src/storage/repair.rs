@@ -31,6 +31,8 @@ use super::{wall_ms, Member, Storage};
 const MAX_PARTITIONS_PER_PASS: usize = 128;
 /// Every this many anti-entropy ticks, drop copies this node no longer owns.
 const HANDOFF_EVERY: usize = 12;
+/// Most anti-entropy passes one sync with a peer repeats.
+const MAX_SYNC_PASSES: usize = 8;
 /// Most hints replayed per peer per pass.
 const MAX_HINTS_PER_PASS: usize = 256;
 
@@ -80,26 +82,15 @@ async fn catch_up(s: &Arc<Storage>) {
     let started = Instant::now();
     // Give membership a moment to learn the cluster before judging it empty.
     tokio::time::sleep(s.settings.anti_entropy_interval.min(Duration::from_secs(2))).await;
-    let peers: Vec<Member> = s
-        .members()
-        .into_iter()
-        .filter(|m| m.reachable() && m.peer_id != s.local_peer())
-        .collect();
+    let peers: Vec<Member> = s.peers();
     let progress = Progress::default();
     for peer in &peers {
         if started.elapsed() > CATCH_UP_LIMIT {
             tracing::warn!("catch-up took too long; serving reads anyway");
             break;
         }
-        for _ in 0..8 {
-            let before = progress.moved_objects.load(Ordering::Relaxed);
-            if let Err(e) = anti_entropy_with(s, peer, &progress).await {
-                tracing::debug!(node_id = %peer.name, error = %e, "catch-up pass failed");
-                break;
-            }
-            if progress.moved_objects.load(Ordering::Relaxed) == before {
-                break;
-            }
+        if let Err(e) = sync_with(s, peer, &progress).await {
+            tracing::debug!(node_id = %peer.name, error = %e, "catch-up pass failed");
         }
     }
     s.set_caught_up();
@@ -135,11 +126,7 @@ pub fn spawn(storage: Arc<Storage>) {
                     tracing::info!(removed, "dropped replicas this node no longer owns");
                 }
             }
-            let peers: Vec<Member> = s
-                .members()
-                .into_iter()
-                .filter(|m| m.reachable() && m.peer_id != s.local_peer())
-                .collect();
+            let peers: Vec<Member> = s.peers();
             if !peers.is_empty() {
                 let peer = &peers[round % peers.len()];
                 round = round.wrapping_add(1);
@@ -323,27 +310,29 @@ pub async fn anti_entropy_with(
     Ok(())
 }
 
+/// Anti-entropy with `peer`, repeated until a pass moves nothing (at most
+/// [`MAX_SYNC_PASSES`], since one pass handles a bounded number of partitions).
+async fn sync_with(s: &Arc<Storage>, peer: &Member, progress: &Progress) -> Result<(), String> {
+    for _ in 0..MAX_SYNC_PASSES {
+        let before = progress.moved_objects.load(Ordering::Relaxed);
+        anti_entropy_with(s, peer, progress).await?;
+        if progress.moved_objects.load(Ordering::Relaxed) == before {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// A full rebalance pass: anti-entropy with every reachable peer, then
 /// cleanup of what this node no longer owns.
 pub async fn rebalance(s: &Arc<Storage>, progress: &Progress) -> Result<(), String> {
-    let peers: Vec<Member> = s
-        .members()
-        .into_iter()
-        .filter(|m| m.reachable() && m.peer_id != s.local_peer())
-        .collect();
+    let peers: Vec<Member> = s.peers();
     // The whole job's size up front, so progress only grows.
     progress
         .total
         .store(peers.len() as u64 + PARTITIONS as u64, Ordering::Relaxed);
     for peer in &peers {
-        // Repeat until nothing differs that we can act on (bounded).
-        for _ in 0..8 {
-            let before = progress.moved_objects.load(Ordering::Relaxed);
-            anti_entropy_with(s, peer, progress).await?;
-            if progress.moved_objects.load(Ordering::Relaxed) == before {
-                break;
-            }
-        }
+        sync_with(s, peer, progress).await?;
         progress.examined.fetch_add(1, Ordering::Relaxed);
     }
     cleanup_pass(s, progress, true).await
