@@ -604,6 +604,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
         updates: Arc::new(crate::updates::UpdatesApi {
             storage: storage.clone(),
             trusted: config.cluster_updates.release_public_keys.clone(),
+            events: tokio::sync::broadcast::channel(1024).0,
         }),
         tokens: Arc::new(tokens),
         registry: Arc::new(registry),

@@ -69,6 +69,39 @@ pub trait Updates: Send + Sync + 'static {
         signed: model::SignedRelease,
         actor: &str,
     ) -> Result<model::ReleaseView, ApiError>;
+    /// Validates a plan and stores the operation in the cluster (status planned).
+    async fn plan(
+        &self,
+        req: model::PlanRequest,
+        actor: &str,
+    ) -> Result<model::UpdateOperation, ApiError>;
+    async fn execute(
+        &self,
+        operation_id: &str,
+        actor: &str,
+    ) -> Result<model::UpdateOperation, ApiError>;
+    async fn status(&self, operation_id: &str) -> Result<model::UpdateOperation, ApiError>;
+    async fn rollback(
+        &self,
+        operation_id: &str,
+        actor: &str,
+    ) -> Result<model::UpdateOperation, ApiError>;
+    async fn active(&self) -> Result<model::UpdateList, ApiError>;
+    /// Newest first.
+    async fn history(&self, limit: usize) -> Result<model::UpdateList, ApiError>;
+    async fn maintenance(&self) -> Result<model::Maintenance, ApiError>;
+    async fn set_maintenance(
+        &self,
+        req: model::MaintenanceRequest,
+        actor: &str,
+    ) -> Result<model::Maintenance, ApiError>;
+    /// Newest first, at most `limit`.
+    async fn audit(&self, limit: usize) -> Result<model::AuditList, ApiError>;
+    /// Cluster events for the server-sent event stream.
+    fn events(&self) -> tokio::sync::broadcast::Receiver<model::ClusterEvent>;
+    /// `Some(retry_after_seconds)` while this node is drained for an update:
+    /// data requests get 503 with Retry-After so clients go to another node.
+    fn draining(&self) -> Option<u64>;
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

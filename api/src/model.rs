@@ -293,3 +293,155 @@ pub struct ReleaseView {
 pub struct ReleaseList {
     pub releases: Vec<ReleaseView>,
 }
+
+/// `POST /clustering/updates/plan`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    pub target_version: String,
+    /// upgrade | downgrade | reinstall
+    #[serde(default = "default_update_type")]
+    pub update_type: String,
+    /// rolling | parallel | canary
+    #[serde(default = "default_strategy")]
+    pub strategy: String,
+    /// Node names; empty means every live member.
+    #[serde(default)]
+    pub target_nodes: Vec<String>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn default_update_type() -> String {
+    "upgrade".into()
+}
+
+fn default_strategy() -> String {
+    "rolling".into()
+}
+
+/// One node's part of an update operation.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct NodeUpdateStatus {
+    pub node_id: String,
+    /// pending | updating | completed | failed | rolling_back | rolled_back
+    pub status: String,
+    /// waiting | lease | pre_check | drain | backup | fetch | install |
+    /// restart | post_check | done | rollback
+    pub current_phase: String,
+    pub progress_percentage: f64,
+    pub from_version: String,
+    pub to_version: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub error_message: Option<String>,
+    pub rollback_available: bool,
+    /// Seconds spent in each finished phase.
+    pub phase_seconds: std::collections::BTreeMap<String, f64>,
+}
+
+/// A lease slot as gossiped by its holder.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct LeaseView {
+    pub slot: u32,
+    pub holder: String,
+    pub epoch: u64,
+    pub operation_id: String,
+    /// Milliseconds the holder still counts on, from its own clock.
+    pub remaining_ms: u64,
+}
+
+/// An update operation as it stands (status, plan and progress).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct UpdateOperation {
+    pub operation_id: String,
+    /// planned | running | completed | failed | rolling_back | rolled_back | cancelled
+    pub status: String,
+    pub target_version: String,
+    pub update_type: String,
+    pub strategy: String,
+    pub target_nodes: Vec<String>,
+    /// Nodes in the order they update; a batch updates together.
+    pub batches: Vec<Vec<String>>,
+    pub current_phase: String,
+    pub overall_progress: f64,
+    pub estimated_completion: Option<String>,
+    pub breaking_changes: Vec<String>,
+    pub warnings: Vec<String>,
+    pub node_statuses: std::collections::BTreeMap<String, NodeUpdateStatus>,
+    pub force: bool,
+    pub created_at: String,
+    pub created_by: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    /// Why the operation halted, once it did.
+    pub halted_reason: Option<String>,
+    /// Lease slots held for this operation right now.
+    pub leases: Vec<LeaseView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct UpdateList {
+    pub operations: Vec<UpdateOperation>,
+}
+
+/// Cluster-wide maintenance mode.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Maintenance {
+    pub enabled: bool,
+    pub reason: String,
+    pub set_by: String,
+    pub started_at: Option<String>,
+    /// Maintenance ends by itself at this time.
+    pub expires_at: Option<String>,
+}
+
+/// `POST /clustering/maintenance`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    pub enabled: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Defaults to `maintenance_mode_timeout_seconds`.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// One audit record. Each node keeps its own hash chain; `hash` covers
+/// every other field and `prev_hash` links to the node's previous record.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AuditEntry {
+    /// The node that recorded it.
+    pub node_id: String,
+    /// Position in that node's chain, from 1.
+    pub seq: u64,
+    pub at: String,
+    /// Token name of the caller, or `node:<name>` for the cluster's own acts.
+    pub actor: String,
+    /// e.g. update.plan, update.execute, update.rollback, release.publish,
+    /// release.refused, maintenance.on, maintenance.off, lease.grant,
+    /// lease.release, lease.expire, node.out_of_service, node.in_service
+    pub action: String,
+    pub operation_id: Option<String>,
+    pub detail: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AuditList {
+    /// Newest first.
+    pub entries: Vec<AuditEntry>,
+    /// Every chain this node holds links and hashes correctly.
+    pub chains_verified: bool,
+}
+
+/// One event on the server-sent event stream.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ClusterEvent {
+    /// e.g. update.progress, update.status, maintenance, audit, member
+    pub kind: String,
+    pub at: String,
+    pub data: serde_json::Value,
+}

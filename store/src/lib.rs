@@ -243,6 +243,20 @@ impl NodeStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// A named tree for another module's own records (update operations,
+    /// leases, the audit log). Names are namespaced by the caller.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(name).map_err(|e| self.err(e))
+    }
+
+    /// Flushes every tree to disk (sled fsyncs its log).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| StoreError::Flush(e.to_string()))
+    }
 }
 
 fn hint_key(peer: &str, data_id: &str) -> Vec<u8> {

@@ -6,7 +6,10 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use plexi_api::model::{ReleaseList, ReleaseView, SignedRelease};
+use plexi_api::model::{
+    AuditList, ClusterEvent, Maintenance, MaintenanceRequest, PlanRequest, ReleaseList,
+    ReleaseView, SignedRelease, UpdateList, UpdateOperation,
+};
 use plexi_api::storage_routes::PutRequest;
 use plexi_api::ApiError;
 
@@ -17,6 +20,7 @@ pub struct UpdatesApi {
     pub storage: Arc<Storage>,
     /// `cluster_updates.release_public_keys`.
     pub trusted: Vec<String>,
+    pub events: tokio::sync::broadcast::Sender<ClusterEvent>,
 }
 
 fn refusal(e: &ReleaseError) -> ApiError {
@@ -132,4 +136,48 @@ impl plexi_api::Updates for UpdatesApi {
         tracing::info!(actor, %version, public_key = %signed.public_key, "release published");
         Ok(self.view(&signed))
     }
+
+    // Placeholders while the update engine is being built (this commit
+    // only fixes the API's shape): every call answers 503.
+    async fn plan(&self, _: PlanRequest, _: &str) -> Result<UpdateOperation, ApiError> {
+        Err(building())
+    }
+    async fn execute(&self, _: &str, _: &str) -> Result<UpdateOperation, ApiError> {
+        Err(building())
+    }
+    async fn status(&self, _: &str) -> Result<UpdateOperation, ApiError> {
+        Err(building())
+    }
+    async fn rollback(&self, _: &str, _: &str) -> Result<UpdateOperation, ApiError> {
+        Err(building())
+    }
+    async fn active(&self) -> Result<UpdateList, ApiError> {
+        Err(building())
+    }
+    async fn history(&self, _: usize) -> Result<UpdateList, ApiError> {
+        Err(building())
+    }
+    async fn maintenance(&self) -> Result<Maintenance, ApiError> {
+        Err(building())
+    }
+    async fn set_maintenance(
+        &self,
+        _: MaintenanceRequest,
+        _: &str,
+    ) -> Result<Maintenance, ApiError> {
+        Err(building())
+    }
+    async fn audit(&self, _: usize) -> Result<AuditList, ApiError> {
+        Err(building())
+    }
+    fn events(&self) -> tokio::sync::broadcast::Receiver<ClusterEvent> {
+        self.events.subscribe()
+    }
+    fn draining(&self) -> Option<u64> {
+        None
+    }
+}
+
+fn building() -> ApiError {
+    ApiError::unavailable("not_built", "update operations are being built")
 }
