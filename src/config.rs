@@ -33,6 +33,8 @@ pub struct ClusterUpdates {
     pub maintenance_mode_timeout_seconds: u64,
     pub auto_rollback_on_failure: bool,
     pub backup_before_update: bool,
+    /// Added: how long a canary update watches the first node before the rest.
+    pub canary_soak_seconds: u64,
     /// Hex ed25519 public keys whose signed releases this cluster runs.
     pub release_public_keys: Vec<String>,
 }
@@ -47,6 +49,7 @@ impl Default for ClusterUpdates {
             maintenance_mode_timeout_seconds: 600,
             auto_rollback_on_failure: true,
             backup_before_update: true,
+            canary_soak_seconds: 60,
             release_public_keys: Vec::new(),
         }
     }
@@ -313,6 +316,12 @@ impl Config {
             u.maintenance_mode_timeout_seconds,
             1,
             7 * 86_400,
+        )?;
+        range(
+            "cluster_updates.canary_soak_seconds",
+            u.canary_soak_seconds,
+            0,
+            86_400,
         )?;
         for (i, key) in u.release_public_keys.iter().enumerate() {
             if key.len() != 64 || hex::decode(key).is_err() {

@@ -1,0 +1,1024 @@
+//! Update operations as replicated facts: the plan (immutable), and marks
+//! that only grow (executed, halted, rollback requested, node marked failed),
+//! plus each node's own progress (written only by that node, ordered by its
+//! sequence number). Merging two copies is commutative, associative and
+//! idempotent, so copies spread by push and anti-entropy converge.
+//!
+//! Pure: planning, merging, the derived statuses, whose turn it is and the
+//! estimated completion. Clock and inputs are passed in.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Phases of one node's update, in order, with the progress each reaches.
+pub const PHASES: [(&str, f64); 10] = [
+    ("waiting", 0.0),
+    ("lease", 5.0),
+    ("pre_check", 10.0),
+    ("drain", 20.0),
+    ("backup", 30.0),
+    ("fetch", 45.0),
+    ("install", 60.0),
+    ("restart", 70.0),
+    ("post_check", 85.0),
+    ("done", 100.0),
+];
+
+pub fn phase_progress(phase: &str) -> f64 {
+    PHASES
+        .iter()
+        .find(|(p, _)| *p == phase)
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0)
+}
+
+/// Settings every node applies alike: snapshotted into the plan.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OpSettings {
+    pub max_concurrent: u32,
+    pub rolling_delay_s: u64,
+    pub health_timeout_s: u64,
+    pub rollback_timeout_s: u64,
+    pub canary_soak_s: u64,
+    pub maintenance_timeout_s: u64,
+    pub auto_rollback: bool,
+    pub backup: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    pub operation_id: String,
+    pub target_version: String,
+    pub target_blake3: String,
+    pub update_type: String,
+    pub strategy: String,
+    pub target_nodes: Vec<String>,
+    pub batches: Vec<Vec<String>>,
+    /// Each target's version when planned.
+    pub from_versions: BTreeMap<String, String>,
+    pub breaking_changes: Vec<String>,
+    pub warnings: Vec<String>,
+    pub force: bool,
+    pub created_at_ms: u64,
+    pub created_by: String,
+    pub settings: OpSettings,
+    /// Expected seconds for one node (from earlier operations, or a default).
+    pub estimated_node_seconds: f64,
+}
+
+/// A fact with who recorded it and when; merging keeps the earliest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Mark {
+    pub at_ms: u64,
+    pub by: String,
+    pub reason: String,
+}
+
+fn merge_mark(a: &mut Option<Mark>, b: &Option<Mark>) -> bool {
+    match (a.as_ref(), b) {
+        (_, None) => false,
+        (None, Some(m)) => {
+            *a = Some(m.clone());
+            true
+        }
+        (Some(x), Some(m)) => {
+            if (m.at_ms, &m.by, &m.reason) < (x.at_ms, &x.by, &x.reason) {
+                *a = Some(m.clone());
+                true
+            } else {
+                false
+            }
+        }
+    }
+}
+
+/// A lease slot a node holds, as it reports it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseHold {
+    pub slot: u32,
+    pub epoch: u64,
+    /// Wall clock ms until which the holder counts on it.
+    pub valid_until_ms: u64,
+}
+
+/// One node's own account of its part.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeProgress {
+    /// Bumped at every change by the node; the higher wins.
+    pub seq: u64,
+    /// pending | updating | completed | failed | rolling_back | rolled_back
+    pub status: String,
+    pub phase: String,
+    pub progress: f64,
+    pub from_version: String,
+    pub to_version: String,
+    pub started_at_ms: Option<u64>,
+    pub completed_at_ms: Option<u64>,
+    pub error: Option<String>,
+    /// Milliseconds spent per finished phase.
+    pub phase_ms: BTreeMap<String, u64>,
+    pub rollback_available: bool,
+    /// The node runs (or may run: it was switching) the target version.
+    pub on_target: bool,
+    pub lease: Option<LeaseHold>,
+    /// Out of service (drained or restarting) since this wall-clock ms.
+    pub out_of_service_since_ms: Option<u64>,
+}
+
+impl NodeProgress {
+    pub fn pending(from: &str, to: &str) -> Self {
+        NodeProgress {
+            seq: 0,
+            status: "pending".into(),
+            phase: "waiting".into(),
+            progress: 0.0,
+            from_version: from.into(),
+            to_version: to.into(),
+            started_at_ms: None,
+            completed_at_ms: None,
+            error: None,
+            phase_ms: BTreeMap::new(),
+            rollback_available: false,
+            on_target: false,
+            lease: None,
+            out_of_service_since_ms: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OpRecord {
+    pub plan: Plan,
+    pub executed: Option<Mark>,
+    pub halted: Option<Mark>,
+    pub rollback: Option<Mark>,
+    /// Nodes others declared failed (their lease holder died).
+    pub failed_nodes: BTreeMap<String, Mark>,
+    pub nodes: BTreeMap<String, NodeProgress>,
+}
+
+impl OpRecord {
+    pub fn new(plan: Plan) -> Self {
+        let nodes = plan
+            .target_nodes
+            .iter()
+            .map(|n| {
+                let from = plan.from_versions.get(n).cloned().unwrap_or_default();
+                (n.clone(), NodeProgress::pending(&from, &plan.target_version))
+            })
+            .collect();
+        OpRecord {
+            plan,
+            executed: None,
+            halted: None,
+            rollback: None,
+            failed_nodes: BTreeMap::new(),
+            nodes,
+        }
+    }
+
+    /// Merges another copy in; returns whether anything changed.
+    pub fn merge(&mut self, other: &OpRecord) -> bool {
+        if other.plan.operation_id != self.plan.operation_id {
+            return false;
+        }
+        let mut changed = merge_mark(&mut self.executed, &other.executed);
+        changed |= merge_mark(&mut self.halted, &other.halted);
+        changed |= merge_mark(&mut self.rollback, &other.rollback);
+        for (n, m) in &other.failed_nodes {
+            let mut mine = self.failed_nodes.get(n).cloned();
+            if merge_mark(&mut mine, &Some(m.clone())) {
+                self.failed_nodes.insert(n.clone(), mine.expect("merged"));
+                changed = true;
+            }
+        }
+        for (n, p) in &other.nodes {
+            if !self.plan.target_nodes.contains(n) {
+                continue;
+            }
+            match self.nodes.get(n) {
+                Some(mine) if mine.seq >= p.seq => {}
+                _ => {
+                    self.nodes.insert(n.clone(), p.clone());
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// A digest of the replicated content, for anti-entropy.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut bytes = Vec::new();
+        ciborium::ser::into_writer(self, &mut bytes).expect("encoding to a Vec cannot fail");
+        *blake3::hash(&bytes).as_bytes()
+    }
+
+    pub fn rolling_back(&self) -> bool {
+        self.rollback.is_some() || (self.halted.is_some() && self.plan.settings.auto_rollback)
+    }
+
+    /// Whether `node` must still be returned to its previous version.
+    pub fn needs_rollback(&self, node: &str) -> bool {
+        self.nodes
+            .get(node)
+            .map(|p| p.on_target && p.status != "rolled_back")
+            .unwrap_or(false)
+    }
+
+    /// When the rollback started (the earlier of request and halt).
+    pub fn rollback_started_ms(&self) -> Option<u64> {
+        let r = self.rollback.as_ref().map(|m| m.at_ms);
+        let h = self
+            .halted
+            .as_ref()
+            .filter(|_| self.plan.settings.auto_rollback)
+            .map(|m| m.at_ms);
+        match (r, h) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The operation's status at `now_ms`.
+    pub fn status(&self, now_ms: u64) -> &'static str {
+        if self.rolling_back() {
+            let pending: Vec<&String> = self
+                .plan
+                .target_nodes
+                .iter()
+                .filter(|n| self.needs_rollback(n))
+                .collect();
+            if pending.is_empty() {
+                return "rolled_back";
+            }
+            let started = self.rollback_started_ms().unwrap_or(now_ms);
+            if now_ms > started + self.plan.settings.rollback_timeout_s * 1000 {
+                return "failed";
+            }
+            return "rolling_back";
+        }
+        if self.halted.is_some() {
+            return "failed";
+        }
+        if self.executed.is_none() {
+            return "planned";
+        }
+        if self
+            .plan
+            .target_nodes
+            .iter()
+            .all(|n| self.nodes.get(n).is_some_and(|p| p.status == "completed"))
+        {
+            return "completed";
+        }
+        "running"
+    }
+
+    pub fn is_final(&self, now_ms: u64) -> bool {
+        matches!(
+            self.status(now_ms),
+            "completed" | "failed" | "rolled_back" | "cancelled"
+        )
+    }
+
+    /// A node's status as shown: its own account, unless others declared it
+    /// failed while it was still pending or updating.
+    pub fn node_status(&self, node: &str) -> (String, Option<String>) {
+        let own = self.nodes.get(node);
+        let status = own.map(|p| p.status.clone()).unwrap_or("pending".into());
+        let error = own.and_then(|p| p.error.clone());
+        if let Some(m) = self.failed_nodes.get(node) {
+            if matches!(status.as_str(), "pending" | "updating") {
+                return ("failed".into(), Some(m.reason.clone()));
+            }
+        }
+        (status, error)
+    }
+
+    fn batch_of(&self, node: &str) -> Option<usize> {
+        self.plan.batches.iter().position(|b| b.iter().any(|n| n == node))
+    }
+
+    /// Whether `node` may start updating at `now_ms`: every earlier batch is
+    /// completed and the strategy's pause after the previous batch passed.
+    pub fn update_turn(&self, node: &str, now_ms: u64) -> bool {
+        if self.executed.is_none() || self.halted.is_some() || self.rolling_back() {
+            return false;
+        }
+        let Some(b) = self.batch_of(node) else {
+            return false;
+        };
+        if b == 0 {
+            return true;
+        }
+        let mut last_done = 0u64;
+        for n in &self.plan.batches[b - 1] {
+            match self.nodes.get(n) {
+                Some(p) if p.status == "completed" => {
+                    last_done = last_done.max(p.completed_at_ms.unwrap_or(0))
+                }
+                _ => return false,
+            }
+        }
+        for earlier in &self.plan.batches[..b - 1] {
+            if !earlier
+                .iter()
+                .all(|n| self.nodes.get(n).is_some_and(|p| p.status == "completed"))
+            {
+                return false;
+            }
+        }
+        let s = &self.plan.settings;
+        let pause_s = match self.plan.strategy.as_str() {
+            "parallel" => 0,
+            "canary" if b == 1 => s.canary_soak_s,
+            _ => s.rolling_delay_s,
+        };
+        now_ms >= last_done + pause_s * 1000
+    }
+
+    /// Whether `node` may roll back now: rollback runs in reverse update
+    /// order, a batch together, so every later batch must be done.
+    pub fn rollback_turn(&self, node: &str) -> bool {
+        if !self.rolling_back() || !self.needs_rollback(node) {
+            return false;
+        }
+        let Some(b) = self.batch_of(node) else {
+            return false;
+        };
+        self.plan.batches[b + 1..]
+            .iter()
+            .flatten()
+            .all(|n| !self.needs_rollback(n))
+    }
+
+    /// Slots this operation's strategy allows at once.
+    pub fn slots(&self) -> u32 {
+        match self.plan.strategy.as_str() {
+            "parallel" => self.plan.settings.max_concurrent.max(1),
+            _ => 1,
+        }
+    }
+
+    /// Measured seconds per node so far (completed nodes), if any.
+    pub fn measured_node_seconds(&self) -> Option<f64> {
+        let d: Vec<f64> = self
+            .nodes
+            .values()
+            .filter(|p| p.status == "completed")
+            .filter_map(|p| Some((p.completed_at_ms? - p.started_at_ms?) as f64 / 1000.0))
+            .collect();
+        (!d.is_empty()).then(|| d.iter().sum::<f64>() / d.len() as f64)
+    }
+
+    /// Estimated wall-clock ms when the operation completes.
+    pub fn estimated_completion_ms(&self, now_ms: u64) -> Option<u64> {
+        match self.status(now_ms) {
+            "completed" | "failed" | "rolled_back" | "cancelled" => {
+                return self.finished_at_ms();
+            }
+            _ => {}
+        }
+        let per_node = self
+            .measured_node_seconds()
+            .unwrap_or(self.plan.estimated_node_seconds);
+        let s = &self.plan.settings;
+        let mut total = 0.0;
+        for (i, batch) in self.plan.batches.iter().enumerate() {
+            let done = batch
+                .iter()
+                .all(|n| self.nodes.get(n).is_some_and(|p| p.status == "completed"));
+            if done {
+                continue;
+            }
+            // The remaining part of the slowest node of the batch.
+            let remaining = batch
+                .iter()
+                .map(|n| {
+                    let p = self.nodes.get(n);
+                    let frac = p.map(|p| p.progress / 100.0).unwrap_or(0.0);
+                    per_node * (1.0 - frac)
+                })
+                .fold(0.0, f64::max);
+            let started = batch
+                .iter()
+                .any(|n| self.nodes.get(n).is_some_and(|p| p.status != "pending"));
+            if i > 0 && !started {
+                total += match self.plan.strategy.as_str() {
+                    "parallel" => 0.0,
+                    "canary" if i == 1 => s.canary_soak_s as f64,
+                    _ => s.rolling_delay_s as f64,
+                };
+            }
+            total += remaining;
+        }
+        Some(now_ms + (total * 1000.0) as u64)
+    }
+
+    pub fn finished_at_ms(&self) -> Option<u64> {
+        let times = self
+            .nodes
+            .values()
+            .filter_map(|p| p.completed_at_ms)
+            .chain(self.halted.as_ref().map(|m| m.at_ms));
+        times.max()
+    }
+
+    pub fn overall_progress(&self) -> f64 {
+        let n = self.plan.target_nodes.len().max(1) as f64;
+        let sum: f64 = self
+            .plan
+            .target_nodes
+            .iter()
+            .map(|t| self.nodes.get(t).map(|p| p.progress).unwrap_or(0.0))
+            .sum();
+        (sum / n * 10.0).round() / 10.0
+    }
+
+    /// What the operation is doing, as one word.
+    pub fn current_phase(&self, now_ms: u64) -> String {
+        match self.status(now_ms) {
+            "planned" => "planned".into(),
+            "completed" => "completed".into(),
+            "rolled_back" => "rolled_back".into(),
+            "failed" => "failed".into(),
+            "rolling_back" => "rollback".into(),
+            _ => {
+                let active: BTreeSet<&str> = self
+                    .nodes
+                    .values()
+                    .filter(|p| p.status == "updating")
+                    .map(|p| p.phase.as_str())
+                    .collect();
+                if let Some(b) = self
+                    .plan
+                    .batches
+                    .iter()
+                    .position(|b| b.iter().any(|n| self.nodes.get(n).is_none_or(|p| p.status != "completed")))
+                {
+                    if active.is_empty() {
+                        return format!("batch {} of {}: waiting", b + 1, self.plan.batches.len());
+                    }
+                    let phases: Vec<&str> = active.into_iter().collect();
+                    return format!(
+                        "batch {} of {}: {}",
+                        b + 1,
+                        self.plan.batches.len(),
+                        phases.join(", ")
+                    );
+                }
+                "running".into()
+            }
+        }
+    }
+}
+
+/// A published release as planning needs it.
+#[derive(Clone, Debug)]
+pub struct ReleaseInfo {
+    pub version: semver::Version,
+    pub blake3: String,
+    pub breaking: bool,
+    pub min_compatible_version: Option<semver::Version>,
+}
+
+/// A member as planning needs it.
+#[derive(Clone, Debug)]
+pub struct PlanMember {
+    pub name: String,
+    pub version: String,
+    /// alive, suspect, dead or left.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanError {
+    /// 400, 404 or 409.
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn bad(code: &'static str, message: String) -> PlanError {
+    PlanError {
+        status: 400,
+        code,
+        message,
+    }
+}
+
+pub struct PlanInput<'a> {
+    pub operation_id: String,
+    pub target_version: &'a str,
+    pub update_type: &'a str,
+    pub strategy: &'a str,
+    pub target_nodes: &'a [String],
+    pub force: bool,
+    pub actor: &'a str,
+    pub now_ms: u64,
+    pub releases: &'a [ReleaseInfo],
+    pub members: &'a [PlanMember],
+    pub settings: OpSettings,
+    /// Per-node seconds measured by earlier operations, if any.
+    pub measured_node_seconds: Option<f64>,
+    /// Nodes busy in another operation that is not final.
+    pub busy: &'a BTreeSet<String>,
+}
+
+/// Validates a plan request and lays out the operation.
+pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
+    let target = semver::Version::parse(i.target_version).map_err(|e| {
+        bad(
+            "invalid_version",
+            format!("target_version {:?}: {e}", i.target_version),
+        )
+    })?;
+    if !matches!(i.update_type, "upgrade" | "downgrade" | "reinstall") {
+        return Err(bad(
+            "invalid_update_type",
+            format!(
+                "update_type {:?} is not upgrade, downgrade or reinstall",
+                i.update_type
+            ),
+        ));
+    }
+    if !matches!(i.strategy, "rolling" | "parallel" | "canary") {
+        return Err(bad(
+            "invalid_strategy",
+            format!(
+                "strategy {:?} is not rolling, parallel or canary",
+                i.strategy
+            ),
+        ));
+    }
+    let release = i
+        .releases
+        .iter()
+        .find(|r| r.version == target)
+        .ok_or_else(|| {
+            bad(
+                "release_not_published",
+                format!("no trusted published release {target}; publish it first"),
+            )
+        })?;
+
+    let mut warnings = Vec::new();
+    let explicit = !i.target_nodes.is_empty();
+    let mut targets: Vec<&PlanMember> = Vec::new();
+    if explicit {
+        let mut unknown = Vec::new();
+        let mut seen = BTreeSet::new();
+        for n in i.target_nodes {
+            if !seen.insert(n) {
+                continue;
+            }
+            match i.members.iter().find(|m| &m.name == n && m.status != "left") {
+                Some(m) => targets.push(m),
+                None => unknown.push(n.clone()),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(bad(
+                "unknown_nodes",
+                format!("unknown target nodes: {}", unknown.join(", ")),
+            ));
+        }
+    } else {
+        targets = i.members.iter().filter(|m| m.status != "left").collect();
+    }
+    let down: Vec<String> = targets
+        .iter()
+        .filter(|m| m.status == "dead")
+        .map(|m| m.name.clone())
+        .collect();
+    if !down.is_empty() {
+        return Err(bad(
+            "nodes_not_alive",
+            format!(
+                "target nodes are not alive and cannot be updated: {}",
+                down.join(", ")
+            ),
+        ));
+    }
+    let busy: Vec<String> = targets
+        .iter()
+        .filter(|m| i.busy.contains(&m.name))
+        .map(|m| m.name.clone())
+        .collect();
+    if !busy.is_empty() {
+        return Err(PlanError {
+            status: 409,
+            code: "operation_in_progress",
+            message: format!(
+                "nodes already in an unfinished operation: {}",
+                busy.join(", ")
+            ),
+        });
+    }
+
+    // update_type must fit each target.
+    let mut misfit = Vec::new();
+    let mut fitting = Vec::new();
+    for m in &targets {
+        let Ok(v) = semver::Version::parse(&m.version) else {
+            misfit.push(format!("{} runs an unparseable version {:?}", m.name, m.version));
+            continue;
+        };
+        let fits = match i.update_type {
+            "upgrade" => target > v,
+            "downgrade" => target < v,
+            _ => target == v,
+        };
+        if fits {
+            fitting.push((*m, v));
+        } else {
+            misfit.push(format!("{} runs {v}", m.name));
+        }
+    }
+    if explicit && !misfit.is_empty() {
+        return Err(bad(
+            "update_type_mismatch",
+            format!(
+                "{} to {target} does not fit: {}",
+                i.update_type,
+                misfit.join("; ")
+            ),
+        ));
+    }
+    if !explicit && !misfit.is_empty() {
+        warnings.push(format!(
+            "skipped (a {} to {target} does not fit): {}",
+            i.update_type,
+            misfit.join("; ")
+        ));
+    }
+    if fitting.is_empty() {
+        return Err(bad(
+            "nothing_to_update",
+            format!("no node fits a {} to {target}", i.update_type),
+        ));
+    }
+
+    // Breaking changes.
+    let mut breaking = Vec::new();
+    if release.breaking {
+        breaking.push(format!("release {target} is marked breaking"));
+    }
+    for (m, v) in &fitting {
+        if v.major != target.major {
+            breaking.push(format!(
+                "{}: major version change {v} -> {target}",
+                m.name
+            ));
+        }
+        if let Some(min) = &release.min_compatible_version {
+            if v < min {
+                breaking.push(format!(
+                    "{}: runs {v}, below the release's min_compatible_version {min}",
+                    m.name
+                ));
+            }
+        }
+    }
+    if !breaking.is_empty() && !i.force {
+        return Err(PlanError {
+            status: 409,
+            code: "breaking_changes",
+            message: format!(
+                "breaking changes (repeat with force to accept): {}",
+                breaking.join("; ")
+            ),
+        });
+    }
+    if !breaking.is_empty() {
+        warnings.push("breaking changes accepted with force".into());
+    }
+
+    let suspect: Vec<&str> = fitting
+        .iter()
+        .filter(|(m, _)| m.status == "suspect")
+        .map(|(m, _)| m.name.as_str())
+        .collect();
+    if !suspect.is_empty() {
+        warnings.push(format!("suspect target nodes: {}", suspect.join(", ")));
+    }
+    let live = i.members.iter().filter(|m| m.status == "alive").count();
+    if live < 3 {
+        warnings.push(format!(
+            "only {live} alive members: a node out of service leaves little redundancy"
+        ));
+    }
+
+    let mut names: Vec<String> = fitting.iter().map(|(m, _)| m.name.clone()).collect();
+    names.sort();
+    let s = &i.settings;
+    let batches: Vec<Vec<String>> = match i.strategy {
+        "parallel" => {
+            warnings.push(format!(
+                "parallel: up to {} nodes out of service at once, inside maintenance mode (ends by itself after {} s)",
+                s.max_concurrent, s.maintenance_timeout_s
+            ));
+            names
+                .chunks(s.max_concurrent.max(1) as usize)
+                .map(|c| c.to_vec())
+                .collect()
+        }
+        _ => names.iter().map(|n| vec![n.clone()]).collect(),
+    };
+    if i.strategy == "canary" && names.len() < 2 {
+        warnings.push("canary with a single target is a plain update of that node".into());
+    }
+    let estimated_node_seconds = i
+        .measured_node_seconds
+        .unwrap_or(10.0 + s.health_timeout_s as f64 / 4.0);
+    let from_versions = fitting
+        .iter()
+        .map(|(m, v)| (m.name.clone(), v.to_string()))
+        .collect();
+    Ok(Plan {
+        operation_id: i.operation_id,
+        target_version: target.to_string(),
+        target_blake3: release.blake3.clone(),
+        update_type: i.update_type.into(),
+        strategy: i.strategy.into(),
+        target_nodes: names,
+        batches,
+        from_versions,
+        breaking_changes: breaking,
+        warnings,
+        force: i.force,
+        created_at_ms: i.now_ms,
+        created_by: i.actor.into(),
+        settings: i.settings,
+        estimated_node_seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn settings() -> OpSettings {
+        OpSettings {
+            max_concurrent: 2,
+            rolling_delay_s: 5,
+            health_timeout_s: 20,
+            rollback_timeout_s: 60,
+            canary_soak_s: 30,
+            maintenance_timeout_s: 600,
+            auto_rollback: true,
+            backup: true,
+        }
+    }
+
+    fn members(v: &str, n: usize) -> Vec<PlanMember> {
+        (0..n)
+            .map(|i| PlanMember {
+                name: format!("n{i}"),
+                version: v.into(),
+                status: "alive".into(),
+            })
+            .collect()
+    }
+
+    fn release(v: &str, breaking: bool, min: Option<&str>) -> ReleaseInfo {
+        ReleaseInfo {
+            version: v.parse().unwrap(),
+            blake3: "ab".into(),
+            breaking,
+            min_compatible_version: min.map(|m| m.parse().unwrap()),
+        }
+    }
+
+    fn input<'a>(
+        target: &'a str,
+        kind: &'a str,
+        strategy: &'a str,
+        nodes: &'a [String],
+        force: bool,
+        releases: &'a [ReleaseInfo],
+        members: &'a [PlanMember],
+        busy: &'a BTreeSet<String>,
+    ) -> PlanInput<'a> {
+        PlanInput {
+            operation_id: "op".into(),
+            target_version: target,
+            update_type: kind,
+            strategy,
+            target_nodes: nodes,
+            force,
+            actor: "admin",
+            now_ms: 1000,
+            releases,
+            members,
+            settings: settings(),
+            measured_node_seconds: None,
+            busy,
+        }
+    }
+
+    #[test]
+    fn plans_validate_type_nodes_and_breaking() {
+        let rel = [
+            release("1.1.0", false, None),
+            release("2.0.0", false, None),
+            release("1.2.0", true, None),
+            release("1.3.0", false, Some("1.1.0")),
+        ];
+        let ms = members("1.0.0", 4);
+        let none = BTreeSet::new();
+        let all: Vec<String> = vec![];
+        let p = make_plan(input("1.1.0", "upgrade", "rolling", &all, false, &rel, &ms, &none)).unwrap();
+        assert_eq!(p.batches.len(), 4);
+        assert!(p.batches.iter().all(|b| b.len() == 1));
+        let p = make_plan(input("1.1.0", "upgrade", "parallel", &all, false, &rel, &ms, &none)).unwrap();
+        assert_eq!(p.batches, vec![vec!["n0", "n1"], vec!["n2", "n3"]]);
+        // Unpublished, wrong direction, unknown node.
+        let e = make_plan(input("1.9.0", "upgrade", "rolling", &all, false, &rel, &ms, &none)).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "release_not_published"));
+        let e = make_plan(input("1.1.0", "downgrade", "rolling", &all, false, &rel, &ms, &none)).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "nothing_to_update"));
+        let ghost = vec!["ghost".to_string(), "n1".to_string()];
+        let e = make_plan(input("1.1.0", "upgrade", "rolling", &ghost, false, &rel, &ms, &none)).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "unknown_nodes"));
+        assert!(e.message.contains("ghost"));
+        // Breaking: major bump, flag, min_compatible; force accepts.
+        for v in ["2.0.0", "1.2.0", "1.3.0"] {
+            let e = make_plan(input(v, "upgrade", "rolling", &all, false, &rel, &ms, &none)).unwrap_err();
+            assert_eq!((e.status, e.code), (409, "breaking_changes"), "{v}");
+            let p = make_plan(input(v, "upgrade", "rolling", &all, true, &rel, &ms, &none)).unwrap();
+            assert!(!p.breaking_changes.is_empty());
+        }
+        // Busy nodes.
+        let busy: BTreeSet<String> = ["n2".to_string()].into();
+        let e = make_plan(input("1.1.0", "upgrade", "rolling", &all, false, &rel, &ms, &busy)).unwrap_err();
+        assert_eq!((e.status, e.code), (409, "operation_in_progress"));
+    }
+
+    fn record(strategy: &str, n: usize) -> OpRecord {
+        let rel = [release("1.1.0", false, None)];
+        let ms = members("1.0.0", n);
+        let none = BTreeSet::new();
+        let all: Vec<String> = vec![];
+        OpRecord::new(make_plan(input("1.1.0", "upgrade", strategy, &all, false, &rel, &ms, &none)).unwrap())
+    }
+
+    fn set(r: &mut OpRecord, node: &str, status: &str, on_target: bool, done_at: Option<u64>) {
+        let p = r.nodes.get_mut(node).unwrap();
+        p.seq += 1;
+        p.status = status.into();
+        p.on_target = on_target;
+        p.completed_at_ms = done_at;
+        p.started_at_ms = Some(0);
+        p.progress = if status == "completed" { 100.0 } else { 50.0 };
+    }
+
+    #[test]
+    fn turns_follow_batches_and_pauses() {
+        let mut r = record("rolling", 3);
+        assert!(!r.update_turn("n0", 0), "not executed yet");
+        r.executed = Some(Mark { at_ms: 0, by: "x".into(), reason: String::new() });
+        assert!(r.update_turn("n0", 0));
+        assert!(!r.update_turn("n1", 0));
+        set(&mut r, "n0", "completed", true, Some(10_000));
+        assert!(!r.update_turn("n1", 14_999), "rolling delay");
+        assert!(r.update_turn("n1", 15_000));
+        assert!(!r.update_turn("n2", 15_000));
+        assert_eq!(r.status(0), "running");
+        set(&mut r, "n1", "completed", true, Some(20_000));
+        set(&mut r, "n2", "completed", true, Some(30_000));
+        assert_eq!(r.status(0), "completed");
+
+        let mut c = record("canary", 3);
+        c.executed = Some(Mark { at_ms: 0, by: "x".into(), reason: String::new() });
+        set(&mut c, "n0", "completed", true, Some(0));
+        assert!(!c.update_turn("n1", 29_999), "canary soak");
+        assert!(c.update_turn("n1", 30_000));
+
+        let mut p = record("parallel", 4);
+        p.executed = Some(Mark { at_ms: 0, by: "x".into(), reason: String::new() });
+        assert!(p.update_turn("n0", 0) && p.update_turn("n1", 0));
+        assert!(!p.update_turn("n2", 0));
+        assert_eq!(p.slots(), 2);
+    }
+
+    #[test]
+    fn rollback_runs_in_reverse_and_halts_updates() {
+        let mut r = record("rolling", 3);
+        r.executed = Some(Mark { at_ms: 0, by: "x".into(), reason: String::new() });
+        set(&mut r, "n0", "completed", true, Some(1));
+        set(&mut r, "n1", "failed", true, None);
+        r.halted = Some(Mark { at_ms: 5, by: "n1".into(), reason: "post-check failed".into() });
+        assert_eq!(r.status(10), "rolling_back");
+        assert!(!r.update_turn("n2", u64::MAX));
+        assert!(!r.rollback_turn("n0"), "n1 rolls back first");
+        assert!(r.rollback_turn("n1"));
+        set(&mut r, "n1", "rolled_back", false, None);
+        assert!(r.rollback_turn("n0"));
+        set(&mut r, "n0", "rolled_back", false, None);
+        assert_eq!(r.status(10), "rolled_back");
+        // A rollback that does not finish in time fails.
+        let mut t = record("rolling", 2);
+        t.executed = r.executed.clone();
+        set(&mut t, "n0", "completed", true, Some(1));
+        t.rollback = Some(Mark { at_ms: 100, by: "a".into(), reason: String::new() });
+        assert_eq!(t.status(100 + 60_000), "rolling_back");
+        assert_eq!(t.status(100 + 60_001), "failed");
+    }
+
+    #[test]
+    fn nodes_marked_failed_by_others_show_failed() {
+        let mut r = record("rolling", 2);
+        set(&mut r, "n0", "updating", false, None);
+        r.failed_nodes.insert(
+            "n0".into(),
+            Mark { at_ms: 1, by: "n1".into(), reason: "lease expired".into() },
+        );
+        assert_eq!(r.node_status("n0").0, "failed");
+    }
+
+    #[test]
+    fn estimated_completion_uses_measured_durations() {
+        let mut r = record("rolling", 3);
+        r.executed = Some(Mark { at_ms: 0, by: "x".into(), reason: String::new() });
+        let before = r.estimated_completion_ms(0).unwrap();
+        // 15 s per node default + 2 x 5 s delays.
+        assert_eq!(before, (3.0 * 15.0 * 1000.0) as u64 + 10_000);
+        let p = r.nodes.get_mut("n0").unwrap();
+        p.status = "completed".into();
+        p.progress = 100.0;
+        p.started_at_ms = Some(0);
+        p.completed_at_ms = Some(40_000);
+        p.seq = 1;
+        assert_eq!(
+            r.estimated_completion_ms(40_000).unwrap(),
+            40_000 + 2 * 40_000 + 2 * 5_000
+        );
+    }
+
+    fn arb_progress() -> impl Strategy<Value = NodeProgress> {
+        (0u64..5, prop::sample::select(vec!["pending", "updating", "completed", "failed", "rolled_back"]), any::<bool>())
+            .prop_map(|(seq, st, on)| {
+                let mut p = NodeProgress::pending("1.0.0", "1.1.0");
+                p.seq = seq;
+                p.status = st.into();
+                p.on_target = on;
+                p
+            })
+    }
+
+    fn arb_mark() -> impl Strategy<Value = Option<Mark>> {
+        prop::option::of((0u64..10, prop::sample::select(vec!["a", "b"])).prop_map(|(at, by)| Mark {
+            at_ms: at,
+            by: by.into(),
+            reason: String::new(),
+        }))
+    }
+
+    fn arb_record() -> impl Strategy<Value = OpRecord> {
+        (arb_mark(), arb_mark(), arb_mark(), prop::collection::vec(arb_progress(), 3)).prop_map(
+            |(e, h, r, ps)| {
+                let mut rec = record("rolling", 3);
+                rec.executed = e;
+                rec.halted = h;
+                rec.rollback = r;
+                for (i, p) in ps.into_iter().enumerate() {
+                    // One author per node: same seq means same content.
+                    let mut p = p;
+                    if p.seq == 0 {
+                        p = NodeProgress::pending("1.0.0", "1.1.0");
+                    }
+                    p.error = Some(format!("{}", p.seq));
+                    p.status = ["pending", "updating", "completed", "failed", "rolled_back"][p.seq as usize % 5].into();
+                    p.on_target = p.seq % 2 == 1;
+                    rec.nodes.insert(format!("n{i}"), p);
+                }
+                rec
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative_and_idempotent(a in arb_record(), b in arb_record(), c in arb_record()) {
+            let mut ab = a.clone();
+            ab.merge(&b);
+            let mut ba = b.clone();
+            ba.merge(&a);
+            prop_assert_eq!(&ab, &ba);
+            let mut abb = ab.clone();
+            prop_assert!(!abb.merge(&b));
+            prop_assert_eq!(&abb, &ab);
+            let mut ab_c = ab.clone();
+            ab_c.merge(&c);
+            let mut bc = b.clone();
+            bc.merge(&c);
+            let mut a_bc = a.clone();
+            a_bc.merge(&bc);
+            prop_assert_eq!(ab_c, a_bc);
+        }
+    }
+}
