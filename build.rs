@@ -12,4 +12,11 @@ fn main() {
         panic!("PLEXI_BUILD_VERSION={version:?} is not a semantic version: {e}");
     }
     println!("cargo:rustc-env=PLEXI_VERSION={version}");
+    // Test-only faults for the update path; empty in every real build.
+    println!("cargo:rerun-if-env-changed=PLEXI_BUILD_FAULT");
+    let fault = std::env::var("PLEXI_BUILD_FAULT").unwrap_or_default();
+    if !matches!(fault.as_str(), "" | "exit-at-start" | "unhealthy") {
+        panic!("PLEXI_BUILD_FAULT={fault:?} is not empty, exit-at-start or unhealthy");
+    }
+    println!("cargo:rustc-env=PLEXI_BUILD_FAULT={fault}");
 }

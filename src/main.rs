@@ -1,6 +1,8 @@
-//! The `plexi` binary: `plexi node` runs a node; the other commands are
-//! clients of any node's REST API. anyhow lives only here, at the edge.
+//! The `plexi` binary: `plexi node` runs the supervisor, which runs the node
+//! as `plexi worker` (hidden); the other commands are clients of any node's
+//! REST API. anyhow lives only here, at the edge.
 
+mod audit;
 mod bench;
 mod cli;
 mod config;
@@ -8,7 +10,9 @@ mod health;
 mod node;
 mod release;
 mod storage;
+mod supervisor;
 mod tokens;
+mod update_cli;
 mod updates;
 
 use std::path::PathBuf;
@@ -27,6 +31,9 @@ struct Cli {
 enum Command {
     /// Run a node. Without --bootstrap it starts a new cluster.
     Node(NodeArgs),
+    /// The node itself, started by `plexi node` (the supervisor).
+    #[command(hide = true)]
+    Worker(NodeArgs),
     /// List the cluster's nodes as any node sees them.
     Nodes {
         #[command(flatten)]
@@ -86,6 +93,27 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiArgs,
     },
+    /// Cluster updates: plan, execute, status, rollback, active, history.
+    Update {
+        #[command(subcommand)]
+        cmd: update_cli::UpdateCmd,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Cluster maintenance mode: on, off, status.
+    Maintenance {
+        #[command(subcommand)]
+        cmd: update_cli::MaintenanceCmd,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// The audit log of every change, newest first.
+    Audit {
+        #[command(flatten)]
+        args: update_cli::AuditArgs,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -125,8 +153,51 @@ fn init_tracing() {
         .init();
 }
 
+impl NodeArgs {
+    fn split(self) -> (Option<PathBuf>, config::Overrides) {
+        let overrides = config::Overrides {
+            data_dir: self.data_dir,
+            name: self.name,
+            listen: self.listen,
+            api: self.api,
+            bootstrap: self.bootstrap,
+            region: self.region,
+            zone: self.zone,
+            capacity_gb: self.capacity_gb,
+        };
+        (self.config, overrides)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        // The supervisor builds its own current-thread runtime on this thread.
+        Command::Node(a) => supervise(a),
+        command => run(command),
+    }
+}
+
+fn supervise(a: NodeArgs) -> ExitCode {
+    init_tracing();
+    // `Cli` has no global options, so argv is `plexi node ARGS...`: the
+    // worker gets ARGS exactly as given.
+    let worker_args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+    let (config_path, overrides) = a.split();
+    match supervisor::run(config_path, overrides, worker_args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(supervisor::SupervisorError::Config(e)) => {
+            eprintln!("error: configuration: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,21 +208,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Command::Node(a) => {
+    match command {
+        Command::Node(_) => unreachable!("`plexi node` is the supervisor, run from main"),
+        Command::Worker(a) => {
             init_tracing();
-            let overrides = config::Overrides {
-                data_dir: a.data_dir,
-                name: a.name,
-                listen: a.listen,
-                api: a.api,
-                bootstrap: a.bootstrap,
-                region: a.region,
-                zone: a.zone,
-                capacity_gb: a.capacity_gb,
-            };
-            match runtime.block_on(node::run(a.config, overrides)) {
-                Ok(()) => ExitCode::SUCCESS,
+            let (config_path, overrides) = a.split();
+            match runtime.block_on(node::run(config_path, overrides)) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(node::NodeError::Config(e)) => {
                     eprintln!("error: configuration: {e}");
                     ExitCode::from(2)
@@ -173,6 +236,11 @@ fn main() -> ExitCode {
         Command::Storage { cmd, api } => report(runtime.block_on(cli::storage(&api, &cmd))),
         Command::Bench(args) => report(runtime.block_on(bench::run(args))),
         Command::Release { cmd, api } => report(runtime.block_on(release::command(&api, cmd))),
+        Command::Update { cmd, api } => report(runtime.block_on(update_cli::update(&api, &cmd))),
+        Command::Maintenance { cmd, api } => {
+            report(runtime.block_on(update_cli::maintenance(&api, &cmd)))
+        }
+        Command::Audit { args, api } => report(runtime.block_on(update_cli::audit(&api, &args))),
     }
 }
 

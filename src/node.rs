@@ -31,6 +31,11 @@ use crate::storage::{wire, Settings as StorageSettings, Storage, StorageApi, Sto
 /// The compiled-in version (see build.rs).
 pub const VERSION: &str = env!("PLEXI_VERSION");
 
+/// A fault compiled in for tests of the update path (build.rs,
+/// `PLEXI_BUILD_FAULT`): empty for every real build; `exit-at-start` makes
+/// the worker exit at once, `unhealthy` makes its health check fail.
+pub const BUILD_FAULT: &str = env!("PLEXI_BUILD_FAULT");
+
 /// The application service name for health calls between nodes.
 const HEALTH_SERVICE: &str = "health";
 /// Bound on graceful HTTP shutdown.
@@ -59,6 +64,9 @@ pub struct Node {
     started: Instant,
     p2p: OnceLock<P2pHandle>,
     storage: OnceLock<Arc<Storage>>,
+    audit: OnceLock<Arc<crate::audit::AuditLog>>,
+    granter: OnceLock<Arc<crate::updates::leases::Granter>>,
+    updates: OnceLock<Arc<crate::updates::state::UpdateState>>,
     /// EWMA of the local store probe, µs.
     store_latency_us: std::sync::atomic::AtomicU64,
 }
@@ -132,7 +140,14 @@ impl Node {
             ok: expected == 0 || alive > 0,
             detail: format!("{alive} of {expected} other members alive"),
         };
-        let checks = vec![store_check, disk, peers];
+        let mut checks = vec![store_check, disk, peers];
+        if BUILD_FAULT == "unhealthy" {
+            checks.push(HealthCheck {
+                name: "build".into(),
+                ok: false,
+                detail: "this build fails its health check (PLEXI_BUILD_FAULT=unhealthy)".into(),
+            });
+        }
         HealthReport {
             node_id: self.name.clone(),
             peer_id: self.peer_id.to_string(),
@@ -297,6 +312,18 @@ impl plexi_p2p::AppHandler for Rpc {
                 Some(storage) => crate::storage::serve(storage, peer, &body).await,
                 None => Err("storage is starting".into()),
             },
+            crate::audit::SERVICE => match self.0.audit.get() {
+                Some(audit) => audit.serve(peer, &body).await,
+                None => Err("audit log is starting".into()),
+            },
+            crate::updates::leases::SERVICE => match self.0.granter.get() {
+                Some(g) => crate::updates::leases::serve(g, &body).await,
+                None => Err("lease granter is starting".into()),
+            },
+            crate::updates::state::SERVICE => match self.0.updates.get() {
+                Some(u) => crate::updates::state::serve(u, &body).await,
+                None => Err("update state is starting".into()),
+            },
             other => {
                 tracing::warn!(%peer, service = other, "call for an unknown service dropped");
                 Err(format!("unknown service {other:?}"))
@@ -362,7 +389,14 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), NodeError> {
+/// Runs the worker until SIGTERM/SIGINT (exit code 0) or until the update
+/// engine hands over to the supervisor (its exit code).
+pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i32, NodeError> {
+    if BUILD_FAULT == "exit-at-start" {
+        return Err(NodeError::Startup(
+            "this build exits at start (PLEXI_BUILD_FAULT=exit-at-start)".into(),
+        ));
+    }
     let (config, config_file) = Config::load(config_path.as_deref(), &overrides)?;
     let n = &config.node;
     let data_dir = n.data_dir.clone();
@@ -426,6 +460,9 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
         started: Instant::now(),
         p2p: OnceLock::new(),
         storage: OnceLock::new(),
+        audit: OnceLock::new(),
+        granter: OnceLock::new(),
+        updates: OnceLock::new(),
         store_latency_us: std::sync::atomic::AtomicU64::new(0),
     });
 
@@ -480,6 +517,10 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
     );
     node.storage.set(storage.clone()).ok().expect("set once");
     crate::storage::repair::spawn(storage.clone());
+    let audit = crate::audit::AuditLog::open(&store, name.clone(), &mut registry)
+        .map_err(startup("audit log"))?;
+    node.audit.set(audit.clone()).ok().expect("set once");
+    audit.spawn_sync(p2p.clone());
     if let Some(aside) = store.quarantined() {
         tracing::error!(quarantine = %aside.display(), "the store was quarantined at start; anti-entropy refills it from replicas");
     }
@@ -590,6 +631,16 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
                     {
                         tracing::warn!(path = %path.display(), "cannot write runtime info");
                     }
+                    // Ready for the supervisor, unless a switch to this
+                    // version is pending: then the update engine says so
+                    // after its post-update check.
+                    let pending =
+                        crate::supervisor::pending_switch(&data_dir).map(|s| s.to_version);
+                    if pending.as_deref() != Some(VERSION) {
+                        if let Err(e) = crate::supervisor::write_ready(&data_dir, VERSION) {
+                            tracing::warn!(error = %e, "cannot write releases/ready.json");
+                        }
+                    }
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -598,17 +649,110 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
         });
     }
 
+    // Data requests in flight; the update pipeline waits on it while draining.
+    let in_flight = plexi_api::InFlight::default();
+    // Audit entries (local or merged) go on the event stream too.
+    let events = tokio::sync::broadcast::channel(1024).0;
+    {
+        let mut entries = audit.subscribe();
+        let events = events.clone();
+        tokio::spawn(async move {
+            loop {
+                match entries.recv().await {
+                    Ok(entry) => {
+                        let _ = events.send(plexi_api::model::ClusterEvent {
+                            kind: "audit".into(),
+                            at: entry.at.clone(),
+                            data: serde_json::to_value(&entry).unwrap_or_default(),
+                        });
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    let update_metrics = crate::updates::engine::UpdateMetrics::register(&mut registry);
+    let granter = crate::updates::leases::Granter::open(
+        store.tree("updates.leases").map_err(startup("store"))?,
+    );
+    node.granter.set(granter.clone()).ok().expect("set once");
+    let update_state = crate::updates::state::UpdateState::open(
+        name.clone(),
+        store.tree("updates.ops").map_err(startup("store"))?,
+        store.tree("updates.meta").map_err(startup("store"))?,
+        events.clone(),
+    );
+    node.updates.set(update_state.clone()).ok().expect("set once");
+    crate::updates::state::spawn_sync(update_state.clone(), p2p.clone());
+    let (exit_tx, mut exit_rx) = watch::channel(None::<i32>);
+    let u = &config.cluster_updates;
+    let engine = crate::updates::engine::Engine::new(
+        name.clone(),
+        semver::Version::parse(VERSION).expect("build.rs checks the version"),
+        data_dir.clone(),
+        config_path.clone(),
+        api_bound.to_string(),
+        p2p.clone(),
+        storage.clone(),
+        granter,
+        update_state,
+        audit.clone(),
+        u.release_public_keys.clone(),
+        crate::updates::ops::OpSettings {
+            max_concurrent: u.max_concurrent_updates,
+            rolling_delay_s: u.rolling_update_delay_seconds,
+            health_timeout_s: u.health_check_timeout_seconds,
+            rollback_timeout_s: u.rollback_timeout_seconds,
+            canary_soak_s: u.canary_soak_seconds,
+            maintenance_timeout_s: u.maintenance_mode_timeout_seconds,
+            auto_rollback: u.auto_rollback_on_failure,
+            backup: u.backup_before_update,
+        },
+        Arc::new(crate::updates::engine::Drain {
+            draining: Default::default(),
+            in_flight: in_flight.clone(),
+        }),
+        exit_tx,
+        {
+            let node = node.clone();
+            Arc::new(move || {
+                let node = node.clone();
+                Box::pin(async move {
+                    let r = node.local_health().await;
+                    if r.healthy {
+                        Ok(())
+                    } else {
+                        Err(r
+                            .checks
+                            .iter()
+                            .filter(|c| !c.ok)
+                            .map(|c| format!("{}: {}", c.name, c.detail))
+                            .collect::<Vec<_>>()
+                            .join("; "))
+                    }
+                })
+            })
+        },
+        update_metrics,
+    );
+    engine.spawn();
+
     let state = ApiState {
         cluster: Arc::new(NodeApi(node.clone())),
         storage: Arc::new(StorageApi(storage.clone())),
         updates: Arc::new(crate::updates::UpdatesApi {
             storage: storage.clone(),
             trusted: config.cluster_updates.release_public_keys.clone(),
-            events: tokio::sync::broadcast::channel(1024).0,
+            events,
+            audit: audit.clone(),
+            engine: engine.clone(),
         }),
         tokens: Arc::new(tokens),
         registry: Arc::new(registry),
         metrics: api_metrics,
+        in_flight: in_flight.clone(),
     };
     let app = plexi_api::router(state);
 
@@ -621,8 +765,27 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
             .await
     });
 
-    shutdown_signal().await;
-    p2p.leave().await;
+    let code = tokio::select! {
+        _ = shutdown_signal() => {
+            p2p.leave().await;
+            0
+        }
+        code = async {
+            loop {
+                if let Some(code) = *exit_rx.borrow_and_update() {
+                    break code;
+                }
+                if exit_rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        } => {
+            // A restart for an update: peers see us briefly silent, not
+            // gone, so nothing is re-placed.
+            tracing::info!(code, "handing over to the supervisor");
+            code
+        }
+    };
     let _ = stop_tx.send(true);
     match tokio::time::timeout(HTTP_DRAIN, server).await {
         Ok(Ok(Ok(()))) => {}
@@ -631,7 +794,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(
         Err(_) => tracing::warn!("HTTP drain timed out"),
     }
     tracing::info!("node stopped");
-    Ok(())
+    Ok(code)
 }
 
 #[cfg(test)]

@@ -9,12 +9,19 @@ pub mod error;
 pub mod model;
 mod routes;
 pub mod storage_routes;
+pub mod update_routes;
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -136,6 +143,112 @@ pub struct ApiState {
     pub tokens: Arc<TokenSet>,
     pub registry: Arc<Registry>,
     pub metrics: ApiMetrics,
+    /// Data-path requests being served right now (see [`InFlight`]).
+    pub in_flight: InFlight,
+}
+
+/// How many data-path requests (`/api/v1/clustering/storage/data/...`) this
+/// node is serving: counted from the moment one passes the drain check until
+/// its response body is sent (or the client goes away). Clones share the
+/// count, so the node keeps one to wait for the drain to finish.
+#[derive(Clone, Debug, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Counts one request until the guard is dropped.
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.0.clone())
+    }
+
+    /// Waits until no data request is in flight, polling every 20 ms; false
+    /// if some still are after `timeout`.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.count() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One counted request; dropping it uncounts it.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<AtomicUsize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted until it is sent or dropped.
+struct GuardedBody {
+    inner: Body,
+    _guard: InFlightGuard,
+}
+
+impl HttpBody for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The data path: what this node coordinates for clients, and what a
+/// drained node refuses so clients go to another node.
+pub const DATA_PATH_PREFIX: &str = "/api/v1/clustering/storage/data/";
+
+/// Middleware: while the node drains for an update, data requests get 503
+/// `draining` with `Retry-After`; every other route keeps working. Requests
+/// admitted before the drain began run to the end, and are counted in
+/// [`ApiState::in_flight`] until their response is sent.
+async fn drain_gate(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with(DATA_PATH_PREFIX) {
+        return next.run(req).await;
+    }
+    if let Some(secs) = state.updates.draining() {
+        let mut res = ApiError::unavailable(
+            "draining",
+            format!(
+                "this node is draining for an update; send the request to another node, or retry here after {secs} s"
+            ),
+        )
+        .into_response();
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return res;
+    }
+    let guard = state.in_flight.enter();
+    let res = next.run(req).await;
+    res.map(|inner| {
+        Body::new(GuardedBody {
+            inner,
+            _guard: guard,
+        })
+    })
 }
 
 async fn count_requests(State(state): State<ApiState>, req: Request, next: Next) -> Response {
@@ -157,7 +270,8 @@ pub const PUBLIC_PATHS: [&str; 3] = ["/health", "/metrics", "/api/v1/openapi.jso
 
 /// The whole API. Auth wraps every route (matched or not) except
 /// [`PUBLIC_PATHS`], so a read token is refused any change with 403 before
-/// routing, and an unknown path reveals nothing without a token.
+/// routing, and an unknown path reveals nothing without a token. Inside auth,
+/// the drain gate turns data requests away while the node drains.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(routes::liveness))
@@ -166,6 +280,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(routes::protected(state.storage.max_object_bytes()))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), drain_gate))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

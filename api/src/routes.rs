@@ -32,6 +32,16 @@ use crate::ApiState;
         crate::storage_routes::job,
         list_releases,
         publish_release,
+        crate::update_routes::plan_update,
+        crate::update_routes::execute_update,
+        crate::update_routes::update_status,
+        crate::update_routes::rollback_update,
+        crate::update_routes::active_updates,
+        crate::update_routes::update_history,
+        crate::update_routes::get_maintenance,
+        crate::update_routes::set_maintenance,
+        crate::update_routes::audit,
+        crate::update_routes::events,
     ),
     components(schemas(
         ErrorBody, NodeList, NodeView, HealthReport, HealthCheck, Liveness,
@@ -41,6 +51,10 @@ use crate::ApiState;
         crate::model::Job, crate::model::JobPart,
         crate::model::ReleaseManifest, crate::model::SignedRelease,
         crate::model::ReleaseView, crate::model::ReleaseList,
+        crate::model::PlanRequest, crate::model::UpdateOperation,
+        crate::model::NodeUpdateStatus, crate::model::LeaseView, crate::model::UpdateList,
+        crate::model::Maintenance, crate::model::MaintenanceRequest,
+        crate::model::AuditEntry, crate::model::AuditList, crate::model::ClusterEvent,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -61,6 +75,8 @@ impl Modify for BearerAuth {
 
 pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
     use crate::storage_routes as s;
+    use crate::update_routes as u;
+    use axum::routing::post;
     Router::new()
         .route("/api/v1/clustering/nodes", get(list_nodes))
         .route(
@@ -97,6 +113,27 @@ pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
             "/api/v1/clustering/updates/releases",
             get(list_releases).post(publish_release),
         )
+        .route("/api/v1/clustering/updates/plan", post(u::plan_update))
+        .route("/api/v1/clustering/updates/active", get(u::active_updates))
+        .route("/api/v1/clustering/updates/history", get(u::update_history))
+        .route(
+            "/api/v1/clustering/updates/{operation_id}/execute",
+            post(u::execute_update),
+        )
+        .route(
+            "/api/v1/clustering/updates/{operation_id}/status",
+            get(u::update_status),
+        )
+        .route(
+            "/api/v1/clustering/updates/{operation_id}/rollback",
+            post(u::rollback_update),
+        )
+        .route(
+            "/api/v1/clustering/maintenance",
+            get(u::get_maintenance).post(u::set_maintenance),
+        )
+        .route("/api/v1/clustering/audit", get(u::audit))
+        .route("/api/v1/events", get(u::events))
 }
 
 /// Liveness of the answering node. Needs no token.

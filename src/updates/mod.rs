@@ -3,6 +3,12 @@
 //! refusal is logged with its actor (the audit log proper comes with the
 //! update issue).
 
+mod api;
+pub mod engine;
+pub mod leases;
+pub mod ops;
+pub mod state;
+
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -13,6 +19,7 @@ use plexi_api::model::{
 use plexi_api::storage_routes::PutRequest;
 use plexi_api::ApiError;
 
+use crate::audit::AuditLog;
 use crate::release::{self, ReleaseError};
 use crate::storage::{report, rfc3339_ms, Storage};
 
@@ -21,6 +28,9 @@ pub struct UpdatesApi {
     /// `cluster_updates.release_public_keys`.
     pub trusted: Vec<String>,
     pub events: tokio::sync::broadcast::Sender<ClusterEvent>,
+    /// Where publishes, refusals and update actions are recorded.
+    pub audit: Arc<AuditLog>,
+    pub engine: Arc<engine::Engine>,
 }
 
 fn refusal(e: &ReleaseError) -> ApiError {
@@ -119,6 +129,19 @@ impl plexi_api::Updates for UpdatesApi {
         let version = signed.manifest.version.clone();
         if let Err(e) = self.check(&signed).await {
             tracing::warn!(actor, %version, public_key = %signed.public_key, code = e.code, reason = %e.message, "release refused");
+            let detail = serde_json::json!({
+                "version": version,
+                "public_key": signed.public_key,
+                "code": e.code,
+                "reason": e.message,
+            });
+            if let Err(ae) = self
+                .audit
+                .append(actor, "release.refused", None, detail)
+                .await
+            {
+                tracing::error!(error = %ae, "release refusal not recorded in the audit log");
+            }
             return Err(e);
         }
         let v = semver::Version::parse(&version).expect("checked");
@@ -134,50 +157,65 @@ impl plexi_api::Updates for UpdatesApi {
             })
             .await?;
         tracing::info!(actor, %version, public_key = %signed.public_key, "release published");
+        let detail = serde_json::json!({
+            "version": version,
+            "public_key": signed.public_key,
+            "blake3": signed.manifest.blake3,
+        });
+        if let Err(e) = self
+            .audit
+            .append(actor, "release.publish", None, detail)
+            .await
+        {
+            // The release is stored already; failing the call would mislead.
+            tracing::error!(error = %e, "release publish not recorded in the audit log");
+        }
         Ok(self.view(&signed))
     }
 
-    // Placeholders while the update engine is being built (this commit
-    // only fixes the API's shape): every call answers 503.
-    async fn plan(&self, _: PlanRequest, _: &str) -> Result<UpdateOperation, ApiError> {
-        Err(building())
+    async fn plan(&self, req: PlanRequest, actor: &str) -> Result<UpdateOperation, ApiError> {
+        self.engine.api_plan(req, actor).await
     }
-    async fn execute(&self, _: &str, _: &str) -> Result<UpdateOperation, ApiError> {
-        Err(building())
+    async fn execute(&self, id: &str, actor: &str) -> Result<UpdateOperation, ApiError> {
+        self.engine.api_execute(id, actor).await
     }
-    async fn status(&self, _: &str) -> Result<UpdateOperation, ApiError> {
-        Err(building())
+    async fn status(&self, id: &str) -> Result<UpdateOperation, ApiError> {
+        self.engine.api_status(id)
     }
-    async fn rollback(&self, _: &str, _: &str) -> Result<UpdateOperation, ApiError> {
-        Err(building())
+    async fn rollback(&self, id: &str, actor: &str) -> Result<UpdateOperation, ApiError> {
+        self.engine.api_rollback(id, actor).await
     }
     async fn active(&self) -> Result<UpdateList, ApiError> {
-        Err(building())
+        Ok(self.engine.api_active())
     }
-    async fn history(&self, _: usize) -> Result<UpdateList, ApiError> {
-        Err(building())
+    async fn history(&self, limit: usize) -> Result<UpdateList, ApiError> {
+        Ok(self.engine.api_history(limit))
     }
     async fn maintenance(&self) -> Result<Maintenance, ApiError> {
-        Err(building())
+        Ok(self.engine.api_maintenance())
     }
     async fn set_maintenance(
         &self,
-        _: MaintenanceRequest,
-        _: &str,
+        req: MaintenanceRequest,
+        actor: &str,
     ) -> Result<Maintenance, ApiError> {
-        Err(building())
+        self.engine.api_set_maintenance(req, actor).await
     }
-    async fn audit(&self, _: usize) -> Result<AuditList, ApiError> {
-        Err(building())
+    async fn audit(&self, limit: usize) -> Result<AuditList, ApiError> {
+        let audit = self.audit.clone();
+        tokio::task::spawn_blocking(move || audit.list(limit))
+            .await
+            .map_err(|e| ApiError::unavailable("audit_unavailable", e.to_string()))?
+            .map_err(|e| ApiError::unavailable("audit_unavailable", e.to_string()))
     }
     fn events(&self) -> tokio::sync::broadcast::Receiver<ClusterEvent> {
         self.events.subscribe()
     }
     fn draining(&self) -> Option<u64> {
-        None
+        self.engine
+            .drain
+            .draining
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then_some(engine::RETRY_AFTER_S)
     }
-}
-
-fn building() -> ApiError {
-    ApiError::unavailable("not_built", "update operations are being built")
 }

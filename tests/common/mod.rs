@@ -125,7 +125,9 @@ impl TestNode {
         let info: Value = wait_for(Duration::from_secs(20), || {
             let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
             let file_pid = v["pid"].as_u64()? as u32;
-            (file_pid == pid && Some(file_pid) != old_pid).then_some(v)
+            // `plexi node` is the supervisor; node.json names its worker.
+            let ours = file_pid == pid || parent_pid(file_pid) == Some(pid);
+            (ours && Some(file_pid) != old_pid).then_some(v)
         })
         .unwrap_or_else(|| panic!("{} never wrote node.json\n{}", self.name, self.log_tail()));
         self.api = format!("http://{}", info["api_address"].as_str().unwrap());
@@ -148,11 +150,24 @@ impl TestNode {
         assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
     }
 
-    /// SIGKILL and reap.
+    /// The worker's pid (node.json), when it is the supervisor's child.
+    pub fn worker_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.join("data/node.json")).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        let pid = v["pid"].as_u64()? as u32;
+        (parent_pid(pid) == Some(self.pid())).then_some(pid)
+    }
+
+    /// SIGKILL and reap the supervisor; its worker dies with it (waited
+    /// for, bounded, so a restart never meets the old store lock).
     pub fn kill(&mut self) {
+        let worker = self.child.as_ref().and_then(|_| self.worker_pid());
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(w) = worker {
+            wait_for(Duration::from_secs(5), || (!process_alive(w)).then_some(()));
         }
     }
 
@@ -236,6 +251,25 @@ impl TestNode {
             .filter(|n| n["status"] == "alive")
             .count()
     }
+}
+
+/// The parent pid of `pid` (from /proc), if it is alive.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
 }
 
 impl Drop for TestNode {

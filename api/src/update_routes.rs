@@ -1,0 +1,384 @@
+//! The update endpoints: plans and operations, maintenance mode, the audit
+//! log and the server-sent event stream. Input is checked here (JSON shape,
+//! limits, identifiers); the node validates plans against the cluster.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::{Extension, Json};
+use futures::Stream;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::model::{
+    AuditList, ClusterEvent, Maintenance, MaintenanceRequest, PlanRequest, UpdateList,
+    UpdateOperation,
+};
+use crate::ApiState;
+
+/// `limit` of `GET .../updates/history`: default and largest accepted.
+pub const HISTORY_LIMIT: (usize, usize) = (10, 1000);
+/// `limit` of `GET .../audit`: default and largest accepted.
+pub const AUDIT_LIMIT: (usize, usize) = (100, 10_000);
+/// Longest accepted operation id (a uuid is 36).
+pub const MAX_OPERATION_ID_BYTES: usize = 64;
+/// Longest accepted maintenance reason.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Longest accepted maintenance timeout (30 days).
+pub const MAX_MAINTENANCE_TIMEOUT_SECONDS: u64 = 30 * 24 * 3600;
+/// Keep-alive comment period of the event stream.
+pub const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Query with an optional `limit`, parsed here so a bad value gets the JSON
+/// error shape.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct LimitQuery {
+    /// How many entries, newest first.
+    pub limit: Option<String>,
+}
+
+fn parse_limit(
+    q: Result<Query<LimitQuery>, QueryRejection>,
+    (default, max): (usize, usize),
+) -> Result<usize, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Some(raw) = q.limit else {
+        return Ok(default);
+    };
+    match raw.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit {raw:?} is not a whole number from 1 to {max}"),
+        )),
+    }
+}
+
+/// A JSON body, or the JSON error shape: 415 without a JSON content type,
+/// 413 past the body limit, 400 for anything else (syntax, wrong types,
+/// unknown fields).
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match body {
+        Ok(Json(v)) => Ok(v),
+        Err(JsonRejection::MissingJsonContentType(e)) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.body_text(),
+        )),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            e.body_text(),
+        )),
+        Err(e) => Err(ApiError::bad_request("invalid_body", e.body_text())),
+    }
+}
+
+fn operation_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) =
+        path.map_err(|e| ApiError::bad_request("invalid_operation_id", e.body_text()))?;
+    if id.is_empty()
+        || id.len() > MAX_OPERATION_ID_BYTES
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(ApiError::bad_request(
+            "invalid_operation_id",
+            format!(
+                "operation_id must be 1-{MAX_OPERATION_ID_BYTES} letters, digits or dashes (a uuid)"
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+fn actor(caller: Option<Extension<Caller>>) -> String {
+    caller.map(|Extension(c)| c.name).unwrap_or_default()
+}
+
+fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    let code = match field {
+        "update_type" => "invalid_update_type",
+        _ => "invalid_strategy",
+    };
+    Err(ApiError::bad_request(
+        code,
+        format!("{field} {value:?} is not one of {}", allowed.join(", ")),
+    ))
+}
+
+fn check_plan(req: &PlanRequest) -> Result<(), ApiError> {
+    let v = req.target_version.trim();
+    if v.is_empty() || v.len() > 64 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::bad_request(
+            "invalid_target_version",
+            "target_version must be a version such as 1.2.3",
+        ));
+    }
+    one_of(
+        "update_type",
+        &req.update_type,
+        &["upgrade", "downgrade", "reinstall"],
+    )?;
+    one_of(
+        "strategy",
+        &req.strategy,
+        &["rolling", "parallel", "canary"],
+    )?;
+    if let Some(bad) = req
+        .target_nodes
+        .iter()
+        .find(|n| n.is_empty() || n.len() > 128 || n.chars().any(|c| c.is_control()))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_target_nodes",
+            format!("{bad:?} is not a node name"),
+        ));
+    }
+    Ok(())
+}
+
+/// Plans an update: checks the release, the targets and compatibility, and
+/// stores the operation in the cluster with status `planned`. Breaking
+/// changes without `force`: 409 naming them.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clustering/updates/plan",
+    request_body = PlanRequest,
+    responses(
+        (status = 201, body = UpdateOperation),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "No such release or node"),
+        (status = 409, body = ErrorBody, description = "Breaking changes without force, or another operation is active"),
+    )
+)]
+pub(crate) async fn plan_update(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+    body: Result<Json<PlanRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<UpdateOperation>), ApiError> {
+    let req = json_body(body)?;
+    check_plan(&req)?;
+    let op = state.updates.plan(req, &actor(caller)).await?;
+    Ok((StatusCode::CREATED, Json(op)))
+}
+
+/// Starts a planned operation; follow it with the status endpoint or the
+/// event stream.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clustering/updates/{operation_id}/execute",
+    params(("operation_id" = String, Path)),
+    responses(
+        (status = 202, body = UpdateOperation),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Not planned, or maintenance mode is on"),
+    )
+)]
+pub(crate) async fn execute_update(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<UpdateOperation>), ApiError> {
+    let id = operation_id(path)?;
+    let op = state.updates.execute(&id, &actor(caller)).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)))
+}
+
+/// The operation as it stands: status, phase and progress of every node.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clustering/updates/{operation_id}/status",
+    params(("operation_id" = String, Path)),
+    responses((status = 200, body = UpdateOperation), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn update_status(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<UpdateOperation>, ApiError> {
+    let id = operation_id(path)?;
+    state.updates.status(&id).await.map(Json)
+}
+
+/// Rolls an operation back (running, failed or completed); repeating it is
+/// harmless.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clustering/updates/{operation_id}/rollback",
+    params(("operation_id" = String, Path)),
+    responses(
+        (status = 202, body = UpdateOperation),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    )
+)]
+pub(crate) async fn rollback_update(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<UpdateOperation>), ApiError> {
+    let id = operation_id(path)?;
+    let op = state.updates.rollback(&id, &actor(caller)).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)))
+}
+
+/// Operations that are planned, running or rolling back.
+#[utoipa::path(get, path = "/api/v1/clustering/updates/active", responses((status = 200, body = UpdateList)))]
+pub(crate) async fn active_updates(
+    State(state): State<ApiState>,
+) -> Result<Json<UpdateList>, ApiError> {
+    state.updates.active().await.map(Json)
+}
+
+/// Past and present operations, newest first (`limit` 1-1000, default 10).
+#[utoipa::path(
+    get,
+    path = "/api/v1/clustering/updates/history",
+    params(LimitQuery),
+    responses((status = 200, body = UpdateList), (status = 400, body = ErrorBody))
+)]
+pub(crate) async fn update_history(
+    State(state): State<ApiState>,
+    q: Result<Query<LimitQuery>, QueryRejection>,
+) -> Result<Json<UpdateList>, ApiError> {
+    let limit = parse_limit(q, HISTORY_LIMIT)?;
+    state.updates.history(limit).await.map(Json)
+}
+
+/// Whether the cluster is in maintenance mode, since when and until when.
+#[utoipa::path(get, path = "/api/v1/clustering/maintenance", responses((status = 200, body = Maintenance)))]
+pub(crate) async fn get_maintenance(
+    State(state): State<ApiState>,
+) -> Result<Json<Maintenance>, ApiError> {
+    state.updates.maintenance().await.map(Json)
+}
+
+/// Enters (`enabled: true`) or leaves maintenance mode. It ends by itself
+/// after `timeout_seconds` (default `maintenance_mode_timeout_seconds`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/clustering/maintenance",
+    request_body = MaintenanceRequest,
+    responses(
+        (status = 200, body = Maintenance),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    )
+)]
+pub(crate) async fn set_maintenance(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+    body: Result<Json<MaintenanceRequest>, JsonRejection>,
+) -> Result<Json<Maintenance>, ApiError> {
+    let req = json_body(body)?;
+    if let Some(t) = req.timeout_seconds {
+        if !(1..=MAX_MAINTENANCE_TIMEOUT_SECONDS).contains(&t) {
+            return Err(ApiError::bad_request(
+                "invalid_timeout",
+                format!("timeout_seconds must be from 1 to {MAX_MAINTENANCE_TIMEOUT_SECONDS}"),
+            ));
+        }
+    }
+    if let Some(r) = &req.reason {
+        if r.len() > MAX_REASON_BYTES || r.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(ApiError::bad_request(
+                "invalid_reason",
+                format!(
+                    "reason must be at most {MAX_REASON_BYTES} bytes without control characters"
+                ),
+            ));
+        }
+    }
+    state
+        .updates
+        .set_maintenance(req, &actor(caller))
+        .await
+        .map(Json)
+}
+
+/// The audit log of every change, newest first (`limit` 1-10000, default
+/// 100), and whether every hash chain this node holds verifies.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clustering/audit",
+    params(LimitQuery),
+    responses((status = 200, body = AuditList), (status = 400, body = ErrorBody))
+)]
+pub(crate) async fn audit(
+    State(state): State<ApiState>,
+    q: Result<Query<LimitQuery>, QueryRejection>,
+) -> Result<Json<AuditList>, ApiError> {
+    let limit = parse_limit(q, AUDIT_LIMIT)?;
+    state.updates.audit(limit).await.map(Json)
+}
+
+/// An SSE event name: the event's kind when it is a plain token, else `message`.
+fn event_name(kind: &str) -> &str {
+    let plain = !kind.is_empty()
+        && kind.len() <= 64
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if plain {
+        kind
+    } else {
+        "message"
+    }
+}
+
+/// The stream behind `GET /events`: a `connected` comment first (so the
+/// headers reach the client at once), then every cluster event. A receiver
+/// that fell behind gets an `event: lagged` notice with the number of events
+/// it missed and goes on; the stream ends only when the node stops sending.
+pub fn event_stream(
+    rx: tokio::sync::broadcast::Receiver<ClusterEvent>,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    let hello = futures::stream::once(async { Ok(Event::default().comment("connected")) });
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => match Event::default().event(event_name(&ev.kind)).json_data(&ev) {
+                    Ok(e) => return Some((Ok(e), rx)),
+                    Err(e) => tracing::warn!(error = %e, kind = %ev.kind, "unencodable event"),
+                },
+                Err(RecvError::Lagged(skipped)) => {
+                    let notice = Event::default()
+                        .event("lagged")
+                        .data(serde_json::json!({ "skipped": skipped }).to_string());
+                    return Some((Ok(notice), rx));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    futures::StreamExt::chain(hello, events)
+}
+
+/// Server-sent events: `event: <kind>` with the JSON of a ClusterEvent
+/// (update.progress, update.status, maintenance, audit, member, ...);
+/// `event: lagged` when this client fell behind and events were skipped.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    responses(
+        (status = 200, body = ClusterEvent, content_type = "text/event-stream", description = "One `event: <kind>` with the ClusterEvent as JSON data per event; keep-alive comments every 15 s"),
+        (status = 401, body = ErrorBody),
+    )
+)]
+pub(crate) async fn events(
+    State(state): State<ApiState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    Sse::new(event_stream(state.updates.events()))
+        .keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE))
+}

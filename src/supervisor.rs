@@ -1,0 +1,1009 @@
+//! The supervisor: what `plexi node` runs. It owns `DATA_DIR/releases/`
+//! (installed versions, the `current` symlink, and the switch protocol files)
+//! and one worker process (`releases/current/plexi worker ARGS`, which runs
+//! the node). It never opens sled and never talks to the network.
+//!
+//! - First start: installs its own binary as `releases/<VERSION>/plexi` and
+//!   points `current` (a relative symlink) at it. Later starts run whatever
+//!   `current` points at.
+//! - The worker dies with the supervisor (`PR_SET_PDEATHSIG`, SIGKILL), so
+//!   killing the supervisor, even with SIGKILL, leaves no orphan.
+//! - SIGTERM/SIGINT: SIGTERM to the worker, 15 s, SIGKILL; exit 0.
+//! - A worker that exits on its own is restarted with backoff (0.5 s doubling
+//!   to 30 s, reset after it ran 60 s).
+//! - A worker that exits with [`EXIT_SWITCH`] asks for a version switch
+//!   described by `releases/switch.json` ([`SwitchRequest`]): verify the
+//!   target's blake3, snapshot `store/` when asked, flip `current`, start the
+//!   target and wait for its `releases/ready.json` ([`Ready`]) within the
+//!   deadline; on failure stop it, flip back, restore the snapshot when asked,
+//!   and start the old version. The decision is `releases/switch-result.json`
+//!   ([`SwitchResult`]), written before `switch.json` is removed.
+//!
+//! The worker-side helpers ([`request_switch`], [`pending_switch`],
+//! [`take_switch_result`], [`write_ready`], [`install_release`], ...) are the
+//! only other code that touches `releases/`.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::config::{Config, ConfigError, Overrides};
+use crate::node::VERSION;
+
+/// Worker exit code meaning "switch to the version in `releases/switch.json`".
+pub const EXIT_SWITCH: i32 = 75;
+
+/// Environment variable set to `1` for a worker started by the supervisor.
+pub const SUPERVISED_ENV: &str = "PLEXI_SUPERVISED";
+
+const RELEASES: &str = "releases";
+const CURRENT: &str = "current";
+const BINARY: &str = "plexi";
+const SWITCH_FILE: &str = "switch.json";
+const RESULT_FILE: &str = "switch-result.json";
+const READY_FILE: &str = "ready.json";
+const BACKUPS: &str = "backups";
+
+/// Grace period for the worker when the supervisor itself is stopped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// Grace period for a failed switch target.
+const FAILED_TARGET_GRACE: Duration = Duration::from_secs(5);
+const RESTART_BASE: Duration = Duration::from_millis(500);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A worker that ran this long resets the restart backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+const READY_POLL: Duration = Duration::from_millis(100);
+/// Versions kept besides `current` and the one switched from.
+const EXTRA_RELEASES_KEPT: usize = 3;
+const BACKUPS_KEPT: usize = 3;
+
+/// Written by the worker before it exits with [`EXIT_SWITCH`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchRequest {
+    pub operation_id: String,
+    pub from_version: String,
+    pub to_version: String,
+    /// Hex blake3 of `releases/<to_version>/plexi`.
+    pub to_blake3: String,
+    /// How long the target has, from its start, to write `ready.json`.
+    pub deadline_seconds: u64,
+    /// Where `store/` is snapshotted before the switch (relative paths are
+    /// under the data dir); `backup_dir/store` holds the copy.
+    pub backup_dir: Option<PathBuf>,
+    pub restore_data_on_failure: bool,
+}
+
+/// The supervisor's decision on one [`SwitchRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchResult {
+    pub operation_id: String,
+    pub from_version: String,
+    pub to_version: String,
+    /// `"switched"` or `"rolled_back"`.
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub at_ms: u64,
+    /// The pid of the target worker, when it was started.
+    pub attempted_pid: Option<u32>,
+}
+
+pub const OUTCOME_SWITCHED: &str = "switched";
+pub const OUTCOME_ROLLED_BACK: &str = "rolled_back";
+
+/// Written by a worker once it serves (`releases/ready.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    pub pid: u32,
+    pub version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("configuration error: {0}")]
+    Config(#[from] ConfigError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SupervisorError {
+    let what = what.into();
+    move |source| SupervisorError::Io { what, source }
+}
+
+// ---------------------------------------------------------------------------
+// Worker-side helpers and file layout.
+
+pub fn releases_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(RELEASES)
+}
+
+/// `DATA_DIR/releases/<version>`.
+#[allow(dead_code)] // for the update engine
+pub fn release_dir(data_dir: &Path, version: impl std::fmt::Display) -> PathBuf {
+    releases_dir(data_dir).join(version.to_string())
+}
+
+/// True in a worker started by the supervisor.
+#[allow(dead_code)] // for the update engine
+pub fn supervised() -> bool {
+    std::env::var(SUPERVISED_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Asks the supervisor for a switch; the caller then exits with [`EXIT_SWITCH`].
+#[allow(dead_code)] // for the update engine
+pub fn request_switch(data_dir: &Path, req: &SwitchRequest) -> io::Result<()> {
+    let dir = releases_dir(data_dir);
+    fs::create_dir_all(&dir)?;
+    write_json_atomic(&dir.join(SWITCH_FILE), req)
+}
+
+/// The switch in progress, if any.
+pub fn pending_switch(data_dir: &Path) -> Option<SwitchRequest> {
+    read_json(&releases_dir(data_dir).join(SWITCH_FILE))
+}
+
+/// The supervisor's last decision, once final, reported once: the file is
+/// renamed to `switch-result.<at_ms>.json`.
+#[allow(dead_code)] // for the update engine
+pub fn take_switch_result(data_dir: &Path) -> Option<SwitchResult> {
+    let dir = releases_dir(data_dir);
+    let path = dir.join(RESULT_FILE);
+    let result: SwitchResult = read_json(&path)?;
+    // Not final while the supervisor still holds the request.
+    if pending_switch(data_dir).is_some_and(|p| p.operation_id == result.operation_id) {
+        return None;
+    }
+    let archived = dir.join(format!("switch-result.{}.json", result.at_ms));
+    fs::rename(&path, &archived).ok()?;
+    let _ = fsync_dir(&dir);
+    Some(result)
+}
+
+/// Tells the supervisor this process serves as `version`.
+pub fn write_ready(data_dir: &Path, version: &str) -> io::Result<()> {
+    let dir = releases_dir(data_dir);
+    fs::create_dir_all(&dir)?;
+    let ready = Ready {
+        pid: std::process::id(),
+        version: version.to_string(),
+    };
+    write_json_atomic(&dir.join(READY_FILE), &ready)
+}
+
+/// Versions with an installed binary, oldest first.
+#[allow(dead_code)] // for the update engine
+pub fn installed_versions(data_dir: &Path) -> Vec<semver::Version> {
+    let mut v: Vec<semver::Version> = version_dirs(&releases_dir(data_dir))
+        .into_iter()
+        .filter(|v| release_dir(data_dir, v).join(BINARY).is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Installs `bytes` as `releases/<version>/plexi` (tmp, fsync, 0755, rename,
+/// fsync dir) and returns its path.
+#[allow(dead_code)] // for the update engine
+pub fn install_release(data_dir: &Path, version: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    check_version(version)?;
+    let dir = release_dir(data_dir, version);
+    fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!(".{BINARY}.{}.tmp", std::process::id()));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    finish_install(&tmp, &dir)
+}
+
+/// The version `current` points at.
+pub fn current_version(data_dir: &Path) -> Option<String> {
+    let target = fs::read_link(releases_dir(data_dir).join(CURRENT)).ok()?;
+    target.to_str().map(str::to_string)
+}
+
+fn check_version(version: &str) -> io::Result<()> {
+    semver::Version::parse(version).map(|_| ()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("release version {version:?}: {e}"),
+        )
+    })
+}
+
+fn finish_install(tmp: &Path, dir: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(tmp, fs::Permissions::from_mode(0o755))?;
+    let dst = dir.join(BINARY);
+    fs::rename(tmp, &dst)?;
+    fsync_dir(dir)?;
+    Ok(dst)
+}
+
+fn version_dirs(releases: &Path) -> Vec<semver::Version> {
+    let Ok(entries) = fs::read_dir(releases) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| semver::Version::parse(e.file_name().to_str()?).ok())
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// tmp file + fsync + rename + fsync dir.
+fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let text = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fsync_dir(dir)
+}
+
+fn remove_file_synced(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => fsync_dir(path.parent().unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Points `releases/current` at `version` atomically (temp symlink renamed
+/// over it, dir fsynced).
+fn flip_current(releases: &Path, version: &str) -> io::Result<()> {
+    check_version(version)?;
+    let tmp = releases.join(format!(".{CURRENT}.{}.tmp", std::process::id()));
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::os::unix::fs::symlink(version, &tmp)?;
+    fs::rename(&tmp, releases.join(CURRENT))?;
+    fsync_dir(releases)
+}
+
+fn file_blake3(path: &Path) -> io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(File::open(path)?)?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// Recursive copy; files and directories are fsynced.
+fn copy_dir(src: &Path, dst: &Path) -> io::Result<()> {
+    fs::create_dir_all(dst)?;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &to)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
+        } else {
+            fs::copy(entry.path(), &to)?;
+            File::open(&to)?.sync_all()?;
+        }
+    }
+    fsync_dir(dst)
+}
+
+fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Copies `DATA_DIR/store` to `backup_dir/store` (through `store.partial`,
+/// so a complete snapshot is the only thing named `store`).
+fn snapshot_store(data_dir: &Path, backup_dir: &Path) -> io::Result<PathBuf> {
+    fs::create_dir_all(backup_dir)?;
+    let partial = backup_dir.join("store.partial");
+    let dst = backup_dir.join("store");
+    remove_dir_if_exists(&partial)?;
+    let store = data_dir.join("store");
+    if store.exists() {
+        copy_dir(&store, &partial)?;
+    } else {
+        fs::create_dir(&partial)?;
+    }
+    remove_dir_if_exists(&dst)?;
+    fs::rename(&partial, &dst)?;
+    fsync_dir(backup_dir)?;
+    Ok(dst)
+}
+
+/// Replaces `DATA_DIR/store` by a copy of `snapshot`.
+fn restore_store(data_dir: &Path, snapshot: &Path) -> io::Result<()> {
+    let store = data_dir.join("store");
+    let incoming = data_dir.join("store.restoring");
+    let replaced = data_dir.join("store.replaced");
+    remove_dir_if_exists(&incoming)?;
+    copy_dir(snapshot, &incoming)?;
+    remove_dir_if_exists(&replaced)?;
+    if store.exists() {
+        fs::rename(&store, &replaced)?;
+    }
+    fs::rename(&incoming, &store)?;
+    fsync_dir(data_dir)?;
+    remove_dir_if_exists(&replaced)
+}
+
+/// The versions to delete: all but `keep` and the `extra` newest others.
+fn releases_to_prune(
+    installed: &[semver::Version],
+    keep: &[&str],
+    extra: usize,
+) -> Vec<semver::Version> {
+    let mut others: Vec<semver::Version> = installed
+        .iter()
+        .filter(|v| !keep.contains(&v.to_string().as_str()))
+        .cloned()
+        .collect();
+    others.sort_by(|a, b| b.cmp(a));
+    others.into_iter().skip(extra).collect()
+}
+
+fn prune_releases(releases: &Path, keep: &[&str]) {
+    for v in releases_to_prune(&version_dirs(releases), keep, EXTRA_RELEASES_KEPT) {
+        let dir = releases.join(v.to_string());
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(version = %v, "old release removed"),
+            Err(e) => tracing::warn!(version = %v, error = %e, "cannot remove old release"),
+        }
+    }
+}
+
+/// Keeps the `BACKUPS_KEPT` most recent directories under `DATA_DIR/backups`
+/// (never `keep`).
+fn prune_backups(data_dir: &Path, keep: &Path) {
+    let dir = data_dir.join(BACKUPS);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    let mut dirs: Vec<(SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| {
+            let t = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(UNIX_EPOCH);
+            (t, e.path())
+        })
+        .collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
+    for (_, path) in dirs.into_iter().skip(BACKUPS_KEPT) {
+        if path == keep {
+            continue;
+        }
+        match fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "old backup removed"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove old backup")
+            }
+        }
+    }
+}
+
+/// Delay before the restart after `failures` unexpected exits in a row.
+fn restart_delay(failures: u32) -> Duration {
+    RESTART_BASE
+        .saturating_mul(1u32 << failures.min(16))
+        .min(RESTART_MAX)
+}
+
+fn describe_exit(status: &io::Result<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            _ => format!("exited ({s})"),
+        },
+        Err(e) => format!("could not be waited for ({e})"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The supervisor process.
+
+/// Runs `plexi node`: loads the config (for the data dir) and supervises the
+/// worker on a current-thread runtime on this thread, until SIGTERM/SIGINT.
+/// `worker_args` are passed to `plexi worker` unchanged.
+pub fn run(
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+    worker_args: Vec<OsString>,
+) -> Result<(), SupervisorError> {
+    let (config, _) = Config::load(config_path.as_deref(), &overrides)?;
+    let data_dir = config.node.data_dir;
+    // PR_SET_PDEATHSIG follows the thread that forks: every spawn happens
+    // here, on the main thread, which lives as long as the process.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err("cannot start the async runtime"))?;
+    runtime.block_on(async move {
+        let signals = Signals {
+            term: signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?,
+            int: signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?,
+        };
+        let mut sup = Supervisor {
+            releases: releases_dir(&data_dir),
+            data_dir,
+            worker_args,
+            signals,
+        };
+        sup.supervise().await
+    })
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+struct Worker {
+    child: tokio::process::Child,
+    pid: u32,
+    version: String,
+    started: Instant,
+}
+
+/// How a switch ended for the supervise loop.
+enum SwitchEnd {
+    /// The target serves; keep supervising it.
+    Running(Box<Worker>),
+    /// Start whatever `current` now points at.
+    StartCurrent,
+    /// No usable request: an unexpected exit.
+    NoRequest,
+    /// We were told to stop during the switch.
+    Shutdown,
+}
+
+struct Supervisor {
+    data_dir: PathBuf,
+    releases: PathBuf,
+    worker_args: Vec<OsString>,
+    signals: Signals,
+}
+
+impl Supervisor {
+    async fn supervise(&mut self) -> Result<(), SupervisorError> {
+        create_private_dir(&self.data_dir)
+            .map_err(io_err(format!("data dir {}", self.data_dir.display())))?;
+        self.ensure_installed()?;
+        self.recover_interrupted_switch().await;
+        let mut failures = 0u32;
+        let mut next: Option<Worker> = None;
+        loop {
+            let mut worker = match next.take() {
+                Some(w) => w,
+                None => match self.spawn_current() {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the worker");
+                        if self.pause(&mut failures).await {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                },
+            };
+            let status = tokio::select! {
+                s = worker.child.wait() => s,
+                sig = self.signals.recv() => {
+                    tracing::info!(signal = sig, pid = worker.pid, "stopping the worker");
+                    stop_worker(&mut worker, SHUTDOWN_GRACE).await;
+                    tracing::info!("supervisor exits");
+                    return Ok(());
+                }
+            };
+            let ran = worker.started.elapsed();
+            if ran >= HEALTHY_RUN {
+                failures = 0;
+            }
+            if matches!(&status, Ok(s) if s.code() == Some(EXIT_SWITCH)) {
+                tracing::info!(pid = worker.pid, version = %worker.version, "worker asks for a version switch");
+                match self.switch().await {
+                    SwitchEnd::Running(w) => {
+                        failures = 0;
+                        next = Some(*w);
+                        continue;
+                    }
+                    SwitchEnd::StartCurrent => continue,
+                    SwitchEnd::Shutdown => return Ok(()),
+                    SwitchEnd::NoRequest => {}
+                }
+            }
+            tracing::warn!(
+                pid = worker.pid,
+                version = %worker.version,
+                ran_ms = ran.as_millis() as u64,
+                "worker {}; restarting",
+                describe_exit(&status)
+            );
+            if self.pause(&mut failures).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits the backoff delay; true when a stop signal came meanwhile.
+    async fn pause(&mut self, failures: &mut u32) -> bool {
+        let delay = restart_delay(*failures);
+        *failures = failures.saturating_add(1);
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "worker restart backoff"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => false,
+            sig = self.signals.recv() => {
+                tracing::info!(signal = sig, "supervisor exits");
+                true
+            }
+        }
+    }
+
+    /// First start: installs our own binary and points `current` at it.
+    fn ensure_installed(&self) -> Result<(), SupervisorError> {
+        let current = self.releases.join(CURRENT);
+        if fs::symlink_metadata(&current).is_ok() {
+            return Ok(());
+        }
+        let exe = std::env::current_exe().map_err(io_err("cannot find our own binary"))?;
+        let dir = self.releases.join(VERSION);
+        fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let tmp = dir.join(format!(".{BINARY}.{}.tmp", std::process::id()));
+        let installed = fs::copy(&exe, &tmp)
+            .and_then(|_| File::open(&tmp)?.sync_all())
+            .and_then(|_| finish_install(&tmp, &dir))
+            .map_err(io_err(format!(
+                "install {} into {}",
+                exe.display(),
+                dir.display()
+            )))?;
+        flip_current(&self.releases, VERSION)
+            .map_err(io_err(format!("point {} at {VERSION}", current.display())))?;
+        tracing::info!(version = VERSION, path = %installed.display(), "installed our own binary as the current release");
+        Ok(())
+    }
+
+    fn spawn_current(&self) -> io::Result<Worker> {
+        let exe = self.releases.join(CURRENT).join(BINARY);
+        let version = current_version(&self.data_dir).unwrap_or_else(|| "?".into());
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("worker")
+            .args(&self.worker_args)
+            .env(SUPERVISED_ENV, "1")
+            .kill_on_drop(true);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                #[cfg(target_os = "linux")]
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                ) == -1
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                // The supervisor died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("spawn {}: {e}", exe.display())))?;
+        let pid = child.id().unwrap_or(0);
+        tracing::info!(pid, version = %version, "worker started");
+        Ok(Worker {
+            child,
+            pid,
+            version,
+            started: Instant::now(),
+        })
+    }
+
+    /// A `switch.json` at start means we died mid-switch: roll back, unless
+    /// the decision was already written.
+    async fn recover_interrupted_switch(&mut self) {
+        let path = self.releases.join(SWITCH_FILE);
+        if !path.exists() {
+            return;
+        }
+        let Some(req) = read_json::<SwitchRequest>(&path) else {
+            tracing::error!(path = %path.display(), "unreadable switch request removed");
+            let _ = remove_file_synced(&path);
+            return;
+        };
+        let decided = read_json::<SwitchResult>(&self.releases.join(RESULT_FILE))
+            .is_some_and(|r| r.operation_id == req.operation_id);
+        if decided {
+            let _ = remove_file_synced(&path);
+            return;
+        }
+        let snapshot = self
+            .backup_dir(&req)
+            .map(|b| b.join("store"))
+            .filter(|s| s.is_dir());
+        self.roll_back(
+            &req,
+            "supervisor restarted during the switch".into(),
+            None,
+            snapshot,
+        )
+        .await;
+    }
+
+    fn backup_dir(&self, req: &SwitchRequest) -> Option<PathBuf> {
+        req.backup_dir.as_ref().map(|b| self.data_dir.join(b))
+    }
+
+    /// Checks done before anything changes: versions, binaries, blake3.
+    async fn preflight(&self, req: &SwitchRequest) -> Result<(), String> {
+        for v in [&req.from_version, &req.to_version] {
+            check_version(v).map_err(|e| e.to_string())?;
+        }
+        let from_bin = self.releases.join(&req.from_version).join(BINARY);
+        if !from_bin.is_file() {
+            return Err(format!("release {} is not installed", req.from_version));
+        }
+        let to_bin = self.releases.join(&req.to_version).join(BINARY);
+        if !to_bin.is_file() {
+            return Err(format!("release {} is not installed", req.to_version));
+        }
+        let path = to_bin.clone();
+        let found = tokio::task::spawn_blocking(move || file_blake3(&path))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot hash {}: {e}", to_bin.display()))?;
+        if !found.eq_ignore_ascii_case(&req.to_blake3) {
+            return Err(format!(
+                "release {} blake3 mismatch: expected {}, found {found}",
+                req.to_version, req.to_blake3
+            ));
+        }
+        Ok(())
+    }
+
+    async fn switch(&mut self) -> SwitchEnd {
+        let Some(req) = read_json::<SwitchRequest>(&self.releases.join(SWITCH_FILE)) else {
+            tracing::error!("worker exited {EXIT_SWITCH} without a readable releases/switch.json");
+            return SwitchEnd::NoRequest;
+        };
+        let to = req.to_version.clone();
+        tracing::info!(op = %req.operation_id, from = %req.from_version, to = %to, "switching version");
+        if let Err(reason) = self.preflight(&req).await {
+            self.roll_back(&req, reason, None, None).await;
+            return SwitchEnd::StartCurrent;
+        }
+        let mut snapshot = None;
+        if let Some(backup_dir) = self.backup_dir(&req) {
+            let data_dir = self.data_dir.clone();
+            let b = backup_dir.clone();
+            let res = tokio::task::spawn_blocking(move || snapshot_store(&data_dir, &b))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+            match res {
+                Ok(s) => {
+                    tracing::info!(path = %s.display(), "store snapshotted");
+                    prune_backups(&self.data_dir, &backup_dir);
+                    snapshot = Some(s);
+                }
+                Err(e) => {
+                    let reason = format!("backup to {} failed: {e}", backup_dir.display());
+                    self.roll_back(&req, reason, None, None).await;
+                    return SwitchEnd::StartCurrent;
+                }
+            }
+        }
+        if let Err(e) = flip_current(&self.releases, &to) {
+            let reason = format!("cannot point current at {to}: {e}");
+            self.roll_back(&req, reason, None, snapshot).await;
+            return SwitchEnd::StartCurrent;
+        }
+        let mut worker = match self.spawn_current() {
+            Ok(w) => w,
+            Err(e) => {
+                let reason = format!("cannot start worker {to}: {e}");
+                self.roll_back(&req, reason, None, snapshot).await;
+                return SwitchEnd::StartCurrent;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(req.deadline_seconds);
+        let ready_path = self.releases.join(READY_FILE);
+        let mut poll = tokio::time::interval(READY_POLL);
+        let verdict: Result<(), String> = loop {
+            tokio::select! {
+                s = worker.child.wait() => {
+                    break Err(format!("worker {to} {} before becoming ready", describe_exit(&s)));
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    break Err(format!("worker {to} not ready within {} s", req.deadline_seconds));
+                }
+                sig = self.signals.recv() => {
+                    // switch.json stays: the next start rolls back.
+                    tracing::info!(signal = sig, pid = worker.pid, "stopping during a switch");
+                    stop_worker(&mut worker, SHUTDOWN_GRACE).await;
+                    return SwitchEnd::Shutdown;
+                }
+                _ = poll.tick() => {
+                    let ready = read_json::<Ready>(&ready_path);
+                    if ready.is_some_and(|r| r.pid == worker.pid && r.version == to) {
+                        break Ok(());
+                    }
+                }
+            }
+        };
+        match verdict {
+            Ok(()) => {
+                let result = SwitchResult {
+                    operation_id: req.operation_id.clone(),
+                    from_version: req.from_version.clone(),
+                    to_version: to.clone(),
+                    outcome: OUTCOME_SWITCHED.into(),
+                    reason: None,
+                    at_ms: now_ms(),
+                    attempted_pid: Some(worker.pid),
+                };
+                self.decide(&result);
+                prune_releases(&self.releases, &[&to, &req.from_version]);
+                tracing::info!(op = %req.operation_id, to = %to, pid = worker.pid, "switched");
+                SwitchEnd::Running(Box::new(worker))
+            }
+            Err(reason) => {
+                stop_worker(&mut worker, FAILED_TARGET_GRACE).await;
+                self.roll_back(&req, reason, Some(worker.pid), snapshot)
+                    .await;
+                SwitchEnd::StartCurrent
+            }
+        }
+    }
+
+    /// Flips `current` back to `from`, restores the snapshot when asked, and
+    /// records the decision. The caller starts the old worker.
+    async fn roll_back(
+        &self,
+        req: &SwitchRequest,
+        reason: String,
+        attempted_pid: Option<u32>,
+        snapshot: Option<PathBuf>,
+    ) {
+        tracing::warn!(op = %req.operation_id, from = %req.from_version, to = %req.to_version, %reason, "switch failed; rolling back");
+        let from_ok = check_version(&req.from_version).is_ok()
+            && self.releases.join(&req.from_version).join(BINARY).is_file();
+        if from_ok {
+            if let Err(e) = flip_current(&self.releases, &req.from_version) {
+                tracing::error!(error = %e, "cannot point current back at {}", req.from_version);
+            }
+        } else {
+            tracing::error!(
+                "release {} is not installed; current left as it is",
+                req.from_version
+            );
+        }
+        if let (true, Some(snapshot)) = (req.restore_data_on_failure, snapshot) {
+            let data_dir = self.data_dir.clone();
+            let s = snapshot.clone();
+            let res = tokio::task::spawn_blocking(move || restore_store(&data_dir, &s))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+            match res {
+                Ok(()) => tracing::info!(from = %snapshot.display(), "store restored"),
+                Err(e) => tracing::error!(error = %e, "cannot restore the store snapshot"),
+            }
+        }
+        let result = SwitchResult {
+            operation_id: req.operation_id.clone(),
+            from_version: req.from_version.clone(),
+            to_version: req.to_version.clone(),
+            outcome: OUTCOME_ROLLED_BACK.into(),
+            reason: Some(reason),
+            at_ms: now_ms(),
+            attempted_pid,
+        };
+        self.decide(&result);
+    }
+
+    /// Writes the result, then drops the request (that order: a result
+    /// naming the request's operation means it was decided).
+    fn decide(&self, result: &SwitchResult) {
+        let path = self.releases.join(RESULT_FILE);
+        if let Err(e) = write_json_atomic(&path, result) {
+            tracing::error!(error = %e, path = %path.display(), "cannot write the switch result");
+        }
+        if let Err(e) = remove_file_synced(&self.releases.join(SWITCH_FILE)) {
+            tracing::error!(error = %e, "cannot remove switch.json");
+        }
+    }
+}
+
+/// SIGTERM, `grace`, then SIGKILL; reaps the worker.
+async fn stop_worker(worker: &mut Worker, grace: Duration) {
+    if let Ok(Some(_)) = worker.child.try_wait() {
+        return;
+    }
+    if let Some(pid) = worker.child.id() {
+        // SAFETY: plain kill(2) on our own unreaped child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    match tokio::time::timeout(grace, worker.child.wait()).await {
+        Ok(status) => {
+            tracing::info!(pid = worker.pid, "worker {}", describe_exit(&status));
+        }
+        Err(_) => {
+            tracing::warn!(
+                pid = worker.pid,
+                grace_s = grace.as_secs(),
+                "worker ignored SIGTERM; SIGKILL"
+            );
+            let _ = worker.child.kill().await;
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> semver::Version {
+        semver::Version::parse(s).unwrap()
+    }
+
+    #[test]
+    fn restart_delay_doubles_and_caps() {
+        let d: Vec<u64> = (0..9)
+            .map(|f| restart_delay(f).as_millis() as u64)
+            .collect();
+        assert_eq!(d, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(restart_delay(u32::MAX), RESTART_MAX);
+    }
+
+    #[test]
+    fn prune_keeps_current_previous_and_three_newest_others() {
+        let installed: Vec<_> = [
+            "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "1.0.0",
+        ]
+        .iter()
+        .map(|s| v(s))
+        .collect();
+        let gone = releases_to_prune(&installed, &["1.0.0", "0.1.0"], 3);
+        assert_eq!(gone, vec![v("0.3.0"), v("0.2.0")]);
+        assert!(releases_to_prune(&installed[..3], &["0.1.0"], 3).is_empty());
+    }
+
+    #[test]
+    fn release_files_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert!(install_release(d, "../evil", b"x").is_err());
+        let p = install_release(d, "1.2.3", b"#!/bin/sh\n").unwrap();
+        assert_eq!(p, release_dir(d, "1.2.3").join("plexi"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        fs::create_dir_all(release_dir(d, "2.0.0")).unwrap(); // no binary
+        assert_eq!(installed_versions(d), vec![v("1.2.3")]);
+
+        flip_current(&releases_dir(d), "1.2.3").unwrap();
+        assert_eq!(current_version(d).as_deref(), Some("1.2.3"));
+        assert!(flip_current(&releases_dir(d), "not/a/version").is_err());
+
+        let req = SwitchRequest {
+            operation_id: "op1".into(),
+            from_version: "1.2.3".into(),
+            to_version: "1.3.0".into(),
+            to_blake3: "00".into(),
+            deadline_seconds: 5,
+            backup_dir: None,
+            restore_data_on_failure: false,
+        };
+        request_switch(d, &req).unwrap();
+        assert_eq!(pending_switch(d), Some(req.clone()));
+
+        let result = SwitchResult {
+            operation_id: "op1".into(),
+            from_version: "1.2.3".into(),
+            to_version: "1.3.0".into(),
+            outcome: OUTCOME_SWITCHED.into(),
+            reason: None,
+            at_ms: 42,
+            attempted_pid: Some(7),
+        };
+        write_json_atomic(&releases_dir(d).join(RESULT_FILE), &result).unwrap();
+        // Not final while the request is still there.
+        assert_eq!(take_switch_result(d), None);
+        remove_file_synced(&releases_dir(d).join(SWITCH_FILE)).unwrap();
+        assert_eq!(take_switch_result(d), Some(result));
+        assert_eq!(take_switch_result(d), None, "reported once");
+        assert!(releases_dir(d).join("switch-result.42.json").is_file());
+
+        write_ready(d, "1.3.0").unwrap();
+        let ready: Ready = read_json(&releases_dir(d).join(READY_FILE)).unwrap();
+        assert_eq!(ready.pid, std::process::id());
+    }
+
+    #[test]
+    fn snapshot_and_restore_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("store/sub")).unwrap();
+        fs::write(d.join("store/a"), "before").unwrap();
+        fs::write(d.join("store/sub/b"), "b").unwrap();
+        let snap = snapshot_store(d, &d.join("backups/op1")).unwrap();
+        assert_eq!(fs::read_to_string(snap.join("sub/b")).unwrap(), "b");
+        fs::write(d.join("store/a"), "after").unwrap();
+        fs::write(d.join("store/c"), "new").unwrap();
+        restore_store(d, &snap).unwrap();
+        assert_eq!(fs::read_to_string(d.join("store/a")).unwrap(), "before");
+        assert!(!d.join("store/c").exists());
+        assert!(!d.join("store.replaced").exists());
+        assert!(snap.join("a").is_file(), "the snapshot is kept");
+    }
+}

@@ -1,0 +1,722 @@
+//! The client side of cluster updates: `plexi update ...` (plan, execute,
+//! status, rollback, active, history), `plexi maintenance ...` and
+//! `plexi audit`. Every command talks to any node's REST API through
+//! [`ApiArgs`]; an API error prints its message and exits 1.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use plexi_api::model::{
+    AuditList, Maintenance, MaintenanceRequest, NodeList, PlanRequest, UpdateList, UpdateOperation,
+};
+use reqwest::Method;
+
+use crate::cli::{base_url, encode_segment, ApiArgs};
+
+const UPDATES: &str = "/api/v1/clustering/updates";
+/// Polling period of `--watch`.
+const WATCH_POLL: Duration = Duration::from_millis(500);
+/// How long `--watch` keeps retrying (rotating through the cluster's nodes)
+/// before it gives up: the node it talks to may itself be restarting.
+const WATCH_GIVE_UP: Duration = Duration::from_secs(180);
+/// How long `rollback --watch` waits for the operation to enter
+/// `rolling_back` when it was already failed or completed.
+const ROLLBACK_START_GRACE: Duration = Duration::from_secs(15);
+/// Operation statuses after which nothing changes by itself.
+pub const FINAL_STATUSES: [&str; 4] = ["completed", "failed", "rolled_back", "cancelled"];
+
+#[derive(Subcommand, Debug)]
+pub enum UpdateCmd {
+    /// Plan an update and print it (the operation id alone on the last line).
+    Plan(PlanArgs),
+    /// Start a planned operation.
+    Execute {
+        operation_id: String,
+        /// Follow the operation with a progress bar per node until it ends;
+        /// exit 0 only if it completed.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// An operation as it stands.
+    Status {
+        operation_id: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll an operation back (running, failed or completed).
+    Rollback {
+        operation_id: String,
+        /// Follow the rollback until it ends; exit 0 only if it rolled back.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Operations that are planned, running or rolling back.
+    Active {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Past and present operations, newest first.
+    History {
+        /// How many operations (1-1000).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// The release to run (published with `plexi release publish`).
+    #[arg(long = "version", value_name = "VERSION")]
+    pub target_version: String,
+    #[arg(long = "type", default_value = "upgrade", value_parser = ["upgrade", "downgrade", "reinstall"])]
+    pub update_type: String,
+    #[arg(long, default_value = "rolling", value_parser = ["rolling", "parallel", "canary"])]
+    pub strategy: String,
+    /// Comma-separated node names (default: every live node).
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Plan even across breaking changes.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaintenanceCmd {
+    /// Enter maintenance mode: no update operation starts until it ends.
+    On {
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Ends by itself after this long: seconds, or `10m`, `2h`
+        /// (default: maintenance_mode_timeout_seconds).
+        #[arg(long, value_parser = parse_timeout)]
+        timeout: Option<u64>,
+    },
+    /// Leave maintenance mode.
+    Off,
+    /// Whether maintenance mode is on.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// How many entries, newest first (1-10000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Seconds from `600` or a duration such as `10m`.
+fn parse_timeout(s: &str) -> Result<u64, String> {
+    let secs = match s.trim().parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{s:?} is neither seconds nor a duration like 10m: {e}"))?
+            .as_secs(),
+    };
+    if secs == 0 {
+        return Err("the timeout must be at least one second".into());
+    }
+    Ok(secs)
+}
+
+fn op_path(id: &str, action: &str) -> String {
+    format!("{UPDATES}/{}/{action}", encode_segment(id))
+}
+
+pub async fn update(api: &ApiArgs, cmd: &UpdateCmd) -> Result<()> {
+    match cmd {
+        UpdateCmd::Plan(a) => plan(api, a).await,
+        UpdateCmd::Execute {
+            operation_id,
+            watch,
+        } => {
+            let op: UpdateOperation = api
+                .call(Method::POST, &op_path(operation_id, "execute"), &[], None)
+                .await?;
+            if *watch {
+                follow(api, op, Goal::Complete).await
+            } else {
+                print_operation(&op);
+                println!(
+                    "follow it with: plexi update status {} (or execute --watch)",
+                    op.operation_id
+                );
+                Ok(())
+            }
+        }
+        UpdateCmd::Status { operation_id, json } => {
+            let op: UpdateOperation = api.get(&op_path(operation_id, "status")).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&op)?);
+            } else {
+                print_operation(&op);
+            }
+            Ok(())
+        }
+        UpdateCmd::Rollback {
+            operation_id,
+            watch,
+        } => {
+            let op: UpdateOperation = api
+                .call(Method::POST, &op_path(operation_id, "rollback"), &[], None)
+                .await?;
+            if *watch {
+                follow(api, op, Goal::RollBack).await
+            } else {
+                print_operation(&op);
+                Ok(())
+            }
+        }
+        UpdateCmd::Active { json } => {
+            let list: UpdateList = api.get(&format!("{UPDATES}/active")).await?;
+            print_list(&list, *json, "no active update operation")
+        }
+        UpdateCmd::History { limit, json } => {
+            let list: UpdateList = api
+                .call(
+                    Method::GET,
+                    &format!("{UPDATES}/history"),
+                    &[("limit", limit.to_string())],
+                    None,
+                )
+                .await?;
+            print_list(&list, *json, "no update operation yet")
+        }
+    }
+}
+
+async fn plan(api: &ApiArgs, a: &PlanArgs) -> Result<()> {
+    let req = PlanRequest {
+        target_version: a.target_version.clone(),
+        update_type: a.update_type.clone(),
+        strategy: a.strategy.clone(),
+        target_nodes: a
+            .nodes
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
+        force: a.force,
+    };
+    let op: UpdateOperation = api.post_json(&format!("{UPDATES}/plan"), &req).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&op)?);
+        return Ok(());
+    }
+    println!(
+        "planned {} of {} ({}, {}{})",
+        op.update_type,
+        op.target_version,
+        op.strategy,
+        plural(op.target_nodes.len(), "node"),
+        if op.force { ", forced" } else { "" }
+    );
+    for (i, batch) in op.batches.iter().enumerate() {
+        let from: Vec<String> = batch
+            .iter()
+            .map(|n| match op.node_statuses.get(n) {
+                Some(s) if !s.from_version.is_empty() => format!("{n} ({})", s.from_version),
+                _ => n.clone(),
+            })
+            .collect();
+        println!("  batch {:>2}: {}", i + 1, from.join(", "));
+    }
+    println!(
+        "estimated completion: {}",
+        op.estimated_completion.as_deref().unwrap_or("unknown")
+    );
+    if op.breaking_changes.is_empty() {
+        println!("breaking changes: none");
+    } else {
+        println!("breaking changes:");
+        for b in &op.breaking_changes {
+            println!("  - {b}");
+        }
+    }
+    for w in &op.warnings {
+        println!("warning: {w}");
+    }
+    println!(
+        "start it with: plexi update execute {} --watch",
+        op.operation_id
+    );
+    println!("{}", op.operation_id);
+    Ok(())
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn dash(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("-")
+}
+
+/// The operation and one line per node, in update order.
+pub fn print_operation(op: &UpdateOperation) {
+    println!(
+        "operation {}: {} ({:.0}%), phase {}",
+        op.operation_id, op.status, op.overall_progress, op.current_phase
+    );
+    println!(
+        "  {} of {} ({}), created {} by {}, started {}, completed {}",
+        op.update_type,
+        op.target_version,
+        op.strategy,
+        op.created_at,
+        op.created_by,
+        dash(&op.started_at),
+        dash(&op.completed_at)
+    );
+    if let Some(r) = &op.halted_reason {
+        println!("  halted: {r}");
+    }
+    for l in &op.leases {
+        println!(
+            "  lease slot {} held by {} (epoch {}, {} ms left)",
+            l.slot, l.holder, l.epoch, l.remaining_ms
+        );
+    }
+    println!(
+        "  {:<16} {:<12} {:<10} {:>5} {:<21} ERROR",
+        "NODE", "STATUS", "PHASE", "PROG", "VERSION"
+    );
+    for id in node_order(op) {
+        let Some(n) = op.node_statuses.get(&id) else {
+            continue;
+        };
+        println!(
+            "  {:<16} {:<12} {:<10} {:>4.0}% {:<21} {}",
+            n.node_id,
+            n.status,
+            n.current_phase,
+            n.progress_percentage,
+            format!("{} -> {}", n.from_version, n.to_version),
+            dash(&n.error_message)
+        );
+    }
+}
+
+/// Nodes in batch order, then any others the operation reports.
+fn node_order(op: &UpdateOperation) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in op.batches.iter().flatten().chain(op.node_statuses.keys()) {
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    out
+}
+
+fn print_list(list: &UpdateList, json: bool, empty: &str) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list)?);
+        return Ok(());
+    }
+    if list.operations.is_empty() {
+        println!("{empty}");
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:<12} {:<10} {:<9} {:<8} {:>5} {:>5} {:<24} BY",
+        "OPERATION", "STATUS", "VERSION", "TYPE", "STRATEGY", "NODES", "PROG", "CREATED"
+    );
+    for op in &list.operations {
+        println!(
+            "{:<36} {:<12} {:<10} {:<9} {:<8} {:>5} {:>4.0}% {:<24} {}",
+            op.operation_id,
+            op.status,
+            op.target_version,
+            op.update_type,
+            op.strategy,
+            op.target_nodes.len(),
+            op.overall_progress,
+            op.created_at,
+            op.created_by
+        );
+    }
+    Ok(())
+}
+
+/// What `--watch` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goal {
+    /// execute: success is `completed`.
+    Complete,
+    /// rollback: success is `rolled_back`.
+    RollBack,
+}
+
+/// Whether `--watch` stops at `status`, given whether the operation has been
+/// seen rolling back and how long ago the watch began.
+pub fn watch_done(goal: Goal, status: &str, seen_rolling_back: bool, waited: Duration) -> bool {
+    match goal {
+        Goal::Complete => FINAL_STATUSES.contains(&status),
+        // A rollback of a failed or completed operation starts from that
+        // status: it is final only once the rollback ran (or never started).
+        Goal::RollBack => match status {
+            "rolled_back" | "cancelled" => true,
+            "failed" | "completed" => seen_rolling_back || waited >= ROLLBACK_START_GRACE,
+            _ => false,
+        },
+    }
+}
+
+/// The API of every other node, to poll when the one given stops answering
+/// (it may be the node being updated).
+async fn alternates(api: &ApiArgs) -> Vec<ApiArgs> {
+    let given = base_url(&api.api);
+    let scheme = if given.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
+    let mut out = vec![api.clone()];
+    if let Ok(list) = api.get::<NodeList>("/api/v1/clustering/nodes").await {
+        for n in list.nodes {
+            let url = format!("{scheme}://{}", n.api_address);
+            if n.api_address.is_empty() || n.is_local || url == given {
+                continue;
+            }
+            out.push(ApiArgs {
+                api: url,
+                token: api.token.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos:>3}% {wide_msg}")
+        .expect("static template")
+        .progress_chars("=> ")
+}
+
+fn percent(p: f64) -> u64 {
+    if p.is_finite() {
+        p.clamp(0.0, 100.0).round() as u64
+    } else {
+        0
+    }
+}
+
+struct Bars {
+    mp: MultiProgress,
+    overall: ProgressBar,
+    nodes: BTreeMap<String, ProgressBar>,
+    /// Last (status, phase) seen per node, to log changes.
+    last: BTreeMap<String, (String, String)>,
+    last_op: String,
+}
+
+impl Bars {
+    fn new(op: &UpdateOperation) -> Bars {
+        let mp = MultiProgress::new();
+        let overall = mp.add(ProgressBar::new(100));
+        overall.set_style(bar_style());
+        overall.set_prefix(format!(
+            "{} {}",
+            op.operation_id.get(..8).unwrap_or(&op.operation_id),
+            op.target_version
+        ));
+        let mut bars = Bars {
+            mp,
+            overall,
+            nodes: BTreeMap::new(),
+            last: BTreeMap::new(),
+            last_op: String::new(),
+        };
+        bars.show(op, None);
+        bars
+    }
+
+    fn log(&self, line: String) {
+        if self.mp.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            let _ = self.mp.println(line);
+        }
+    }
+
+    fn show(&mut self, op: &UpdateOperation, trouble: Option<&str>) {
+        let op_state = format!("{} {}", op.status, op.current_phase);
+        if op_state != self.last_op {
+            self.log(format!("operation: {op_state}"));
+            self.last_op = op_state.clone();
+        }
+        self.overall.set_position(percent(op.overall_progress));
+        self.overall.set_message(match trouble {
+            Some(t) => format!("{op_state} ({t})"),
+            None => op_state,
+        });
+        for id in node_order(op) {
+            let Some(n) = op.node_statuses.get(&id) else {
+                continue;
+            };
+            let bar = self.nodes.entry(id.clone()).or_insert_with(|| {
+                let b = self.mp.add(ProgressBar::new(100));
+                b.set_style(bar_style());
+                b.set_prefix(id.clone());
+                b
+            });
+            bar.set_position(percent(n.progress_percentage));
+            let mut msg = format!("{} {}", n.status, n.current_phase);
+            if let Some(e) = &n.error_message {
+                msg.push_str(&format!(": {e}"));
+            }
+            bar.set_message(msg);
+            let now = (n.status.clone(), n.current_phase.clone());
+            if self.last.get(&id) != Some(&now) {
+                self.log(format!("{id}: {} ({})", now.0, now.1));
+                self.last.insert(id, now);
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.overall.finish();
+        for b in self.nodes.values() {
+            b.finish();
+        }
+    }
+}
+
+/// Follows an operation until `watch_done`, rotating through the cluster's
+/// nodes when polls fail; prints the end state; an error unless the goal
+/// was reached.
+async fn follow(api: &ApiArgs, start: UpdateOperation, goal: Goal) -> Result<()> {
+    let apis = alternates(api).await;
+    let mut at = 0;
+    let path = op_path(&start.operation_id, "status");
+    let began = Instant::now();
+    let mut seen_rolling_back = start.status == "rolling_back";
+    let mut bars = Bars::new(&start);
+    let mut op = start;
+    let mut failing_since: Option<Instant> = None;
+    while !watch_done(goal, &op.status, seen_rolling_back, began.elapsed()) {
+        tokio::time::sleep(WATCH_POLL).await;
+        match apis[at].get::<UpdateOperation>(&path).await {
+            Ok(o) => {
+                failing_since = None;
+                seen_rolling_back |= o.status == "rolling_back";
+                op = o;
+                bars.show(&op, None);
+            }
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= WATCH_GIVE_UP {
+                    bars.finish();
+                    return Err(e).context(format!(
+                        "operation {} could not be followed for {} s (no node answered); \
+                         it goes on in the cluster: plexi update status {}",
+                        op.operation_id,
+                        WATCH_GIVE_UP.as_secs(),
+                        op.operation_id
+                    ));
+                }
+                let trouble = format!("{} did not answer, retrying: {e:#}", apis[at].api);
+                at = (at + 1) % apis.len();
+                bars.show(&op, Some(&trouble));
+            }
+        }
+    }
+    bars.finish();
+    print_operation(&op);
+    let wanted = match goal {
+        Goal::Complete => "completed",
+        Goal::RollBack => "rolled_back",
+    };
+    if op.status == wanted {
+        return Ok(());
+    }
+    let errors: Vec<String> = node_order(&op)
+        .iter()
+        .filter_map(|id| {
+            let n = op.node_statuses.get(id)?;
+            Some(format!("{id}: {}", n.error_message.as_deref()?))
+        })
+        .collect();
+    bail!(
+        "operation {} ended {}{}{}",
+        op.operation_id,
+        op.status,
+        op.halted_reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default(),
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", errors.join("; "))
+        }
+    )
+}
+
+pub async fn maintenance(api: &ApiArgs, cmd: &MaintenanceCmd) -> Result<()> {
+    const PATH: &str = "/api/v1/clustering/maintenance";
+    let (m, json): (Maintenance, bool) = match cmd {
+        MaintenanceCmd::On { reason, timeout } => {
+            let req = MaintenanceRequest {
+                enabled: true,
+                reason: reason.clone(),
+                timeout_seconds: *timeout,
+            };
+            (api.post_json(PATH, &req).await?, false)
+        }
+        MaintenanceCmd::Off => {
+            let req = MaintenanceRequest {
+                enabled: false,
+                reason: None,
+                timeout_seconds: None,
+            };
+            (api.post_json(PATH, &req).await?, false)
+        }
+        MaintenanceCmd::Status { json } => (api.get(PATH).await?, *json),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(());
+    }
+    if m.enabled {
+        println!(
+            "maintenance mode ON since {} by {}, ends {}{}",
+            dash(&m.started_at),
+            if m.set_by.is_empty() { "-" } else { &m.set_by },
+            dash(&m.expires_at),
+            if m.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", m.reason)
+            }
+        );
+    } else {
+        println!("maintenance mode off");
+    }
+    Ok(())
+}
+
+/// One line of JSON, cut to `max` characters.
+fn short_json(v: &serde_json::Value, max: usize) -> String {
+    if v.is_null() || v.as_object().is_some_and(|o| o.is_empty()) {
+        return String::new();
+    }
+    let s = v.to_string();
+    if s.chars().count() <= max {
+        s
+    } else {
+        let cut: String = s.chars().take(max.saturating_sub(3)).collect();
+        format!("{cut}...")
+    }
+}
+
+pub async fn audit(api: &ApiArgs, a: &AuditArgs) -> Result<()> {
+    let list: AuditList = api
+        .call(
+            Method::GET,
+            "/api/v1/clustering/audit",
+            &[("limit", a.limit.to_string())],
+            None,
+        )
+        .await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<14} {:<16} {:<20} {:<36} DETAIL",
+        "AT", "NODE", "ACTOR", "ACTION", "OPERATION"
+    );
+    for e in &list.entries {
+        println!(
+            "{:<24} {:<14} {:<16} {:<20} {:<36} {}",
+            e.at,
+            e.node_id,
+            e.actor,
+            e.action,
+            dash(&e.operation_id),
+            short_json(&e.detail, 60)
+        );
+    }
+    if list.chains_verified {
+        let n = list.entries.len();
+        println!(
+            "{n} {}; hash chains verified",
+            if n == 1 { "entry" } else { "entries" }
+        );
+    } else {
+        eprintln!("WARNING: an audit hash chain on this node does not verify: the log may have been altered");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_in_seconds_or_durations() {
+        assert_eq!(parse_timeout("600"), Ok(600));
+        assert_eq!(parse_timeout("10m"), Ok(600));
+        assert_eq!(parse_timeout("1h 30m"), Ok(5400));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("soon").is_err());
+    }
+
+    #[test]
+    fn watch_stops_at_final_statuses() {
+        let t0 = Duration::ZERO;
+        for s in ["planned", "running", "rolling_back"] {
+            assert!(!watch_done(Goal::Complete, s, false, t0), "{s}");
+        }
+        for s in FINAL_STATUSES {
+            assert!(watch_done(Goal::Complete, s, false, t0), "{s}");
+        }
+        // A rollback of a failed operation is not over before it ran...
+        assert!(!watch_done(Goal::RollBack, "failed", false, t0));
+        assert!(!watch_done(Goal::RollBack, "completed", false, t0));
+        assert!(!watch_done(Goal::RollBack, "rolling_back", true, t0));
+        // ...but is once it did, or when it never started.
+        assert!(watch_done(Goal::RollBack, "failed", true, t0));
+        assert!(watch_done(
+            Goal::RollBack,
+            "completed",
+            false,
+            ROLLBACK_START_GRACE
+        ));
+        assert!(watch_done(Goal::RollBack, "rolled_back", false, t0));
+    }
+
+    #[test]
+    fn entries_pluralise_and_json_is_cut() {
+        assert_eq!(plural(1, "node"), "1 node");
+        assert_eq!(plural(3, "node"), "3 nodes");
+        let v = serde_json::json!({"k": "x".repeat(100)});
+        let s = short_json(&v, 20);
+        assert_eq!(s.chars().count(), 20);
+        assert!(s.ends_with("..."));
+        assert_eq!(short_json(&serde_json::Value::Null, 20), "");
+    }
+}

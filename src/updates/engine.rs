@@ -1,0 +1,1077 @@
+//! The per-node update engine: every node watches the replicated update
+//! state and does its own part when the plan says it is its turn. There is
+//! no coordinator: a node updates itself (lease → pre-check → drain →
+//! backup → fetch and verify → install → restart through the supervisor →
+//! post-check → release), rolls itself back when the operation rolls back,
+//! and any node declares a dead lease holder failed, which halts the
+//! operation.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use plexi_api::InFlight;
+use plexi_p2p::{MemberStatus, P2pHandle};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use super::leases::{self, Granter};
+use super::ops::{phase_progress, LeaseHold, Mark, OpRecord, OpSettings};
+use super::state::{self, UpdateState};
+use crate::audit::AuditLog;
+use crate::release;
+use crate::storage::{wall_ms, Storage};
+use crate::supervisor::{self, SwitchRequest};
+
+/// Retry-After for data requests while this node is drained.
+pub const RETRY_AFTER_S: u64 = 2;
+/// Bound on waiting for in-flight requests to finish when draining.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+const TICK: Duration = Duration::from_millis(500);
+/// A lease holder silent past its lease by this much is declared failed.
+const HOLDER_GRACE_MS: u64 = 3_000;
+/// Objects read back by the post-update check.
+const POST_CHECK_SAMPLE: usize = 20;
+/// Objects the pre-check examines (the census bound).
+const PRE_CHECK_MAX_OBJECTS: usize = 100_000;
+
+/// Live (not deleted) objects this node holds, with their factor.
+fn live_objects(s: &Storage, limit: usize) -> Result<Vec<(String, usize)>, String> {
+    use plexi_store::objects::ObjectStore;
+    Ok(s.engine()
+        .census(limit)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|m| !m.tombstone)
+        .map(|m| (m.data_id, m.replication_factor as usize))
+        .collect())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: String,
+}
+
+#[derive(Clone)]
+pub struct UpdateMetrics {
+    outcomes: Family<OutcomeLabels, Counter>,
+    rollbacks: Family<CauseLabels, Counter>,
+    durations: Histogram,
+}
+
+impl UpdateMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "plexi_update_node_updates",
+            "This node's parts of update operations, by outcome (completed, failed, rolled_back)",
+            outcomes.clone(),
+        );
+        let rollbacks = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "plexi_update_rollbacks",
+            "Rollbacks of operations this node saw start, by cause (requested, failure)",
+            rollbacks.clone(),
+        );
+        let durations = Histogram::new(
+            [5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0].into_iter(),
+        );
+        registry.register(
+            "plexi_update_node_duration_seconds",
+            "Seconds from lease to post-check for this node's completed updates",
+            durations.clone(),
+        );
+        UpdateMetrics {
+            outcomes,
+            rollbacks,
+            durations,
+        }
+    }
+
+    fn outcome(&self, o: &str) {
+        self.outcomes
+            .get_or_create(&OutcomeLabels { outcome: o.into() })
+            .inc();
+    }
+}
+
+/// Whether this node is drained, and what is still being served.
+#[derive(Default)]
+pub struct Drain {
+    pub draining: AtomicBool,
+    pub in_flight: InFlight,
+}
+
+pub type HealthFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+pub struct Engine {
+    pub node_id: String,
+    pub version: semver::Version,
+    pub data_dir: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub api_address: String,
+    pub p2p: P2pHandle,
+    pub storage: Arc<Storage>,
+    pub granter: Arc<Granter>,
+    pub state: Arc<UpdateState>,
+    pub audit: Arc<AuditLog>,
+    pub trusted: Vec<String>,
+    pub settings: OpSettings,
+    pub drain: Arc<Drain>,
+    /// Set to ask the node to exit with this code.
+    pub exit: watch::Sender<Option<i32>>,
+    pub health: HealthFn,
+    pub metrics: UpdateMetrics,
+    busy: AtomicBool,
+    actor: String,
+}
+
+#[derive(Debug)]
+struct StepError(String);
+
+impl<E: std::fmt::Display> From<E> for StepError {
+    fn from(e: E) -> Self {
+        StepError(e.to_string())
+    }
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node_id: String,
+        version: semver::Version,
+        data_dir: PathBuf,
+        config_file: Option<PathBuf>,
+        api_address: String,
+        p2p: P2pHandle,
+        storage: Arc<Storage>,
+        granter: Arc<Granter>,
+        state: Arc<UpdateState>,
+        audit: Arc<AuditLog>,
+        trusted: Vec<String>,
+        settings: OpSettings,
+        drain: Arc<Drain>,
+        exit: watch::Sender<Option<i32>>,
+        health: HealthFn,
+        metrics: UpdateMetrics,
+    ) -> Arc<Self> {
+        let actor = format!("node:{node_id}");
+        Arc::new(Engine {
+            node_id,
+            version,
+            data_dir,
+            config_file,
+            api_address,
+            p2p,
+            storage,
+            granter,
+            state,
+            audit,
+            trusted,
+            settings,
+            drain,
+            exit,
+            health,
+            metrics,
+            busy: AtomicBool::new(false),
+            actor,
+        })
+    }
+
+    pub fn metrics_rollback_requested(&self) {
+        self.metrics
+            .rollbacks
+            .get_or_create(&CauseLabels {
+                cause: "requested".into(),
+            })
+            .inc();
+    }
+
+    pub async fn audit(&self, action: &str, op: Option<&str>, detail: serde_json::Value) {
+        self.audit_as(&self.actor.clone(), action, op, detail).await
+    }
+
+    pub async fn audit_as(
+        &self,
+        actor: &str,
+        action: &str,
+        op: Option<&str>,
+        detail: serde_json::Value,
+    ) {
+        if let Err(e) = self.audit.append(actor, action, op, detail).await {
+            tracing::error!(action, error = %e, "cannot append to the audit log");
+        }
+    }
+
+    /// Publishes operation `id` to every alive member.
+    pub async fn push(&self, id: &str) -> usize {
+        state::push(&self.state, &self.p2p, Some(id)).await
+    }
+
+    /// Changes this node's own progress in operation `id` and spreads it.
+    async fn progress(&self, id: &str, f: impl FnOnce(&mut super::ops::NodeProgress)) {
+        let me = self.node_id.clone();
+        self.state.update(id, |r| {
+            if let Some(p) = r.nodes.get_mut(&me) {
+                let before = (p.phase.clone(), p.status.clone());
+                f(p);
+                p.seq += 1;
+                if p.status == "updating" || p.status == "rolling_back" {
+                    p.progress = phase_progress(&p.phase);
+                }
+                if (p.phase.clone(), p.status.clone()) != before {
+                    tracing::info!(operation_id = %r.plan.operation_id, status = %p.status, phase = %p.phase, "update progress");
+                }
+            }
+        });
+        self.push(id).await;
+    }
+
+    async fn enter_phase(&self, id: &str, phase: &str, since: &mut Instant) {
+        let elapsed = since.elapsed().as_millis() as u64;
+        *since = Instant::now();
+        let phase = phase.to_string();
+        self.progress(id, |p| {
+            let prev = p.phase.clone();
+            *p.phase_ms.entry(prev).or_default() += elapsed;
+            p.phase = phase;
+        })
+        .await;
+    }
+
+    /// Starts the engine loop.
+    pub fn spawn(self: &Arc<Self>) {
+        let e = self.clone();
+        tokio::spawn(async move {
+            e.resume_after_restart().await;
+            loop {
+                tokio::select! {
+                    _ = e.state.changed.notified() => {}
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+                e.tick().await;
+            }
+        });
+        let e = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let g = e.granter.clone();
+                let expired = tokio::task::spawn_blocking(move || g.expire())
+                    .await
+                    .unwrap_or_default();
+                for x in expired {
+                    tracing::warn!(slot = x.slot, holder = %x.holder, epoch = x.epoch, "update lease expired");
+                    e.audit(
+                        "lease.expire",
+                        Some(&x.operation_id).filter(|s| !s.is_empty()).map(|s| s.as_str()),
+                        serde_json::json!({"slot": x.slot, "holder": x.holder, "epoch": x.epoch}),
+                    )
+                    .await;
+                }
+            }
+        });
+    }
+
+    async fn tick(self: &Arc<Self>) {
+        let now = wall_ms();
+        for rec in self.state.all() {
+            if rec.is_final(now) {
+                self.leave_maintenance_if_ours(&rec).await;
+                continue;
+            }
+            self.watch_holders(&rec, now).await;
+            self.watch_maintenance(&rec, now).await;
+            let me = &self.node_id;
+            if !rec.plan.target_nodes.contains(me) {
+                continue;
+            }
+            let mine = rec.nodes.get(me).cloned();
+            let id = rec.plan.operation_id.clone();
+            if rec.rolling_back() {
+                if rec.rollback_turn(me) {
+                    self.run_exclusive(id.clone(), true);
+                } else if !rec.needs_rollback(me)
+                    && mine.as_ref().is_some_and(|p| {
+                        matches!(p.status.as_str(), "updating" | "failed" | "completed")
+                    })
+                    && !self.busy.load(Ordering::SeqCst)
+                {
+                    // Never switched (or already back): nothing to undo.
+                    self.progress(&id, |p| {
+                        p.status = "rolled_back".into();
+                        p.completed_at_ms = Some(wall_ms());
+                        p.lease = None;
+                    })
+                    .await;
+                    self.metrics.outcome("rolled_back");
+                }
+            } else if rec.update_turn(me, now)
+                && mine.as_ref().is_some_and(|p| p.status == "pending")
+            {
+                self.run_exclusive(id, false);
+            }
+        }
+    }
+
+    fn run_exclusive(self: &Arc<Self>, id: String, rollback: bool) {
+        if self.busy.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let e = self.clone();
+        tokio::spawn(async move {
+            let res = if rollback {
+                e.rollback_node(&id).await
+            } else {
+                e.update_node(&id).await
+            };
+            if let Err(err) = res {
+                e.fail(&id, &err.0).await;
+            }
+            e.busy.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Records this node's failure, halts the operation, releases the lease.
+    async fn fail(&self, id: &str, reason: &str) {
+        tracing::error!(operation_id = id, reason, "update of this node failed");
+        self.drain.draining.store(false, Ordering::SeqCst);
+        let lease = self
+            .state
+            .get(id)
+            .and_then(|r| r.nodes.get(&self.node_id).and_then(|p| p.lease.clone()));
+        let me = self.node_id.clone();
+        let reason_s = reason.to_string();
+        self.state.update(id, |r| {
+            if let Some(p) = r.nodes.get_mut(&me) {
+                p.seq += 1;
+                p.status = "failed".into();
+                p.error = Some(reason_s.clone());
+                p.lease = None;
+                p.out_of_service_since_ms = None;
+                p.completed_at_ms = Some(wall_ms());
+            }
+            if r.halted.is_none() {
+                r.halted = Some(Mark {
+                    at_ms: wall_ms(),
+                    by: me.clone(),
+                    reason: format!("{me}: {reason_s}"),
+                });
+            }
+        });
+        self.push(id).await;
+        self.metrics.outcome("failed");
+        if self.state.get(id).is_some_and(|r| r.plan.settings.auto_rollback) {
+            self.metrics
+                .rollbacks
+                .get_or_create(&CauseLabels {
+                    cause: "failure".into(),
+                })
+                .inc();
+        }
+        self.audit(
+            "update.node_failed",
+            Some(id),
+            serde_json::json!({"node_id": self.node_id, "reason": reason}),
+        )
+        .await;
+        if let Some(l) = lease {
+            self.release_lease(id, &l).await;
+        }
+    }
+
+    async fn release_lease(&self, id: &str, l: &LeaseHold) {
+        leases::release(&self.p2p, &self.granter, &self.node_id, l.slot, l.epoch).await;
+        self.audit(
+            "lease.release",
+            Some(id),
+            serde_json::json!({"slot": l.slot, "epoch": l.epoch, "holder": self.node_id}),
+        )
+        .await;
+    }
+
+    fn lease_ttl(&self, rec: &OpRecord) -> Duration {
+        // Covers a restart plus the post-update check.
+        Duration::from_secs(rec.plan.settings.health_timeout_s + 30)
+    }
+
+    /// Takes a free slot from a strict majority; waits (never proceeds)
+    /// while there is no majority. Returns None if the operation stopped.
+    async fn take_lease(&self, id: &str) -> Option<LeaseHold> {
+        let mut warned = false;
+        loop {
+            let rec = self.state.get(id)?;
+            let wanted = rec.nodes.get(&self.node_id)?.status.clone();
+            let stopped = if wanted == "rolling_back" {
+                !rec.rolling_back()
+            } else {
+                rec.halted.is_some() || rec.rolling_back()
+            };
+            if stopped {
+                return None;
+            }
+            let epoch = wall_ms();
+            for slot in 0..rec.slots() {
+                match leases::acquire(
+                    &self.p2p,
+                    &self.granter,
+                    &self.node_id,
+                    slot,
+                    epoch,
+                    self.lease_ttl(&rec),
+                    id,
+                )
+                .await
+                {
+                    Ok(hold) => {
+                        self.audit(
+                            "lease.grant",
+                            Some(id),
+                            serde_json::json!({"slot": slot, "epoch": epoch, "holder": self.node_id}),
+                        )
+                        .await;
+                        return Some(hold);
+                    }
+                    Err(e) => {
+                        if !warned {
+                            tracing::info!(operation_id = id, error = %e, "waiting for an update lease");
+                            warned = true;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Renews the lease before a destructive step.
+    async fn renew(&self, id: &str) -> Result<(), StepError> {
+        let rec = self.state.get(id).ok_or(StepError("operation vanished".into()))?;
+        let l = rec
+            .nodes
+            .get(&self.node_id)
+            .and_then(|p| p.lease.clone())
+            .ok_or(StepError("no lease held".into()))?;
+        let hold = leases::acquire(
+            &self.p2p,
+            &self.granter,
+            &self.node_id,
+            l.slot,
+            l.epoch,
+            self.lease_ttl(&rec),
+            id,
+        )
+        .await
+        .map_err(|e| StepError(format!("lease renewal failed: {e}")))?;
+        self.progress(id, |p| p.lease = Some(hold)).await;
+        Ok(())
+    }
+
+    fn halted(&self, id: &str) -> bool {
+        self.state
+            .get(id)
+            .is_none_or(|r| r.halted.is_some() || r.rolling_back())
+    }
+
+    async fn update_node(self: &Arc<Self>, id: &str) -> Result<(), StepError> {
+        let rec = self.state.get(id).ok_or(StepError("operation vanished".into()))?;
+        let plan = rec.plan.clone();
+        let mut since = Instant::now();
+        self.progress(id, |p| {
+            p.status = "updating".into();
+            p.phase = "lease".into();
+            p.started_at_ms = Some(wall_ms());
+            p.error = None;
+        })
+        .await;
+        let Some(hold) = self.take_lease(id).await else {
+            self.progress(id, |p| {
+                p.status = "pending".into();
+                p.phase = "waiting".into();
+            })
+            .await;
+            return Ok(());
+        };
+        self.progress(id, |p| p.lease = Some(hold)).await;
+
+        self.enter_phase(id, "pre_check", &mut since).await;
+        self.pre_check().await?;
+        if self.halted(id) {
+            return Err(StepError("operation halted before this node's update".into()));
+        }
+
+        self.enter_phase(id, "drain", &mut since).await;
+        self.renew(id).await?;
+        self.start_drain(id).await;
+
+        self.enter_phase(id, "backup", &mut since).await;
+        let backup_dir = if plan.settings.backup {
+            Some(self.backup(id)?)
+        } else {
+            None
+        };
+
+        self.enter_phase(id, "fetch", &mut since).await;
+        let target: semver::Version = plan.target_version.parse()?;
+        let bytes = match self.fetch_verified(&target, &plan.target_blake3).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.audit(
+                    "release.refused",
+                    Some(id),
+                    serde_json::json!({"version": target.to_string(), "reason": e.0}),
+                )
+                .await;
+                return Err(e);
+            }
+        };
+
+        self.enter_phase(id, "install", &mut since).await;
+        let data_dir = self.data_dir.clone();
+        let v = target.to_string();
+        tokio::task::spawn_blocking(move || supervisor::install_release(&data_dir, &v, &bytes))
+            .await
+            .map_err(|e| StepError(e.to_string()))??;
+
+        self.renew(id).await?;
+        if self.halted(id) {
+            return Err(StepError("operation halted before the restart".into()));
+        }
+        self.enter_phase(id, "restart", &mut since).await;
+        self.progress(id, |p| {
+            p.on_target = true;
+            p.rollback_available = true;
+        })
+        .await;
+        self.switch(SwitchRequest {
+            operation_id: id.into(),
+            from_version: self.version.to_string(),
+            to_version: target.to_string(),
+            to_blake3: plan.target_blake3.clone(),
+            deadline_seconds: plan.settings.health_timeout_s,
+            backup_dir,
+            restore_data_on_failure: false,
+        })
+        .await
+    }
+
+    async fn rollback_node(self: &Arc<Self>, id: &str) -> Result<(), StepError> {
+        let rec = self.state.get(id).ok_or(StepError("operation vanished".into()))?;
+        let mine = rec
+            .nodes
+            .get(&self.node_id)
+            .cloned()
+            .ok_or(StepError("not a target".into()))?;
+        let mut since = Instant::now();
+        self.progress(id, |p| {
+            p.status = "rolling_back".into();
+            p.phase = "lease".into();
+        })
+        .await;
+        let Some(hold) = self.take_lease(id).await else {
+            return Ok(());
+        };
+        self.progress(id, |p| p.lease = Some(hold)).await;
+        if self.version.to_string() == mine.from_version {
+            // Already back (the supervisor reverted us): nothing to switch.
+            self.finish(id, "rolled_back").await;
+            return Ok(());
+        }
+        self.enter_phase(id, "drain", &mut since).await;
+        self.renew(id).await?;
+        self.start_drain(id).await;
+        let from = mine.from_version.clone();
+        let path = supervisor::release_dir(&self.data_dir, &from).join("plexi");
+        let p2 = path.clone();
+        let hash = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut h = blake3::Hasher::new();
+            h.update_reader(std::fs::File::open(&p2)?)?;
+            Ok(h.finalize().to_hex().to_string())
+        })
+        .await
+        .map_err(|e| StepError(e.to_string()))?
+        .map_err(|e| StepError(format!("previous version binary {}: {e}", path.display())))?;
+        self.enter_phase(id, "restart", &mut since).await;
+        self.switch(SwitchRequest {
+            operation_id: id.into(),
+            from_version: self.version.to_string(),
+            to_version: from,
+            to_blake3: hash,
+            deadline_seconds: rec.plan.settings.health_timeout_s,
+            backup_dir: None,
+            restore_data_on_failure: false,
+        })
+        .await
+    }
+
+    /// Hands the switch to the supervisor and exits the worker.
+    async fn switch(&self, req: SwitchRequest) -> Result<(), StepError> {
+        if !supervisor::supervised() {
+            return Err(StepError(
+                "this worker is not running under the plexi supervisor".into(),
+            ));
+        }
+        let id = req.operation_id.clone();
+        // Make sure a majority has our latest progress before we go dark.
+        let acks = self.push(&id).await;
+        tracing::info!(operation_id = %id, to = %req.to_version, acks, "handing over to the supervisor for the switch");
+        self.audit(
+            "node.restart",
+            Some(&id),
+            serde_json::json!({"node_id": self.node_id, "from": req.from_version, "to": req.to_version}),
+        )
+        .await;
+        let data_dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || supervisor::request_switch(&data_dir, &req))
+            .await
+            .map_err(|e| StepError(e.to_string()))??;
+        let _ = self.exit.send(Some(supervisor::EXIT_SWITCH));
+        // Stay busy: the process is exiting.
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+
+    async fn start_drain(&self, id: &str) {
+        self.drain.draining.store(true, Ordering::SeqCst);
+        self.progress(id, |p| p.out_of_service_since_ms = Some(wall_ms()))
+            .await;
+        self.audit(
+            "node.out_of_service",
+            Some(id),
+            serde_json::json!({"node_id": self.node_id}),
+        )
+        .await;
+        let start = Instant::now();
+        while self.drain.in_flight.count() > 0 && start.elapsed() < DRAIN_WAIT {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The node is healthy, has disk space, and every object it holds has
+    /// another live replica.
+    async fn pre_check(&self) -> Result<(), StepError> {
+        (self.health)()
+            .await
+            .map_err(|e| StepError(format!("pre-check: node unhealthy: {e}")))?;
+        // Push anything peers own and lack, so our copies exist elsewhere.
+        for peer in self.storage.peers() {
+            crate::storage::repair::anti_entropy_with(
+                &self.storage,
+                &peer,
+                &crate::storage::repair::Progress::default(),
+            )
+            .await
+            .map_err(|e| StepError(format!("pre-check: sync with {}: {e}", peer.name)))?;
+        }
+        let s = self.storage.clone();
+        let lonely = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+            let members = s.members();
+            let alive: std::collections::BTreeSet<String> = s
+                .peers()
+                .into_iter()
+                .map(|m| m.peer_id.clone())
+                .collect();
+            let mut lonely = Vec::new();
+            for (id, rf) in live_objects(&s, PRE_CHECK_MAX_OBJECTS)? {
+                let owners = s.replicas_among(&id, rf, &members);
+                if !owners.iter().any(|o| alive.contains(&o.peer_id)) {
+                    lonely.push(id);
+                    if lonely.len() >= 5 {
+                        break;
+                    }
+                }
+            }
+            Ok(lonely)
+        })
+        .await
+        .map_err(|e| StepError(e.to_string()))?
+        .map_err(StepError)?;
+        if !lonely.is_empty() {
+            return Err(StepError(format!(
+                "pre-check: objects with no other live replica: {}",
+                lonely.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    fn backup(&self, id: &str) -> Result<PathBuf, StepError> {
+        let dir = self
+            .data_dir
+            .join("backups")
+            .join(format!("{}-{}", wall_ms(), id));
+        std::fs::create_dir_all(&dir)?;
+        let exe = supervisor::release_dir(&self.data_dir, &self.version).join("plexi");
+        let exe = if exe.is_file() {
+            exe
+        } else {
+            std::env::current_exe()?
+        };
+        std::fs::copy(&exe, dir.join("plexi"))?;
+        if let Some(cfg) = &self.config_file {
+            if cfg.is_file() {
+                std::fs::copy(cfg, dir.join("clustering.yml"))?;
+            }
+        }
+        let meta = serde_json::json!({
+            "operation_id": id,
+            "version": self.version.to_string(),
+            "config_file": self.config_file.as_ref().map(|p| p.display().to_string()),
+            "at_ms": wall_ms(),
+            "data": "store/ is snapshotted by the supervisor while the worker is stopped",
+        });
+        std::fs::write(dir.join("backup.json"), serde_json::to_vec_pretty(&meta)?)?;
+        Ok(dir)
+    }
+
+    async fn fetch_verified(
+        &self,
+        version: &semver::Version,
+        expected_blake3: &str,
+    ) -> Result<Vec<u8>, StepError> {
+        let manifest = self
+            .storage
+            .get(&release::manifest_id(version), Some("eventual"))
+            .await
+            .map_err(|e| StepError(format!("fetch manifest: {}", e.message)))?;
+        let signed: plexi_api::model::SignedRelease = serde_json::from_slice(&manifest.bytes)
+            .map_err(|e| StepError(format!("manifest: {e}")))?;
+        release::verify(&signed, &self.trusted).map_err(|e| StepError(format!("refused: {e}")))?;
+        if signed.manifest.blake3 != expected_blake3 {
+            return Err(StepError(
+                "refused: the published manifest differs from the planned release".into(),
+            ));
+        }
+        let bin = self
+            .storage
+            .get(&release::binary_id(version), Some("eventual"))
+            .await
+            .map_err(|e| StepError(format!("fetch binary: {}", e.message)))?;
+        release::check_binary(&signed.manifest, &bin.bytes)
+            .map_err(|e| StepError(format!("refused: {e}")))?;
+        Ok(bin.bytes.to_vec())
+    }
+
+    /// Marks this node's part done and releases the lease.
+    async fn finish(&self, id: &str, status: &str) {
+        let lease = self
+            .state
+            .get(id)
+            .and_then(|r| r.nodes.get(&self.node_id).and_then(|p| p.lease.clone()));
+        let status_s = status.to_string();
+        let rolled = status == "rolled_back";
+        self.progress(id, |p| {
+            p.status = status_s;
+            p.phase = "done".into();
+            p.progress = 100.0;
+            p.completed_at_ms = Some(wall_ms());
+            p.out_of_service_since_ms = None;
+            p.lease = None;
+            if rolled {
+                p.on_target = false;
+            }
+        })
+        .await;
+        self.metrics.outcome(status);
+        if let Some(rec) = self.state.get(id) {
+            if let Some(p) = rec.nodes.get(&self.node_id) {
+                if let (Some(a), Some(b)) = (p.started_at_ms, p.completed_at_ms) {
+                    if status == "completed" {
+                        self.metrics.durations.observe((b - a) as f64 / 1000.0);
+                    }
+                }
+            }
+        }
+        self.audit(
+            "node.in_service",
+            Some(id),
+            serde_json::json!({"node_id": self.node_id, "version": self.version.to_string(), "status": status}),
+        )
+        .await;
+        if let Some(l) = lease {
+            self.release_lease(id, &l).await;
+        }
+    }
+
+    /// At start: finish a switch this worker is the target of (post-check,
+    /// then ready), or report a switch the supervisor undid.
+    async fn resume_after_restart(self: &Arc<Self>) {
+        if let Some(pending) = supervisor::pending_switch(&self.data_dir) {
+            if pending.to_version == self.version.to_string() {
+                self.busy.store(true, Ordering::SeqCst);
+                let e = self.clone();
+                tokio::spawn(async move {
+                    e.post_switch(pending).await;
+                    e.busy.store(false, Ordering::SeqCst);
+                });
+            }
+            return;
+        }
+        self.report_switch_result().await;
+    }
+
+    async fn report_switch_result(&self) {
+        let data_dir = self.data_dir.clone();
+        let Some(result) = tokio::task::spawn_blocking(move || supervisor::take_switch_result(&data_dir))
+            .await
+            .ok()
+            .flatten()
+        else {
+            return;
+        };
+        let id = result.operation_id.clone();
+        if self.state.get(&id).is_none() {
+            return;
+        }
+        if result.outcome == supervisor::OUTCOME_ROLLED_BACK {
+            let reason = result
+                .reason
+                .clone()
+                .unwrap_or_else(|| "the new version failed".into());
+            self.progress(&id, |p| p.on_target = false).await;
+            self.audit(
+                "update.auto_revert",
+                Some(&id),
+                serde_json::json!({"node_id": self.node_id, "from": result.to_version, "to": result.from_version, "reason": reason}),
+            )
+            .await;
+            self.fail(&id, &format!("{} did not come up, returned to {}: {reason}", result.to_version, result.from_version))
+                .await;
+        }
+    }
+
+    async fn post_switch(self: &Arc<Self>, req: SwitchRequest) {
+        let id = req.operation_id.clone();
+        let started = Instant::now();
+        let deadline = Duration::from_secs(req.deadline_seconds.saturating_sub(1).max(1));
+        // Wait for the replicated state to know this operation (it is in
+        // our own sled, so normally at once).
+        let Some(rec) = self.state.get(&id) else {
+            tracing::error!(operation_id = %id, "switch for an unknown operation; not declaring ready");
+            return;
+        };
+        let rolling_back = rec
+            .nodes
+            .get(&self.node_id)
+            .is_some_and(|p| p.status == "rolling_back");
+        let mut since = Instant::now();
+        self.enter_phase(&id, "post_check", &mut since).await;
+        let check = async {
+            self.renew(&id).await?;
+            self.post_check(deadline.saturating_sub(started.elapsed())).await
+        };
+        match tokio::time::timeout(deadline, check).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(operation_id = %id, error = %e.0, "post-update check failed; not declaring ready");
+                self.progress(&id, |p| p.error = Some(format!("post-check: {}", e.0)))
+                    .await;
+                return;
+            }
+            Err(_) => {
+                tracing::error!(operation_id = %id, "post-update check timed out; not declaring ready");
+                return;
+            }
+        }
+        let data_dir = self.data_dir.clone();
+        let v = self.version.to_string();
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || supervisor::write_ready(&data_dir, &v)).await
+        {
+            tracing::error!(error = %e, "cannot write ready");
+            return;
+        }
+        // The supervisor confirms the switch once it saw ready.
+        let mut result = None;
+        while started.elapsed() < deadline + Duration::from_secs(10) {
+            let data_dir = self.data_dir.clone();
+            result = tokio::task::spawn_blocking(move || supervisor::take_switch_result(&data_dir))
+                .await
+                .ok()
+                .flatten();
+            if result.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match result {
+            Some(r) if r.outcome == supervisor::OUTCOME_SWITCHED => {
+                let status = if rolling_back { "rolled_back" } else { "completed" };
+                self.finish(&id, status).await;
+            }
+            other => {
+                tracing::error!(operation_id = %id, result = ?other, "the supervisor did not confirm the switch");
+            }
+        }
+    }
+
+    /// Rejoined, reports the target version, API healthy, objects readable.
+    async fn post_check(&self, budget: Duration) -> Result<(), StepError> {
+        let start = Instant::now();
+        loop {
+            let members = self.p2p.members();
+            let voters = members
+                .iter()
+                .filter(|m| m.status != MemberStatus::Left)
+                .count();
+            let alive = members
+                .iter()
+                .filter(|m| m.status == MemberStatus::Alive)
+                .count();
+            let healthy = (self.health)().await;
+            let ready = alive >= plexi_p2p::lease::majority(voters)
+                && self.storage.caught_up()
+                && healthy.is_ok();
+            if ready {
+                break;
+            }
+            if start.elapsed() > budget {
+                return Err(StepError(format!(
+                    "not rejoined in time ({alive} of {voters} members alive, caught up: {}, health: {:?})",
+                    self.storage.caught_up(),
+                    healthy
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The API answers, as this version.
+        let url = format!("http://{}/health", self.api_address);
+        let live: serde_json::Value = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if live["version"].as_str() != Some(&self.version.to_string()) {
+            return Err(StepError(format!("API reports version {}", live["version"])));
+        }
+        // Objects this node holds read back through the data path.
+        let s = self.storage.clone();
+        let sample = tokio::task::spawn_blocking(move || {
+            live_objects(&s, POST_CHECK_SAMPLE)
+        })
+        .await
+        .map_err(|e| StepError(e.to_string()))?
+        .map_err(StepError)?;
+        for (id, _) in sample {
+            self.storage
+                .get(&id, Some("eventual"))
+                .await
+                .map_err(|e| StepError(format!("object {id} unreadable: {}", e.message)))?;
+        }
+        Ok(())
+    }
+
+    /// Any node: a target whose lease ran out while its node is dead is
+    /// declared failed, which halts the operation.
+    async fn watch_holders(&self, rec: &OpRecord, now: u64) {
+        let members = self.p2p.members();
+        let dead = |name: &str| {
+            members
+                .iter()
+                .any(|m| m.record.state.name == name && m.status == MemberStatus::Dead)
+        };
+        for (node, p) in &rec.nodes {
+            if rec.failed_nodes.contains_key(node) {
+                continue;
+            }
+            let busy = matches!(p.status.as_str(), "updating" | "rolling_back");
+            let expired = p
+                .lease
+                .as_ref()
+                .is_some_and(|l| now > l.valid_until_ms + HOLDER_GRACE_MS);
+            if busy && expired && dead(node) {
+                let reason = format!("{node} died holding its update lease (phase {})", p.phase);
+                tracing::warn!(operation_id = %rec.plan.operation_id, node_id = %node, "lease holder is dead; marking it failed");
+                let me = self.node_id.clone();
+                let node_c = node.clone();
+                let reason_c = reason.clone();
+                self.state.update(&rec.plan.operation_id, |r| {
+                    r.failed_nodes.insert(
+                        node_c.clone(),
+                        Mark {
+                            at_ms: now,
+                            by: me.clone(),
+                            reason: reason_c.clone(),
+                        },
+                    );
+                    if r.halted.is_none() {
+                        r.halted = Some(Mark {
+                            at_ms: now,
+                            by: me.clone(),
+                            reason: reason_c.clone(),
+                        });
+                    }
+                });
+                self.push(&rec.plan.operation_id).await;
+                self.audit(
+                    "update.node_failed",
+                    Some(&rec.plan.operation_id),
+                    serde_json::json!({"node_id": node, "reason": reason}),
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn watch_maintenance(&self, rec: &OpRecord, now: u64) {
+        if rec.plan.strategy != "parallel" || rec.executed.is_none() || rec.halted.is_some() {
+            return;
+        }
+        if rec.rolling_back() {
+            return;
+        }
+        let m = self.state.maintenance();
+        if !m.active(now) {
+            let reason = "maintenance mode ended before the parallel update finished".to_string();
+            let me = self.node_id.clone();
+            self.state.update(&rec.plan.operation_id, |r| {
+                if r.halted.is_none() {
+                    r.halted = Some(Mark {
+                        at_ms: now,
+                        by: me,
+                        reason,
+                    });
+                }
+            });
+            self.push(&rec.plan.operation_id).await;
+        }
+    }
+
+    /// Maintenance entered for an operation is left once it is final, on
+    /// every path (the first node to see it final does it).
+    async fn leave_maintenance_if_ours(&self, rec: &OpRecord) {
+        let m = self.state.maintenance();
+        if m.enabled && m.operation_id.as_deref() == Some(rec.plan.operation_id.as_str()) {
+            let next = self.state.next_maintenance(
+                false,
+                &format!("operation {} finished", rec.plan.operation_id),
+                &self.actor,
+                0,
+                None,
+            );
+            if self.state.merge_maintenance(&next) {
+                state::push(&self.state, &self.p2p, None).await;
+                self.audit(
+                    "maintenance.off",
+                    Some(&rec.plan.operation_id),
+                    serde_json::json!({"reason": next.reason}),
+                )
+                .await;
+            }
+        }
+    }
+}
