@@ -1075,6 +1075,53 @@ mod tests {
         assert_eq!(b.list(0).unwrap().entries.len(), 1);
     }
 
+    #[tokio::test]
+    async fn verification_continues_from_the_verified_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_s, log) = open(dir.path(), "a");
+        let mut all = Vec::new();
+        for i in 0..5 {
+            all.push(log.append("admin", "act", None, json!(i)).await.unwrap());
+        }
+        let head = Head {
+            seq: 5,
+            hash: all[4].hash.clone(),
+        };
+        let zero = Head {
+            seq: 0,
+            hash: ZERO_HASH.into(),
+        };
+        let at3 = Head {
+            seq: 3,
+            hash: all[2].hash.clone(),
+        };
+        assert_eq!(
+            log.shared.verify_chain("a", zero.clone(), &head).unwrap(),
+            (head.clone(), true)
+        );
+        assert_eq!(
+            log.shared.verify_chain("a", at3.clone(), &head).unwrap(),
+            (head.clone(), true)
+        );
+        // Damage after the prefix is found; the good prefix is kept.
+        let mut e = all[3].clone();
+        e.detail = json!("changed");
+        log.shared
+            .tree
+            .insert(key("a", 4), encode_cbor(&e).unwrap())
+            .unwrap();
+        assert_eq!(
+            log.shared.verify_chain("a", at3.clone(), &head).unwrap(),
+            (at3, false)
+        );
+        // A prefix that does not match what is stored fails too.
+        let wrong = Head {
+            seq: 3,
+            hash: all[1].hash.clone(),
+        };
+        assert!(!log.shared.verify_chain("a", wrong, &head).unwrap().1);
+    }
+
     #[test]
     fn hash_ignores_json_key_order() {
         let mut e = AuditEntry {

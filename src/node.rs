@@ -36,6 +36,22 @@ pub const VERSION: &str = env!("PLEXI_VERSION");
 /// the worker exit at once, `unhealthy` makes its health check fail.
 pub const BUILD_FAULT: &str = env!("PLEXI_BUILD_FAULT");
 
+/// Bound on remembered peer addresses (`peers.json`).
+const MAX_KNOWN_PEERS: usize = 64;
+
+/// Addresses remembered by [`Node::remember_peers`] at the last run.
+fn known_peers(data_dir: &Path) -> Vec<Multiaddr> {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("peers.json")) else {
+        return vec![];
+    };
+    let addrs: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
+    addrs
+        .iter()
+        .take(MAX_KNOWN_PEERS)
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
 /// The application service name for health calls between nodes.
 const HEALTH_SERVICE: &str = "health";
 /// Bound on graceful HTTP shutdown.
@@ -162,6 +178,41 @@ impl Node {
     }
 
     /// The listen addresses our own record advertises.
+    /// Remembers where the other members listen (`DATA_DIR/peers.json`),
+    /// so a restarted node rejoins even when started without --bootstrap.
+    fn remember_peers(&self) {
+        let me = self.peer_id.to_string();
+        let mut addrs: Vec<String> = self
+            .p2p()
+            .members()
+            .into_iter()
+            .filter(|m| m.record.state.peer_id != me && m.status != MemberStatus::Left)
+            .filter(|m| m.status == MemberStatus::Alive)
+            .flat_map(|m| {
+                let peer = m.record.state.peer_id.clone();
+                m.record
+                    .state
+                    .listen_addresses
+                    .into_iter()
+                    .map(move |a| format!("{a}/p2p/{peer}"))
+            })
+            .collect();
+        addrs.sort();
+        addrs.truncate(MAX_KNOWN_PEERS);
+        if addrs.is_empty() {
+            return;
+        }
+        let path = self.data_dir.join("peers.json");
+        let tmp = self.data_dir.join("peers.json.tmp");
+        let text = serde_json::to_string_pretty(&addrs).expect("serializable");
+        if std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
+            tracing::debug!(path = %path.display(), "cannot write known peers");
+        }
+    }
+
     fn own_listen_addresses(&self) -> Vec<String> {
         self.p2p()
             .member(&self.peer_id)
@@ -488,6 +539,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
             .bootstrap
             .iter()
             .map(|b| b.parse().expect("validated"))
+            .chain(known_peers(&data_dir))
             .collect(),
         incarnation,
         timings: Timings {
@@ -602,6 +654,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
                     changed
                 });
                 uptime.set(node.started.elapsed().as_secs() as i64);
+                node.remember_peers();
             }
         });
     }
@@ -684,7 +737,10 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         store.tree("updates.meta").map_err(startup("store"))?,
         events.clone(),
     );
-    node.updates.set(update_state.clone()).ok().expect("set once");
+    node.updates
+        .set(update_state.clone())
+        .ok()
+        .expect("set once");
     crate::updates::state::spawn_sync(update_state.clone(), p2p.clone());
     let (exit_tx, mut exit_rx) = watch::channel(None::<i32>);
     let u = &config.cluster_updates;

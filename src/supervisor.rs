@@ -49,6 +49,7 @@ const SWITCH_FILE: &str = "switch.json";
 const RESULT_FILE: &str = "switch-result.json";
 const READY_FILE: &str = "ready.json";
 const BACKUPS: &str = "backups";
+const LOCK_FILE: &str = "supervisor.lock";
 
 /// Grace period for the worker when the supervisor itself is stopped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -107,6 +108,8 @@ pub struct Ready {
 pub enum SupervisorError {
     #[error("configuration error: {0}")]
     Config(#[from] ConfigError),
+    #[error("another supervisor runs on this data dir (it holds {0})")]
+    Locked(PathBuf),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -128,19 +131,16 @@ pub fn releases_dir(data_dir: &Path) -> PathBuf {
 }
 
 /// `DATA_DIR/releases/<version>`.
-#[allow(dead_code)] // for the update engine
 pub fn release_dir(data_dir: &Path, version: impl std::fmt::Display) -> PathBuf {
     releases_dir(data_dir).join(version.to_string())
 }
 
 /// True in a worker started by the supervisor.
-#[allow(dead_code)] // for the update engine
 pub fn supervised() -> bool {
     std::env::var(SUPERVISED_ENV).is_ok_and(|v| v == "1")
 }
 
 /// Asks the supervisor for a switch; the caller then exits with [`EXIT_SWITCH`].
-#[allow(dead_code)] // for the update engine
 pub fn request_switch(data_dir: &Path, req: &SwitchRequest) -> io::Result<()> {
     let dir = releases_dir(data_dir);
     fs::create_dir_all(&dir)?;
@@ -154,7 +154,6 @@ pub fn pending_switch(data_dir: &Path) -> Option<SwitchRequest> {
 
 /// The supervisor's last decision, once final, reported once: the file is
 /// renamed to `switch-result.<at_ms>.json`.
-#[allow(dead_code)] // for the update engine
 pub fn take_switch_result(data_dir: &Path) -> Option<SwitchResult> {
     let dir = releases_dir(data_dir);
     let path = dir.join(RESULT_FILE);
@@ -193,7 +192,6 @@ pub fn installed_versions(data_dir: &Path) -> Vec<semver::Version> {
 
 /// Installs `bytes` as `releases/<version>/plexi` (tmp, fsync, 0755, rename,
 /// fsync dir) and returns its path.
-#[allow(dead_code)] // for the update engine
 pub fn install_release(data_dir: &Path, version: &str, bytes: &[u8]) -> io::Result<PathBuf> {
     check_version(version)?;
     let dir = release_dir(data_dir, version);
@@ -516,6 +514,8 @@ impl Supervisor {
     async fn supervise(&mut self) -> Result<(), SupervisorError> {
         create_private_dir(&self.data_dir)
             .map_err(io_err(format!("data dir {}", self.data_dir.display())))?;
+        // Held until we exit (the fd is close-on-exec: the worker lacks it).
+        let _lock = lock_releases(&self.releases)?;
         self.ensure_installed()?;
         self.recover_interrupted_switch().await;
         let mut failures = 0u32;
@@ -896,6 +896,29 @@ async fn stop_worker(worker: &mut Worker, grace: Duration) {
             let _ = worker.child.kill().await;
         }
     }
+}
+
+/// One supervisor per data dir: an exclusive flock on
+/// `releases/supervisor.lock`.
+fn lock_releases(releases: &Path) -> Result<File, SupervisorError> {
+    use std::os::fd::AsRawFd;
+    let path = releases.join(LOCK_FILE);
+    fs::create_dir_all(releases).map_err(io_err(format!("create {}", releases.display())))?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(format!("open {}", path.display())))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Err(SupervisorError::Locked(path));
+        }
+        return Err(io_err(format!("lock {}", path.display()))(e));
+    }
+    Ok(file)
 }
 
 fn create_private_dir(dir: &Path) -> io::Result<()> {

@@ -552,11 +552,13 @@ async fn follow(api: &ApiArgs, start: UpdateOperation, goal: Goal) -> Result<()>
     if op.status == wanted {
         return Ok(());
     }
+    // Node errors the halted reason does not already say.
+    let halted = op.halted_reason.as_deref().unwrap_or("");
     let errors: Vec<String> = node_order(&op)
         .iter()
         .filter_map(|id| {
-            let n = op.node_statuses.get(id)?;
-            Some(format!("{id}: {}", n.error_message.as_deref()?))
+            let e = op.node_statuses.get(id)?.error_message.as_deref()?;
+            (!halted.contains(e)).then(|| format!("{id}: {e}"))
         })
         .collect();
     bail!(

@@ -245,3 +245,129 @@ fn auth_roles_error_shape_metrics_and_openapi() {
         assert!(doc["paths"].get(p).is_some(), "openapi lacks {p}");
     }
 }
+
+/// The update routes on a real node: roles (read may GET, only admin may
+/// change), bad input as 400 with the JSON shape before the node is asked,
+/// the event stream, the OpenAPI paths, and the CLI's error reporting.
+#[test]
+fn update_routes_roles_and_bad_input() {
+    let root = tempfile::tempdir().unwrap();
+    let a = TestNode::spawn(root.path(), NodeSpec::new("a"));
+    let client = reqwest::blocking::Client::new();
+    let op = "/api/v1/clustering/updates/3f2b1c9e-0000-4000-8000-000000000001";
+
+    for path in [
+        format!("{op}/status"),
+        "/api/v1/clustering/updates/active".into(),
+        "/api/v1/clustering/updates/history".into(),
+        "/api/v1/clustering/maintenance".into(),
+        "/api/v1/clustering/audit".into(),
+        "/api/v1/events".into(),
+    ] {
+        assert_eq!(a.get(&path, None).status(), 401, "{path}");
+        let res = a.get(&path, Some(READ));
+        let status = res.status().as_u16();
+        assert!(![401, 403, 405].contains(&status), "{path}: {status}");
+        if status == 404 {
+            // The unknown operation, not an unrouted path.
+            let v: Value = res.json().unwrap();
+            assert_ne!(v["error"]["message"], "no such endpoint", "{path}");
+        }
+    }
+    let post = |path: &str, token: &str, body: Option<&str>| {
+        let mut req = client
+            .post(format!("{}{path}", a.api))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(15));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        req.send().unwrap()
+    };
+    for (path, body) in [
+        (
+            "/api/v1/clustering/updates/plan".to_string(),
+            Some(r#"{"target_version":"9.9.9"}"#),
+        ),
+        (format!("{op}/execute"), None),
+        (format!("{op}/rollback"), None),
+        (
+            "/api/v1/clustering/maintenance".into(),
+            Some(r#"{"enabled":true}"#),
+        ),
+    ] {
+        let res = post(&path, READ, body);
+        assert_eq!(res.status(), 403, "{path}");
+        assert_eq!(res.json::<Value>().unwrap()["error"]["code"], "forbidden");
+    }
+
+    for body in [
+        "{not json",
+        r#"{"target_version":"9.9.9","colour":"red"}"#,
+        r#"{"target_version":"9.9.9","strategy":"yolo"}"#,
+    ] {
+        let res = post("/api/v1/clustering/updates/plan", ADMIN, Some(body));
+        assert_eq!(res.status(), 400, "{body}");
+        let v: Value = res.json().unwrap();
+        assert!(v["error"]["code"].as_str().unwrap().starts_with("invalid_"));
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    for q in ["0", "1001", "ten"] {
+        let res = a.get(
+            &format!("/api/v1/clustering/updates/history?limit={q}"),
+            Some(READ),
+        );
+        assert_eq!(res.status(), 400, "limit={q}");
+        assert_eq!(
+            res.json::<Value>().unwrap()["error"]["code"],
+            "invalid_limit"
+        );
+    }
+
+    // The event stream answers at once with its content type.
+    let res = a.get("/api/v1/events", Some(READ));
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    drop(res);
+
+    let doc: Value = a.get("/api/v1/openapi.json", None).json().unwrap();
+    for p in [
+        "/api/v1/clustering/updates/plan",
+        "/api/v1/clustering/updates/{operation_id}/execute",
+        "/api/v1/clustering/updates/{operation_id}/status",
+        "/api/v1/clustering/updates/{operation_id}/rollback",
+        "/api/v1/clustering/updates/active",
+        "/api/v1/clustering/updates/history",
+        "/api/v1/clustering/maintenance",
+        "/api/v1/clustering/audit",
+        "/api/v1/events",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "openapi lacks {p}");
+    }
+
+    // CLI: an API refusal prints the API's message and exits 1; a bad flag
+    // is clap's exit 2.
+    for args in [
+        vec!["update", "plan", "--version", "9.9.9"],
+        vec!["maintenance", "on", "--reason", "test"],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .args(["--api", &a.api, "--token", READ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("403") && err.contains("admin role"), "{err}");
+    }
+    let out = Command::new(BIN)
+        .args(["update", "history", "--limit", "0", "--api", &a.api])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

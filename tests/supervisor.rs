@@ -432,3 +432,20 @@ fn supervisor_restarted_during_a_switch_rolls_back() {
     assert!(node.started(NEW).is_empty());
     assert!(!node.releases().join("switch.json").exists());
 }
+
+#[test]
+fn a_second_supervisor_on_the_same_data_dir_refuses_to_start() {
+    let node = ScriptNode::start(|_| {});
+    let first = node.ready_worker(OLD, None);
+    let out = Command::new(BIN)
+        .arg("node")
+        .arg("--data-dir")
+        .arg(&node.data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another supervisor"), "{err}");
+    assert!(process_alive(first), "the running worker is untouched");
+    assert_eq!(node.started(OLD).len(), 1);
+}

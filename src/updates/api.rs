@@ -3,7 +3,6 @@
 //! state ([`super::state`]) that the engines act on.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use axum::http::StatusCode;
 use plexi_api::model::{
@@ -33,7 +32,11 @@ pub fn view(r: &OpRecord, now: u64) -> UpdateOperation {
         .map(|n| {
             let p = r.nodes.get(n).cloned().unwrap_or_else(|| {
                 ops::NodeProgress::pending(
-                    r.plan.from_versions.get(n).map(|s| s.as_str()).unwrap_or(""),
+                    r.plan
+                        .from_versions
+                        .get(n)
+                        .map(|s| s.as_str())
+                        .unwrap_or(""),
                     &r.plan.target_version,
                 )
             });
@@ -128,8 +131,7 @@ impl Engine {
             let Ok(obj) = self.storage.get(&id, Some("eventual")).await else {
                 continue;
             };
-            let Ok(signed) =
-                serde_json::from_slice::<plexi_api::model::SignedRelease>(&obj.bytes)
+            let Ok(signed) = serde_json::from_slice::<plexi_api::model::SignedRelease>(&obj.bytes)
             else {
                 continue;
             };
@@ -153,7 +155,11 @@ impl Engine {
         out
     }
 
-    pub async fn api_plan(&self, req: PlanRequest, actor: &str) -> Result<UpdateOperation, ApiError> {
+    pub async fn api_plan(
+        &self,
+        req: PlanRequest,
+        actor: &str,
+    ) -> Result<UpdateOperation, ApiError> {
         let releases = self.trusted_releases().await;
         let members: Vec<PlanMember> = self
             .p2p
@@ -381,4 +387,3 @@ impl Engine {
         Ok(maintenance_view(&m, wall_ms()))
     }
 }
-

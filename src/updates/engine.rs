@@ -36,6 +36,9 @@ const DRAIN_WAIT: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(500);
 /// A lease holder silent past its lease by this much is declared failed.
 const HOLDER_GRACE_MS: u64 = 3_000;
+/// How long a parallel operation may run before its maintenance mode has
+/// arrived (it is pushed separately).
+const MAINTENANCE_ARRIVAL_MS: u64 = 5_000;
 /// Objects read back by the post-update check.
 const POST_CHECK_SAMPLE: usize = 20;
 /// Objects the pre-check examines (the census bound).
@@ -84,9 +87,7 @@ impl UpdateMetrics {
             "Rollbacks of operations this node saw start, by cause (requested, failure)",
             rollbacks.clone(),
         );
-        let durations = Histogram::new(
-            [5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0].into_iter(),
-        );
+        let durations = Histogram::new([5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
         registry.register(
             "plexi_update_node_duration_seconds",
             "Seconds from lease to post-check for this node's completed updates",
@@ -276,7 +277,9 @@ impl Engine {
                     tracing::warn!(slot = x.slot, holder = %x.holder, epoch = x.epoch, "update lease expired");
                     e.audit(
                         "lease.expire",
-                        Some(&x.operation_id).filter(|s| !s.is_empty()).map(|s| s.as_str()),
+                        Some(&x.operation_id)
+                            .filter(|s| !s.is_empty())
+                            .map(|s| s.as_str()),
                         serde_json::json!({"slot": x.slot, "holder": x.holder, "epoch": x.epoch}),
                     )
                     .await;
@@ -320,6 +323,7 @@ impl Engine {
                 }
             } else if rec.update_turn(me, now)
                 && mine.as_ref().is_some_and(|p| p.status == "pending")
+                && (rec.plan.strategy != "parallel" || self.state.maintenance().active(now))
             {
                 self.run_exclusive(id, false);
             }
@@ -373,7 +377,11 @@ impl Engine {
         });
         self.push(id).await;
         self.metrics.outcome("failed");
-        if self.state.get(id).is_some_and(|r| r.plan.settings.auto_rollback) {
+        if self
+            .state
+            .get(id)
+            .is_some_and(|r| r.plan.settings.auto_rollback)
+        {
             self.metrics
                 .rollbacks
                 .get_or_create(&CauseLabels {
@@ -458,7 +466,10 @@ impl Engine {
 
     /// Renews the lease before a destructive step.
     async fn renew(&self, id: &str) -> Result<(), StepError> {
-        let rec = self.state.get(id).ok_or(StepError("operation vanished".into()))?;
+        let rec = self
+            .state
+            .get(id)
+            .ok_or(StepError("operation vanished".into()))?;
         let l = rec
             .nodes
             .get(&self.node_id)
@@ -486,7 +497,10 @@ impl Engine {
     }
 
     async fn update_node(self: &Arc<Self>, id: &str) -> Result<(), StepError> {
-        let rec = self.state.get(id).ok_or(StepError("operation vanished".into()))?;
+        let rec = self
+            .state
+            .get(id)
+            .ok_or(StepError("operation vanished".into()))?;
         let plan = rec.plan.clone();
         let mut since = Instant::now();
         self.progress(id, |p| {
@@ -509,7 +523,9 @@ impl Engine {
         self.enter_phase(id, "pre_check", &mut since).await;
         self.pre_check().await?;
         if self.halted(id) {
-            return Err(StepError("operation halted before this node's update".into()));
+            return Err(StepError(
+                "operation halted before this node's update".into(),
+            ));
         }
 
         self.enter_phase(id, "drain", &mut since).await;
@@ -568,7 +584,10 @@ impl Engine {
     }
 
     async fn rollback_node(self: &Arc<Self>, id: &str) -> Result<(), StepError> {
-        let rec = self.state.get(id).ok_or(StepError("operation vanished".into()))?;
+        let rec = self
+            .state
+            .get(id)
+            .ok_or(StepError("operation vanished".into()))?;
         let mine = rec
             .nodes
             .get(&self.node_id)
@@ -678,11 +697,8 @@ impl Engine {
         let s = self.storage.clone();
         let lonely = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
             let members = s.members();
-            let alive: std::collections::BTreeSet<String> = s
-                .peers()
-                .into_iter()
-                .map(|m| m.peer_id.clone())
-                .collect();
+            let alive: std::collections::BTreeSet<String> =
+                s.peers().into_iter().map(|m| m.peer_id.clone()).collect();
             let mut lonely = Vec::new();
             for (id, rf) in live_objects(&s, PRE_CHECK_MAX_OBJECTS)? {
                 let owners = s.replicas_among(&id, rf, &members);
@@ -824,10 +840,11 @@ impl Engine {
 
     async fn report_switch_result(&self) {
         let data_dir = self.data_dir.clone();
-        let Some(result) = tokio::task::spawn_blocking(move || supervisor::take_switch_result(&data_dir))
-            .await
-            .ok()
-            .flatten()
+        let Some(result) =
+            tokio::task::spawn_blocking(move || supervisor::take_switch_result(&data_dir))
+                .await
+                .ok()
+                .flatten()
         else {
             return;
         };
@@ -840,15 +857,26 @@ impl Engine {
                 .reason
                 .clone()
                 .unwrap_or_else(|| "the new version failed".into());
-            self.progress(&id, |p| p.on_target = false).await;
+            // Back on the version the supervisor returned to.
+            let on_target = self
+                .state
+                .get(&id)
+                .is_some_and(|r| r.plan.target_version == self.version.to_string());
+            self.progress(&id, |p| p.on_target = on_target).await;
             self.audit(
                 "update.auto_revert",
                 Some(&id),
                 serde_json::json!({"node_id": self.node_id, "from": result.to_version, "to": result.from_version, "reason": reason}),
             )
             .await;
-            self.fail(&id, &format!("{} did not come up, returned to {}: {reason}", result.to_version, result.from_version))
-                .await;
+            self.fail(
+                &id,
+                &format!(
+                    "{} did not come up, returned to {}: {reason}",
+                    result.to_version, result.from_version
+                ),
+            )
+            .await;
         }
     }
 
@@ -870,7 +898,8 @@ impl Engine {
         self.enter_phase(&id, "post_check", &mut since).await;
         let check = async {
             self.renew(&id).await?;
-            self.post_check(deadline.saturating_sub(started.elapsed())).await
+            self.post_check(deadline.saturating_sub(started.elapsed()))
+                .await
         };
         match tokio::time::timeout(deadline, check).await {
             Ok(Ok(())) => {}
@@ -908,7 +937,11 @@ impl Engine {
         }
         match result {
             Some(r) if r.outcome == supervisor::OUTCOME_SWITCHED => {
-                let status = if rolling_back { "rolled_back" } else { "completed" };
+                let status = if rolling_back {
+                    "rolled_back"
+                } else {
+                    "completed"
+                };
                 self.finish(&id, status).await;
             }
             other => {
@@ -956,16 +989,17 @@ impl Engine {
             .json()
             .await?;
         if live["version"].as_str() != Some(&self.version.to_string()) {
-            return Err(StepError(format!("API reports version {}", live["version"])));
+            return Err(StepError(format!(
+                "API reports version {}",
+                live["version"]
+            )));
         }
         // Objects this node holds read back through the data path.
         let s = self.storage.clone();
-        let sample = tokio::task::spawn_blocking(move || {
-            live_objects(&s, POST_CHECK_SAMPLE)
-        })
-        .await
-        .map_err(|e| StepError(e.to_string()))?
-        .map_err(StepError)?;
+        let sample = tokio::task::spawn_blocking(move || live_objects(&s, POST_CHECK_SAMPLE))
+            .await
+            .map_err(|e| StepError(e.to_string()))?
+            .map_err(StepError)?;
         for (id, _) in sample {
             self.storage
                 .get(&id, Some("eventual"))
@@ -1035,7 +1069,10 @@ impl Engine {
             return;
         }
         let m = self.state.maintenance();
-        if !m.active(now) {
+        // Maintenance travels separately from the operation: give it time
+        // to arrive before calling its absence an end.
+        let executed_at = rec.executed.as_ref().map(|e| e.at_ms).unwrap_or(now);
+        if !m.active(now) && now > executed_at + MAINTENANCE_ARRIVAL_MS {
             let reason = "maintenance mode ended before the parallel update finished".to_string();
             let me = self.node_id.clone();
             self.state.update(&rec.plan.operation_id, |r| {

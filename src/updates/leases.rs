@@ -190,11 +190,11 @@ impl Granter {
                 holder,
                 epoch,
             } => {
-                let ok = self
-                    .table
-                    .lock()
-                    .expect("lease table")
-                    .release(&slot_id(slot), &holder, epoch);
+                let ok =
+                    self.table
+                        .lock()
+                        .expect("lease table")
+                        .release(&slot_id(slot), &holder, epoch);
                 if ok {
                     self.persist(slot, None);
                 }
@@ -261,7 +261,9 @@ async fn ask(
 ) -> Option<LeaseReply> {
     if peer == p2p.local_peer_id().to_string() {
         let g = granter.clone();
-        return tokio::task::spawn_blocking(move || g.handle(call)).await.ok();
+        return tokio::task::spawn_blocking(move || g.handle(call))
+            .await
+            .ok();
     }
     let id: PeerId = peer.parse().ok()?;
     let body = encode_cbor(&call).ok()?;
@@ -312,13 +314,11 @@ pub async fn acquire(
         }
     }
     match acq.outcome() {
-        Outcome::Held { valid_until_ms } => {
-            Ok(super::ops::LeaseHold {
-                slot,
-                epoch,
-                valid_until_ms: sent_wall + valid_until_ms,
-            })
-        }
+        Outcome::Held { valid_until_ms } => Ok(super::ops::LeaseHold {
+            slot,
+            epoch,
+            valid_until_ms: sent_wall + valid_until_ms,
+        }),
         _ => {
             let granted: Vec<String> = acq.granted_by().cloned().collect();
             drop(calls);
@@ -358,13 +358,7 @@ async fn release_from(
 }
 
 /// Releases `slot` at every member (best effort; unanswered grants expire).
-pub async fn release(
-    p2p: &P2pHandle,
-    granter: &Arc<Granter>,
-    holder: &str,
-    slot: u32,
-    epoch: u64,
-) {
+pub async fn release(p2p: &P2pHandle, granter: &Arc<Granter>, holder: &str, slot: u32, epoch: u64) {
     let members = voters(p2p);
     release_from(p2p, granter, &members, holder, slot, epoch).await;
 }
@@ -392,7 +386,10 @@ mod tests {
         drop(g);
         let g = Granter::open(db.open_tree("leases").unwrap());
         assert!(matches!(acquire(&g, "b", 2), LeaseReply::Denied { .. }));
-        assert!(matches!(acquire(&g, "a", 1), LeaseReply::Granted), "renewal");
+        assert!(
+            matches!(acquire(&g, "a", 1), LeaseReply::Granted),
+            "renewal"
+        );
         assert!(matches!(
             g.handle(LeaseCall::Release {
                 slot: 0,

@@ -1,7 +1,7 @@
 //! The update side of the API that exists today: publishing and listing
 //! signed releases, stored as objects in the cluster's own storage. Every
-//! refusal is logged with its actor (the audit log proper comes with the
-//! update issue).
+//! publish and refusal is logged and recorded in the audit log
+//! (`crate::audit`) with its actor.
 
 mod api;
 pub mod engine;

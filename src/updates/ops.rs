@@ -165,7 +165,10 @@ impl OpRecord {
             .iter()
             .map(|n| {
                 let from = plan.from_versions.get(n).cloned().unwrap_or_default();
-                (n.clone(), NodeProgress::pending(&from, &plan.target_version))
+                (
+                    n.clone(),
+                    NodeProgress::pending(&from, &plan.target_version),
+                )
             })
             .collect();
         OpRecord {
@@ -298,7 +301,10 @@ impl OpRecord {
     }
 
     fn batch_of(&self, node: &str) -> Option<usize> {
-        self.plan.batches.iter().position(|b| b.iter().any(|n| n == node))
+        self.plan
+            .batches
+            .iter()
+            .position(|b| b.iter().any(|n| n == node))
     }
 
     /// Whether `node` may start updating at `now_ms`: every earlier batch is
@@ -452,12 +458,10 @@ impl OpRecord {
                     .filter(|p| p.status == "updating")
                     .map(|p| p.phase.as_str())
                     .collect();
-                if let Some(b) = self
-                    .plan
-                    .batches
-                    .iter()
-                    .position(|b| b.iter().any(|n| self.nodes.get(n).is_none_or(|p| p.status != "completed")))
-                {
+                if let Some(b) = self.plan.batches.iter().position(|b| {
+                    b.iter()
+                        .any(|n| self.nodes.get(n).is_none_or(|p| p.status != "completed"))
+                }) {
                     if active.is_empty() {
                         return format!("batch {} of {}: waiting", b + 1, self.plan.batches.len());
                     }
@@ -574,7 +578,11 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
             if !seen.insert(n) {
                 continue;
             }
-            match i.members.iter().find(|m| &m.name == n && m.status != "left") {
+            match i
+                .members
+                .iter()
+                .find(|m| &m.name == n && m.status != "left")
+            {
                 Some(m) => targets.push(m),
                 None => unknown.push(n.clone()),
             }
@@ -623,7 +631,10 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
     let mut fitting = Vec::new();
     for m in &targets {
         let Ok(v) = semver::Version::parse(&m.version) else {
-            misfit.push(format!("{} runs an unparseable version {:?}", m.name, m.version));
+            misfit.push(format!(
+                "{} runs an unparseable version {:?}",
+                m.name, m.version
+            ));
             continue;
         };
         let fits = match i.update_type {
@@ -668,10 +679,7 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
     }
     for (m, v) in &fitting {
         if v.major != target.major {
-            breaking.push(format!(
-                "{}: major version change {v} -> {target}",
-                m.name
-            ));
+            breaking.push(format!("{}: major version change {v} -> {target}", m.name));
         }
         if let Some(min) = &release.min_compatible_version {
             if v < min {
@@ -793,6 +801,7 @@ mod tests {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn input<'a>(
         target: &'a str,
         kind: &'a str,
@@ -831,30 +840,59 @@ mod tests {
         let ms = members("1.0.0", 4);
         let none = BTreeSet::new();
         let all: Vec<String> = vec![];
-        let p = make_plan(input("1.1.0", "upgrade", "rolling", &all, false, &rel, &ms, &none)).unwrap();
+        let p = make_plan(input(
+            "1.1.0", "upgrade", "rolling", &all, false, &rel, &ms, &none,
+        ))
+        .unwrap();
         assert_eq!(p.batches.len(), 4);
         assert!(p.batches.iter().all(|b| b.len() == 1));
-        let p = make_plan(input("1.1.0", "upgrade", "parallel", &all, false, &rel, &ms, &none)).unwrap();
+        let p = make_plan(input(
+            "1.1.0", "upgrade", "parallel", &all, false, &rel, &ms, &none,
+        ))
+        .unwrap();
         assert_eq!(p.batches, vec![vec!["n0", "n1"], vec!["n2", "n3"]]);
         // Unpublished, wrong direction, unknown node.
-        let e = make_plan(input("1.9.0", "upgrade", "rolling", &all, false, &rel, &ms, &none)).unwrap_err();
+        let e = make_plan(input(
+            "1.9.0", "upgrade", "rolling", &all, false, &rel, &ms, &none,
+        ))
+        .unwrap_err();
         assert_eq!((e.status, e.code), (400, "release_not_published"));
-        let e = make_plan(input("1.1.0", "downgrade", "rolling", &all, false, &rel, &ms, &none)).unwrap_err();
+        let e = make_plan(input(
+            "1.1.0",
+            "downgrade",
+            "rolling",
+            &all,
+            false,
+            &rel,
+            &ms,
+            &none,
+        ))
+        .unwrap_err();
         assert_eq!((e.status, e.code), (400, "nothing_to_update"));
         let ghost = vec!["ghost".to_string(), "n1".to_string()];
-        let e = make_plan(input("1.1.0", "upgrade", "rolling", &ghost, false, &rel, &ms, &none)).unwrap_err();
+        let e = make_plan(input(
+            "1.1.0", "upgrade", "rolling", &ghost, false, &rel, &ms, &none,
+        ))
+        .unwrap_err();
         assert_eq!((e.status, e.code), (400, "unknown_nodes"));
         assert!(e.message.contains("ghost"));
         // Breaking: major bump, flag, min_compatible; force accepts.
         for v in ["2.0.0", "1.2.0", "1.3.0"] {
-            let e = make_plan(input(v, "upgrade", "rolling", &all, false, &rel, &ms, &none)).unwrap_err();
+            let e = make_plan(input(
+                v, "upgrade", "rolling", &all, false, &rel, &ms, &none,
+            ))
+            .unwrap_err();
             assert_eq!((e.status, e.code), (409, "breaking_changes"), "{v}");
-            let p = make_plan(input(v, "upgrade", "rolling", &all, true, &rel, &ms, &none)).unwrap();
+            let p =
+                make_plan(input(v, "upgrade", "rolling", &all, true, &rel, &ms, &none)).unwrap();
             assert!(!p.breaking_changes.is_empty());
         }
         // Busy nodes.
         let busy: BTreeSet<String> = ["n2".to_string()].into();
-        let e = make_plan(input("1.1.0", "upgrade", "rolling", &all, false, &rel, &ms, &busy)).unwrap_err();
+        let e = make_plan(input(
+            "1.1.0", "upgrade", "rolling", &all, false, &rel, &ms, &busy,
+        ))
+        .unwrap_err();
         assert_eq!((e.status, e.code), (409, "operation_in_progress"));
     }
 
@@ -863,7 +901,12 @@ mod tests {
         let ms = members("1.0.0", n);
         let none = BTreeSet::new();
         let all: Vec<String> = vec![];
-        OpRecord::new(make_plan(input("1.1.0", "upgrade", strategy, &all, false, &rel, &ms, &none)).unwrap())
+        OpRecord::new(
+            make_plan(input(
+                "1.1.0", "upgrade", strategy, &all, false, &rel, &ms, &none,
+            ))
+            .unwrap(),
+        )
     }
 
     fn set(r: &mut OpRecord, node: &str, status: &str, on_target: bool, done_at: Option<u64>) {
@@ -880,7 +923,11 @@ mod tests {
     fn turns_follow_batches_and_pauses() {
         let mut r = record("rolling", 3);
         assert!(!r.update_turn("n0", 0), "not executed yet");
-        r.executed = Some(Mark { at_ms: 0, by: "x".into(), reason: String::new() });
+        r.executed = Some(Mark {
+            at_ms: 0,
+            by: "x".into(),
+            reason: String::new(),
+        });
         assert!(r.update_turn("n0", 0));
         assert!(!r.update_turn("n1", 0));
         set(&mut r, "n0", "completed", true, Some(10_000));
@@ -893,13 +940,21 @@ mod tests {
         assert_eq!(r.status(0), "completed");
 
         let mut c = record("canary", 3);
-        c.executed = Some(Mark { at_ms: 0, by: "x".into(), reason: String::new() });
+        c.executed = Some(Mark {
+            at_ms: 0,
+            by: "x".into(),
+            reason: String::new(),
+        });
         set(&mut c, "n0", "completed", true, Some(0));
         assert!(!c.update_turn("n1", 29_999), "canary soak");
         assert!(c.update_turn("n1", 30_000));
 
         let mut p = record("parallel", 4);
-        p.executed = Some(Mark { at_ms: 0, by: "x".into(), reason: String::new() });
+        p.executed = Some(Mark {
+            at_ms: 0,
+            by: "x".into(),
+            reason: String::new(),
+        });
         assert!(p.update_turn("n0", 0) && p.update_turn("n1", 0));
         assert!(!p.update_turn("n2", 0));
         assert_eq!(p.slots(), 2);
@@ -908,10 +963,18 @@ mod tests {
     #[test]
     fn rollback_runs_in_reverse_and_halts_updates() {
         let mut r = record("rolling", 3);
-        r.executed = Some(Mark { at_ms: 0, by: "x".into(), reason: String::new() });
+        r.executed = Some(Mark {
+            at_ms: 0,
+            by: "x".into(),
+            reason: String::new(),
+        });
         set(&mut r, "n0", "completed", true, Some(1));
         set(&mut r, "n1", "failed", true, None);
-        r.halted = Some(Mark { at_ms: 5, by: "n1".into(), reason: "post-check failed".into() });
+        r.halted = Some(Mark {
+            at_ms: 5,
+            by: "n1".into(),
+            reason: "post-check failed".into(),
+        });
         assert_eq!(r.status(10), "rolling_back");
         assert!(!r.update_turn("n2", u64::MAX));
         assert!(!r.rollback_turn("n0"), "n1 rolls back first");
@@ -924,7 +987,11 @@ mod tests {
         let mut t = record("rolling", 2);
         t.executed = r.executed.clone();
         set(&mut t, "n0", "completed", true, Some(1));
-        t.rollback = Some(Mark { at_ms: 100, by: "a".into(), reason: String::new() });
+        t.rollback = Some(Mark {
+            at_ms: 100,
+            by: "a".into(),
+            reason: String::new(),
+        });
         assert_eq!(t.status(100 + 60_000), "rolling_back");
         assert_eq!(t.status(100 + 60_001), "failed");
     }
@@ -935,7 +1002,11 @@ mod tests {
         set(&mut r, "n0", "updating", false, None);
         r.failed_nodes.insert(
             "n0".into(),
-            Mark { at_ms: 1, by: "n1".into(), reason: "lease expired".into() },
+            Mark {
+                at_ms: 1,
+                by: "n1".into(),
+                reason: "lease expired".into(),
+            },
         );
         assert_eq!(r.node_status("n0").0, "failed");
     }
@@ -943,7 +1014,11 @@ mod tests {
     #[test]
     fn estimated_completion_uses_measured_durations() {
         let mut r = record("rolling", 3);
-        r.executed = Some(Mark { at_ms: 0, by: "x".into(), reason: String::new() });
+        r.executed = Some(Mark {
+            at_ms: 0,
+            by: "x".into(),
+            reason: String::new(),
+        });
         let before = r.estimated_completion_ms(0).unwrap();
         // 15 s per node default + 2 x 5 s delays.
         assert_eq!(before, (3.0 * 15.0 * 1000.0) as u64 + 10_000);
@@ -960,7 +1035,17 @@ mod tests {
     }
 
     fn arb_progress() -> impl Strategy<Value = NodeProgress> {
-        (0u64..5, prop::sample::select(vec!["pending", "updating", "completed", "failed", "rolled_back"]), any::<bool>())
+        (
+            0u64..5,
+            prop::sample::select(vec![
+                "pending",
+                "updating",
+                "completed",
+                "failed",
+                "rolled_back",
+            ]),
+            any::<bool>(),
+        )
             .prop_map(|(seq, st, on)| {
                 let mut p = NodeProgress::pending("1.0.0", "1.1.0");
                 p.seq = seq;
@@ -971,16 +1056,23 @@ mod tests {
     }
 
     fn arb_mark() -> impl Strategy<Value = Option<Mark>> {
-        prop::option::of((0u64..10, prop::sample::select(vec!["a", "b"])).prop_map(|(at, by)| Mark {
-            at_ms: at,
-            by: by.into(),
-            reason: String::new(),
-        }))
+        prop::option::of(
+            (0u64..10, prop::sample::select(vec!["a", "b"])).prop_map(|(at, by)| Mark {
+                at_ms: at,
+                by: by.into(),
+                reason: String::new(),
+            }),
+        )
     }
 
     fn arb_record() -> impl Strategy<Value = OpRecord> {
-        (arb_mark(), arb_mark(), arb_mark(), prop::collection::vec(arb_progress(), 3)).prop_map(
-            |(e, h, r, ps)| {
+        (
+            arb_mark(),
+            arb_mark(),
+            arb_mark(),
+            prop::collection::vec(arb_progress(), 3),
+        )
+            .prop_map(|(e, h, r, ps)| {
                 let mut rec = record("rolling", 3);
                 rec.executed = e;
                 rec.halted = h;
@@ -992,13 +1084,14 @@ mod tests {
                         p = NodeProgress::pending("1.0.0", "1.1.0");
                     }
                     p.error = Some(format!("{}", p.seq));
-                    p.status = ["pending", "updating", "completed", "failed", "rolled_back"][p.seq as usize % 5].into();
+                    p.status = ["pending", "updating", "completed", "failed", "rolled_back"]
+                        [p.seq as usize % 5]
+                        .into();
                     p.on_target = p.seq % 2 == 1;
                     rec.nodes.insert(format!("n{i}"), p);
                 }
                 rec
-            },
-        )
+            })
     }
 
     proptest! {

@@ -357,3 +357,42 @@ pub fn cluster(root: &Path, n: usize, config: &str) -> Vec<TestNode> {
     assert!(ok.is_some(), "cluster of {n} did not converge");
     nodes
 }
+
+/// Builds a second real `plexi` with `PLEXI_BUILD_VERSION=version` (and
+/// `PLEXI_BUILD_FAULT=fault`, empty for a sound build) into its own target
+/// dir (`target/alt`, without debug info so it stays well under the object
+/// size limit), and returns a copy of it that nothing overwrites. Builds
+/// are serialised across test processes with a lock file; cargo makes
+/// repeated builds cheap (only the `plexi` crate recompiles).
+pub fn build_version(version: &str, fault: &str) -> PathBuf {
+    use std::os::unix::io::AsRawFd;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let alt = root.join("target/alt");
+    std::fs::create_dir_all(alt.join("bins")).unwrap();
+    let out = alt.join("bins").join(format!(
+        "plexi-{version}{}",
+        if fault.is_empty() {
+            String::new()
+        } else {
+            format!("-{fault}")
+        }
+    ));
+    let lock = std::fs::File::create(alt.join("build.lock")).unwrap();
+    // SAFETY: flock on a file descriptor we own; released when it closes.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--bin", "plexi", "--quiet"])
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", &alt)
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .env("PLEXI_BUILD_VERSION", version)
+        .env("PLEXI_BUILD_FAULT", fault)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building plexi {version} {fault} failed");
+    let tmp = out.with_extension("tmp");
+    std::fs::copy(alt.join("debug/plexi"), &tmp).unwrap();
+    std::fs::rename(&tmp, &out).unwrap();
+    drop(lock);
+    out
+}

@@ -1,0 +1,596 @@
+//! Cluster self-update with real processes and real binaries: a second
+//! version built with PLEXI_BUILD_VERSION is published into the cluster,
+//! planned and executed; nodes restart into it through their supervisors.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{build_version, cluster, wait_for, TestNode, ADMIN, BIN, FAST, READ};
+use serde_json::{json, Value};
+
+fn keygen(dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["release", "keygen", "--out"])
+        .arg(dir.join("release.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn publish(api: &str, dir: &Path, binary: &Path, version: &str, extra: &[&str]) {
+    let out = Command::new(BIN)
+        .args(["release", "publish", "--binary"])
+        .arg(binary)
+        .args(["--version", version, "--key"])
+        .arg(dir.join("release.key"))
+        .args(extra)
+        .args(["--api", api, "--token", ADMIN])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "publish {version}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The API address a node serves now (a restarted worker may bind anew).
+fn api_of(dir: &Path) -> Option<String> {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("data/node.json")).ok()?).ok()?;
+    Some(format!("http://{}", v["api_address"].as_str()?))
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn post(api: &str, path: &str, body: Value) -> (u16, Value) {
+    let res = client()
+        .post(format!("{api}{path}"))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().unwrap_or(Value::Null))
+}
+
+fn get(api: &str, path: &str) -> Option<Value> {
+    let res = client()
+        .get(format!("{api}{path}"))
+        .bearer_auth(READ)
+        .send()
+        .ok()?;
+    res.status().is_success().then(|| res.json().ok()).flatten()
+}
+
+fn config(public_key: &str, extra: &str) -> String {
+    let fast = FAST.replace("max_object_mib: 8", "max_object_mib: 128");
+    format!(
+        "{fast}cluster_updates:\n  release_public_keys: [\"{public_key}\"]\n  rolling_update_delay_seconds: 1\n  health_check_timeout_seconds: 30\n  rollback_timeout_seconds: 120\n  canary_soak_seconds: 2\n{extra}"
+    )
+}
+
+/// Plans and executes through `api`; returns the operation id.
+fn plan_and_execute(api: &str, body: Value) -> String {
+    let (st, op) = post(api, "/api/v1/clustering/updates/plan", body);
+    assert_eq!(st, 201, "{op}");
+    let id = op["operation_id"].as_str().unwrap().to_string();
+    let (st, op) = post(
+        api,
+        &format!("/api/v1/clustering/updates/{id}/execute"),
+        json!({}),
+    );
+    assert_eq!(st, 202, "{op}");
+    id
+}
+
+/// Polls the operation through any node until it reaches a final status.
+fn wait_final(nodes: &[TestNode], id: &str, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let mut last = Value::Null;
+    while start.elapsed() < timeout {
+        for n in nodes {
+            let Some(api) = api_of(&n.dir) else { continue };
+            if let Some(op) = get(&api, &format!("/api/v1/clustering/updates/{id}/status")) {
+                let status = op["status"].as_str().unwrap_or("").to_string();
+                last = op;
+                if matches!(
+                    status.as_str(),
+                    "completed" | "failed" | "rolled_back" | "cancelled"
+                ) {
+                    return last;
+                }
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!(
+        "operation {id} not final after {timeout:?}: {}",
+        serde_json::to_string_pretty(&last).unwrap()
+    );
+}
+
+fn versions(nodes: &[TestNode]) -> BTreeMap<String, String> {
+    nodes
+        .iter()
+        .map(|n| {
+            let v = api_of(&n.dir)
+                .and_then(|api| get(&api, "/health"))
+                .map(|h| h["version"].as_str().unwrap_or("").to_string())
+                .unwrap_or_default();
+            (n.name.clone(), v)
+        })
+        .collect()
+}
+
+/// Out-of-service intervals per node from the audit log (drain to back in
+/// service), as (start, end) RFC 3339 strings.
+fn out_of_service(api: &str, op: &str) -> Vec<(String, String, String)> {
+    let audit = get(api, "/api/v1/clustering/audit?limit=1000").unwrap();
+    assert_eq!(audit["chains_verified"], true);
+    let mut entries: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["operation_id"] == op)
+        .collect();
+    entries.sort_by_key(|e| e["at"].as_str().unwrap().to_string());
+    let mut open: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    for e in entries {
+        let node = e["detail"]["node_id"].as_str().unwrap_or("").to_string();
+        match e["action"].as_str().unwrap() {
+            "node.out_of_service" => {
+                open.insert(node, e["at"].as_str().unwrap().to_string());
+            }
+            "node.in_service" => {
+                if let Some(s) = open.remove(&node) {
+                    out.push((node, s, e["at"].as_str().unwrap().to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (node, s) in open {
+        out.push((node, s, "~".into()));
+    }
+    out
+}
+
+fn max_overlap(intervals: &[(String, String, String)]) -> usize {
+    intervals
+        .iter()
+        .map(|(_, s, _)| {
+            intervals
+                .iter()
+                .filter(|(_, s2, e2)| s2 <= s && s < e2)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Acknowledged writes: (key, bytes).
+type Acked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A client that writes and reads through every node, retrying on another
+/// node when one refuses (503 draining) or is down.
+struct Client {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicUsize>,
+    ops: Arc<AtomicUsize>,
+    acked: Acked,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Client {
+    fn start(dirs: Vec<PathBuf>) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let ops = Arc::new(AtomicUsize::new(0));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let (s, f, o, a, l) = (
+            stop.clone(),
+            failures.clone(),
+            ops.clone(),
+            acked.clone(),
+            latencies.clone(),
+        );
+        let handle = std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut i = 0usize;
+            while !s.load(Ordering::SeqCst) {
+                i += 1;
+                let write = i % 2 == 1;
+                let key = format!("client-{i}");
+                let body = format!("value {i}").into_bytes();
+                let read_target = a.lock().unwrap().last().cloned();
+                let started = Instant::now();
+                let mut ok = false;
+                // Up to 3 rounds over every node.
+                'attempts: for round in 0..3 {
+                    for k in 0..dirs.len() {
+                        let dir = &dirs[(i + k) % dirs.len()];
+                        let Some(api) = api_of(dir) else { continue };
+                        let res = if write {
+                            http.put(format!(
+                                "{api}/api/v1/clustering/storage/data/{key}?consistency=eventual"
+                            ))
+                            .bearer_auth(ADMIN)
+                            .body(body.clone())
+                            .send()
+                        } else {
+                            match &read_target {
+                                Some((k, _)) => http
+                                    .get(format!("{api}/api/v1/clustering/storage/data/{k}"))
+                                    .bearer_auth(READ)
+                                    .send(),
+                                None => {
+                                    ok = true;
+                                    break 'attempts;
+                                }
+                            }
+                        };
+                        match res {
+                            Ok(r) if r.status().is_success() => {
+                                if write {
+                                    a.lock().unwrap().push((key.clone(), body.clone()));
+                                    ok = true;
+                                } else {
+                                    let (_, want) = read_target.as_ref().unwrap();
+                                    ok = r.bytes().map(|b| b.to_vec() == *want).unwrap_or(false);
+                                }
+                                if ok {
+                                    break 'attempts;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(200 * (round + 1) as u64));
+                }
+                o.fetch_add(1, Ordering::SeqCst);
+                l.lock().unwrap().push(started.elapsed());
+                if !ok {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    eprintln!("client operation {i} failed on every node");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Client {
+            stop,
+            failures,
+            ops,
+            acked,
+            latencies,
+            handle: Some(handle),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
+    let root = tempfile::tempdir().unwrap();
+    let v2 = build_version("0.2.0", "");
+    let broken = build_version("0.3.0", "exit-at-start");
+    let public = keygen(root.path());
+    let nodes = cluster(root.path(), 3, &config(&public, ""));
+    let api = nodes[0].api.clone();
+    let base = String::from_utf8(Command::new(BIN).arg("--version").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .trim_start_matches("plexi ")
+        .to_string();
+    publish(&api, root.path(), &v2, "0.2.0", &[]);
+    publish(&api, root.path(), &broken, "0.3.0", &[]);
+    publish(&api, root.path(), Path::new(BIN), &base, &[]);
+
+    // Some data first, so post-checks read real objects.
+    for i in 0..20 {
+        assert!(nodes[i % 3]
+            .put(
+                &format!("pre-{i}"),
+                format!("pre {i}").as_bytes(),
+                "consistency=strong"
+            )
+            .status()
+            .is_success());
+    }
+
+    // 1. Rolling upgrade from a node that is not first, under client load.
+    let mut client = Client::start(nodes.iter().map(|n| n.dir.clone()).collect());
+    let id = plan_and_execute(
+        &nodes[1].api,
+        json!({"target_version": "0.2.0", "update_type": "upgrade", "strategy": "rolling"}),
+    );
+    let op = wait_final(&nodes, &id, Duration::from_secs(240));
+    std::thread::sleep(Duration::from_secs(1));
+    client.stop();
+    assert_eq!(op["status"], "completed", "{op:#}");
+    assert!(
+        versions(&nodes).values().all(|v| v == "0.2.0"),
+        "{:?}",
+        versions(&nodes)
+    );
+    let (ops, failures) = (
+        client.ops.load(Ordering::SeqCst),
+        client.failures.load(Ordering::SeqCst),
+    );
+    eprintln!("client: {ops} operations, {failures} failed");
+    assert_eq!(failures, 0, "client operations failed during the roll");
+    assert!(ops > 20, "the client barely ran: {ops}");
+    // Every acknowledged write is readable.
+    let api = api_of(&nodes[2].dir).unwrap();
+    for (key, body) in client.acked.lock().unwrap().iter() {
+        let res = client_get(&api, key);
+        assert_eq!(res.as_deref(), Some(body.as_slice()), "{key} lost");
+    }
+    // Never more than one node out of service, from the audit records.
+    let intervals = out_of_service(&api, &id);
+    assert_eq!(intervals.len(), 3, "{intervals:?}");
+    assert_eq!(max_overlap(&intervals), 1, "{intervals:?}");
+    let audit = get(&api, "/api/v1/clustering/audit?limit=1000").unwrap();
+    let grants = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["operation_id"] == id.as_str() && e["action"] == "lease.grant")
+        .count();
+    assert_eq!(grants, 3);
+    let lat = client.latencies.lock().unwrap().clone();
+    eprintln!("client p99 {:?}", percentile(&lat, 0.99));
+
+    // 2. A release that exits at start: the first node returns to 0.2.0 by
+    // itself and the operation rolls back.
+    let id = plan_and_execute(
+        &api,
+        json!({"target_version": "0.3.0", "strategy": "rolling"}),
+    );
+    let op = wait_final(&nodes, &id, Duration::from_secs(180));
+    assert_eq!(op["status"], "rolled_back", "{op:#}");
+    let failed: Vec<&Value> = op["node_statuses"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|n| n["error_message"].is_string())
+        .collect();
+    assert_eq!(failed.len(), 1, "{op:#}");
+    assert!(wait_for(Duration::from_secs(30), || versions(&nodes)
+        .values()
+        .all(|v| v == "0.2.0")
+        .then_some(()))
+    .is_some());
+
+    // 3. Downgrade back to the base version.
+    let id = plan_and_execute(
+        &api,
+        json!({"target_version": base, "update_type": "downgrade", "strategy": "rolling"}),
+    );
+    let op = wait_final(&nodes, &id, Duration::from_secs(240));
+    assert_eq!(op["status"], "completed", "{op:#}");
+    assert!(versions(&nodes).values().all(|v| *v == base));
+    for i in 0..20 {
+        assert_eq!(
+            client_get(&api_of(&nodes[i % 3].dir).unwrap(), &format!("pre-{i}")).as_deref(),
+            Some(format!("pre {i}").as_bytes())
+        );
+    }
+}
+
+fn client_get(api: &str, key: &str) -> Option<Vec<u8>> {
+    let r = client()
+        .get(format!("{api}/api/v1/clustering/storage/data/{key}"))
+        .bearer_auth(READ)
+        .send()
+        .ok()?;
+    r.status()
+        .is_success()
+        .then(|| r.bytes().ok().map(|b| b.to_vec()))
+        .flatten()
+}
+
+fn percentile(v: &[Duration], p: f64) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(((v.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
+#[test]
+fn parallel_update_breaking_unhealthy_and_tampered_releases() {
+    let root = tempfile::tempdir().unwrap();
+    let v2 = build_version("0.2.0", "");
+    let unhealthy = build_version("0.3.1", "unhealthy");
+    let public = keygen(root.path());
+    let nodes = cluster(
+        root.path(),
+        4,
+        &config(&public, "  max_concurrent_updates: 2\n"),
+    );
+    let api = nodes[0].api.clone();
+    publish(&api, root.path(), &v2, "0.2.0", &["--breaking"]);
+    publish(&api, root.path(), &unhealthy, "0.3.1", &[]);
+
+    // Breaking without force: 409 naming it; unknown node: 400.
+    let (st, body) = post(
+        &api,
+        "/api/v1/clustering/updates/plan",
+        json!({"target_version": "0.2.0", "strategy": "parallel"}),
+    );
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(body["error"]["code"], "breaking_changes");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("breaking"));
+    let (st, body) = post(
+        &api,
+        "/api/v1/clustering/updates/plan",
+        json!({"target_version": "0.2.0", "target_nodes": ["s1", "nope"], "force": true}),
+    );
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_nodes");
+
+    // Parallel, two at a time, inside maintenance mode.
+    let id = plan_and_execute(
+        &nodes[3].api,
+        json!({"target_version": "0.2.0", "strategy": "parallel", "force": true}),
+    );
+    let m = get(&api, "/api/v1/clustering/maintenance").unwrap();
+    assert_eq!(m["enabled"], true, "{m}");
+    let op = wait_final(&nodes, &id, Duration::from_secs(240));
+    assert_eq!(op["status"], "completed", "{op:#}");
+    assert_eq!(op["batches"].as_array().unwrap().len(), 2);
+    assert!(versions(&nodes).values().all(|v| v == "0.2.0"));
+    let api = api_of(&nodes[0].dir).unwrap();
+    let intervals = out_of_service(&api, &id);
+    assert_eq!(intervals.len(), 4, "{intervals:?}");
+    let overlap = max_overlap(&intervals);
+    assert!((1..=2).contains(&overlap), "{intervals:?}");
+    // Maintenance is left once the operation is final.
+    assert!(wait_for(Duration::from_secs(10), || {
+        (get(&api, "/api/v1/clustering/maintenance")?["enabled"] == false).then_some(())
+    })
+    .is_some());
+
+    // A release that starts but fails its health check: the supervisor
+    // returns the node to 0.2.0 after the deadline; the operation rolls back.
+    let id = plan_and_execute(&api, json!({"target_version": "0.3.1"}));
+    let op = wait_final(&nodes, &id, Duration::from_secs(180));
+    assert_eq!(op["status"], "rolled_back", "{op:#}");
+    assert!(wait_for(Duration::from_secs(30), || versions(&nodes)
+        .values()
+        .all(|v| v == "0.2.0")
+        .then_some(()))
+    .is_some());
+
+    // A tampered artifact: the stored binary no longer matches its signed
+    // manifest, so the first node refuses it before anything runs.
+    let base = String::from_utf8(Command::new(BIN).arg("--version").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .trim_start_matches("plexi ")
+        .to_string();
+    publish(&api, root.path(), Path::new(BIN), &base, &[]);
+    let res = client()
+        .put(format!(
+            "{api}/api/v1/clustering/storage/data/release.{base}.bin?consistency=strong"
+        ))
+        .bearer_auth(ADMIN)
+        .body(b"#!/bin/sh\nexit 0\n".to_vec())
+        .send()
+        .unwrap();
+    assert!(res.status().is_success());
+    let id = plan_and_execute(
+        &api,
+        json!({"target_version": base, "update_type": "downgrade"}),
+    );
+    let op = wait_final(&nodes, &id, Duration::from_secs(120));
+    assert_eq!(op["status"], "rolled_back", "{op:#}");
+    let errors: Vec<String> = op["node_statuses"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|n| n["error_message"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(errors.len(), 1, "{op:#}");
+    assert!(errors[0].contains("refused"), "{errors:?}");
+    assert!(versions(&nodes).values().all(|v| v == "0.2.0"));
+    let audit = get(&api, "/api/v1/clustering/audit?limit=1000").unwrap();
+    assert!(audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "release.refused" && e["operation_id"] == id.as_str()));
+}
+
+#[test]
+fn sigkill_of_the_lease_holder_fails_it_and_rolls_back() {
+    let root = tempfile::tempdir().unwrap();
+    let v2 = build_version("0.2.0", "");
+    let public = keygen(root.path());
+    let mut nodes = cluster(
+        root.path(),
+        3,
+        &config(&public, "").replace(
+            "health_check_timeout_seconds: 30",
+            "health_check_timeout_seconds: 5",
+        ),
+    );
+    let api = nodes[1].api.clone();
+    publish(&api, root.path(), &v2, "0.2.0", &[]);
+    let base = versions(&nodes)["s1"].clone();
+    let id = plan_and_execute(&api, json!({"target_version": "0.2.0"}));
+    // s1 updates first (batches are by name); kill it mid-update.
+    let phase = wait_for(Duration::from_secs(60), || {
+        let op = get(&api, &format!("/api/v1/clustering/updates/{id}/status"))?;
+        let n = &op["node_statuses"]["s1"];
+        let phase = n["current_phase"].as_str()?.to_string();
+        (n["status"] == "updating"
+            && ["pre_check", "drain", "backup", "fetch", "install"].contains(&phase.as_str()))
+        .then_some(phase)
+    })
+    .expect("s1 never started updating");
+    eprintln!("killing s1 in phase {phase}");
+    nodes[0].kill();
+    let op = wait_final(&nodes[1..], &id, Duration::from_secs(120));
+    assert_eq!(op["status"], "rolled_back", "{op:#}");
+    assert_eq!(op["node_statuses"]["s1"]["status"], "failed", "{op:#}");
+    for n in ["s2", "s3"] {
+        assert_eq!(op["node_statuses"][n]["status"], "pending", "{op:#}");
+    }
+    let live = versions(&nodes[1..]);
+    assert!(live.values().all(|v| *v == base), "{live:?}");
+    let audit = get(
+        &api_of(&nodes[1].dir).unwrap(),
+        "/api/v1/clustering/audit?limit=1000",
+    )
+    .unwrap();
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["operation_id"] == id.as_str())
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"lease.expire"), "{actions:?}");
+    assert!(actions.contains(&"update.node_failed"), "{actions:?}");
+    assert_eq!(
+        actions.iter().filter(|a| **a == "lease.grant").count(),
+        1,
+        "no other node took a lease: {actions:?}"
+    );
+}
