@@ -116,6 +116,23 @@ fn wait_final(nodes: &[TestNode], id: &str, timeout: Duration) -> Value {
                     status.as_str(),
                     "completed" | "failed" | "rolled_back" | "cancelled"
                 ) {
+                    // The state is replicated: wait until every node says so.
+                    let everywhere = wait_for(Duration::from_secs(20), || {
+                        nodes
+                            .iter()
+                            .all(|n| {
+                                api_of(&n.dir)
+                                    .and_then(|api| {
+                                        get(
+                                            &api,
+                                            &format!("/api/v1/clustering/updates/{id}/status"),
+                                        )
+                                    })
+                                    .is_some_and(|op| op["status"] == status.as_str())
+                            })
+                            .then_some(())
+                    });
+                    assert!(everywhere.is_some(), "not every node sees {id} {status}");
                     return last;
                 }
                 break;

@@ -2,7 +2,7 @@
 //! rollback, active, history and maintenance mode, over the replicated
 //! state ([`super::state`]) that the engines act on.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
 use plexi_api::model::{
@@ -179,10 +179,16 @@ impl Engine {
             .collect();
         let now = wall_ms();
         let all = self.state.all();
-        let busy: BTreeSet<String> = all
+        let busy: BTreeMap<String, String> = all
             .iter()
             .filter(|r| r.executed.is_some() && !r.is_final(now))
-            .flat_map(|r| r.plan.target_nodes.clone())
+            .flat_map(|r| {
+                let what = format!("operation {}, {}", r.plan.operation_id, r.status(now));
+                r.plan
+                    .target_nodes
+                    .iter()
+                    .map(move |n| (n.clone(), what.clone()))
+            })
             .collect();
         let measured = all
             .iter()

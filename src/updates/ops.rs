@@ -527,8 +527,8 @@ pub struct PlanInput<'a> {
     pub settings: OpSettings,
     /// Per-node seconds measured by earlier operations, if any.
     pub measured_node_seconds: Option<f64>,
-    /// Nodes busy in another operation that is not final.
-    pub busy: &'a BTreeSet<String>,
+    /// Nodes busy in another operation that is not final, with what it is.
+    pub busy: &'a BTreeMap<String, String>,
 }
 
 /// Validates a plan request and lays out the operation.
@@ -612,8 +612,7 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
     }
     let busy: Vec<String> = targets
         .iter()
-        .filter(|m| i.busy.contains(&m.name))
-        .map(|m| m.name.clone())
+        .filter_map(|m| i.busy.get(&m.name).map(|op| format!("{} ({op})", m.name)))
         .collect();
     if !busy.is_empty() {
         return Err(PlanError {
@@ -810,7 +809,7 @@ mod tests {
         force: bool,
         releases: &'a [ReleaseInfo],
         members: &'a [PlanMember],
-        busy: &'a BTreeSet<String>,
+        busy: &'a BTreeMap<String, String>,
     ) -> PlanInput<'a> {
         PlanInput {
             operation_id: "op".into(),
@@ -838,7 +837,7 @@ mod tests {
             release("1.3.0", false, Some("1.1.0")),
         ];
         let ms = members("1.0.0", 4);
-        let none = BTreeSet::new();
+        let none = BTreeMap::new();
         let all: Vec<String> = vec![];
         let p = make_plan(input(
             "1.1.0", "upgrade", "rolling", &all, false, &rel, &ms, &none,
@@ -888,7 +887,7 @@ mod tests {
             assert!(!p.breaking_changes.is_empty());
         }
         // Busy nodes.
-        let busy: BTreeSet<String> = ["n2".to_string()].into();
+        let busy: BTreeMap<String, String> = [("n2".to_string(), "op x".to_string())].into();
         let e = make_plan(input(
             "1.1.0", "upgrade", "rolling", &all, false, &rel, &ms, &busy,
         ))
@@ -899,7 +898,7 @@ mod tests {
     fn record(strategy: &str, n: usize) -> OpRecord {
         let rel = [release("1.1.0", false, None)];
         let ms = members("1.0.0", n);
-        let none = BTreeSet::new();
+        let none = BTreeMap::new();
         let all: Vec<String> = vec![];
         OpRecord::new(
             make_plan(input(
