@@ -319,20 +319,20 @@ impl Client {
 
 #[test]
 fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
-    let root = tempfile::tempdir().unwrap();
+    let (_guard, root) = test_dir();
     let v2 = build_version("0.2.0", "");
     let broken = build_version("0.3.0", "exit-at-start");
-    let public = keygen(root.path());
-    let nodes = cluster(root.path(), 3, &config(&public, ""));
+    let public = keygen(root.as_path());
+    let nodes = cluster(root.as_path(), 3, &config(&public, ""));
     let api = nodes[0].api.clone();
     let base = String::from_utf8(Command::new(BIN).arg("--version").output().unwrap().stdout)
         .unwrap()
         .trim()
         .trim_start_matches("plexi ")
         .to_string();
-    publish(&api, root.path(), &v2, "0.2.0", &[]);
-    publish(&api, root.path(), &broken, "0.3.0", &[]);
-    publish(&api, root.path(), Path::new(BIN), &base, &[]);
+    publish(&api, root.as_path(), &v2, "0.2.0", &[]);
+    publish(&api, root.as_path(), &broken, "0.3.0", &[]);
+    publish(&api, root.as_path(), Path::new(BIN), &base, &[]);
 
     // Some data first, so post-checks read real objects.
     for i in 0..20 {
@@ -448,18 +448,18 @@ fn percentile(v: &[Duration], p: f64) -> Duration {
 
 #[test]
 fn parallel_update_breaking_unhealthy_and_tampered_releases() {
-    let root = tempfile::tempdir().unwrap();
+    let (_guard, root) = test_dir();
     let v2 = build_version("0.2.0", "");
     let unhealthy = build_version("0.3.1", "unhealthy");
-    let public = keygen(root.path());
+    let public = keygen(root.as_path());
     let nodes = cluster(
-        root.path(),
+        root.as_path(),
         4,
         &config(&public, "  max_concurrent_updates: 2\n"),
     );
     let api = nodes[0].api.clone();
-    publish(&api, root.path(), &v2, "0.2.0", &["--breaking"]);
-    publish(&api, root.path(), &unhealthy, "0.3.1", &[]);
+    publish(&api, root.as_path(), &v2, "0.2.0", &["--breaking"]);
+    publish(&api, root.as_path(), &unhealthy, "0.3.1", &[]);
 
     // Breaking without force: 409 naming it; unknown node: 400.
     let (st, body) = post(
@@ -521,7 +521,8 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
         .trim()
         .trim_start_matches("plexi ")
         .to_string();
-    publish(&api, root.path(), Path::new(BIN), &base, &[]);
+    let api = api_of(&nodes[0].dir).unwrap();
+    publish(&api, root.as_path(), Path::new(BIN), &base, &[]);
     let res = client()
         .put(format!(
             "{api}/api/v1/clustering/storage/data/release.{base}.bin?consistency=strong"
@@ -556,11 +557,11 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
 
 #[test]
 fn sigkill_of_the_lease_holder_fails_it_and_rolls_back() {
-    let root = tempfile::tempdir().unwrap();
+    let (_guard, root) = test_dir();
     let v2 = build_version("0.2.0", "");
-    let public = keygen(root.path());
+    let public = keygen(root.as_path());
     let mut nodes = cluster(
-        root.path(),
+        root.as_path(),
         3,
         &config(&public, "").replace(
             "health_check_timeout_seconds: 30",
@@ -568,7 +569,7 @@ fn sigkill_of_the_lease_holder_fails_it_and_rolls_back() {
         ),
     );
     let api = nodes[1].api.clone();
-    publish(&api, root.path(), &v2, "0.2.0", &[]);
+    publish(&api, root.as_path(), &v2, "0.2.0", &[]);
     let base = versions(&nodes)["s1"].clone();
     let id = plan_and_execute(&api, json!({"target_version": "0.2.0"}));
     // s1 updates first (batches are by name); kill it mid-update.
@@ -610,4 +611,16 @@ fn sigkill_of_the_lease_holder_fails_it_and_rolls_back() {
         1,
         "no other node took a lease: {actions:?}"
     );
+}
+
+/// A scratch dir, kept (and printed) when PLEXI_KEEP_TEST_DIRS is set.
+fn test_dir() -> (Option<tempfile::TempDir>, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("PLEXI_KEEP_TEST_DIRS").is_some() {
+        let path = dir.keep();
+        eprintln!("test dir kept: {}", path.display());
+        return (None, path);
+    }
+    let path = dir.path().to_path_buf();
+    (Some(dir), path)
 }

@@ -167,6 +167,7 @@ impl Engine {
             .into_iter()
             .map(|m| PlanMember {
                 name: m.record.state.name.clone(),
+                peer_id: m.record.state.peer_id.clone(),
                 version: m.record.state.version.clone(),
                 status: match m.status {
                     MemberStatus::Alive => "alive",

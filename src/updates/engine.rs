@@ -401,7 +401,20 @@ impl Engine {
     }
 
     async fn release_lease(&self, id: &str, l: &LeaseHold) {
-        leases::release(&self.p2p, &self.granter, &self.node_id, l.slot, l.epoch).await;
+        let known = self
+            .state
+            .get(id)
+            .map(|r| r.plan.voters)
+            .unwrap_or_default();
+        leases::release(
+            &self.p2p,
+            &self.granter,
+            &self.node_id,
+            l.slot,
+            l.epoch,
+            &known,
+        )
+        .await;
         self.audit(
             "lease.release",
             Some(id),
@@ -431,7 +444,9 @@ impl Engine {
                 return None;
             }
             let epoch = wall_ms();
-            for slot in 0..rec.slots() {
+            let slots = rec.slots();
+            let first: u32 = rand::Rng::gen_range(&mut rand::thread_rng(), 0..slots);
+            for slot in (0..slots).map(|i| (first + i) % slots) {
                 match leases::acquire(
                     &self.p2p,
                     &self.granter,
@@ -440,6 +455,7 @@ impl Engine {
                     epoch,
                     self.lease_ttl(&rec),
                     id,
+                    &rec.plan.voters,
                 )
                 .await
                 {
@@ -460,7 +476,9 @@ impl Engine {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Jittered, so two nodes splitting the grants do not repeat it.
+            let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0..1000);
+            tokio::time::sleep(Duration::from_millis(500 + jitter)).await;
         }
     }
 
@@ -483,6 +501,7 @@ impl Engine {
             l.epoch,
             self.lease_ttl(&rec),
             id,
+            &rec.plan.voters,
         )
         .await
         .map_err(|e| StepError(format!("lease renewal failed: {e}")))?;
@@ -897,9 +916,21 @@ impl Engine {
         let mut since = Instant::now();
         self.enter_phase(&id, "post_check", &mut since).await;
         let check = async {
-            self.renew(&id).await?;
-            self.post_check(deadline.saturating_sub(started.elapsed()))
-                .await
+            self.wait_rejoined(deadline.saturating_sub(started.elapsed()))
+                .await?;
+            // The lease was held across the restart; renew it (retrying:
+            // connections to every granter may still be coming up).
+            loop {
+                match self.renew(&id).await {
+                    Ok(()) => break,
+                    Err(e) if started.elapsed() + Duration::from_secs(2) < deadline => {
+                        tracing::debug!(error = %e.0, "lease renewal after restart; retrying");
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            self.post_check().await
         };
         match tokio::time::timeout(deadline, check).await {
             Ok(Ok(())) => {}
@@ -950,8 +981,8 @@ impl Engine {
         }
     }
 
-    /// Rejoined, reports the target version, API healthy, objects readable.
-    async fn post_check(&self, budget: Duration) -> Result<(), StepError> {
+    /// Rejoined: a majority of members alive, caught up, healthy.
+    async fn wait_rejoined(&self, budget: Duration) -> Result<(), StepError> {
         let start = Instant::now();
         loop {
             let members = self.p2p.members();
@@ -979,6 +1010,11 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        Ok(())
+    }
+
+    /// Reports the target version through its API, objects readable.
+    async fn post_check(&self) -> Result<(), StepError> {
         // The API answers, as this version.
         let url = format!("http://{}/health", self.api_address);
         let live: serde_json::Value = reqwest::Client::new()

@@ -244,13 +244,24 @@ pub async fn serve(granter: &Arc<Granter>, body: &[u8]) -> Result<Vec<u8>, Strin
     encode_cbor(&reply).map_err(|e| e.to_string())
 }
 
-/// The members whose majority a lease needs: every member not `left`.
-fn voters(p2p: &P2pHandle) -> Vec<String> {
-    p2p.members()
+/// The members whose majority a lease needs: every member not `left`, and
+/// every member the operation's plan knew (so a node that just restarted
+/// and knows nobody yet cannot make a majority of itself).
+fn voters(p2p: &P2pHandle, known: &[String]) -> Vec<String> {
+    let mut v: std::collections::BTreeSet<String> = p2p
+        .members()
         .into_iter()
         .filter(|m| m.status != MemberStatus::Left)
         .map(|m| m.record.state.peer_id.clone())
-        .collect()
+        .collect();
+    let left: std::collections::BTreeSet<String> = p2p
+        .members()
+        .into_iter()
+        .filter(|m| m.status == MemberStatus::Left)
+        .map(|m| m.record.state.peer_id.clone())
+        .collect();
+    v.extend(known.iter().filter(|p| !left.contains(*p)).cloned());
+    v.into_iter().collect()
 }
 
 async fn ask(
@@ -281,8 +292,9 @@ pub async fn acquire(
     epoch: u64,
     ttl: Duration,
     operation_id: &str,
+    known: &[String],
 ) -> Result<super::ops::LeaseHold, LeaseError> {
-    let members = voters(p2p);
+    let members = voters(p2p, known);
     let sent_wall = wall_ms();
     let ttl_ms = ttl.as_millis() as u64;
     let mut acq = Acquisition::new(members.clone(), 0, ttl_ms, DRIFT_MARGIN_MS);
@@ -358,8 +370,15 @@ async fn release_from(
 }
 
 /// Releases `slot` at every member (best effort; unanswered grants expire).
-pub async fn release(p2p: &P2pHandle, granter: &Arc<Granter>, holder: &str, slot: u32, epoch: u64) {
-    let members = voters(p2p);
+pub async fn release(
+    p2p: &P2pHandle,
+    granter: &Arc<Granter>,
+    holder: &str,
+    slot: u32,
+    epoch: u64,
+    known: &[String],
+) {
+    let members = voters(p2p, known);
     release_from(p2p, granter, &members, holder, slot, epoch).await;
 }
 

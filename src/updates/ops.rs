@@ -65,6 +65,9 @@ pub struct Plan {
     pub settings: OpSettings,
     /// Expected seconds for one node (from earlier operations, or a default).
     pub estimated_node_seconds: f64,
+    /// Peer ids of every member when planned: lease majorities count them.
+    #[serde(default)]
+    pub voters: Vec<String>,
 }
 
 /// A fact with who recorded it and when; merging keeps the earliest.
@@ -492,6 +495,7 @@ pub struct ReleaseInfo {
 #[derive(Clone, Debug)]
 pub struct PlanMember {
     pub name: String,
+    pub peer_id: String,
     pub version: String,
     /// alive, suspect, dead or left.
     pub status: String,
@@ -760,6 +764,12 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
         created_by: i.actor.into(),
         settings: i.settings,
         estimated_node_seconds,
+        voters: i
+            .members
+            .iter()
+            .filter(|m| m.status != "left")
+            .map(|m| m.peer_id.clone())
+            .collect(),
     })
 }
 
@@ -785,6 +795,7 @@ mod tests {
         (0..n)
             .map(|i| PlanMember {
                 name: format!("n{i}"),
+                peer_id: format!("p{i}"),
                 version: v.into(),
                 status: "alive".into(),
             })
