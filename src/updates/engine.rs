@@ -1108,7 +1108,10 @@ impl Engine {
         // Maintenance travels separately from the operation: give it time
         // to arrive before calling its absence an end.
         let executed_at = rec.executed.as_ref().map(|e| e.at_ms).unwrap_or(now);
-        if !m.active(now) && now > executed_at + MAINTENANCE_ARRIVAL_MS {
+        // Left because this operation finished (seen final elsewhere first).
+        let finished_elsewhere =
+            !m.enabled && m.operation_id.as_deref() == Some(rec.plan.operation_id.as_str());
+        if !m.active(now) && !finished_elsewhere && now > executed_at + MAINTENANCE_ARRIVAL_MS {
             let reason = "maintenance mode ended before the parallel update finished".to_string();
             let me = self.node_id.clone();
             self.state.update(&rec.plan.operation_id, |r| {
@@ -1134,7 +1137,7 @@ impl Engine {
                 &format!("operation {} finished", rec.plan.operation_id),
                 &self.actor,
                 0,
-                None,
+                Some(rec.plan.operation_id.clone()),
             );
             if self.state.merge_maintenance(&next) {
                 state::push(&self.state, &self.p2p, None).await;

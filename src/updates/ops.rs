@@ -221,8 +221,19 @@ impl OpRecord {
         *blake3::hash(&bytes).as_bytes()
     }
 
+    /// Every target finished its update.
+    pub fn all_completed(&self) -> bool {
+        self.plan
+            .target_nodes
+            .iter()
+            .all(|n| self.nodes.get(n).is_some_and(|p| p.status == "completed"))
+    }
+
+    /// Rolling back: asked for, or halted (with auto-rollback) before every
+    /// node completed. A halt that arrives after completion changes nothing.
     pub fn rolling_back(&self) -> bool {
-        self.rollback.is_some() || (self.halted.is_some() && self.plan.settings.auto_rollback)
+        self.rollback.is_some()
+            || (self.halted.is_some() && self.plan.settings.auto_rollback && !self.all_completed())
     }
 
     /// Whether `node` must still be returned to its previous version.
@@ -265,19 +276,14 @@ impl OpRecord {
             }
             return "rolling_back";
         }
+        if self.executed.is_some() && self.all_completed() {
+            return "completed";
+        }
         if self.halted.is_some() {
             return "failed";
         }
         if self.executed.is_none() {
             return "planned";
-        }
-        if self
-            .plan
-            .target_nodes
-            .iter()
-            .all(|n| self.nodes.get(n).is_some_and(|p| p.status == "completed"))
-        {
-            return "completed";
         }
         "running"
     }
@@ -948,6 +954,14 @@ mod tests {
         set(&mut r, "n1", "completed", true, Some(20_000));
         set(&mut r, "n2", "completed", true, Some(30_000));
         assert_eq!(r.status(0), "completed");
+        // A halt that arrives after completion changes nothing.
+        r.halted = Some(Mark {
+            at_ms: 40_000,
+            by: "n1".into(),
+            reason: "late".into(),
+        });
+        assert_eq!(r.status(50_000), "completed");
+        assert!(!r.rolling_back());
 
         let mut c = record("canary", 3);
         c.executed = Some(Mark {
