@@ -161,13 +161,20 @@ impl TestNode {
     /// SIGKILL and reap the supervisor; its worker dies with it (waited
     /// for, bounded, so a restart never meets the old store lock).
     pub fn kill(&mut self) {
-        let worker = self.child.as_ref().and_then(|_| self.worker_pid());
+        // Every child of the supervisor (the worker, however it started).
+        let workers: Vec<u32> = match &self.child {
+            Some(c) => children_of(c.id()),
+            None => vec![],
+        };
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if let Some(w) = worker {
-            wait_for(Duration::from_secs(5), || (!process_alive(w)).then_some(()));
+        for w in workers {
+            let gone = wait_for(Duration::from_secs(10), || {
+                (!process_alive(w)).then_some(())
+            });
+            assert!(gone.is_some(), "worker {w} outlived its supervisor");
         }
     }
 
@@ -261,15 +268,33 @@ pub fn parent_pid(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// True while `pid` exists and is not a zombie.
+/// Live processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| parent_pid(p) == Some(pid) && process_alive(p))
+        .collect()
+}
+
+/// True while any thread of `pid` has not finished exiting. A killed
+/// multi-threaded process shows its leader as a zombie while other threads
+/// still tear down (and still hold its files and locks), so every task
+/// counts.
 pub fn process_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    !matches!(state, None | Some("Z") | Some("X"))
+    tasks.flatten().any(|t| {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            return false;
+        };
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next());
+        !matches!(state, None | Some("Z") | Some("X"))
+    })
 }
 
 impl Drop for TestNode {
