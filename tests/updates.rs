@@ -486,6 +486,7 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
         &nodes[3].api,
         json!({"target_version": "0.2.0", "strategy": "parallel", "force": true}),
     );
+    let parallel_id = id.clone();
     let m = get(&api, "/api/v1/clustering/maintenance").unwrap();
     assert_eq!(m["enabled"], true, "{m}");
     let op = wait_final(&nodes, &id, Duration::from_secs(240));
@@ -553,6 +554,45 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
         .unwrap()
         .iter()
         .any(|e| e["action"] == "release.refused" && e["operation_id"] == id.as_str()));
+
+    // Rolling back the completed parallel operation: batches in reverse
+    // order, each together, back to the base version; repeating is harmless.
+    let (st, body) = post(
+        &api,
+        &format!("/api/v1/clustering/updates/{parallel_id}/rollback"),
+        json!({}),
+    );
+    assert_eq!(st, 202, "{body}");
+    let op = wait_final(&nodes, &parallel_id, Duration::from_secs(180));
+    assert_eq!(op["status"], "rolled_back", "{op:#}");
+    for (n, st) in op["node_statuses"].as_object().unwrap() {
+        assert_eq!(st["status"], "rolled_back", "{n}: {op:#}");
+    }
+    assert!(
+        versions(&nodes).values().all(|v| *v == base),
+        "{:?}",
+        versions(&nodes)
+    );
+    let api = api_of(&nodes[1].dir).unwrap();
+    let (st, again) = post(
+        &api,
+        &format!("/api/v1/clustering/updates/{parallel_id}/rollback"),
+        json!({}),
+    );
+    assert_eq!(st, 202, "{again}");
+    assert_eq!(again["status"], "rolled_back");
+    // The second batch went back first.
+    let intervals = out_of_service(&api, &parallel_id);
+    let start_of = |node: &str| {
+        intervals
+            .iter()
+            .filter(|(n, _, _)| n == node)
+            .map(|(_, s, _)| s.clone())
+            .max()
+            .unwrap()
+    };
+    assert!(start_of("s3") < start_of("s1"), "{intervals:?}");
+    assert!(start_of("s4") < start_of("s2"), "{intervals:?}");
 }
 
 #[test]
@@ -611,6 +651,32 @@ fn sigkill_of_the_lease_holder_fails_it_and_rolls_back() {
         1,
         "no other node took a lease: {actions:?}"
     );
+
+    // s1 comes back on its old version; a canary update then goes to one
+    // node first, soaks, and only then to the rest.
+    let boot = vec![nodes[1].p2p.clone()];
+    nodes[0].restart(boot);
+    assert!(wait_for(Duration::from_secs(20), || {
+        nodes.iter().all(|n| n.alive_count() == 3).then_some(())
+    })
+    .is_some());
+    let api = api_of(&nodes[2].dir).unwrap();
+    let id = plan_and_execute(
+        &api,
+        json!({"target_version": "0.2.0", "strategy": "canary"}),
+    );
+    let op = wait_final(&nodes, &id, Duration::from_secs(180));
+    assert_eq!(op["status"], "completed", "{op:#}");
+    assert!(versions(&nodes).values().all(|v| v == "0.2.0"));
+    let st = &op["node_statuses"];
+    let canary_done = st["s1"]["completed_at"].as_str().unwrap().to_string();
+    for n in ["s2", "s3"] {
+        let started = st[n]["started_at"].as_str().unwrap();
+        assert!(
+            started > canary_done.as_str(),
+            "{n} started during the canary: {op:#}"
+        );
+    }
 }
 
 /// A scratch dir, kept (and printed) when PLEXI_KEEP_TEST_DIRS is set.

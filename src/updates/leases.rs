@@ -284,6 +284,7 @@ async fn ask(
 
 /// Acquires (or renews, with the same epoch) `slot` from a strict majority.
 /// On failure, grants obtained are released again.
+#[allow(clippy::too_many_arguments)]
 pub async fn acquire(
     p2p: &P2pHandle,
     granter: &Arc<Granter>,
