@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # testnet/status.sh: show the local plexi testnet started by start.sh.
 #
-# Prints every node recorded in $TESTNET_DIR/pids with its pid, whether that
-# process is alive, and its API address; then the cluster as the first live
+# Prints every node recorded in $TESTNET_DIR/pids with its (supervisor) pid,
+# whether that process is alive, its worker's pid (node.json), the version its
+# /health reports and its API address; then the cluster as the first live
 # node's API sees it (`plexi nodes` with the testnet's admin token).
 # Exits 0 when every recorded node is alive, 1 otherwise (or with no testnet).
 #
@@ -41,22 +42,41 @@ api_of() { # NAME: the API address from the node's node.json, or "-"
     fi
 }
 
+worker_of() { # NAME: the worker pid node.json names, or "-"
+    local nj=$TESTNET_DIR/$1/node.json
+    if [[ -s $nj ]]; then
+        python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pid"])' "$nj" 2>/dev/null || echo -
+    else
+        echo -
+    fi
+}
+
+version_of() { # API: the version its /health reports, or "-"
+    [[ $1 != - ]] || { echo -; return; }
+    curl -fsS --max-time 2 "$1/health" 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["version"])' 2>/dev/null || echo -
+}
+
 first_api=""
 all_alive=true
-printf '%-8s %-8s %-6s %s\n' NAME PID STATE API
+printf '%-8s %-8s %-6s %-8s %-9s %s\n' NAME PID STATE WORKER VERSION API
 while read -r name pid _; do
     [[ -n ${name:-} ]] || continue
     api=$(api_of "$name")
+    worker=-
+    version=-
     if is_node_pid "$pid" "$TESTNET_DIR/$name"; then
         state=alive
-        if [[ -z $first_api && $api != - ]]; then
+        worker=$(worker_of "$name")
+        version=$(version_of "$api")
+        if [[ -z $first_api && $api != - && $version != - ]]; then
             first_api=$api
         fi
     else
         state=dead
         all_alive=false
     fi
-    printf '%-8s %-8s %-6s %s\n' "$name" "$pid" "$state" "$api"
+    printf '%-8s %-8s %-6s %-8s %-9s %s\n' "$name" "$pid" "$state" "$worker" "$version" "$api"
 done <"$pids_file"
 echo
 

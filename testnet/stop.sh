@@ -4,8 +4,10 @@
 # Only the processes recorded in $TESTNET_DIR/pids are signalled, never anything
 # found by name, and a recorded pid is signalled only while it is still the
 # plexi node of that data dir (a pid reused by another process is left alone).
-# Each node gets SIGTERM (it leaves the cluster gracefully); nodes still running
-# after STOP_TIMEOUT seconds (default 10) get SIGKILL. The pids file is removed;
+# Each node (its supervisor) gets SIGTERM and passes it to its worker, which
+# leaves the cluster gracefully; nodes still running after STOP_TIMEOUT seconds
+# (default 20) get SIGKILL (the worker then dies with its supervisor). stop.sh
+# also waits for the workers node.json names to be gone. The pids file is removed;
 # state and logs are kept unless --clean is given, which deletes $TESTNET_DIR.
 #
 # Environment: TESTNET_DIR (default: <repo>/testnet/run), STOP_TIMEOUT.
@@ -16,7 +18,7 @@ script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$script_dir/lib.sh"
 repo=$(cd "$script_dir/.." && pwd)
 TESTNET_DIR=${TESTNET_DIR:-$repo/testnet/run}
-STOP_TIMEOUT=${STOP_TIMEOUT:-10}
+STOP_TIMEOUT=${STOP_TIMEOUT:-20}
 
 clean=false
 for arg in "$@"; do
@@ -34,11 +36,19 @@ pids_file=$TESTNET_DIR/pids
 if [[ -f $pids_file ]]; then
     names=()
     pids=()
+    workers=() # "pid name" of the workers of the nodes being stopped
     while read -r name pid _; do
         [[ -n ${name:-} ]] || continue
         if is_node_pid "$pid" "$TESTNET_DIR/$name"; then
             names+=("$name")
             pids+=("$pid")
+            if [[ -s $TESTNET_DIR/$name/node.json ]]; then
+                w=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pid"])' \
+                    "$TESTNET_DIR/$name/node.json" 2>/dev/null || true)
+                if [[ -n $w ]] && is_node_pid "$w" "$TESTNET_DIR/$name"; then
+                    workers+=("$w $name")
+                fi
+            fi
         else
             echo "$name (pid $pid): not running"
         fi
@@ -75,6 +85,18 @@ if [[ -f $pids_file ]]; then
         if is_node_pid "${pids[$k]}" "$TESTNET_DIR/${names[$k]}"; then
             echo "stop.sh: ${names[$k]} (pid ${pids[$k]}) survived SIGKILL" >&2
             exit 1
+        fi
+    done
+    # A worker dies with its supervisor (PR_SET_PDEATHSIG); make sure.
+    for wn in "${workers[@]}"; do
+        read -r w name <<<"$wn"
+        for ((t = 0; t < 50; t++)); do
+            is_node_pid "$w" "$TESTNET_DIR/$name" || break
+            sleep 0.1
+        done
+        if is_node_pid "$w" "$TESTNET_DIR/$name"; then
+            echo "stop.sh: $name's worker (pid $w) outlived its supervisor: SIGKILL" >&2
+            kill -KILL "$w" 2>/dev/null || true
         fi
     done
     rm -f "$pids_file"
