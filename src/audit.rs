@@ -27,7 +27,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use plexi_api::model::{AuditEntry, AuditList};
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
-use plexi_p2p::{MemberStatus, P2pHandle, PeerId};
+use plexi_p2p::{P2pHandle, PeerId};
 use plexi_store::NodeStore;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -782,7 +782,7 @@ impl AuditLog {
                             continue;
                         }
                     };
-                    let peers = alive_peers(&p2p);
+                    let peers = p2p.alive_peers();
                     futures::stream::iter(peers)
                         .for_each_concurrent(PUSH_CONCURRENCY, |peer| {
                             let (p2p, body) = (p2p.clone(), body.clone());
@@ -805,7 +805,7 @@ impl AuditLog {
                 let Some(log) = log.upgrade() else { break };
                 let peer = {
                     use rand::seq::SliceRandom;
-                    alive_peers(&p2p).choose(&mut rand::thread_rng()).copied()
+                    p2p.alive_peers().choose(&mut rand::thread_rng()).copied()
                 };
                 let Some(peer) = peer else { continue };
                 for _ in 0..MAX_SYNC_ROUNDS {
@@ -821,16 +821,6 @@ impl AuditLog {
             }
         });
     }
-}
-
-/// Alive members other than ourselves.
-fn alive_peers(p2p: &P2pHandle) -> Vec<PeerId> {
-    let me = p2p.local_peer_id().to_string();
-    p2p.members()
-        .into_iter()
-        .filter(|m| m.status == MemberStatus::Alive && m.record.state.peer_id != me)
-        .filter_map(|m| m.record.state.peer_id.parse().ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -164,6 +164,16 @@ impl P2pHandle {
             .get(&peer.to_string(), now)
     }
 
+    /// Peer ids of the members seen alive, ourselves excluded.
+    pub fn alive_peers(&self) -> Vec<PeerId> {
+        let me = self.local_peer.to_string();
+        self.members()
+            .into_iter()
+            .filter(|m| m.status == MemberStatus::Alive && m.record.state.peer_id != me)
+            .filter_map(|m| m.record.state.peer_id.parse().ok())
+            .collect()
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<P2pEvent> {
         self.events.subscribe()
     }

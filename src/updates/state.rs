@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use plexi_api::model::ClusterEvent;
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
-use plexi_p2p::{MemberStatus, P2pHandle, PeerId};
+use plexi_p2p::{P2pHandle, PeerId};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
@@ -324,15 +324,6 @@ pub async fn serve(state: &Arc<UpdateState>, body: &[u8]) -> Result<Vec<u8>, Str
     encode_cbor(&reply).map_err(|e| e.to_string())
 }
 
-fn alive_peers(p2p: &P2pHandle) -> Vec<PeerId> {
-    let me = p2p.local_peer_id().to_string();
-    p2p.members()
-        .into_iter()
-        .filter(|m| m.status == MemberStatus::Alive && m.record.state.peer_id != me)
-        .filter_map(|m| m.record.state.peer_id.parse().ok())
-        .collect()
-}
-
 /// Pushes operation `id` (and maintenance) to every alive member; returns
 /// how many acknowledged.
 pub async fn push(state: &Arc<UpdateState>, p2p: &P2pHandle, id: Option<&str>) -> usize {
@@ -344,7 +335,8 @@ pub async fn push(state: &Arc<UpdateState>, p2p: &P2pHandle, id: Option<&str>) -
     let Ok(body) = encode_cbor(&call) else {
         return 0;
     };
-    let calls = alive_peers(p2p)
+    let calls = p2p
+        .alive_peers()
         .into_iter()
         .map(|peer| p2p.request(peer, SERVICE, body.clone()));
     futures::future::join_all(calls)
@@ -391,7 +383,7 @@ pub fn spawn_sync(state: Arc<UpdateState>, p2p: P2pHandle) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let peer = alive_peers(&p2p).choose(&mut rand::thread_rng()).copied();
+            let peer = p2p.alive_peers().choose(&mut rand::thread_rng()).copied();
             if let Some(peer) = peer {
                 if let Err(e) = sync_with(&state, &p2p, peer).await {
                     tracing::debug!(%peer, error = %e, "update state sync failed");
