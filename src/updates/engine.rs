@@ -107,6 +107,18 @@ impl UpdateMetrics {
     }
 }
 
+/// Adds the time spent in the current phase to its total and, with
+/// `next`, enters that phase.
+fn close_phase(p: &mut super::ops::NodeProgress, next: Option<String>) {
+    let now = wall_ms();
+    let since = p.phase_since_ms.unwrap_or(now);
+    *p.phase_ms.entry(p.phase.clone()).or_default() += now.saturating_sub(since);
+    p.phase_since_ms = Some(now);
+    if let Some(next) = next {
+        p.phase = next;
+    }
+}
+
 /// Whether this node is drained, and what is still being served.
 #[derive(Default)]
 pub struct Drain {
@@ -239,16 +251,11 @@ impl Engine {
         self.push(id).await;
     }
 
-    async fn enter_phase(&self, id: &str, phase: &str, since: &mut Instant) {
-        let elapsed = since.elapsed().as_millis() as u64;
-        *since = Instant::now();
+    /// Moves this node to `phase`, adding the time spent in the previous
+    /// one (wall clock, so a phase that spans the restart counts whole).
+    async fn enter_phase(&self, id: &str, phase: &str) {
         let phase = phase.to_string();
-        self.progress(id, |p| {
-            let prev = p.phase.clone();
-            *p.phase_ms.entry(prev).or_default() += elapsed;
-            p.phase = phase;
-        })
-        .await;
+        self.progress(id, |p| close_phase(p, Some(phase))).await;
     }
 
     /// Starts the engine loop.
@@ -356,11 +363,17 @@ impl Engine {
             .state
             .get(id)
             .and_then(|r| r.nodes.get(&self.node_id).and_then(|p| p.lease.clone()));
+        let was_out = self.state.get(id).is_some_and(|r| {
+            r.nodes
+                .get(&self.node_id)
+                .is_some_and(|p| p.out_of_service_since_ms.is_some())
+        });
         let me = self.node_id.clone();
         let reason_s = reason.to_string();
         self.state.update(id, |r| {
             if let Some(p) = r.nodes.get_mut(&me) {
                 p.seq += 1;
+                close_phase(p, None);
                 p.status = "failed".into();
                 p.error = Some(reason_s.clone());
                 p.lease = None;
@@ -395,6 +408,15 @@ impl Engine {
             serde_json::json!({"node_id": self.node_id, "reason": reason}),
         )
         .await;
+        if was_out {
+            // Serving again, on the version it runs now.
+            self.audit(
+                "node.in_service",
+                Some(id),
+                serde_json::json!({"node_id": self.node_id, "version": self.version.to_string(), "status": "failed"}),
+            )
+            .await;
+        }
         if let Some(l) = lease {
             self.release_lease(id, &l).await;
         }
@@ -521,11 +543,11 @@ impl Engine {
             .get(id)
             .ok_or(StepError("operation vanished".into()))?;
         let plan = rec.plan.clone();
-        let mut since = Instant::now();
         self.progress(id, |p| {
             p.status = "updating".into();
             p.phase = "lease".into();
             p.started_at_ms = Some(wall_ms());
+            p.phase_since_ms = Some(wall_ms());
             p.error = None;
         })
         .await;
@@ -539,7 +561,7 @@ impl Engine {
         };
         self.progress(id, |p| p.lease = Some(hold)).await;
 
-        self.enter_phase(id, "pre_check", &mut since).await;
+        self.enter_phase(id, "pre_check").await;
         self.pre_check().await?;
         if self.halted(id) {
             return Err(StepError(
@@ -547,18 +569,18 @@ impl Engine {
             ));
         }
 
-        self.enter_phase(id, "drain", &mut since).await;
+        self.enter_phase(id, "drain").await;
         self.renew(id).await?;
         self.start_drain(id).await;
 
-        self.enter_phase(id, "backup", &mut since).await;
+        self.enter_phase(id, "backup").await;
         let backup_dir = if plan.settings.backup {
             Some(self.backup(id)?)
         } else {
             None
         };
 
-        self.enter_phase(id, "fetch", &mut since).await;
+        self.enter_phase(id, "fetch").await;
         let target: semver::Version = plan.target_version.parse()?;
         let bytes = match self.fetch_verified(&target, &plan.target_blake3).await {
             Ok(b) => b,
@@ -573,7 +595,7 @@ impl Engine {
             }
         };
 
-        self.enter_phase(id, "install", &mut since).await;
+        self.enter_phase(id, "install").await;
         let data_dir = self.data_dir.clone();
         let v = target.to_string();
         tokio::task::spawn_blocking(move || supervisor::install_release(&data_dir, &v, &bytes))
@@ -584,7 +606,7 @@ impl Engine {
         if self.halted(id) {
             return Err(StepError("operation halted before the restart".into()));
         }
-        self.enter_phase(id, "restart", &mut since).await;
+        self.enter_phase(id, "restart").await;
         self.progress(id, |p| {
             p.on_target = true;
             p.rollback_available = true;
@@ -612,10 +634,10 @@ impl Engine {
             .get(&self.node_id)
             .cloned()
             .ok_or(StepError("not a target".into()))?;
-        let mut since = Instant::now();
         self.progress(id, |p| {
             p.status = "rolling_back".into();
             p.phase = "lease".into();
+            p.phase_since_ms = Some(wall_ms());
         })
         .await;
         let Some(hold) = self.take_lease(id).await else {
@@ -627,7 +649,7 @@ impl Engine {
             self.finish(id, "rolled_back").await;
             return Ok(());
         }
-        self.enter_phase(id, "drain", &mut since).await;
+        self.enter_phase(id, "drain").await;
         self.renew(id).await?;
         self.start_drain(id).await;
         let from = mine.from_version.clone();
@@ -641,7 +663,7 @@ impl Engine {
         .await
         .map_err(|e| StepError(e.to_string()))?
         .map_err(|e| StepError(format!("previous version binary {}: {e}", path.display())))?;
-        self.enter_phase(id, "restart", &mut since).await;
+        self.enter_phase(id, "restart").await;
         self.switch(SwitchRequest {
             operation_id: id.into(),
             from_version: self.version.to_string(),
@@ -808,8 +830,8 @@ impl Engine {
         let status_s = status.to_string();
         let rolled = status == "rolled_back";
         self.progress(id, |p| {
+            close_phase(p, Some("done".into()));
             p.status = status_s;
-            p.phase = "done".into();
             p.progress = 100.0;
             p.completed_at_ms = Some(wall_ms());
             p.out_of_service_since_ms = None;
@@ -913,8 +935,7 @@ impl Engine {
             .nodes
             .get(&self.node_id)
             .is_some_and(|p| p.status == "rolling_back");
-        let mut since = Instant::now();
-        self.enter_phase(&id, "post_check", &mut since).await;
+        self.enter_phase(&id, "post_check").await;
         let check = async {
             self.wait_rejoined(deadline.saturating_sub(started.elapsed()))
                 .await?;

@@ -127,6 +127,9 @@ pub struct NodeProgress {
     pub lease: Option<LeaseHold>,
     /// Out of service (drained or restarting) since this wall-clock ms.
     pub out_of_service_since_ms: Option<u64>,
+    /// When the current phase began (wall-clock ms).
+    #[serde(default)]
+    pub phase_since_ms: Option<u64>,
 }
 
 impl NodeProgress {
@@ -146,6 +149,7 @@ impl NodeProgress {
             on_target: false,
             lease: None,
             out_of_service_since_ms: None,
+            phase_since_ms: None,
         }
     }
 }
