@@ -26,10 +26,9 @@
 #     phase_seconds; coordination overhead per node = node duration - (restart
 #     + post_check), i.e. lease + pre_check + drain + backup + fetch + install.
 #     restart + post_check is taken from the audit log (the node's node.restart
-#     entry to its node.in_service entry for the operation), because the status
-#     API's phase_seconds records restart as 0 and no post_check (the phases
-#     run across two processes); the phases recorded before the restart are
-#     reported next to it as a cross-check;
+#     entry to its node.in_service entry for the operation), one record for
+#     both processes the phase spans; the phases before the restart come from
+#     the status API's phase_seconds;
 #     client ops/failures/p50/p99 during the roll;
 #   - stops the testnet (stop.sh --clean).
 # Output (stdout): a markdown block ready for docs/BENCHMARKS.md (between marker lines) and the raw JSON (also
@@ -373,7 +372,7 @@ for r in raw["runs"]:
         med([x["duration_s"] for x in ns]), med([x["restart_post_check_s"] for x in ns]),
         med([x["overhead_s"] for x in ns]), ro["ops"], ro["failures"], lat(ro)))
 print("")
-print("Per node (seconds): duration = started_at -> completed_at; phases from the status API's phase_seconds (restart and post_check are not recorded there: '-'); restart + post_check from the audit log (node.restart -> node.in_service); overhead = duration - restart - post_check.")
+print("Per node (seconds): duration = started_at -> completed_at; phases before the restart from the status API's phase_seconds; restart + post_check from the audit log (node.restart -> node.in_service); overhead = duration - restart - post_check.")
 print("")
 print("| N | node | duration | " + " | ".join(PHASES[:6]) + " | sum of those | restart + post_check | overhead |")
 print("|---|---|---|" + "---|" * 6 + "---|---|---|")
