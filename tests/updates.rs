@@ -386,6 +386,17 @@ fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
         .filter(|e| e["operation_id"] == id.as_str() && e["action"] == "lease.grant")
         .count();
     assert_eq!(grants, 3);
+    // Phase timings cover the restart and the post-check too (they span the
+    // old and the new process).
+    for (n, st) in op["node_statuses"].as_object().unwrap() {
+        let phases = &st["phase_seconds"];
+        for phase in ["fetch", "restart", "post_check"] {
+            assert!(
+                phases[phase].as_f64().unwrap_or(0.0) > 0.0,
+                "{n} {phase}: {st:#}"
+            );
+        }
+    }
     let lat = client.latencies.lock().unwrap().clone();
     eprintln!("client p99 {:?}", percentile(&lat, 0.99));
 

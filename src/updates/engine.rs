@@ -469,18 +469,15 @@ impl Engine {
             let slots = rec.slots();
             let first: u32 = rand::Rng::gen_range(&mut rand::thread_rng(), 0..slots);
             for slot in (0..slots).map(|i| (first + i) % slots) {
-                match leases::acquire(
-                    &self.p2p,
-                    &self.granter,
-                    &self.node_id,
+                let want = leases::Want {
+                    holder: &self.node_id,
                     slot,
                     epoch,
-                    self.lease_ttl(&rec),
-                    id,
-                    &rec.plan.voters,
-                )
-                .await
-                {
+                    ttl: self.lease_ttl(&rec),
+                    operation_id: id,
+                    known: &rec.plan.voters,
+                };
+                match leases::acquire(&self.p2p, &self.granter, want).await {
                     Ok(hold) => {
                         self.audit(
                             "lease.grant",
@@ -515,18 +512,17 @@ impl Engine {
             .get(&self.node_id)
             .and_then(|p| p.lease.clone())
             .ok_or(StepError("no lease held".into()))?;
-        let hold = leases::acquire(
-            &self.p2p,
-            &self.granter,
-            &self.node_id,
-            l.slot,
-            l.epoch,
-            self.lease_ttl(&rec),
-            id,
-            &rec.plan.voters,
-        )
-        .await
-        .map_err(|e| StepError(format!("lease renewal failed: {e}")))?;
+        let want = leases::Want {
+            holder: &self.node_id,
+            slot: l.slot,
+            epoch: l.epoch,
+            ttl: self.lease_ttl(&rec),
+            operation_id: id,
+            known: &rec.plan.voters,
+        };
+        let hold = leases::acquire(&self.p2p, &self.granter, want)
+            .await
+            .map_err(|e| StepError(format!("lease renewal failed: {e}")))?;
         self.progress(id, |p| p.lease = Some(hold)).await;
         Ok(())
     }

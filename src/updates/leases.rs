@@ -282,19 +282,33 @@ async fn ask(
     decode_cbor(&reply).ok()
 }
 
+/// What a holder asks for.
+pub struct Want<'a> {
+    pub holder: &'a str,
+    pub slot: u32,
+    /// The same epoch renews.
+    pub epoch: u64,
+    pub ttl: Duration,
+    pub operation_id: &'a str,
+    /// Peer ids the majority counts besides the current members.
+    pub known: &'a [String],
+}
+
 /// Acquires (or renews, with the same epoch) `slot` from a strict majority.
 /// On failure, grants obtained are released again.
-#[allow(clippy::too_many_arguments)]
 pub async fn acquire(
     p2p: &P2pHandle,
     granter: &Arc<Granter>,
-    holder: &str,
-    slot: u32,
-    epoch: u64,
-    ttl: Duration,
-    operation_id: &str,
-    known: &[String],
+    want: Want<'_>,
 ) -> Result<super::ops::LeaseHold, LeaseError> {
+    let Want {
+        holder,
+        slot,
+        epoch,
+        ttl,
+        operation_id,
+        known,
+    } = want;
     let members = voters(p2p, known);
     let sent_wall = wall_ms();
     let ttl_ms = ttl.as_millis() as u64;
