@@ -701,3 +701,50 @@ fn test_dir() -> (Option<tempfile::TempDir>, PathBuf) {
     let path = dir.path().to_path_buf();
     (Some(dir), path)
 }
+
+#[test]
+fn without_a_majority_an_update_waits_and_never_proceeds() {
+    let (_guard, root) = test_dir();
+    let v2 = build_version("0.2.0", "");
+    let public = keygen(root.as_path());
+    let mut nodes = cluster(root.as_path(), 3, &config(&public, ""));
+    let api = nodes[0].api.clone();
+    publish(&api, root.as_path(), &v2, "0.2.0", &[]);
+    let base = versions(&nodes)["s1"].clone();
+
+    // Two of three members down: s1 alone is no majority.
+    nodes[1].kill();
+    nodes[2].kill();
+    assert!(wait_for(Duration::from_secs(20), || {
+        (nodes[0].status_of("s2")? == "dead" && nodes[0].status_of("s3")? == "dead").then_some(())
+    })
+    .is_some());
+    let id = plan_and_execute(
+        &api,
+        json!({"target_version": "0.2.0", "target_nodes": ["s1"]}),
+    );
+    // It waits for a lease, and nothing destructive happens meanwhile.
+    assert!(wait_for(Duration::from_secs(10), || {
+        let op = get(&api, &format!("/api/v1/clustering/updates/{id}/status"))?;
+        (op["node_statuses"]["s1"]["current_phase"] == "lease").then_some(())
+    })
+    .is_some());
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        let op = get(&api, &format!("/api/v1/clustering/updates/{id}/status")).unwrap();
+        assert_eq!(op["status"], "running", "{op:#}");
+        assert_eq!(
+            op["node_statuses"]["s1"]["current_phase"], "lease",
+            "{op:#}"
+        );
+        assert_eq!(op["leases"].as_array().unwrap().len(), 0, "{op:#}");
+        assert_eq!(versions(&nodes[..1])["s1"], base);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A second member back: a majority, and the update goes through.
+    let boot = vec![nodes[0].p2p.clone()];
+    nodes[1].restart(boot);
+    let op = wait_final(&nodes[..2], &id, Duration::from_secs(120));
+    assert_eq!(op["status"], "completed", "{op:#}");
+    assert_eq!(versions(&nodes[..1])["s1"], "0.2.0");
+}
