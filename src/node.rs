@@ -85,6 +85,8 @@ pub struct Node {
     updates: OnceLock<Arc<crate::updates::state::UpdateState>>,
     /// EWMA of the local store probe, µs.
     store_latency_us: std::sync::atomic::AtomicU64,
+    /// What `peers.json` holds now.
+    known_peers: std::sync::Mutex<Vec<String>>,
 }
 
 impl Node {
@@ -201,6 +203,14 @@ impl Node {
         addrs.truncate(MAX_KNOWN_PEERS);
         if addrs.is_empty() {
             return;
+        }
+        {
+            // Rewritten only when the list changed.
+            let mut last = self.known_peers.lock().expect("known peers");
+            if *last == addrs {
+                return;
+            }
+            *last = addrs.clone();
         }
         let path = self.data_dir.join("peers.json");
         let tmp = self.data_dir.join("peers.json.tmp");
@@ -515,6 +525,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         granter: OnceLock::new(),
         updates: OnceLock::new(),
         store_latency_us: std::sync::atomic::AtomicU64::new(0),
+        known_peers: std::sync::Mutex::new(Vec::new()),
     });
 
     let first_info = LocalInfo {
