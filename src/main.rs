@@ -3,16 +3,12 @@
 //! REST API. anyhow lives only here, at the edge.
 
 mod audit;
-mod bench;
 mod cli;
 mod config;
-mod health;
 mod node;
-mod release;
 mod storage;
 mod supervisor;
-mod tokens;
-mod update_cli;
+mod switch;
 mod updates;
 
 use std::path::PathBuf;
@@ -21,7 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "plexi", version = node::VERSION, about = "A self-managing storage cluster")]
+#[command(name = "plexi", version = plexi_util::version::VERSION, about = "A self-managing storage cluster")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -85,32 +81,32 @@ enum Command {
         api: cli::ApiArgs,
     },
     /// Load generator against node APIs, or the bare engine (--engine-baseline).
-    Bench(bench::BenchArgs),
+    Bench(cli::bench::BenchArgs),
     /// Signed releases: keygen, publish, list.
     Release {
         #[command(subcommand)]
-        cmd: release::ReleaseCmd,
+        cmd: cli::release::ReleaseCmd,
         #[command(flatten)]
         api: cli::ApiArgs,
     },
     /// Cluster updates: plan, execute, status, rollback, active, history.
     Update {
         #[command(subcommand)]
-        cmd: update_cli::UpdateCmd,
+        cmd: cli::update::UpdateCmd,
         #[command(flatten)]
         api: cli::ApiArgs,
     },
     /// Cluster maintenance mode: on, off, status.
     Maintenance {
         #[command(subcommand)]
-        cmd: update_cli::MaintenanceCmd,
+        cmd: cli::update::MaintenanceCmd,
         #[command(flatten)]
         api: cli::ApiArgs,
     },
     /// The audit log of every change, newest first.
     Audit {
         #[command(flatten)]
-        args: update_cli::AuditArgs,
+        args: cli::update::AuditArgs,
         #[command(flatten)]
         api: cli::ApiArgs,
     },
@@ -234,13 +230,13 @@ fn run(command: Command) -> ExitCode {
             report(runtime.block_on(cli::info(&api, &data_id, json)))
         }
         Command::Storage { cmd, api } => report(runtime.block_on(cli::storage(&api, &cmd))),
-        Command::Bench(args) => report(runtime.block_on(bench::run(args))),
-        Command::Release { cmd, api } => report(runtime.block_on(release::command(&api, cmd))),
-        Command::Update { cmd, api } => report(runtime.block_on(update_cli::update(&api, &cmd))),
+        Command::Bench(args) => report(runtime.block_on(cli::bench::run(args))),
+        Command::Release { cmd, api } => report(runtime.block_on(cli::release::command(&api, cmd))),
+        Command::Update { cmd, api } => report(runtime.block_on(cli::update::update(&api, &cmd))),
         Command::Maintenance { cmd, api } => {
-            report(runtime.block_on(update_cli::maintenance(&api, &cmd)))
+            report(runtime.block_on(cli::update::maintenance(&api, &cmd)))
         }
-        Command::Audit { args, api } => report(runtime.block_on(update_cli::audit(&api, &args))),
+        Command::Audit { args, api } => report(runtime.block_on(cli::update::audit(&api, &args))),
     }
 }
 

@@ -13,7 +13,8 @@ use plexi_api::ApiError;
 
 use super::repair::{self, Progress};
 use super::wire::{JobPartStatus, StoreCall, StoreReply};
-use super::{rfc3339_ms, wall_ms, Storage};
+use super::Storage;
+use plexi_util::clock::{rfc3339_ms, wall_ms};
 
 /// Bound on the job parts a node remembers.
 pub const MAX_JOBS: usize = 64;

@@ -15,7 +15,9 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use plexi_util::clock::{rfc3339_ms, wall_ms};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use plexi_api::model::{DataInfo, DataObject, PutResult, ReplicaInfo};
@@ -39,17 +41,6 @@ const MAX_UPLOADS: usize = 16;
 const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
 /// An upload idle this long is dropped.
 const UPLOAD_IDLE: Duration = Duration::from_secs(60);
-
-pub fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-pub fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
 
 /// Storage settings resolved from the config.
 #[derive(Clone, Debug)]

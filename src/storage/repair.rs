@@ -25,7 +25,8 @@ use plexi_store::placement::PARTITIONS;
 use plexi_store::StoreError;
 
 use super::wire::{StoreCall, StoreReply, MAX_BATCH};
-use super::{wall_ms, Member, Storage};
+use super::{Member, Storage};
+use plexi_util::clock::wall_ms;
 
 /// Most differing partitions examined with one peer per pass.
 const MAX_PARTITIONS_PER_PASS: usize = 128;

@@ -18,7 +18,7 @@ use plexi_store::version::Version;
 
 use super::wire::{CensusEntry, StoreCall, StoreReply, MAX_CENSUS};
 use super::{Member, Storage};
-use crate::health::GIB;
+use plexi_util::units::GIB;
 
 fn gb(bytes: u64) -> f64 {
     (bytes as f64 / GIB * 1000.0).round() / 1000.0

@@ -23,11 +23,12 @@ use tokio::sync::watch;
 
 use super::leases::{self, Granter};
 use super::ops::{phase_progress, LeaseHold, Mark, OpRecord, OpSettings};
+use super::release;
 use super::state::{self, UpdateState};
 use crate::audit::AuditLog;
-use crate::release;
-use crate::storage::{wall_ms, Storage};
-use crate::supervisor::{self, SwitchRequest};
+use crate::storage::Storage;
+use crate::switch::{self, SwitchOutcome, SwitchRequest};
+use plexi_util::clock::wall_ms;
 
 /// Retry-After for data requests while this node is drained.
 pub const RETRY_AFTER_S: u64 = 2;
@@ -594,7 +595,7 @@ impl Engine {
         self.enter_phase(id, "install").await;
         let data_dir = self.data_dir.clone();
         let v = target.to_string();
-        tokio::task::spawn_blocking(move || supervisor::install_release(&data_dir, &v, &bytes))
+        tokio::task::spawn_blocking(move || switch::install_release(&data_dir, &v, &bytes))
             .await
             .map_err(|e| StepError(e.to_string()))??;
 
@@ -649,7 +650,7 @@ impl Engine {
         self.renew(id).await?;
         self.start_drain(id).await;
         let from = mine.from_version.clone();
-        let path = supervisor::release_dir(&self.data_dir, &from).join("plexi");
+        let path = switch::release_dir(&self.data_dir, &from).join("plexi");
         let p2 = path.clone();
         let hash = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
             let mut h = blake3::Hasher::new();
@@ -674,7 +675,7 @@ impl Engine {
 
     /// Hands the switch to the supervisor and exits the worker.
     async fn switch(&self, req: SwitchRequest) -> Result<(), StepError> {
-        if !supervisor::supervised() {
+        if !switch::supervised() {
             return Err(StepError(
                 "this worker is not running under the plexi supervisor".into(),
             ));
@@ -690,10 +691,10 @@ impl Engine {
         )
         .await;
         let data_dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || supervisor::request_switch(&data_dir, &req))
+        tokio::task::spawn_blocking(move || switch::request_switch(&data_dir, &req))
             .await
             .map_err(|e| StepError(e.to_string()))??;
-        let _ = self.exit.send(Some(supervisor::EXIT_SWITCH));
+        let _ = self.exit.send(Some(switch::EXIT_SWITCH));
         // Stay busy: the process is exiting.
         std::future::pending::<()>().await;
         Ok(())
@@ -766,7 +767,7 @@ impl Engine {
             .join("backups")
             .join(format!("{}-{}", wall_ms(), id));
         std::fs::create_dir_all(&dir)?;
-        let exe = supervisor::release_dir(&self.data_dir, &self.version).join("plexi");
+        let exe = switch::release_dir(&self.data_dir, &self.version).join("plexi");
         let exe = if exe.is_file() {
             exe
         } else {
@@ -861,7 +862,7 @@ impl Engine {
     /// At start: finish a switch this worker is the target of (post-check,
     /// then ready), or report a switch the supervisor undid.
     async fn resume_after_restart(self: &Arc<Self>) {
-        if let Some(pending) = supervisor::pending_switch(&self.data_dir) {
+        if let Some(pending) = switch::pending_switch(&self.data_dir) {
             if pending.to_version == self.version.to_string() {
                 self.busy.store(true, Ordering::SeqCst);
                 let e = self.clone();
@@ -878,7 +879,7 @@ impl Engine {
     async fn report_switch_result(&self) {
         let data_dir = self.data_dir.clone();
         let Some(result) =
-            tokio::task::spawn_blocking(move || supervisor::take_switch_result(&data_dir))
+            tokio::task::spawn_blocking(move || switch::take_switch_result(&data_dir))
                 .await
                 .ok()
                 .flatten()
@@ -889,7 +890,7 @@ impl Engine {
         if self.state.get(&id).is_none() {
             return;
         }
-        if result.outcome == supervisor::OUTCOME_ROLLED_BACK {
+        if result.outcome == SwitchOutcome::RolledBack {
             let reason = result
                 .reason
                 .clone()
@@ -965,7 +966,7 @@ impl Engine {
         let data_dir = self.data_dir.clone();
         let v = self.version.to_string();
         if let Err(e) =
-            tokio::task::spawn_blocking(move || supervisor::write_ready(&data_dir, &v)).await
+            tokio::task::spawn_blocking(move || switch::write_ready(&data_dir, &v)).await
         {
             tracing::error!(error = %e, "cannot write ready");
             return;
@@ -974,7 +975,7 @@ impl Engine {
         let mut result = None;
         while started.elapsed() < deadline + Duration::from_secs(10) {
             let data_dir = self.data_dir.clone();
-            result = tokio::task::spawn_blocking(move || supervisor::take_switch_result(&data_dir))
+            result = tokio::task::spawn_blocking(move || switch::take_switch_result(&data_dir))
                 .await
                 .ok()
                 .flatten();
@@ -984,7 +985,7 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         match result {
-            Some(r) if r.outcome == supervisor::OUTCOME_SWITCHED => {
+            Some(r) if r.outcome == SwitchOutcome::Switched => {
                 let status = if rolling_back {
                     "rolled_back"
                 } else {

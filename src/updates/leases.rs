@@ -16,7 +16,7 @@ use plexi_p2p::lease::{Acquisition, Decision, LeaseTable, Outcome, SlotId};
 use plexi_p2p::{MemberStatus, P2pHandle, PeerId};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::wall_ms;
+use plexi_util::clock::wall_ms;
 
 pub const SERVICE: &str = "lease";
 /// Slots live in one cluster-wide namespace, so two operations never add up

@@ -3,10 +3,11 @@
 //! publish and refusal is logged and recorded in the audit log
 //! (`crate::audit`) with its actor.
 
-mod api;
 pub mod engine;
 pub mod leases;
 pub mod ops;
+mod plan;
+pub mod release;
 pub mod state;
 
 use std::sync::Arc;
@@ -20,8 +21,9 @@ use plexi_api::storage_routes::PutRequest;
 use plexi_api::ApiError;
 
 use crate::audit::AuditLog;
-use crate::release::{self, ReleaseError};
-use crate::storage::{report, rfc3339_ms, Storage};
+use crate::storage::{report, Storage};
+use plexi_util::clock::rfc3339_ms;
+use release::ReleaseError;
 
 pub struct UpdatesApi {
     pub storage: Arc<Storage>,
@@ -39,7 +41,7 @@ fn refusal(e: &ReleaseError) -> ApiError {
         ReleaseError::BadSignature => "bad_release_signature",
         ReleaseError::HashMismatch => "release_hash_mismatch",
         ReleaseError::Replay(_) => "release_replay",
-        ReleaseError::Malformed(_) | ReleaseError::KeyFile { .. } => "invalid_release",
+        ReleaseError::Malformed(_) => "invalid_release",
     };
     let status = match e {
         ReleaseError::Replay(_) => StatusCode::CONFLICT,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
 
 use super::ops::OpRecord;
-use crate::storage::{rfc3339_ms, wall_ms};
+use plexi_util::clock::{rfc3339_ms, wall_ms};
 
 pub const SERVICE: &str = "updates";
 /// Operations kept; the oldest finished ones go first.

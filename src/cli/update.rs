@@ -14,7 +14,7 @@ use plexi_api::model::{
 };
 use reqwest::Method;
 
-use crate::cli::{base_url, encode_segment, ApiArgs};
+use super::{base_url, encode_segment, ApiArgs};
 
 const UPDATES: &str = "/api/v1/clustering/updates";
 /// Polling period of `--watch`.

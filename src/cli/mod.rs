@@ -13,6 +13,10 @@ use plexi_api::model::{
 };
 use reqwest::{Method, Response};
 
+pub mod bench;
+pub mod release;
+pub mod update;
+
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
     /// Base URL of any node's API.

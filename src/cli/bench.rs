@@ -23,7 +23,7 @@ use clap::{Args, ValueEnum};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 
-use crate::cli::{base_url, check, data_path, human_bytes, Consistency};
+use super::{base_url, check, data_path, human_bytes, Consistency};
 
 /// Timeout of one request; the run is bounded even if a node hangs.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -58,7 +58,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
     /// strong | eventual | weak (default: the cluster's).
-    #[arg(long, value_parser = crate::cli::parse_consistency)]
+    #[arg(long, value_parser = super::parse_consistency)]
     pub consistency: Option<Consistency>,
     /// Total copies per object (default: the cluster's).
     #[arg(long)]

@@ -36,7 +36,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::storage::{rfc3339_ms, wall_ms};
+use plexi_util::clock::{rfc3339_ms, wall_ms};
 
 /// The p2p service name.
 pub const SERVICE: &str = "audit";

@@ -14,9 +14,9 @@ use plexi_p2p::MemberStatus;
 
 use super::engine::Engine;
 use super::ops::{self, Mark, OpRecord, PlanMember, ReleaseInfo};
+use super::release;
 use super::state;
-use crate::release;
-use crate::storage::{rfc3339_ms, wall_ms};
+use plexi_util::clock::{rfc3339_ms, wall_ms};
 
 fn plan_error(e: ops::PlanError) -> ApiError {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);

@@ -24,17 +24,14 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::watch;
 
+mod health;
+mod tokens;
+
 use crate::config::{Config, ConfigError, Overrides};
-use crate::health::{disk_check, fs_space, GIB};
 use crate::storage::{wire, Settings as StorageSettings, Storage, StorageApi, StorageMetrics};
+use health::{disk_check, fs_space, GIB};
 
-/// The compiled-in version (see build.rs).
-pub const VERSION: &str = env!("PLEXI_VERSION");
-
-/// A fault compiled in for tests of the update path (build.rs,
-/// `PLEXI_BUILD_FAULT`): empty for every real build; `exit-at-start` makes
-/// the worker exit at once, `unhealthy` makes its health check fail.
-pub const BUILD_FAULT: &str = env!("PLEXI_BUILD_FAULT");
+use plexi_util::version::{BUILD_FAULT, VERSION};
 
 /// Bound on remembered peer addresses (`peers.json`).
 const MAX_KNOWN_PEERS: usize = 64;
@@ -470,7 +467,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
     let incarnation = store.next_incarnation().map_err(startup("store"))?;
     let name = n.name.clone().unwrap_or_else(|| default_name(&peer_id));
 
-    let (tokens, generated) = crate::tokens::resolve(
+    let (tokens, generated) = tokens::resolve(
         &config,
         &data_dir,
         std::env::var("PLEXI_ADMIN_TOKEN").ok(),
@@ -698,10 +695,9 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
                     // Ready for the supervisor, unless a switch to this
                     // version is pending: then the update engine says so
                     // after its post-update check.
-                    let pending =
-                        crate::supervisor::pending_switch(&data_dir).map(|s| s.to_version);
+                    let pending = crate::switch::pending_switch(&data_dir).map(|s| s.to_version);
                     if pending.as_deref() != Some(VERSION) {
-                        if let Err(e) = crate::supervisor::write_ready(&data_dir, VERSION) {
+                        if let Err(e) = crate::switch::write_ready(&data_dir, VERSION) {
                             tracing::warn!(error = %e, "cannot write releases/ready.json");
                         }
                     }

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+pub use plexi_util::units::GIB;
+
 use plexi_api::model::HealthCheck;
 
 /// Total and available bytes of the file system holding `path`.
@@ -41,5 +43,3 @@ pub fn disk_check(path: &Path) -> HealthCheck {
         },
     }
 }
-
-pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;

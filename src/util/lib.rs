@@ -1,0 +1,19 @@
+//! plexi-util: what every layer needs, and nothing that does I/O beyond
+//! reading the wall clock.
+//!
+//! - [`clock`]: the wall clock in milliseconds and its RFC 3339 text.
+//! - [`types`]: the shared vocabulary (consistency level, storage strategy,
+//!   member status, update strategy, type, phase and statuses, node id):
+//!   one type per concept, used alike by config, state machines, wire and
+//!   API, serialized in `snake_case`.
+//! - [`units`]: byte units.
+//! - [`version`]: the version compiled in (`PLEXI_BUILD_VERSION`) and the
+//!   test-only build fault.
+//!
+//! It is its own crate (under `src/util/`, like Garage's `src/util`) because
+//! the library crates (`p2p`, `store`, `api`) need it as much as the binary.
+
+pub mod clock;
+pub mod types;
+pub mod units;
+pub mod version;
