@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use plexi_util::types::{Consistency, StorageStrategy};
 use serde::Deserialize;
 
 /// A configuration problem; the node exits with code 2.
@@ -55,29 +56,12 @@ impl Default for ClusterUpdates {
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ConsistencyLevel {
-    Strong,
-    Eventual,
-    Weak,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum StorageStrategy {
-    LoadBalanced,
-    PerformanceOptimized,
-    RedundancyFocused,
-    Geographic,
-}
-
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedStorage {
     pub default_replication_factor: u32,
     pub max_replication_factor: u32,
-    pub consistency_level: ConsistencyLevel,
+    pub consistency_level: Consistency,
     pub storage_strategy: StorageStrategy,
     pub auto_rebalance: bool,
     pub cleanup_interval_hours: f64,
@@ -99,7 +83,7 @@ impl Default for DistributedStorage {
         DistributedStorage {
             default_replication_factor: 3,
             max_replication_factor: 5,
-            consistency_level: ConsistencyLevel::Eventual,
+            consistency_level: Consistency::Eventual,
             storage_strategy: StorageStrategy::LoadBalanced,
             auto_rebalance: true,
             cleanup_interval_hours: 24.0,

@@ -31,6 +31,7 @@ use prometheus_client::registry::Registry;
 
 pub use auth::{Caller, Role, TokenEntry, TokenSet};
 pub use error::ApiError;
+pub use plexi_util::types::Consistency;
 pub use routes::ApiDoc;
 
 /// What the API needs from the node. Implemented by the binary.
@@ -50,13 +51,14 @@ pub trait Cluster: Send + Sync + 'static {
 pub trait Storage: Send + Sync + 'static {
     /// Largest accepted object body, in bytes (larger: 413).
     fn max_object_bytes(&self) -> usize;
-    async fn put(&self, req: storage_routes::PutRequest) -> Result<model::PutResult, ApiError>;
+    async fn put(&self, req: model::PutRequest) -> Result<model::PutResult, ApiError>;
     async fn get(
         &self,
         data_id: &str,
-        consistency: Option<&str>,
+        consistency: Option<Consistency>,
     ) -> Result<model::DataObject, ApiError>;
-    async fn delete(&self, data_id: &str, consistency: Option<&str>) -> Result<(), ApiError>;
+    async fn delete(&self, data_id: &str, consistency: Option<Consistency>)
+        -> Result<(), ApiError>;
     async fn info(&self, data_id: &str) -> Result<model::DataInfo, ApiError>;
     async fn overview(&self) -> Result<model::StorageOverview, ApiError>;
     async fn nodes(&self) -> Result<model::StorageNodes, ApiError>;

@@ -1,6 +1,7 @@
 //! The JSON shapes the API serves. Plain data, no libp2p or sled types; the
 //! binary maps its internal state into these.
 
+use plexi_util::types::Consistency;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -444,4 +445,16 @@ pub struct ClusterEvent {
     pub kind: String,
     pub at: String,
     pub data: serde_json::Value,
+}
+
+/// A validated write.
+#[derive(Clone, Debug)]
+pub struct PutRequest {
+    pub data_id: String,
+    pub data_type: String,
+    pub consistency: Option<Consistency>,
+    pub replication_factor: Option<u32>,
+    pub bytes: bytes::Bytes,
+    /// Token name of the caller (for the audit trail).
+    pub actor: String,
 }

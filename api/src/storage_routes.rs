@@ -11,8 +11,9 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::model::{DataInfo, PutResult};
+use crate::model::{DataInfo, PutRequest, PutResult};
 use crate::ApiState;
+use plexi_util::types::Consistency;
 
 /// Query of `PUT .../data/{data_id}`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -31,18 +32,6 @@ pub struct GetQuery {
     pub consistency: Option<String>,
 }
 
-/// A validated write.
-#[derive(Clone, Debug)]
-pub struct PutRequest {
-    pub data_id: String,
-    pub data_type: String,
-    pub consistency: Option<String>,
-    pub replication_factor: Option<u32>,
-    pub bytes: Bytes,
-    /// Token name of the caller (for the audit trail).
-    pub actor: String,
-}
-
 pub const MAX_DATA_ID_BYTES: usize = 512;
 pub const MAX_DATA_TYPE_BYTES: usize = 128;
 
@@ -56,14 +45,15 @@ pub fn validate_data_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_consistency(c: &Option<String>) -> Result<(), ApiError> {
-    match c.as_deref() {
-        None | Some("strong") | Some("eventual") | Some("weak") => Ok(()),
-        Some(other) => Err(ApiError::bad_request(
-            "invalid_consistency",
-            format!("consistency {other:?} is not one of strong, eventual, weak"),
-        )),
-    }
+/// The `consistency` query parameter as the shared type (400 when unknown).
+fn parse_consistency(c: &Option<String>) -> Result<Option<Consistency>, ApiError> {
+    c.as_deref()
+        .map(|s| {
+            s.parse::<Consistency>().map_err(|e| {
+                ApiError::bad_request("invalid_consistency", format!("consistency {e}"))
+            })
+        })
+        .transpose()
 }
 
 #[utoipa::path(
@@ -102,7 +92,7 @@ pub(crate) async fn put_data(
             ApiError::bad_request("invalid_body", e.body_text())
         }
     })?;
-    validate_consistency(&q.consistency)?;
+    let consistency = parse_consistency(&q.consistency)?;
     let replication_factor = match q.replication_factor.as_deref() {
         None => None,
         Some(s) => Some(s.parse::<u32>().map_err(|_| {
@@ -127,7 +117,7 @@ pub(crate) async fn put_data(
     let req = PutRequest {
         data_id,
         data_type,
-        consistency: q.consistency,
+        consistency,
         replication_factor,
         bytes,
         actor: caller.map(|Extension(c)| c.name).unwrap_or_default(),
@@ -153,8 +143,8 @@ pub(crate) async fn get_data(
 ) -> Result<Response, ApiError> {
     let storage = &state.storage;
     validate_data_id(&data_id)?;
-    validate_consistency(&q.consistency)?;
-    let obj = storage.get(&data_id, q.consistency.as_deref()).await?;
+    let consistency = parse_consistency(&q.consistency)?;
+    let obj = storage.get(&data_id, consistency).await?;
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -185,8 +175,8 @@ pub(crate) async fn delete_data(
 ) -> Result<StatusCode, ApiError> {
     let storage = &state.storage;
     validate_data_id(&data_id)?;
-    validate_consistency(&q.consistency)?;
-    storage.delete(&data_id, q.consistency.as_deref()).await?;
+    let consistency = parse_consistency(&q.consistency)?;
+    storage.delete(&data_id, consistency).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

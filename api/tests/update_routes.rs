@@ -10,8 +10,8 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use futures::StreamExt;
+use plexi_api::model::PutRequest;
 use plexi_api::model::*;
-use plexi_api::storage_routes::PutRequest;
 use plexi_api::{
     ApiError, ApiMetrics, ApiState, Cluster, InFlight, Role, Storage, TokenEntry, TokenSet, Updates,
 };
@@ -60,7 +60,11 @@ impl Storage for StubStorage {
     async fn put(&self, _: PutRequest) -> Result<PutResult, ApiError> {
         Err(stub_err())
     }
-    async fn get(&self, _: &str, _: Option<&str>) -> Result<DataObject, ApiError> {
+    async fn get(
+        &self,
+        _: &str,
+        _: Option<plexi_api::Consistency>,
+    ) -> Result<DataObject, ApiError> {
         if self.hold.load(Ordering::SeqCst) {
             self.entered.notify_one();
             self.release.notified().await;
@@ -72,7 +76,7 @@ impl Storage for StubStorage {
             bytes: vec![7; 1000],
         })
     }
-    async fn delete(&self, _: &str, _: Option<&str>) -> Result<(), ApiError> {
+    async fn delete(&self, _: &str, _: Option<plexi_api::Consistency>) -> Result<(), ApiError> {
         Ok(())
     }
     async fn info(&self, _: &str) -> Result<DataInfo, ApiError> {

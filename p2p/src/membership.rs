@@ -38,31 +38,7 @@ impl Default for Timings {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum MemberStatus {
-    Alive,
-    Suspect,
-    Dead,
-    Left,
-}
-
-impl MemberStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberStatus::Alive => "alive",
-            MemberStatus::Suspect => "suspect",
-            MemberStatus::Dead => "dead",
-            MemberStatus::Left => "left",
-        }
-    }
-
-    pub const ALL: [MemberStatus; 4] = [
-        MemberStatus::Alive,
-        MemberStatus::Suspect,
-        MemberStatus::Dead,
-        MemberStatus::Left,
-    ];
-}
+pub use plexi_util::types::MemberStatus;
 
 #[derive(Clone, Debug)]
 struct Member {
@@ -266,13 +242,16 @@ impl Membership {
 
     /// Count of members per status (the local node included).
     pub fn counts(&self, now_ms: u64) -> [(MemberStatus, usize); 4] {
-        let mut out = MemberStatus::ALL.map(|s| (s, 0));
+        let mut out = [
+            (MemberStatus::Alive, 0),
+            (MemberStatus::Suspect, 0),
+            (MemberStatus::Dead, 0),
+            (MemberStatus::Left, 0),
+        ];
         for (peer, m) in &self.members {
             let s = self.status_of(peer, m, now_ms);
-            out.iter_mut()
-                .find(|(k, _)| *k == s)
-                .expect("all statuses")
-                .1 += 1;
+            // `out` lists every status, in order.
+            out[s as usize].1 += 1;
         }
         out
     }

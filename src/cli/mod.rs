@@ -32,11 +32,12 @@ pub struct ApiArgs {
     pub token: Option<String>,
 }
 
-pub use plexi_store::objects::Consistency;
+pub use plexi_util::types::Consistency;
 
 /// Parses `--consistency` before anything is sent.
 pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
-    Consistency::parse(s).ok_or_else(|| format!("{s:?} is not one of strong, eventual, weak"))
+    s.parse()
+        .map_err(|e: plexi_util::types::UnknownName| e.to_string())
 }
 
 /// `http://host:port` from `host:port` or a URL, without a trailing slash.

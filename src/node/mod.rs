@@ -13,8 +13,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use plexi_api::model::{HealthCheck, HealthReport, NodeView};
-use plexi_api::{ApiError, ApiMetrics, ApiState, Cluster};
-use plexi_p2p::codec::{decode_cbor, encode_cbor};
+use plexi_api::{ApiMetrics, ApiState};
+use plexi_p2p::codec::encode_cbor;
 use plexi_p2p::{
     LocalInfo, MemberStatus, MemberView, Multiaddr, P2pConfig, P2pEvent, P2pHandle, PeerId, Timings,
 };
@@ -24,11 +24,13 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::watch;
 
+mod api;
 mod health;
 mod tokens;
 
 use crate::config::{Config, ConfigError, Overrides};
-use crate::storage::{wire, Settings as StorageSettings, Storage, StorageApi, StorageMetrics};
+use crate::storage::{wire, Settings as StorageSettings, Storage, StorageMetrics};
+use api::{NodeApi, StorageApi};
 use health::{disk_check, fs_space, GIB};
 
 use plexi_util::version::{BUILD_FAULT, VERSION};
@@ -50,7 +52,7 @@ fn known_peers(data_dir: &Path) -> Vec<Multiaddr> {
 }
 
 /// The application service name for health calls between nodes.
-const HEALTH_SERVICE: &str = "health";
+pub(crate) const HEALTH_SERVICE: &str = "health";
 /// Bound on graceful HTTP shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
@@ -238,15 +240,13 @@ impl Node {
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
+use plexi_util::clock::rfc3339;
 
 fn gb(bytes: u64) -> f64 {
     (bytes as f64 / GIB * 1000.0).round() / 1000.0
 }
 
-fn node_view(m: &MemberView, local: &str) -> NodeView {
+pub(crate) fn node_view(m: &MemberView, local: &str) -> NodeView {
     let s = &m.record.state;
     let seen = SystemTime::now()
         .checked_sub(Duration::from_millis(m.silent_ms))
@@ -268,88 +268,6 @@ fn node_view(m: &MemberView, local: &str) -> NodeView {
         object_count: s.object_count,
         is_healthy: s.healthy && m.status == MemberStatus::Alive,
         is_local: s.peer_id == local,
-    }
-}
-
-/// The API's view of the node.
-struct NodeApi(Arc<Node>);
-
-impl std::ops::Deref for NodeApi {
-    type Target = Arc<Node>;
-    fn deref(&self) -> &Arc<Node> {
-        &self.0
-    }
-}
-
-#[async_trait::async_trait]
-impl Cluster for NodeApi {
-    fn local_node_id(&self) -> String {
-        self.name.clone()
-    }
-
-    fn version(&self) -> String {
-        VERSION.into()
-    }
-
-    fn nodes(&self) -> Vec<NodeView> {
-        let local = self.peer_id.to_string();
-        let mut nodes: Vec<NodeView> = self
-            .p2p()
-            .members()
-            .iter()
-            .map(|m| node_view(m, &local))
-            .collect();
-        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id).then(a.peer_id.cmp(&b.peer_id)));
-        nodes
-    }
-
-    async fn node_health(&self, node_id: &str) -> Result<HealthReport, ApiError> {
-        let member = self.find(node_id).ok_or_else(|| {
-            ApiError::not_found(format!("no node named {node_id:?} is known to this node"))
-        })?;
-        let state = &member.record.state;
-        if state.peer_id == self.peer_id.to_string() {
-            return Ok(self.local_health().await);
-        }
-        let unreachable = |detail: String| HealthReport {
-            node_id: state.name.clone(),
-            peer_id: state.peer_id.clone(),
-            version: state.version.clone(),
-            status: member.status.as_str().into(),
-            healthy: false,
-            checks: vec![HealthCheck {
-                name: "reachable".into(),
-                ok: false,
-                detail,
-            }],
-            uptime_seconds: 0,
-            checked_at: rfc3339(SystemTime::now()),
-            source: "membership".into(),
-        };
-        if matches!(member.status, MemberStatus::Dead | MemberStatus::Left) {
-            return Ok(unreachable(format!(
-                "node is {}: no heartbeat for {:.1} s",
-                member.status.as_str(),
-                member.silent_ms as f64 / 1000.0
-            )));
-        }
-        let peer: PeerId = state
-            .peer_id
-            .parse()
-            .map_err(|_| ApiError::not_found("member has an invalid peer id"))?;
-        match self.p2p().request(peer, HEALTH_SERVICE, Vec::new()).await {
-            Ok(bytes) => match decode_cbor::<HealthReport>(&bytes) {
-                Ok(mut report) => {
-                    report.status = member.status.as_str().into();
-                    report.source = "peer".into();
-                    Ok(report)
-                }
-                Err(e) => Ok(unreachable(format!(
-                    "node answered with an undecodable report: {e}"
-                ))),
-            },
-            Err(e) => Ok(unreachable(format!("node did not answer: {e}"))),
-        }
     }
 }
 
@@ -805,7 +723,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
     let state = ApiState {
         cluster: Arc::new(NodeApi(node.clone())),
         storage: Arc::new(StorageApi(storage.clone())),
-        updates: Arc::new(crate::updates::UpdatesApi {
+        updates: Arc::new(api::UpdatesApi {
             storage: storage.clone(),
             trusted: config.cluster_updates.release_public_keys.clone(),
             events,

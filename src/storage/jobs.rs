@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use plexi_api::model::{Job, JobPart};
-use plexi_api::ApiError;
 
 use super::repair::{self, Progress};
 use super::wire::{JobPartStatus, StoreCall, StoreReply};
-use super::Storage;
+use super::{Storage, StorageError};
 use plexi_util::clock::{rfc3339_ms, wall_ms};
 
 /// Bound on the job parts a node remembers.
@@ -111,11 +110,15 @@ impl Jobs {
 }
 
 /// Starts a job on every reachable node; returns its first status.
-pub async fn start_cluster_job(s: &Arc<Storage>, kind: &str, actor: &str) -> Result<Job, ApiError> {
+pub async fn start_cluster_job(
+    s: &Arc<Storage>,
+    kind: &str,
+    actor: &str,
+) -> Result<Job, StorageError> {
     let job_id = uuid::Uuid::new_v4().to_string();
     s.jobs
         .start(s, &job_id, kind)
-        .map_err(|e| ApiError::bad_request("invalid_job", e))?;
+        .map_err(StorageError::InvalidJob)?;
     tracing::info!(%job_id, kind, actor, "storage job started");
     let peers: Vec<_> = s.peers();
     let mut calls: FuturesUnordered<_> = peers
@@ -139,7 +142,7 @@ pub async fn start_cluster_job(s: &Arc<Storage>, kind: &str, actor: &str) -> Res
 }
 
 /// A job's status, assembled from every node's part.
-pub async fn job_status(s: &Arc<Storage>, job_id: &str) -> Result<Job, ApiError> {
+pub async fn job_status(s: &Arc<Storage>, job_id: &str) -> Result<Job, StorageError> {
     let members: Vec<_> = s.members().into_iter().filter(|m| m.reachable()).collect();
     let mut asks: FuturesUnordered<_> = members
         .iter()
@@ -158,9 +161,9 @@ pub async fn job_status(s: &Arc<Storage>, job_id: &str) -> Result<Job, ApiError>
         }
     }
     if parts.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no job {job_id:?} on any reachable node"
-        )));
+        return Err(StorageError::NoSuchJob {
+            job_id: job_id.to_string(),
+        });
     }
     parts.sort_by(|a, b| a.0.cmp(&b.0));
     let status = if parts.iter().any(|(_, p)| p.status == "failed") {

@@ -8,6 +8,7 @@
 //! background loops that heal the cluster (hints, anti-entropy, cleanup)
 //! live in `repair.rs`.
 
+mod error;
 pub mod jobs;
 pub mod repair;
 pub mod report;
@@ -20,19 +21,19 @@ use std::time::{Duration, Instant};
 use plexi_util::clock::{rfc3339_ms, wall_ms};
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use plexi_api::model::PutRequest;
 use plexi_api::model::{DataInfo, DataObject, PutResult, ReplicaInfo};
-use plexi_api::storage_routes::PutRequest;
-use plexi_api::ApiError;
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
 use plexi_p2p::{MemberStatus, P2pHandle, PeerId};
 use plexi_store::objects::{
     AccessStats, Applied, Consistency, GroupCommit, ObjectMeta, ObjectStore, SledObjects,
 };
-use plexi_store::placement::{self, Candidate, Strategy};
+use plexi_store::placement::{self, Candidate, StorageStrategy};
 use plexi_store::version::Hlc;
 use plexi_store::{NodeStore, StoreError};
 
-use crate::config::{ConsistencyLevel, DistributedStorage, StorageStrategy};
+use crate::config::DistributedStorage;
+pub use error::StorageError;
 use wire::{StoreCall, StoreReply, CHUNK_BYTES, MAX_BATCH, READ_CHUNK_BYTES};
 
 /// Bound on concurrent large-object uploads a replica accepts.
@@ -48,7 +49,7 @@ pub struct Settings {
     pub default_rf: u32,
     pub max_rf: u32,
     pub default_consistency: Consistency,
-    pub strategy: Strategy,
+    pub strategy: StorageStrategy,
     pub max_usage_pct: f64,
     pub rereplication_delay: Duration,
     pub max_object_bytes: usize,
@@ -64,17 +65,8 @@ impl Settings {
         Settings {
             default_rf: c.default_replication_factor,
             max_rf: c.max_replication_factor,
-            default_consistency: match c.consistency_level {
-                ConsistencyLevel::Strong => Consistency::Strong,
-                ConsistencyLevel::Eventual => Consistency::Eventual,
-                ConsistencyLevel::Weak => Consistency::Weak,
-            },
-            strategy: match c.storage_strategy {
-                StorageStrategy::LoadBalanced => Strategy::LoadBalanced,
-                StorageStrategy::PerformanceOptimized => Strategy::PerformanceOptimized,
-                StorageStrategy::RedundancyFocused => Strategy::RedundancyFocused,
-                StorageStrategy::Geographic => Strategy::Geographic,
-            },
+            default_consistency: c.consistency_level,
+            strategy: c.storage_strategy,
             max_usage_pct: c.max_node_usage_percentage,
             rereplication_delay: Duration::from_secs(c.rereplication_delay_seconds),
             max_object_bytes: (c.max_object_mib * 1024.0 * 1024.0) as usize,
@@ -204,10 +196,6 @@ impl StorageMetrics {
 pub fn reliability(incarnation: u64) -> f64 {
     let restarts = incarnation.saturating_sub(1) as f64;
     (1.0 - 0.002 * restarts).max(0.0)
-}
-
-fn unavailable(code: &'static str, msg: impl Into<String>) -> ApiError {
-    ApiError::unavailable(code, msg)
 }
 
 impl Storage {
@@ -515,30 +503,19 @@ impl Storage {
         }
     }
 
-    fn resolve_rf(&self, rf: Option<u32>) -> Result<u32, ApiError> {
+    fn resolve_rf(&self, rf: Option<u32>) -> Result<u32, StorageError> {
         let rf = rf.unwrap_or(self.settings.default_rf);
         if rf < 1 || rf > self.settings.max_rf {
-            return Err(ApiError::bad_request(
-                "invalid_replication_factor",
-                format!(
-                    "replication_factor {rf} is out of range: must be between 1 and {}",
-                    self.settings.max_rf
-                ),
-            ));
+            return Err(StorageError::InvalidReplicationFactor {
+                got: rf,
+                max: self.settings.max_rf,
+            });
         }
         Ok(rf)
     }
 
-    fn resolve_consistency(&self, c: Option<&str>) -> Result<Consistency, ApiError> {
-        match c {
-            None => Ok(self.settings.default_consistency),
-            Some(s) => Consistency::parse(s).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_consistency",
-                    format!("consistency {s:?} is not one of strong, eventual, weak"),
-                )
-            }),
-        }
+    fn resolve_consistency(&self, c: Option<Consistency>) -> Consistency {
+        c.unwrap_or(self.settings.default_consistency)
     }
 
     /// Coordinates one write (an object or a tombstone).
@@ -546,7 +523,7 @@ impl Storage {
         self: &Arc<Self>,
         meta: ObjectMeta,
         data: Arc<Vec<u8>>,
-    ) -> Result<(Vec<String>, Vec<String>, bool), ApiError> {
+    ) -> Result<(Vec<String>, Vec<String>, bool), StorageError> {
         let rf = meta.replication_factor as usize;
         let replicas = self.replicas_for(&meta.data_id, rf);
         let names: Vec<String> = replicas.iter().map(|m| m.name.clone()).collect();
@@ -554,16 +531,13 @@ impl Storage {
             replicas.into_iter().partition(|m| m.reachable());
         let consistency = meta.consistency_level;
         if consistency == Consistency::Strong && live.len() < rf {
-            return Err(unavailable(
-                "insufficient_replicas",
-                format!(
-                    "a strong write needs all {rf} replicas; only {} placement node(s) are reachable",
-                    live.len()
-                ),
-            ));
+            return Err(StorageError::InsufficientReplicas {
+                rf,
+                reachable: live.len(),
+            });
         }
         if live.is_empty() {
-            return Err(unavailable("no_replicas", "no placement node is reachable"));
+            return Err(StorageError::NoReplicas);
         }
         for m in &down {
             self.hint(&m.peer_id, &meta.data_id);
@@ -576,7 +550,7 @@ impl Storage {
             .clone()
             .acquire_many_owned(mib)
             .await
-            .map_err(|_| unavailable("shutting_down", "the node is stopping"))?;
+            .map_err(|_| StorageError::ShuttingDown)?;
         let mut under = live.len() < rf;
         let mut sends: FuturesUnordered<_> = live
             .iter()
@@ -611,14 +585,11 @@ impl Storage {
         if acked.len() < needed {
             // Stragglers still finish in the background.
             self.finish_in_background(sends, meta.data_id.clone(), permit);
-            return Err(unavailable(
-                "replica_write_failed",
-                format!(
-                    "{} of {needed} required replica(s) acknowledged; failed: {}",
-                    acked.len(),
-                    failed.join(", ")
-                ),
-            ));
+            return Err(StorageError::ReplicaWriteFailed {
+                acked: acked.len(),
+                needed,
+                failed: failed.join(", "),
+            });
         }
         if !failed.is_empty() {
             under = true;
@@ -652,18 +623,13 @@ impl Storage {
         });
     }
 
-    pub async fn put(self: &Arc<Self>, req: PutRequest) -> Result<PutResult, ApiError> {
+    pub async fn put(self: &Arc<Self>, req: PutRequest) -> Result<PutResult, StorageError> {
         let rf = self.resolve_rf(req.replication_factor)?;
-        let consistency = self.resolve_consistency(req.consistency.as_deref())?;
+        let consistency = self.resolve_consistency(req.consistency);
         if req.bytes.len() > self.settings.max_object_bytes {
-            return Err(ApiError::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "the body exceeds the limit of {} bytes",
-                    self.settings.max_object_bytes
-                ),
-            ));
+            return Err(StorageError::TooLarge {
+                limit_bytes: self.settings.max_object_bytes,
+            });
         }
         let now = wall_ms();
         let version = self.hlc.lock().expect("hlc lock").now(now);
@@ -749,9 +715,9 @@ impl Storage {
     pub async fn get(
         self: &Arc<Self>,
         data_id: &str,
-        consistency: Option<&str>,
-    ) -> Result<DataObject, ApiError> {
-        let consistency = self.resolve_consistency(consistency)?;
+        consistency: Option<Consistency>,
+    ) -> Result<DataObject, StorageError> {
+        let consistency = self.resolve_consistency(consistency);
         let res = match consistency {
             Consistency::Strong => self.get_strong(data_id).await,
             _ => self.get_first(data_id).await,
@@ -760,8 +726,7 @@ impl Storage {
             "get",
             match &res {
                 Ok(_) => "ok",
-                Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => "not_found",
-                Err(_) => "error",
+                Err(e) => e.outcome(),
             },
         );
         let (meta, bytes) = res?;
@@ -773,13 +738,18 @@ impl Storage {
         })
     }
 
-    fn not_found(data_id: &str) -> ApiError {
-        ApiError::not_found(format!("no object {data_id:?}"))
+    fn not_found(data_id: &str) -> StorageError {
+        StorageError::NotFound {
+            data_id: data_id.to_string(),
+        }
     }
 
     /// eventual / weak: the first replica that has the object answers, local
     /// first; stale replicas are repaired in the background.
-    async fn get_first(self: &Arc<Self>, data_id: &str) -> Result<(ObjectMeta, Vec<u8>), ApiError> {
+    async fn get_first(
+        self: &Arc<Self>,
+        data_id: &str,
+    ) -> Result<(ObjectMeta, Vec<u8>), StorageError> {
         match self.get_any(data_id).await {
             Some((meta, _)) if meta.tombstone => Err(Self::not_found(data_id)),
             Some(found) => Ok(found),
@@ -828,7 +798,7 @@ impl Storage {
     async fn get_strong(
         self: &Arc<Self>,
         data_id: &str,
-    ) -> Result<(ObjectMeta, Vec<u8>), ApiError> {
+    ) -> Result<(ObjectMeta, Vec<u8>), StorageError> {
         let (candidates, answers) = self.survey(data_id).await;
         let newest = answers
             .iter()
@@ -846,10 +816,12 @@ impl Storage {
             .count();
         let majority = rf / 2 + 1;
         if answered < majority {
-            return Err(unavailable(
-                "no_quorum",
-                format!("a strong read needs {majority} of {rf} replicas; {answered} answered"),
-            ));
+            return Err(StorageError::NoQuorum {
+                consistency: Consistency::Strong,
+                majority,
+                rf,
+                answered,
+            });
         }
         let Some(newest) = newest else {
             return Err(Self::not_found(data_id));
@@ -869,10 +841,7 @@ impl Storage {
             }
         }
         let Some((meta, data)) = got else {
-            return Err(unavailable(
-                "read_failed",
-                "no replica holding the newest version could serve it",
-            ));
+            return Err(StorageError::ReadFailed);
         };
         // Repair stale owners before answering, so the next strong read agrees.
         for o in owners {
@@ -930,9 +899,9 @@ impl Storage {
     pub async fn delete(
         self: &Arc<Self>,
         data_id: &str,
-        consistency: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let consistency = self.resolve_consistency(consistency)?;
+        consistency: Option<Consistency>,
+    ) -> Result<(), StorageError> {
+        let consistency = self.resolve_consistency(consistency);
         let (_, answers) = self.survey(data_id).await;
         let rf = answers
             .iter()
@@ -958,7 +927,7 @@ impl Storage {
         res.map(|_| ())
     }
 
-    pub async fn info(self: &Arc<Self>, data_id: &str) -> Result<DataInfo, ApiError> {
+    pub async fn info(self: &Arc<Self>, data_id: &str) -> Result<DataInfo, StorageError> {
         let (candidates, answers) = self.survey_with_access(data_id).await;
         let all = self.members();
         let found: HashMap<String, Option<(ObjectMeta, AccessStats)>> = answers
@@ -1181,41 +1150,4 @@ pub async fn serve(storage: &Arc<Storage>, from: PeerId, body: &[u8]) -> Result<
     })?;
     let reply = storage.handle_call(&from.to_string(), call).await?;
     encode_cbor(&reply).map_err(|e| e.to_string())
-}
-
-/// The API's view of storage.
-pub struct StorageApi(pub Arc<Storage>);
-
-#[async_trait::async_trait]
-impl plexi_api::Storage for StorageApi {
-    fn max_object_bytes(&self) -> usize {
-        self.0.settings.max_object_bytes
-    }
-    async fn put(&self, req: PutRequest) -> Result<PutResult, ApiError> {
-        self.0.put(req).await
-    }
-    async fn get(&self, data_id: &str, consistency: Option<&str>) -> Result<DataObject, ApiError> {
-        self.0.get(data_id, consistency).await
-    }
-    async fn delete(&self, data_id: &str, consistency: Option<&str>) -> Result<(), ApiError> {
-        self.0.delete(data_id, consistency).await
-    }
-    async fn info(&self, data_id: &str) -> Result<DataInfo, ApiError> {
-        self.0.info(data_id).await
-    }
-    async fn overview(&self) -> Result<plexi_api::model::StorageOverview, ApiError> {
-        report::overview(&self.0).await
-    }
-    async fn nodes(&self) -> Result<plexi_api::model::StorageNodes, ApiError> {
-        Ok(report::nodes(&self.0))
-    }
-    async fn distribution(&self) -> Result<plexi_api::model::Distribution, ApiError> {
-        report::distribution(&self.0).await
-    }
-    async fn start_job(&self, kind: &str, actor: &str) -> Result<plexi_api::model::Job, ApiError> {
-        jobs::start_cluster_job(&self.0, kind, actor).await
-    }
-    async fn job(&self, job_id: &str) -> Result<plexi_api::model::Job, ApiError> {
-        jobs::job_status(&self.0, job_id).await
-    }
 }

@@ -10,14 +10,13 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use plexi_api::model::{
     Distribution, Holding, NodeHolding, StorageNode, StorageNodes, StorageOverview,
 };
-use plexi_api::ApiError;
 use plexi_p2p::MemberStatus;
 use plexi_store::objects::{Consistency, ObjectStore};
-use plexi_store::placement::Strategy;
+use plexi_store::placement::StorageStrategy;
 use plexi_store::version::Version;
 
 use super::wire::{CensusEntry, StoreCall, StoreReply, MAX_CENSUS};
-use super::{Member, Storage};
+use super::{Member, Storage, StorageError};
 use plexi_util::units::GIB;
 
 fn gb(bytes: u64) -> f64 {
@@ -31,12 +30,12 @@ fn pct(used: u64, total: u64) -> f64 {
     (used as f64 * 10000.0 / total as f64).round() / 100.0
 }
 
-pub fn strategy_name(s: Strategy) -> &'static str {
+pub fn strategy_name(s: StorageStrategy) -> &'static str {
     match s {
-        Strategy::LoadBalanced => "load_balanced",
-        Strategy::PerformanceOptimized => "performance_optimized",
-        Strategy::RedundancyFocused => "redundancy_focused",
-        Strategy::Geographic => "geographic",
+        StorageStrategy::LoadBalanced => "load_balanced",
+        StorageStrategy::PerformanceOptimized => "performance_optimized",
+        StorageStrategy::RedundancyFocused => "redundancy_focused",
+        StorageStrategy::Geographic => "geographic",
     }
 }
 
@@ -164,7 +163,7 @@ fn consistency_name(c: Consistency) -> &'static str {
     c.as_str()
 }
 
-pub async fn overview(s: &Arc<Storage>) -> Result<StorageOverview, ApiError> {
+pub async fn overview(s: &Arc<Storage>) -> Result<StorageOverview, StorageError> {
     let members: Vec<Member> = s
         .members()
         .into_iter()
@@ -238,7 +237,7 @@ pub fn nodes(s: &Arc<Storage>) -> StorageNodes {
     StorageNodes { nodes }
 }
 
-pub async fn distribution(s: &Arc<Storage>) -> Result<Distribution, ApiError> {
+pub async fn distribution(s: &Arc<Storage>) -> Result<Distribution, StorageError> {
     let c = census(s).await;
     let mut nodes = Vec::new();
     let mut regions: BTreeMap<String, Holding> = BTreeMap::new();

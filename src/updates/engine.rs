@@ -29,6 +29,7 @@ use crate::audit::AuditLog;
 use crate::storage::Storage;
 use crate::switch::{self, SwitchOutcome, SwitchRequest};
 use plexi_util::clock::wall_ms;
+use plexi_util::types::Consistency;
 
 /// Retry-After for data requests while this node is drained.
 pub const RETRY_AFTER_S: u64 = 2;
@@ -797,9 +798,9 @@ impl Engine {
     ) -> Result<Vec<u8>, StepError> {
         let manifest = self
             .storage
-            .get(&release::manifest_id(version), Some("eventual"))
+            .get(&release::manifest_id(version), Some(Consistency::Eventual))
             .await
-            .map_err(|e| StepError(format!("fetch manifest: {}", e.message)))?;
+            .map_err(|e| StepError(format!("fetch manifest: {}", e)))?;
         let signed: plexi_api::model::SignedRelease = serde_json::from_slice(&manifest.bytes)
             .map_err(|e| StepError(format!("manifest: {e}")))?;
         release::verify(&signed, &self.trusted).map_err(|e| StepError(format!("refused: {e}")))?;
@@ -810,9 +811,9 @@ impl Engine {
         }
         let bin = self
             .storage
-            .get(&release::binary_id(version), Some("eventual"))
+            .get(&release::binary_id(version), Some(Consistency::Eventual))
             .await
-            .map_err(|e| StepError(format!("fetch binary: {}", e.message)))?;
+            .map_err(|e| StepError(format!("fetch binary: {}", e)))?;
         release::check_binary(&signed.manifest, &bin.bytes)
             .map_err(|e| StepError(format!("refused: {e}")))?;
         Ok(bin.bytes.to_vec())
@@ -1056,9 +1057,9 @@ impl Engine {
             .map_err(StepError)?;
         for (id, _) in sample {
             self.storage
-                .get(&id, Some("eventual"))
+                .get(&id, Some(Consistency::Eventual))
                 .await
-                .map_err(|e| StepError(format!("object {id} unreadable: {}", e.message)))?;
+                .map_err(|e| StepError(format!("object {id} unreadable: {}", e)))?;
         }
         Ok(())
     }

@@ -13,16 +13,17 @@ pub mod state;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use plexi_api::model::PutRequest;
 use plexi_api::model::{
     AuditList, ClusterEvent, Maintenance, MaintenanceRequest, PlanRequest, ReleaseList,
     ReleaseView, SignedRelease, UpdateList, UpdateOperation,
 };
-use plexi_api::storage_routes::PutRequest;
 use plexi_api::ApiError;
 
 use crate::audit::AuditLog;
-use crate::storage::{report, Storage};
+use crate::storage::{report, Storage, StorageError};
 use plexi_util::clock::rfc3339_ms;
+use plexi_util::types::Consistency;
 use release::ReleaseError;
 
 pub struct UpdatesApi {
@@ -67,12 +68,12 @@ impl UpdatesApi {
     }
 
     async fn stored_manifest(&self, id: &str) -> Result<Option<SignedRelease>, ApiError> {
-        match self.storage.get(id, Some("strong")).await {
+        match self.storage.get(id, Some(Consistency::Strong)).await {
             Ok(obj) => serde_json::from_slice(&obj.bytes)
                 .map(Some)
                 .map_err(|e| ApiError::unavailable("corrupt_manifest", format!("{id}: {e}"))),
-            Err(e) if e.status == StatusCode::NOT_FOUND => Ok(None),
-            Err(e) => Err(e),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -81,15 +82,15 @@ impl UpdatesApi {
         let version = semver::Version::parse(&signed.manifest.version)
             .map_err(|e| refusal(&ReleaseError::Malformed(e.to_string())))?;
         let bin_id = release::binary_id(&version);
-        let binary = match self.storage.get(&bin_id, Some("strong")).await {
+        let binary = match self.storage.get(&bin_id, Some(Consistency::Strong)).await {
             Ok(obj) => obj,
-            Err(e) if e.status == StatusCode::NOT_FOUND => {
+            Err(StorageError::NotFound { .. }) => {
                 return Err(ApiError::bad_request(
                     "release_binary_missing",
                     format!("store the binary as {bin_id} first"),
                 ))
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         release::check_binary(&signed.manifest, &binary.bytes).map_err(|e| refusal(&e))?;
         let existing = self
@@ -152,7 +153,7 @@ impl plexi_api::Updates for UpdatesApi {
             .put(PutRequest {
                 data_id: release::manifest_id(&v),
                 data_type: "application/json".into(),
-                consistency: Some("strong".into()),
+                consistency: Some(Consistency::Strong),
                 replication_factor: None,
                 bytes: body.into(),
                 actor: actor.to_string(),

@@ -128,7 +128,11 @@ impl Engine {
     async fn trusted_releases(&self) -> Vec<ReleaseInfo> {
         let mut out = Vec::new();
         for id in crate::storage::report::live_ids(&self.storage, "release.", ".manifest").await {
-            let Ok(obj) = self.storage.get(&id, Some("eventual")).await else {
+            let Ok(obj) = self
+                .storage
+                .get(&id, Some(plexi_util::types::Consistency::Eventual))
+                .await
+            else {
                 continue;
             };
             let Ok(signed) = serde_json::from_slice::<plexi_api::model::SignedRelease>(&obj.bytes)

@@ -28,32 +28,7 @@ pub const MAX_DATA_ID_BYTES: usize = 512;
 /// Longest accepted data type, in bytes.
 pub const MAX_DATA_TYPE_BYTES: usize = 128;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Consistency {
-    Strong,
-    Eventual,
-    Weak,
-}
-
-impl Consistency {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Consistency::Strong => "strong",
-            Consistency::Eventual => "eventual",
-            Consistency::Weak => "weak",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "strong" => Some(Consistency::Strong),
-            "eventual" => Some(Consistency::Eventual),
-            "weak" => Some(Consistency::Weak),
-            _ => None,
-        }
-    }
-}
+pub use plexi_util::types::Consistency;
 
 /// What every replica keeps about an object (or its tombstone).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

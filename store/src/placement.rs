@@ -15,17 +15,7 @@
 /// Fixed number of partitions; anti-entropy keeps one digest per partition.
 pub const PARTITIONS: u16 = 1024;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Strategy {
-    /// Weights from capacity; nodes above max usage take nothing new.
-    LoadBalanced,
-    /// Weights from measured latency buckets.
-    PerformanceOptimized,
-    /// Weights from reliability (uptime, failure history) buckets.
-    RedundancyFocused,
-    /// Spread across regions first, then zones.
-    Geographic,
-}
+pub use plexi_util::types::StorageStrategy;
 
 /// A node as placement sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,16 +77,18 @@ fn reliability_bucket(r: f64) -> f64 {
     }
 }
 
-fn weight(c: &Candidate, strategy: Strategy) -> f64 {
+fn weight(c: &Candidate, strategy: StorageStrategy) -> f64 {
     match strategy {
-        Strategy::LoadBalanced | Strategy::Geographic => capacity_bucket(c.capacity_bytes),
-        Strategy::PerformanceOptimized => latency_bucket(c.latency_ms),
-        Strategy::RedundancyFocused => reliability_bucket(c.reliability),
+        StorageStrategy::LoadBalanced | StorageStrategy::Geographic => {
+            capacity_bucket(c.capacity_bytes)
+        }
+        StorageStrategy::PerformanceOptimized => latency_bucket(c.latency_ms),
+        StorageStrategy::RedundancyFocused => reliability_bucket(c.reliability),
     }
 }
 
 /// All candidates ranked for `partition`, best first (indices into `nodes`).
-pub fn rank(partition: u16, nodes: &[Candidate], strategy: Strategy) -> Vec<usize> {
+pub fn rank(partition: u16, nodes: &[Candidate], strategy: StorageStrategy) -> Vec<usize> {
     let mut scored: Vec<(f64, usize)> = nodes
         .iter()
         .enumerate()
@@ -114,7 +106,12 @@ pub fn rank(partition: u16, nodes: &[Candidate], strategy: Strategy) -> Vec<usiz
 /// The replica set of `partition`: up to `rf` distinct nodes, spread over
 /// zones (regions first for `geographic`) when there are enough, in ranking
 /// order otherwise. Returns indices into `nodes`, primary first.
-pub fn replicas(partition: u16, nodes: &[Candidate], strategy: Strategy, rf: usize) -> Vec<usize> {
+pub fn replicas(
+    partition: u16,
+    nodes: &[Candidate],
+    strategy: StorageStrategy,
+    rf: usize,
+) -> Vec<usize> {
     let ranked = rank(partition, nodes, strategy);
     let mut chosen: Vec<usize> = Vec::with_capacity(rf);
     let take = |pred: &dyn Fn(&Candidate, &[usize]) -> bool, chosen: &mut Vec<usize>| {
@@ -127,7 +124,7 @@ pub fn replicas(partition: u16, nodes: &[Candidate], strategy: Strategy, rf: usi
             }
         }
     };
-    if strategy == Strategy::Geographic {
+    if strategy == StorageStrategy::Geographic {
         take(
             &|c, ch| ch.iter().all(|&j| nodes[j].region != c.region),
             &mut chosen,
@@ -161,7 +158,7 @@ mod tests {
         }
     }
 
-    fn assignment(nodes: &[Candidate], s: Strategy, rf: usize) -> Vec<BTreeSet<String>> {
+    fn assignment(nodes: &[Candidate], s: StorageStrategy, rf: usize) -> Vec<BTreeSet<String>> {
         (0..PARTITIONS)
             .map(|p| {
                 replicas(p, nodes, s, rf)
@@ -195,10 +192,10 @@ mod tests {
     #[test]
     fn replicas_are_distinct_and_spread_over_zones() {
         for strategy in [
-            Strategy::LoadBalanced,
-            Strategy::PerformanceOptimized,
-            Strategy::RedundancyFocused,
-            Strategy::Geographic,
+            StorageStrategy::LoadBalanced,
+            StorageStrategy::PerformanceOptimized,
+            StorageStrategy::RedundancyFocused,
+            StorageStrategy::Geographic,
         ] {
             let nodes: Vec<Candidate> = (0..9).map(|i| node(i, 3, 3)).collect();
             for p in 0..PARTITIONS {
@@ -223,7 +220,7 @@ mod tests {
             })
             .collect();
         for p in 0..PARTITIONS {
-            let r = replicas(p, &nodes, Strategy::Geographic, 2);
+            let r = replicas(p, &nodes, StorageStrategy::Geographic, 2);
             let regions: HashSet<_> = r.iter().map(|&i| &nodes[i].region).collect();
             assert_eq!(regions.len(), 2);
         }
@@ -232,7 +229,10 @@ mod tests {
     #[test]
     fn fewer_nodes_than_rf_gives_all_nodes() {
         let nodes: Vec<Candidate> = (0..2).map(|i| node(i, 1, 1)).collect();
-        assert_eq!(replicas(7, &nodes, Strategy::LoadBalanced, 3).len(), 2);
+        assert_eq!(
+            replicas(7, &nodes, StorageStrategy::LoadBalanced, 3).len(),
+            2
+        );
     }
 
     #[test]
@@ -242,8 +242,8 @@ mod tests {
                 let nodes: Vec<Candidate> = (0..n).map(|i| node(i, zones.min(n + 1), 1)).collect();
                 let mut grown = nodes.clone();
                 grown.push(node(n, zones.min(n + 1), 1));
-                let before = assignment(&nodes, Strategy::LoadBalanced, 3);
-                let after = assignment(&grown, Strategy::LoadBalanced, 3);
+                let before = assignment(&nodes, StorageStrategy::LoadBalanced, 3);
+                let after = assignment(&grown, StorageStrategy::LoadBalanced, 3);
                 let ideal = 1.0 / (n + 1) as f64;
                 let frac = moved(&before, &after, 3);
                 eprintln!("join n={n} zones={zones}: moved {frac:.4} of replicas, ideal {ideal:.4} ({:.2}x)", frac / ideal);
@@ -258,8 +258,8 @@ mod tests {
     #[test]
     fn leave_moves_only_the_leavers_replicas() {
         let nodes: Vec<Candidate> = (0..10).map(|i| node(i, 10, 1)).collect();
-        let before = assignment(&nodes, Strategy::LoadBalanced, 3);
-        let after = assignment(&nodes[..9], Strategy::LoadBalanced, 3);
+        let before = assignment(&nodes, StorageStrategy::LoadBalanced, 3);
+        let after = assignment(&nodes[..9], StorageStrategy::LoadBalanced, 3);
         for (b, a) in before.iter().zip(&after) {
             // Survivors keep their replicas; only the leaver's slot is refilled.
             let kept: BTreeSet<_> = b.iter().filter(|id| *id != "peer-9").cloned().collect();
@@ -273,7 +273,7 @@ mod tests {
         nodes[0].capacity_bytes *= 4;
         let mut primary = [0usize; 4];
         for p in 0..PARTITIONS {
-            primary[replicas(p, &nodes, Strategy::LoadBalanced, 1)[0]] += 1;
+            primary[replicas(p, &nodes, StorageStrategy::LoadBalanced, 1)[0]] += 1;
         }
         // Weight 4 vs 1,1,1: expect ~4/7 of primaries on node 0.
         let share = primary[0] as f64 / PARTITIONS as f64;
@@ -289,15 +289,15 @@ mod tests {
         }
         let mut primary = [0usize; 4];
         for p in 0..PARTITIONS {
-            primary[replicas(p, &nodes, Strategy::PerformanceOptimized, 1)[0]] += 1;
+            primary[replicas(p, &nodes, StorageStrategy::PerformanceOptimized, 1)[0]] += 1;
         }
         assert!(primary[3] * 5 < primary[0], "{primary:?}");
         // Small wobbles inside a bucket change nothing.
-        let before = assignment(&nodes, Strategy::PerformanceOptimized, 3);
+        let before = assignment(&nodes, StorageStrategy::PerformanceOptimized, 3);
         nodes[0].latency_ms = Some(1.7);
         assert_eq!(
             before,
-            assignment(&nodes, Strategy::PerformanceOptimized, 3)
+            assignment(&nodes, StorageStrategy::PerformanceOptimized, 3)
         );
     }
 
@@ -307,7 +307,7 @@ mod tests {
         nodes[2].reliability = 0.3;
         let mut primary = [0usize; 4];
         for p in 0..PARTITIONS {
-            primary[replicas(p, &nodes, Strategy::RedundancyFocused, 1)[0]] += 1;
+            primary[replicas(p, &nodes, StorageStrategy::RedundancyFocused, 1)[0]] += 1;
         }
         assert!(primary[2] * 8 < primary[0], "{primary:?}");
     }
