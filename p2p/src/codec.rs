@@ -152,13 +152,118 @@ mod tests {
         assert!(res.is_err());
     }
 
+    fn sample_requests() -> Vec<Request> {
+        let record = crate::record::SignedRecord {
+            body: (0..200u8).collect(),
+            signature: vec![7; 64],
+            public_key: vec![9; 36],
+        };
+        vec![
+            Request::App {
+                service: "health".into(),
+                body: vec![1, 2, 3],
+            },
+            Request::App {
+                service: String::new(),
+                body: Vec::new(),
+            },
+            Request::Push {
+                record: record.clone(),
+            },
+            Request::Exchange {
+                records: vec![
+                    crate::protocol::AgedRecord {
+                        record: record.clone(),
+                        age_ms: u64::MAX,
+                    },
+                    crate::protocol::AgedRecord { record, age_ms: 0 },
+                ],
+            },
+            Request::Exchange {
+                records: Vec::new(),
+            },
+        ]
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
+        // Pseudo-random bytes: none is a Request.
+        let mut errors = 0;
         for seed in 0u8..=255 {
             let bytes: Vec<u8> = (0..64)
                 .map(|i| seed.wrapping_mul(31).wrapping_add(i))
                 .collect();
-            let _ = decode_cbor::<Request>(&bytes);
+            match decode_cbor::<Request>(&bytes) {
+                Err(P2pError::Malformed(_)) => errors += 1,
+                other => panic!("garbage {bytes:02x?} decoded to {other:?}"),
+            }
+        }
+        assert_eq!(errors, 256);
+        // Hand-made invalid inputs, each wrong in one way.
+        let invalid: &[(&str, &[u8])] = &[
+            ("empty", &[]),
+            ("a lone break", &[0xff]),
+            ("reserved additional info", &[0x1c]),
+            ("an integer", &[0x01]),
+            ("an unknown variant", b"\xa1\x63Foo\xa0"),
+            ("a unit form of a struct variant", b"\x63App"),
+            (
+                "service not a string",
+                b"\xa1\x63App\xa2\x67service\x01\x64body\x40",
+            ),
+            ("body missing", b"\xa1\x63App\xa1\x67service\x60"),
+            (
+                "text that is not UTF-8",
+                b"\xa1\x63App\xa2\x67service\x62\xff\xfe\x64body\x40",
+            ),
+            (
+                "a byte string claiming 2^64-1 bytes",
+                b"\xa1\x63App\xa2\x67service\x60\x64body\x5b\xff\xff\xff\xff\xff\xff\xff\xff",
+            ),
+            (
+                "an array claiming 2^64-1 records",
+                b"\xa1\x68Exchange\xa1\x67records\x9b\xff\xff\xff\xff\xff\xff\xff\xff",
+            ),
+        ];
+        // The valid form the invalid ones above are one change away from.
+        assert_eq!(
+            decode_cbor::<Request>(b"\xa1\x63App\xa2\x67service\x60\x64body\x40").unwrap(),
+            Request::App {
+                service: String::new(),
+                body: Vec::new()
+            }
+        );
+        for (what, bytes) in invalid {
+            assert!(
+                decode_cbor::<Request>(bytes).is_err(),
+                "{what} ({bytes:02x?}) decoded"
+            );
+        }
+        // Every truncation of a valid encoding is an error; the whole is not.
+        for req in sample_requests() {
+            let bytes = encode_cbor(&req).unwrap();
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode_cbor::<Request>(&bytes[..cut]).is_err(),
+                    "{cut} of {} bytes of {req:?} decoded",
+                    bytes.len()
+                );
+            }
+            assert_eq!(decode_cbor::<Request>(&bytes).unwrap(), req);
+        }
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the decoder, and whatever does decode
+        /// is a real Request: it encodes and decodes back to itself.
+        #[test]
+        fn arbitrary_bytes_decode_to_err_or_a_real_request(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+        ) {
+            if let Ok(req) = decode_cbor::<Request>(&bytes) {
+                let again = encode_cbor(&req).unwrap();
+                proptest::prop_assert_eq!(decode_cbor::<Request>(&again).unwrap(), req);
+            }
         }
     }
 

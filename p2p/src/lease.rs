@@ -52,8 +52,9 @@ pub struct LeaseTable {
 
 impl LeaseTable {
     /// Grants `slot` to `holder` for `ttl_ms` unless another holder has it
-    /// live. The same holder renews. An expired grant can be taken by anyone
-    /// at an epoch above the expired one's.
+    /// live. The same holder (and epoch) renews: the grant then runs until
+    /// `ttl_ms` from now or its current expiry, whichever is later. An
+    /// expired grant can be taken by anyone.
     pub fn acquire(
         &mut self,
         slot: &SlotId,
@@ -82,7 +83,12 @@ impl LeaseTable {
                 remaining_ms: 0,
             };
         }
-        let expires_at_ms = now_ms + ttl_ms;
+        // A renewal never shortens a live grant: the holder may still count
+        // on it (from an earlier round, or a request delivered late).
+        let expires_at_ms = match self.grants.get(slot) {
+            Some(g) if g.expires_at_ms > now_ms => g.expires_at_ms.max(now_ms + ttl_ms),
+            _ => now_ms + ttl_ms,
+        };
         self.grants.insert(
             slot.clone(),
             Grant {
@@ -274,6 +280,36 @@ mod tests {
         assert_eq!(b.outcome(), Outcome::Lost);
     }
 
+    #[test]
+    fn a_shorter_renewal_does_not_cut_a_grant_its_holder_counts_on() {
+        let mut g = LeaseTable::default();
+        let members = || ["g".to_string()];
+        // h0 holds for 10 s.
+        let mut first = Acquisition::new(members(), 0, 10_000, 0);
+        let d = g.acquire(&slot(), "h0", 1, 10_000, 0);
+        first.answer("g", matches!(d, Decision::Granted { .. }));
+        let Outcome::Held { valid_until_ms } = first.outcome() else {
+            panic!("not held")
+        };
+        assert_eq!(valid_until_ms, 10_000);
+        // At 100 it sends a renewal with a 1 s ttl; the answer is delayed,
+        // so until it arrives h0 still counts on the first round.
+        let d = g.acquire(&slot(), "h0", 1, 1_000, 100);
+        assert_eq!(
+            d,
+            Decision::Granted {
+                expires_at_ms: 10_000
+            }
+        );
+        // At 2000 h1 must not get the slot while h0 believes it holds it.
+        assert!(matches!(
+            g.acquire(&slot(), "h1", 1, 10_000, 2_000),
+            Decision::Denied { holder, .. } if holder == "h0"
+        ));
+        assert_eq!(g.holder(&slot(), 9_999).unwrap().holder, "h0");
+        assert!(g.holder(&slot(), 10_000).is_none());
+    }
+
     proptest! {
         /// Whatever order requests from several holders reach the granters
         /// (all at one instant, no expiry), at most one holder gathers a
@@ -297,6 +333,379 @@ mod tests {
             }
             let held = acq.iter().filter(|a| matches!(a.outcome(), Outcome::Held { .. })).count();
             prop_assert!(held <= 1);
+        }
+    }
+
+    fn slot_n(index: u32) -> SlotId {
+        SlotId {
+            operation: "op".into(),
+            index,
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum TableOp {
+        Acquire {
+            slot: u32,
+            holder: usize,
+            epoch: u64,
+            ttl_ms: u64,
+        },
+        Release {
+            slot: u32,
+            holder: usize,
+            epoch: u64,
+        },
+        Advance {
+            ms: u64,
+        },
+    }
+
+    fn table_op() -> impl Strategy<Value = TableOp> {
+        prop_oneof![
+            4 => (0u32..2, 0usize..3, 1u64..3, prop_oneof![0u64..2_000, Just(MAX_TTL_MS + 1)])
+                .prop_map(|(slot, holder, epoch, ttl_ms)| TableOp::Acquire { slot, holder, epoch, ttl_ms }),
+            1 => (0u32..2, 0usize..3, 1u64..3)
+                .prop_map(|(slot, holder, epoch)| TableOp::Release { slot, holder, epoch }),
+            3 => prop_oneof![0u64..50, 0u64..3_000, Just(MAX_TTL_MS)]
+                .prop_map(|ms| TableOp::Advance { ms }),
+        ]
+    }
+
+    /// One live grant in the history of a slot: `[from, until)`.
+    #[derive(Clone, Debug)]
+    struct Interval {
+        holder: String,
+        epoch: u64,
+        from: u64,
+        until: u64,
+    }
+
+    proptest! {
+        /// One granter over time: requests from several holders, releases,
+        /// the clock advancing by random steps (past expiries too). Checked
+        /// against a model: who is granted, for exactly how long, and that
+        /// the live intervals of different grants of a slot never overlap.
+        #[test]
+        fn one_granter_over_time(
+            start in 0u64..1_000_000_000_000,
+            ops in prop::collection::vec(table_op(), 1..120),
+        ) {
+            let holders = ["h0", "h1", "h2"];
+            let mut t = LeaseTable::default();
+            let mut now = start;
+            let mut history: BTreeMap<u32, Vec<Interval>> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    TableOp::Advance { ms } => now += ms,
+                    TableOp::Acquire { slot, holder, epoch, ttl_ms } => {
+                        let h = holders[holder];
+                        let live = t.holder(&slot_n(slot), now).cloned();
+                        let d = t.acquire(&slot_n(slot), h, epoch, ttl_ms, now);
+                        let log = history.entry(slot).or_default();
+                        match (&live, d) {
+                            (Some(g), Decision::Denied { holder: dh, epoch: de, remaining_ms })
+                                if g.holder != h || g.epoch != epoch =>
+                            {
+                                prop_assert_eq!(&dh, &g.holder);
+                                prop_assert_eq!(de, g.epoch);
+                                prop_assert_eq!(remaining_ms, g.expires_at_ms - now);
+                            }
+                            (_, Decision::Denied { .. }) => {
+                                prop_assert!(false, "{} at {} denied a free slot or a renewal", h, epoch);
+                            }
+                            (Some(g), Decision::Granted { .. }) if g.holder != h || g.epoch != epoch => {
+                                prop_assert!(false, "{} granted over {:?}", h, g);
+                            }
+                            (_, Decision::Granted { expires_at_ms }) => {
+                                let ttl = ttl_ms.min(MAX_TTL_MS);
+                                match &live {
+                                    // A renewal extends the same grant to a ttl
+                                    // from now, and never shortens it.
+                                    Some(g) => {
+                                        prop_assert_eq!(expires_at_ms, g.expires_at_ms.max(now + ttl));
+                                        let last = log.last_mut().expect("live grant logged");
+                                        prop_assert_eq!((&last.holder[..], last.epoch), (h, epoch));
+                                        last.until = expires_at_ms;
+                                    }
+                                    // A new grant: exactly its ttl (capped) from now.
+                                    None => {
+                                        prop_assert_eq!(expires_at_ms, now + ttl);
+                                        log.push(Interval {
+                                            holder: h.to_string(),
+                                            epoch,
+                                            from: now,
+                                            until: expires_at_ms,
+                                        });
+                                    }
+                                }
+                                let g = t.holder(&slot_n(slot), now);
+                                if expires_at_ms > now {
+                                    prop_assert_eq!(g.map(|g| (&g.holder[..], g.epoch, g.expires_at_ms)), Some((h, epoch, expires_at_ms)));
+                                    // Live until the last millisecond before expiry, gone at it.
+                                    prop_assert!(t.holder(&slot_n(slot), expires_at_ms - 1).is_some());
+                                } else {
+                                    prop_assert!(g.is_none(), "a zero ttl grant is never live");
+                                }
+                                prop_assert!(t.holder(&slot_n(slot), expires_at_ms).is_none());
+                            }
+                        }
+                    }
+                    TableOp::Release { slot, holder, epoch } => {
+                        let h = holders[holder];
+                        let before = t.grants.get(&slot_n(slot)).cloned();
+                        let released = t.release(&slot_n(slot), h, epoch);
+                        let ours = before.as_ref().is_some_and(|g| g.holder == h && g.epoch == epoch);
+                        prop_assert_eq!(released, ours);
+                        if released {
+                            prop_assert!(t.holder(&slot_n(slot), now).is_none());
+                            if let Some(last) = history.entry(slot).or_default().last_mut() {
+                                if last.until > now {
+                                    last.until = now;
+                                }
+                            }
+                        }
+                    }
+                }
+                // The table agrees with the history at this instant.
+                for (slot, log) in &history {
+                    let live: Vec<&Interval> = log.iter().filter(|i| i.from <= now && now < i.until).collect();
+                    prop_assert!(live.len() <= 1, "slot {}: {:?}", slot, live);
+                    let g = t.holder(&slot_n(*slot), now);
+                    prop_assert_eq!(
+                        g.map(|g| (g.holder.clone(), g.epoch)),
+                        live.first().map(|i| (i.holder.clone(), i.epoch))
+                    );
+                }
+            }
+            // No two grants of a slot were ever live at the same instant.
+            for log in history.values() {
+                for (i, a) in log.iter().enumerate() {
+                    for b in &log[i + 1..] {
+                        prop_assert!(a.until <= b.from || b.until <= a.from, "{:?} overlaps {:?}", a, b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A granter's monotonic clock, off the real one by an offset and a rate.
+    #[derive(Clone, Copy, Debug)]
+    struct Clock {
+        offset_ms: u64,
+        skew_ppm: i64,
+    }
+
+    impl Clock {
+        fn at(&self, real_ms: u64) -> u64 {
+            let drift = real_ms as i128 * self.skew_ppm as i128 / 1_000_000;
+            (self.offset_ms as i128 + real_ms as i128 + drift) as u64
+        }
+    }
+
+    /// Longest ttl the simulation asks for.
+    const SIM_MAX_TTL_MS: u64 = 3_000;
+
+    #[derive(Clone, Debug)]
+    enum SimOp {
+        Advance {
+            ms: u64,
+        },
+        /// A holder sends a round of requests: a renewal (same epoch) while
+        /// it holds the slot, a fresh acquisition otherwise.
+        Start {
+            holder: usize,
+            ttl_ms: u64,
+        },
+        /// One request in flight (of any round of any holder) reaches its
+        /// granter: the `pick`th of them, modulo how many there are.
+        Deliver {
+            pick: usize,
+        },
+        /// One answer in flight to a holder's current round arrives.
+        Answer {
+            pick: usize,
+        },
+        /// The holder is done: stops believing, then releases.
+        Release {
+            holder: usize,
+        },
+    }
+
+    fn sim_op() -> impl Strategy<Value = SimOp> {
+        prop_oneof![
+            3 => prop_oneof![0u64..20, 0u64..500, 0u64..4_000].prop_map(|ms| SimOp::Advance { ms }),
+            2 => (0usize..3, 1u64..=SIM_MAX_TTL_MS).prop_map(|(holder, ttl_ms)| SimOp::Start { holder, ttl_ms }),
+            4 => (0usize..64).prop_map(|pick| SimOp::Deliver { pick }),
+            4 => (0usize..64).prop_map(|pick| SimOp::Answer { pick }),
+            1 => (0usize..3).prop_map(|holder| SimOp::Release { holder }),
+        ]
+    }
+
+    struct Round {
+        epoch: u64,
+        ttl_ms: u64,
+        acq: Acquisition,
+        undelivered: BTreeSet<usize>,
+        answers: BTreeMap<usize, bool>,
+        open: bool,
+    }
+
+    #[derive(Default)]
+    struct Holder {
+        rounds: Vec<Round>,
+        /// (epoch, valid until on the holder's clock)
+        belief: Option<(u64, u64)>,
+        next_epoch: u64,
+    }
+
+    fn sim_clocks(granters: usize, margin_ms: u64) -> impl Strategy<Value = Vec<Clock>> {
+        // A granter's clock may run fast by at most what the margin covers
+        // over the longest ttl (one ms for rounding), slow by up to half.
+        let fast = (margin_ms.saturating_sub(1) * 1_000_000 / SIM_MAX_TTL_MS) as i64;
+        prop::collection::vec(
+            (0u64..1_000_000_000, -500_000i64..=fast).prop_map(|(offset_ms, skew_ppm)| Clock {
+                offset_ms,
+                skew_ppm,
+            }),
+            granters,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        /// Several granters with drifting clocks, holders running rounds of
+        /// `Acquisition` with requests and answers delayed and reordered,
+        /// renewals, releases, time running past expiries: at no instant do
+        /// two holders believe they hold the slot.
+        #[test]
+        fn never_two_believers(
+            (margin_ms, clocks) in (0u64..300).prop_flat_map(|m| (Just(m), (1usize..=5).prop_flat_map(move |n| sim_clocks(n, m)))),
+            holder_offsets in prop::collection::vec(0u64..1_000_000_000, 3),
+            ops in prop::collection::vec(sim_op(), 1..200),
+        ) {
+            let n = clocks.len();
+            let names: Vec<String> = (0..n).map(|i| format!("g{i}")).collect();
+            let holder_names = ["h0", "h1", "h2"];
+            let mut tables = vec![LeaseTable::default(); n];
+            let mut holders: Vec<Holder> = (0..3).map(|_| Holder::default()).collect();
+            let mut real = 0u64;
+            let slot = slot();
+            for op in ops {
+                match op {
+                    SimOp::Advance { ms } => real += ms,
+                    SimOp::Start { holder, ttl_ms } => {
+                        let h_now = holder_offsets[holder] + real;
+                        let hd = &mut holders[holder];
+                        let epoch = match hd.belief {
+                            Some((epoch, until)) if h_now < until => epoch,
+                            _ => {
+                                hd.belief = None;
+                                hd.next_epoch += 1;
+                                hd.next_epoch
+                            }
+                        };
+                        for r in &mut hd.rounds {
+                            r.open = false;
+                        }
+                        hd.rounds.push(Round {
+                            epoch,
+                            ttl_ms,
+                            acq: Acquisition::new(names.clone(), h_now, ttl_ms, margin_ms),
+                            undelivered: (0..n).collect(),
+                            answers: BTreeMap::new(),
+                            open: true,
+                        });
+                    }
+                    SimOp::Deliver { pick } => {
+                        let in_flight: Vec<(usize, usize, usize)> = holders
+                            .iter()
+                            .enumerate()
+                            .flat_map(|(h, hd)| {
+                                hd.rounds.iter().enumerate().flat_map(move |(i, r)| {
+                                    r.undelivered.iter().map(move |&g| (h, i, g))
+                                })
+                            })
+                            .collect();
+                        if in_flight.is_empty() {
+                            continue;
+                        }
+                        let (holder, round, g) = in_flight[pick % in_flight.len()];
+                        let r = &mut holders[holder].rounds[round];
+                        r.undelivered.remove(&g);
+                        let d = tables[g].acquire(&slot, holder_names[holder], r.epoch, r.ttl_ms, clocks[g].at(real));
+                        r.answers.insert(g, matches!(d, Decision::Granted { .. }));
+                    }
+                    SimOp::Answer { pick } => {
+                        let in_flight: Vec<(usize, usize)> = holders
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(h, hd)| hd.rounds.last().filter(|r| r.open).map(|r| (h, r)))
+                            .flat_map(|(h, r)| r.answers.keys().map(move |&g| (h, g)))
+                            .collect();
+                        if in_flight.is_empty() {
+                            continue;
+                        }
+                        let (holder, g) = in_flight[pick % in_flight.len()];
+                        let hd = &mut holders[holder];
+                        let r = hd.rounds.last_mut().expect("an open round");
+                        let granted = r.answers.remove(&g).expect("an answer in flight");
+                        r.acq.answer(&names[g], granted);
+                        match r.acq.outcome() {
+                            Outcome::Pending => {}
+                            Outcome::Held { valid_until_ms } => {
+                                r.open = false;
+                                hd.belief = Some((r.epoch, valid_until_ms));
+                            }
+                            Outcome::Lost => {
+                                r.open = false;
+                                hd.belief = None;
+                                let epoch = r.epoch;
+                                for gr in r.acq.granted_by() {
+                                    let i = names.iter().position(|x| x == gr).expect("member");
+                                    tables[i].release(&slot, holder_names[holder], epoch);
+                                }
+                            }
+                        }
+                    }
+                    SimOp::Release { holder } => {
+                        let hd = &mut holders[holder];
+                        hd.belief = None;
+                        if let Some(r) = hd.rounds.last() {
+                            for t in tables.iter_mut() {
+                                t.release(&slot, holder_names[holder], r.epoch);
+                            }
+                        }
+                        for r in &mut hd.rounds {
+                            r.open = false;
+                        }
+                    }
+                }
+                let believers: Vec<(usize, u64, u64)> = holders
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, h)| {
+                        h.belief
+                            .filter(|&(_, until)| holder_offsets[i] + real < until)
+                            .map(|(e, until)| (i, e, until - holder_offsets[i]))
+                    })
+                    .collect();
+                prop_assert!(
+                    believers.len() <= 1,
+                    "at real {} ms two holders believe they hold the slot (holder, epoch, until real): {:?}",
+                    real,
+                    believers
+                );
+                // And a believer really has a live grant from a majority.
+                for &(i, e, _) in &believers {
+                    let live = (0..n)
+                        .filter(|&g| {
+                            tables[g].holder(&slot, clocks[g].at(real)).is_some_and(|gr| gr.holder == holder_names[i] && gr.epoch == e)
+                        })
+                        .count();
+                    prop_assert!(live >= majority(n), "{} believes with {} of {} live grants at real {}", holder_names[i], live, n, real);
+                }
+            }
         }
     }
 }

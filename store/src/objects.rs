@@ -137,6 +137,8 @@ pub struct SledObjects {
     path: String,
     /// When the last flush started scanning `blobs/`.
     blobs_synced_at: std::sync::Mutex<std::time::SystemTime>,
+    /// Blob files fsynced by flushes so far.
+    blobs_fsynced: AtomicU64,
 }
 
 impl SledObjects {
@@ -157,6 +159,7 @@ impl SledObjects {
             live_bytes: AtomicU64::new(0),
             path: path.to_string(),
             blobs_synced_at: std::sync::Mutex::new(std::time::UNIX_EPOCH),
+            blobs_fsynced: AtomicU64::new(0),
         };
         let (mut n, mut bytes) = (0, 0);
         for item in s.meta.iter() {
@@ -171,6 +174,12 @@ impl SledObjects {
         s.live_objects.store(n, Ordering::Relaxed);
         s.live_bytes.store(bytes, Ordering::Relaxed);
         Ok(s)
+    }
+
+    /// Blob files (values sled keeps outside its log) fsynced by flushes
+    /// since the engine was opened.
+    pub fn blob_files_fsynced(&self) -> u64 {
+        self.blobs_fsynced.load(Ordering::Relaxed)
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
@@ -216,7 +225,10 @@ impl SledObjects {
             // One second of slack for coarse file-system timestamps.
             if modified + std::time::Duration::from_secs(1) >= since {
                 match std::fs::File::open(entry.path()) {
-                    Ok(f) => f.sync_all().map_err(io)?,
+                    Ok(f) => {
+                        f.sync_all().map_err(io)?;
+                        self.blobs_fsynced.fetch_add(1, Ordering::Relaxed);
+                    }
                     // sled may have removed a superseded blob meanwhile.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(io(e)),
@@ -610,39 +622,136 @@ mod tests {
     #[test]
     fn large_values_overwritten_and_flushed() {
         // Values over sled's blob threshold live in blob files that sled
-        // removes when superseded; flushing (which fsyncs them) must cope.
+        // never fsyncs and removes when superseded; a flush must fsync the
+        // new ones and cope with the vanished ones.
         let (_d, s) = open();
+        // Small values stay in sled's log: no blob file to fsync.
+        for i in 0..20u64 {
+            let data = vec![i as u8; 1024];
+            s.apply(&meta(&format!("small{i}"), &data, 100 + i), &data)
+                .unwrap();
+        }
+        s.flush().unwrap();
+        assert_eq!(s.blob_files_fsynced(), 0, "small values fsync no blob");
         for i in 0..20u64 {
             let data: Vec<u8> = (0..300_000u32).map(|j| (j as u64 * 7 + i) as u8).collect();
             let m = meta("big", &data, 100 + i);
             assert_eq!(s.apply(&m, &data).unwrap(), Applied::Stored);
+            let before = s.blob_files_fsynced();
             s.flush().unwrap();
+            assert!(
+                s.blob_files_fsynced() > before,
+                "flush {i} after a 300 KB write fsynced no blob file"
+            );
             assert_eq!(s.get("big").unwrap().unwrap().1, data);
         }
         assert!(std::path::Path::new(&s.path).join("blobs").exists());
     }
 
-    #[tokio::test]
+    /// An engine that records, for every flush, how many applies had
+    /// completed when it began, and whether it has finished.
+    struct Recording {
+        inner: SledObjects,
+        applies: AtomicU64,
+        /// (applies completed when the flush began, flush finished)
+        flushes: std::sync::Mutex<Vec<(u64, bool)>>,
+    }
+
+    impl Recording {
+        /// Whether a flush that began after `applies` applies had completed
+        /// has finished.
+        fn covered(&self, applies: u64) -> bool {
+            self.flushes
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|&(before, done)| done && before >= applies)
+        }
+    }
+
+    impl ObjectStore for Recording {
+        fn apply(&self, meta: &ObjectMeta, data: &[u8]) -> Result<Applied, StoreError> {
+            let r = self.inner.apply(meta, data);
+            self.applies.fetch_add(1, Ordering::SeqCst);
+            r
+        }
+        fn get(&self, data_id: &str) -> Result<Option<(ObjectMeta, Vec<u8>)>, StoreError> {
+            self.inner.get(data_id)
+        }
+        fn meta(&self, data_id: &str) -> Result<Option<ObjectMeta>, StoreError> {
+            self.inner.meta(data_id)
+        }
+        fn remove_if(&self, data_id: &str, version: Version) -> Result<bool, StoreError> {
+            self.inner.remove_if(data_id, version)
+        }
+        fn digests(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+            self.inner.digests()
+        }
+        fn entries(&self, partition: u16) -> Result<Vec<(String, Version)>, StoreError> {
+            self.inner.entries(partition)
+        }
+        fn counts(&self) -> (u64, u64) {
+            self.inner.counts()
+        }
+        fn census(&self, limit: usize) -> Result<Vec<ObjectMeta>, StoreError> {
+            self.inner.census(limit)
+        }
+        fn record_access(&self, data_id: &str, now_ms: u64) {
+            self.inner.record_access(data_id, now_ms)
+        }
+        fn access(&self, data_id: &str) -> AccessStats {
+            self.inner.access(data_id)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            let index = {
+                let mut f = self.flushes.lock().unwrap();
+                f.push((self.applies.load(Ordering::SeqCst), false));
+                f.len() - 1
+            };
+            // A slow disk, so that writers pile up behind a running flush.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let r = self.inner.flush();
+            self.flushes.lock().unwrap()[index].1 = true;
+            r
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn group_commit_batches_concurrent_flushes() {
-        let (_d, s) = open();
-        let s: Arc<dyn ObjectStore> = Arc::new(s);
+        let (_d, inner) = open();
+        let rec = Arc::new(Recording {
+            inner,
+            applies: AtomicU64::new(0),
+            flushes: std::sync::Mutex::new(Vec::new()),
+        });
+        let s: Arc<dyn ObjectStore> = rec.clone();
         let gc = GroupCommit::start(s.clone());
         let mut tasks = Vec::new();
         for i in 0..64u64 {
-            let (s, gc) = (s.clone(), gc.clone());
+            let (s, gc, rec) = (s.clone(), gc.clone(), rec.clone());
             tasks.push(tokio::spawn(async move {
                 let id = format!("k{i}");
                 s.apply(&meta(&id, b"v", 10 + i), b"v").unwrap();
+                // Our write is among the first `mine` applies completed.
+                let mine = rec.applies.load(Ordering::SeqCst);
                 gc.flush().await.unwrap();
+                if !rec.covered(mine) {
+                    let log = rec.flushes.lock().unwrap().clone();
+                    panic!("flush returned before a flush begun after write {i} finished: {log:?}");
+                }
             }));
         }
         for t in tasks {
             t.await.unwrap();
         }
+        let flushes = rec.flushes.lock().unwrap().clone();
+        assert!(!flushes.is_empty(), "no flush reached the store");
+        assert!(flushes.iter().all(|&(_, done)| done));
+        assert_eq!(gc.flush_count(), flushes.len() as u64);
         assert!(
-            gc.flush_count() < 64,
+            flushes.len() < 64,
             "flushes were batched: {}",
-            gc.flush_count()
+            flushes.len()
         );
         assert_eq!(s.counts().0, 64);
     }

@@ -145,6 +145,8 @@ pub fn replicas(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::{any, prop, prop_assert_eq, prop_oneof, proptest, Just};
+    use proptest::strategy::Strategy as _;
     use std::collections::{BTreeSet, HashSet};
 
     fn node(i: usize, zones: usize, regions: usize) -> Candidate {
@@ -310,5 +312,79 @@ mod tests {
             primary[replicas(p, &nodes, StorageStrategy::RedundancyFocused, 1)[0]] += 1;
         }
         assert!(primary[2] * 8 < primary[0], "{primary:?}");
+    }
+
+    /// The largest replication factor the node's configuration accepts.
+    const MAX_RF: usize = 16;
+
+    fn candidate(i: usize) -> impl proptest::strategy::Strategy<Value = Candidate> {
+        (
+            0u8..4,
+            0u8..6,
+            prop_oneof![
+                any::<u64>(),
+                Just(0u64),
+                (1u64..64).prop_map(|g| g * 1_000_000_000)
+            ],
+            prop_oneof![
+                Just(None),
+                (0.0f64..500.0).prop_map(Some),
+                Just(Some(f64::NAN)),
+                Just(Some(-1.0)),
+            ],
+            prop_oneof![0.0f64..=1.0, Just(f64::NAN), Just(2.0)],
+            any::<u32>(),
+        )
+            .prop_map(
+                move |(region, zone, capacity_bytes, latency_ms, reliability, tag)| Candidate {
+                    id: format!("peer-{i}-{tag:08x}"),
+                    region: format!("r{region}"),
+                    zone: format!("z{zone}"),
+                    capacity_bytes,
+                    latency_ms,
+                    reliability,
+                },
+            )
+    }
+
+    fn membership() -> impl proptest::strategy::Strategy<Value = Vec<Candidate>> {
+        (1usize..30).prop_flat_map(|n| (0..n).map(candidate).collect::<Vec<_>>())
+    }
+
+    proptest! {
+        /// Raising the replication factor only appends replicas: the list at
+        /// factor k is a prefix of the list at any larger factor, so raising
+        /// RF never moves the existing replicas (nor the primary).
+        #[test]
+        fn replicas_at_k_are_a_prefix_of_replicas_at_max(
+            nodes in membership(),
+            partitions in prop::collection::vec(0..PARTITIONS, 1..8),
+            max in 1usize..=MAX_RF,
+        ) {
+            for strategy in [
+                StorageStrategy::LoadBalanced,
+                StorageStrategy::PerformanceOptimized,
+                StorageStrategy::RedundancyFocused,
+                StorageStrategy::Geographic,
+            ] {
+                for &p in &partitions {
+                    let full = replicas(p, &nodes, strategy, max);
+                    prop_assert_eq!(full.len(), max.min(nodes.len()));
+                    prop_assert_eq!(full.iter().collect::<HashSet<_>>().len(), full.len());
+                    for k in 0..=max {
+                        let r = replicas(p, &nodes, strategy, k);
+                        prop_assert_eq!(
+                            &r[..],
+                            &full[..k.min(full.len())],
+                            "{:?} partition {} rf {} vs {}",
+                            strategy,
+                            p,
+                            k,
+                            max
+                        );
+                    }
+                }
+            }
+        }
     }
 }
