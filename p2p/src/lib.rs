@@ -17,6 +17,7 @@ pub mod swarm;
 
 pub use libp2p::{identity::Keypair, multiaddr, Multiaddr, PeerId};
 pub use membership::{MemberStatus, MemberView, Timings};
+pub use protocol::CallError;
 pub use record::NodeState;
 pub use swarm::{spawn, AppHandler, LocalInfo, P2pConfig, P2pEvent, P2pHandle};
 
@@ -29,7 +30,9 @@ pub enum P2pError {
     #[error("request failed: {0}")]
     Request(String),
     #[error("peer answered with an error: {0}")]
-    Remote(String),
+    Remote(#[from] protocol::CallError),
+    #[error("peer answered with an unexpected response")]
+    UnexpectedResponse,
     #[error("request timed out")]
     Timeout,
     #[error("too many requests in flight")]

@@ -43,6 +43,47 @@ pub enum Request {
     },
 }
 
+/// Why a peer call (`Request::App`) did not answer with a body: what the
+/// called node says, typed, so the caller can tell a refusal from a failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CallError {
+    /// The called node serves no service of that name.
+    #[error("unknown service {service:?}")]
+    UnknownService { service: String },
+    /// The service exists but is not ready yet (the node is starting).
+    #[error("service {service} is starting")]
+    Starting { service: String },
+    /// The body did not decode as that service's request.
+    #[error("malformed request: {reason}")]
+    Malformed { reason: String },
+    /// The called node will not serve this caller or this request.
+    #[error("refused: {reason}")]
+    Refused { reason: String },
+    /// The service tried and failed (its store, its peers).
+    #[error("failed: {reason}")]
+    Failed { reason: String },
+}
+
+impl CallError {
+    pub fn malformed(reason: impl std::fmt::Display) -> Self {
+        CallError::Malformed {
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn failed(reason: impl std::fmt::Display) -> Self {
+        CallError::Failed {
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn refused(reason: impl std::fmt::Display) -> Self {
+        CallError::Refused {
+            reason: reason.to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Exchange {
@@ -55,7 +96,7 @@ pub enum Response {
     },
     /// The request was understood but refused or failed.
     Error {
-        message: String,
+        error: CallError,
     },
 }
 

@@ -31,7 +31,7 @@ use crate::backoff::Backoff;
 use crate::codec::{decode_cbor, encode_cbor, FramedCbor, RPC_PROTOCOL};
 use crate::membership::{MemberStatus, MemberView, Membership, MergeOutcome, Timings};
 use crate::protocol::{
-    AgedRecord, GossipMessage, Request, Response, MAX_MEMBERS, MAX_SERVICE_NAME,
+    AgedRecord, CallError, GossipMessage, Request, Response, MAX_MEMBERS, MAX_SERVICE_NAME,
 };
 use crate::record::{NodeState, SelfStatus, SignedRecord, MAX_ADDRESSES};
 use crate::P2pError;
@@ -90,15 +90,17 @@ pub enum P2pEvent {
         name: String,
         status: MemberStatus,
     },
-    /// The node had to move to a higher incarnation; persist it.
-    IncarnationBumped(u64),
 }
 
 /// Serves application requests (`Request::App`) for named services.
 #[async_trait::async_trait]
 pub trait AppHandler: Send + Sync + 'static {
-    async fn handle(&self, peer: PeerId, service: String, body: Vec<u8>)
-        -> Result<Vec<u8>, String>;
+    async fn handle(
+        &self,
+        peer: PeerId,
+        service: String,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, crate::protocol::CallError>;
 }
 
 enum Command {
@@ -128,6 +130,9 @@ pub struct P2pHandle {
     clock: Clock,
     local_peer: PeerId,
     events: broadcast::Sender<P2pEvent>,
+    /// The incarnation in use: never lossy, unlike the event stream, so the
+    /// node always persists the latest bump (see [`P2pHandle::incarnation`]).
+    incarnation: watch::Receiver<u64>,
     request_timeout: Duration,
 }
 
@@ -174,8 +179,17 @@ impl P2pHandle {
             .collect()
     }
 
+    /// Member status changes. Best effort: a slow reader may miss some
+    /// (`Lagged`); nothing that must not be lost travels here.
     pub fn subscribe(&self) -> broadcast::Receiver<P2pEvent> {
         self.events.subscribe()
+    }
+
+    /// The incarnation in use. It rises when a newer record of ours
+    /// circulates (a restored data dir); the node persists every value it
+    /// sees here. A watch keeps the latest value, so no bump is ever lost.
+    pub fn incarnation(&self) -> watch::Receiver<u64> {
+        self.incarnation.clone()
     }
 
     /// Calls `service` on `peer` with `body`; bounded by the request timeout.
@@ -360,12 +374,14 @@ pub async fn spawn(
     )));
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (events, _) = broadcast::channel(256);
+    let (incarnation_tx, incarnation_rx) = watch::channel(config.incarnation);
     let handle = P2pHandle {
         commands: commands_tx.clone(),
         membership: membership.clone(),
         clock,
         local_peer,
         events: events.clone(),
+        incarnation: incarnation_rx,
         request_timeout: config.request_timeout,
     };
 
@@ -381,6 +397,7 @@ pub async fn spawn(
         events,
         metrics,
         incarnation: config.incarnation,
+        incarnation_tx,
         heartbeat: 0,
         listen_addresses: Vec::new(),
         connected: HashSet::new(),
@@ -438,6 +455,7 @@ struct Driver {
     events: broadcast::Sender<P2pEvent>,
     metrics: P2pMetrics,
     incarnation: u64,
+    incarnation_tx: watch::Sender<u64>,
     heartbeat: u64,
     listen_addresses: Vec<Multiaddr>,
     connected: HashSet<PeerId>,
@@ -649,9 +667,7 @@ impl Driver {
                     incarnation = self.incarnation,
                     "a newer record of ours circulates; moving to a higher incarnation"
                 );
-                let _ = self
-                    .events
-                    .send(P2pEvent::IncarnationBumped(self.incarnation));
+                self.incarnation_tx.send_replace(self.incarnation);
                 if let Some(rec) = self.sign_and_install() {
                     self.publish(rec);
                 }
@@ -1010,13 +1026,19 @@ impl Driver {
                     .rpc_inbound
                     .get_or_create(&KindLabel { kind: "app" })
                     .inc();
-                if service.len() > MAX_SERVICE_NAME || self.inbound.len() >= MAX_PENDING_REQUESTS {
-                    let _ = self.swarm.behaviour_mut().rpc.send_response(
-                        channel,
-                        Response::Error {
-                            message: "busy or bad service name".into(),
-                        },
-                    );
+                let refusal = if service.len() > MAX_SERVICE_NAME {
+                    Some(CallError::malformed("service name too long"))
+                } else if self.inbound.len() >= MAX_PENDING_REQUESTS {
+                    Some(CallError::refused("too many calls in flight"))
+                } else {
+                    None
+                };
+                if let Some(error) = refusal {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(channel, Response::Error { error });
                     return;
                 }
                 let id = self.next_inbound_id;
@@ -1027,7 +1049,7 @@ impl Driver {
                 tokio::spawn(async move {
                     let response = match handler.handle(peer, service, body).await {
                         Ok(body) => Response::App { body },
-                        Err(message) => Response::Error { message },
+                        Err(error) => Response::Error { error },
                     };
                     let _ = commands.send(Command::Respond { id, response }).await;
                 });
@@ -1063,8 +1085,11 @@ impl Driver {
         if let Some(reply) = self.outbound.remove(&id) {
             let result = match response {
                 Response::App { body } => Ok(body),
-                Response::Error { message } => Err(P2pError::Remote(message)),
-                other => Err(P2pError::Remote(format!("unexpected response {other:?}"))),
+                Response::Error { error } => Err(P2pError::Remote(error)),
+                other => {
+                    tracing::warn!(%peer, response = ?other, "unexpected response to an application call");
+                    Err(P2pError::UnexpectedResponse)
+                }
             };
             let _ = reply.send(result);
             return;

@@ -1,0 +1,167 @@
+//! The node's services, started in dependency order over the store and the
+//! swarm: storage (and its repair loops), the audit log, the update lease
+//! granter, the replicated update state and the update engine; and the
+//! cluster event stream they feed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use plexi_api::model::ClusterEvent;
+use plexi_api::InFlight;
+use plexi_p2p::P2pHandle;
+use prometheus_client::registry::Registry;
+use tokio::sync::{broadcast, watch};
+
+use super::{startup, Node, NodeError};
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::storage::{Settings as StorageSettings, Storage, StorageMetrics};
+use crate::updates::engine::{Drain, Engine, UpdateMetrics};
+use crate::updates::leases::Granter;
+use crate::updates::ops::OpSettings;
+use crate::updates::state::UpdateState;
+use plexi_util::version::VERSION;
+
+/// Bound on the cluster event stream's buffer (slow SSE readers lag).
+const EVENT_BUFFER: usize = 1024;
+
+/// What the API and the signal handling need from the started services.
+pub struct Services {
+    pub storage: Arc<Storage>,
+    pub audit: Arc<AuditLog>,
+    pub engine: Arc<Engine>,
+    pub events: broadcast::Sender<ClusterEvent>,
+    /// Data requests in flight; the update pipeline waits on it to drain.
+    pub in_flight: InFlight,
+    /// Set by the engine when the worker must hand over to the supervisor.
+    pub exit: watch::Receiver<Option<i32>>,
+}
+
+/// Starts every service and registers each with `node` so peer calls reach it.
+pub fn start(
+    node: &Arc<Node>,
+    config: &Config,
+    config_path: Option<PathBuf>,
+    api_bound: SocketAddr,
+    p2p: &P2pHandle,
+    registry: &mut Registry,
+) -> Result<Services, NodeError> {
+    let store = &node.store;
+    let storage = Storage::new(
+        StorageSettings::from_config(&config.distributed_storage),
+        node.peer_id,
+        p2p.clone(),
+        store.clone(),
+        StorageMetrics::register(registry),
+    );
+    node.storage.set(storage.clone()).ok().expect("set once");
+    crate::storage::repair::spawn(storage.clone());
+
+    let audit = AuditLog::open(store, node.name.clone(), registry).map_err(startup("audit log"))?;
+    node.audit.set(audit.clone()).ok().expect("set once");
+    audit.spawn_sync(p2p.clone());
+
+    let events = broadcast::channel(EVENT_BUFFER).0;
+    forward_audit_events(&audit, events.clone());
+
+    let granter = Granter::open(store.tree("updates.leases").map_err(startup("store"))?);
+    node.granter.set(granter.clone()).ok().expect("set once");
+    let update_state = UpdateState::open(
+        node.name.clone(),
+        store.tree("updates.ops").map_err(startup("store"))?,
+        store.tree("updates.meta").map_err(startup("store"))?,
+        events.clone(),
+    );
+    node.updates
+        .set(update_state.clone())
+        .ok()
+        .expect("set once");
+    crate::updates::state::spawn_sync(update_state.clone(), p2p.clone());
+
+    let in_flight = InFlight::default();
+    let (exit_tx, exit) = watch::channel(None::<i32>);
+    let u = &config.cluster_updates;
+    let engine = Engine::new(
+        node.name.clone(),
+        semver::Version::parse(VERSION).expect("build.rs checks the version"),
+        node.data_dir.clone(),
+        config_path,
+        api_bound.to_string(),
+        p2p.clone(),
+        storage.clone(),
+        granter,
+        update_state,
+        audit.clone(),
+        u.release_public_keys.clone(),
+        OpSettings {
+            max_concurrent: u.max_concurrent_updates,
+            rolling_delay_s: u.rolling_update_delay_seconds,
+            health_timeout_s: u.health_check_timeout_seconds,
+            rollback_timeout_s: u.rollback_timeout_seconds,
+            canary_soak_s: u.canary_soak_seconds,
+            maintenance_timeout_s: u.maintenance_mode_timeout_seconds,
+            auto_rollback: u.auto_rollback_on_failure,
+            backup: u.backup_before_update,
+        },
+        Arc::new(Drain {
+            draining: Default::default(),
+            in_flight: in_flight.clone(),
+        }),
+        exit_tx,
+        health_check(node.clone()),
+        UpdateMetrics::register(registry),
+    );
+    engine.spawn();
+    Ok(Services {
+        storage,
+        audit,
+        engine,
+        events,
+        in_flight,
+        exit,
+    })
+}
+
+/// The engine's health check: the node's own checks, failures named.
+fn health_check(node: Arc<Node>) -> crate::updates::engine::HealthFn {
+    Arc::new(move || {
+        let node = node.clone();
+        Box::pin(async move {
+            let r = node.local_health().await;
+            if r.healthy {
+                Ok(())
+            } else {
+                Err(r
+                    .checks
+                    .iter()
+                    .filter(|c| !c.ok)
+                    .map(|c| format!("{}: {}", c.name, c.detail))
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            }
+        })
+    })
+}
+
+/// Audit entries (local or merged from peers) go on the event stream too.
+fn forward_audit_events(audit: &AuditLog, events: broadcast::Sender<ClusterEvent>) {
+    let mut entries = audit.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match entries.recv().await {
+                Ok(entry) => {
+                    let _ = events.send(ClusterEvent {
+                        kind: "audit".into(),
+                        at: entry.at.clone(),
+                        data: serde_json::to_value(&entry).unwrap_or_default(),
+                    });
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(skipped = n, "audit events lagged")
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+}
