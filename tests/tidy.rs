@@ -38,10 +38,7 @@ fn rust_files(dir: &str) -> Vec<PathBuf> {
 }
 
 fn rel(p: &Path) -> String {
-    p.strip_prefix(root())
-        .unwrap_or(p)
-        .display()
-        .to_string()
+    p.strip_prefix(root()).unwrap_or(p).display().to_string()
 }
 
 /// Code lines (1-based number, text) with line comments removed.
@@ -248,7 +245,10 @@ fn manifests_keep_the_layers_apart() {
         // Only the [dependencies] section (dev-dependencies may differ).
         let start = text.find("[dependencies]").expect("[dependencies]");
         let rest = &text[start + 1..];
-        let end = rest.find("\n[").map(|e| e + start + 1).unwrap_or(text.len());
+        let end = rest
+            .find("\n[")
+            .map(|e| e + start + 1)
+            .unwrap_or(text.len());
         text[start..end].to_string()
     };
     let api = deps("api");
@@ -257,11 +257,17 @@ fn manifests_keep_the_layers_apart() {
     }
     let store = deps("store");
     for banned in ["libp2p", "plexi-p2p", "plexi-api", "axum", "reqwest"] {
-        assert!(!store.contains(banned), "store/Cargo.toml depends on {banned}");
+        assert!(
+            !store.contains(banned),
+            "store/Cargo.toml depends on {banned}"
+        );
     }
     let util = deps("src/util");
     for banned in ["plexi-", "libp2p", "sled", "axum", "tokio"] {
-        assert!(!util.contains(banned), "src/util/Cargo.toml depends on {banned}");
+        assert!(
+            !util.contains(banned),
+            "src/util/Cargo.toml depends on {banned}"
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 //! The JSON shapes the API serves. Plain data, no libp2p or sled types; the
 //! binary maps its internal state into these.
 
-use plexi_util::types::Consistency;
+use plexi_util::types::{Consistency, MemberStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -11,8 +11,7 @@ pub struct NodeView {
     /// The node's unique name.
     pub node_id: String,
     pub peer_id: String,
-    /// alive | suspect | dead | left
-    pub status: String,
+    pub status: MemberStatus,
     pub version: String,
     pub region: String,
     pub zone: String,
@@ -55,16 +54,35 @@ pub struct HealthReport {
     pub peer_id: String,
     pub version: String,
     /// Membership status as seen by the answering node.
-    pub status: String,
+    pub status: MemberStatus,
     pub healthy: bool,
     pub checks: Vec<HealthCheck>,
     pub uptime_seconds: u64,
     /// RFC 3339 time at which the checks ran.
     pub checked_at: String,
-    /// `local`: the answering node is the node; `peer`: asked over the
-    /// cluster network; `membership`: the node could not be reached and
-    /// this is what membership knows.
-    pub source: String,
+    pub source: HealthSource,
+}
+
+/// Where a [`HealthReport`] comes from.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthSource {
+    /// The answering node is the node.
+    Local,
+    /// Asked of the node over the cluster network.
+    Peer,
+    /// The node could not be reached; this is what membership knows.
+    Membership,
+}
+
+impl std::fmt::Display for HealthSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            HealthSource::Local => "local",
+            HealthSource::Peer => "peer",
+            HealthSource::Membership => "membership",
+        })
+    }
 }
 
 /// `GET /health`: liveness of the answering node.

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use plexi_api::model::{HealthCheck, HealthReport, NodeView};
+use plexi_api::model::{HealthCheck, HealthReport, HealthSource, NodeView};
 use plexi_api::{ApiMetrics, ApiState};
 use plexi_p2p::{LocalInfo, MemberStatus, MemberView, P2pConfig, P2pHandle, PeerId, Timings};
 use plexi_store::NodeStore;
@@ -159,12 +159,12 @@ impl Node {
             node_id: self.name.clone(),
             peer_id: self.peer_id.to_string(),
             version: VERSION.into(),
-            status: MemberStatus::Alive.as_str().into(),
+            status: MemberStatus::Alive,
             healthy: checks.iter().all(|c| c.ok),
             checks,
             uptime_seconds: self.started.elapsed().as_secs(),
             checked_at: rfc3339(SystemTime::now()),
-            source: "local".into(),
+            source: HealthSource::Local,
         }
     }
 
@@ -233,7 +233,7 @@ pub(crate) fn node_view(m: &MemberView, local: &str) -> NodeView {
     NodeView {
         node_id: s.name.clone(),
         peer_id: s.peer_id.clone(),
-        status: m.status.as_str().into(),
+        status: m.status,
         version: s.version.clone(),
         region: s.region.clone(),
         zone: s.zone.clone(),

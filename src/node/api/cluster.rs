@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use plexi_api::model::{HealthCheck, HealthReport, NodeView};
+use plexi_api::model::{HealthCheck, HealthReport, HealthSource, NodeView};
 use plexi_api::{ApiError, Cluster};
 use plexi_p2p::codec::decode_cbor;
 use plexi_p2p::{MemberStatus, PeerId};
@@ -57,7 +57,7 @@ impl Cluster for NodeApi {
             node_id: state.name.clone(),
             peer_id: state.peer_id.clone(),
             version: state.version.clone(),
-            status: member.status.as_str().into(),
+            status: member.status,
             healthy: false,
             checks: vec![HealthCheck {
                 name: "reachable".into(),
@@ -66,7 +66,7 @@ impl Cluster for NodeApi {
             }],
             uptime_seconds: 0,
             checked_at: rfc3339(SystemTime::now()),
-            source: "membership".into(),
+            source: HealthSource::Membership,
         };
         if matches!(member.status, MemberStatus::Dead | MemberStatus::Left) {
             return Ok(unreachable(format!(
@@ -82,8 +82,8 @@ impl Cluster for NodeApi {
         match self.p2p().request(peer, HEALTH_SERVICE, Vec::new()).await {
             Ok(bytes) => match decode_cbor::<HealthReport>(&bytes) {
                 Ok(mut report) => {
-                    report.status = member.status.as_str().into();
-                    report.source = "peer".into();
+                    report.status = member.status;
+                    report.source = HealthSource::Peer;
                     Ok(report)
                 }
                 Err(e) => Ok(unreachable(format!(
