@@ -1,6 +1,7 @@
-//! The `plexi` binary: `plexi node` runs the supervisor, which runs the node
-//! as `plexi worker` (hidden); the other commands are clients of any node's
-//! REST API. anyhow lives only here, at the edge.
+//! The `plexi` binary: argument parsing and exit codes only. `plexi node`
+//! runs the supervisor (`supervisor/`), which runs the node as `plexi worker`
+//! (hidden; `node/`); every other command is a client of any node's REST API
+//! (`cli/`). anyhow lives only here and in `cli/`, at the edge.
 
 mod audit;
 mod cli;

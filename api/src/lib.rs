@@ -1,8 +1,10 @@
 //! plexi-api: the REST API every node serves (axum).
 //!
-//! Owns routing, bearer auth, the JSON error shape, request metrics and the
-//! OpenAPI document. It knows the cluster only through the [`Cluster`] trait,
-//! which the binary implements; it never sees libp2p or sled types.
+//! Owns routing, bearer auth, the JSON error shape, the drain gate, request
+//! metrics and the OpenAPI document. It knows the node only through the
+//! [`Cluster`], [`Storage`] and [`Updates`] traits, which the binary
+//! implements in `src/node/api/` (the one place service errors become
+//! [`ApiError`]); it never sees libp2p or sled types.
 
 pub mod auth;
 pub mod error;

@@ -1,8 +1,10 @@
 //! Messages between nodes: the gossip payload and the request-response pairs.
 //!
-//! Membership messages are interpreted by p2p itself; `App` requests carry an
-//! opaque body for a named service that the node registers (health today,
-//! storage and updates later), so p2p stays ignorant of what they mean.
+//! Membership messages (`Exchange`, `Push`) are interpreted by p2p itself;
+//! `App` requests carry an opaque body for a named service that the node
+//! registers (`health`, `store`, `audit`, `lease`, `updates`: the table is
+//! in ARCHITECTURE.md), so p2p stays ignorant of what they mean. A service
+//! answers with a body or a typed [`CallError`].
 
 use serde::{Deserialize, Serialize};
 

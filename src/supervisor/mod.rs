@@ -1,7 +1,8 @@
-//! The supervisor: what `plexi node` runs. It owns `DATA_DIR/releases/`
-//! (installed versions, the `current` symlink, and the switch protocol files)
-//! and one worker process (`releases/current/plexi worker ARGS`, which runs
-//! the node). It never opens sled and never talks to the network.
+//! The supervisor: what `plexi node` runs. It owns one worker process
+//! (`releases/current/plexi worker ARGS`, which runs the node) and acts on
+//! the switch protocol's files (`crate::switch`, the only module it shares
+//! with the worker). It never opens sled, never talks to the network and
+//! never imports storage or updates (tidy test).
 //!
 //! - First start: installs its own binary as `releases/<VERSION>/plexi` and
 //!   points `current` (a relative symlink) at it. Later starts run whatever
@@ -19,9 +20,9 @@
 //!   and start the old version. The decision is `releases/switch-result.json`
 //!   ([`SwitchResult`]), written before `switch.json` is removed.
 //!
-//! The worker-side helpers ([`request_switch`], [`pending_switch`],
-//! [`take_switch_result`], [`write_ready`], [`install_release`], ...) are the
-//! only other code that touches `releases/`.
+//! The worker side of the protocol ([`request_switch`], [`pending_switch`],
+//! [`take_switch_result`], [`write_ready`], [`install_release`], ...) is in
+//! `crate::switch` too.
 
 use std::ffi::OsString;
 use std::fs::{self, File};

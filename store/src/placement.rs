@@ -10,7 +10,11 @@
 //!
 //! Weights come in coarse buckets so that placement does not churn when a
 //! measured figure wobbles: capacity in half-powers of two, latency and
-//! reliability in four steps each.
+//! reliability in four steps each. Every input is a gossiped figure (each
+//! node's own record), so every node computes the same replica sets. The
+//! list at factor k is a prefix of the list at any larger factor
+//! (property-tested), so a reader that does not know an object's factor asks
+//! the prefix of the longest list in order.
 
 /// Fixed number of partitions; anti-entropy keeps one digest per partition.
 pub const PARTITIONS: u16 = 1024;
