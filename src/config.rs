@@ -456,11 +456,7 @@ fn positive(key: &str, v: f64) -> Result<(), String> {
 
 /// Names, regions and zones: 1-64 chars of [A-Za-z0-9._-].
 fn valid_name(key: &str, v: &str) -> Result<(), String> {
-    let ok = !v.is_empty()
-        && v.len() <= 64
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if !ok {
+    if !plexi_util::types::NodeId::is_valid(v) {
         return Err(format!(
             "{key} = {v:?} must be 1-64 characters of letters, digits, '.', '_' or '-'"
         ));

@@ -18,9 +18,9 @@ use crate::P2pError;
 /// Nesting depth allowed when decoding peer input; our types need < 10.
 pub const RECURSION_LIMIT: usize = 32;
 /// Largest request frame accepted (sent or received).
-pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+pub use plexi_util::limits::MAX_REQUEST_BYTES;
 /// Largest response frame accepted (sent or received).
-pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+pub use plexi_util::limits::MAX_RESPONSE_BYTES;
 
 /// The request-response protocol name.
 pub const RPC_PROTOCOL: StreamProtocol = StreamProtocol::new("/plexi/rpc/1");

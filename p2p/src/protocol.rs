@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::record::SignedRecord;
 
 /// Upper bound on the records in one exchange (and on the membership table).
-pub const MAX_MEMBERS: usize = 1024;
+pub use plexi_util::limits::MAX_MEMBERS;
 /// Upper bound on a service name.
 pub const MAX_SERVICE_NAME: usize = 64;
 

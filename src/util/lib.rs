@@ -2,6 +2,7 @@
 //! reading the wall clock.
 //!
 //! - [`clock`]: the wall clock in milliseconds and its RFC 3339 text.
+//! - [`limits`]: the bounds that cross layers.
 //! - [`types`]: the shared vocabulary (consistency level, storage strategy,
 //!   member status, update strategy, type, phase and statuses, node id):
 //!   one type per concept, used alike by config, state machines, wire and
@@ -14,6 +15,7 @@
 //! the library crates (`p2p`, `store`, `api`) need it as much as the binary.
 
 pub mod clock;
+pub mod limits;
 pub mod types;
 pub mod units;
 pub mod version;

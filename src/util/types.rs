@@ -231,7 +231,7 @@ impl NodeId {
     /// True for 1-64 characters of letters, digits, `.`, `_` or `-`.
     pub fn is_valid(s: &str) -> bool {
         !s.is_empty()
-            && s.len() <= 64
+            && s.len() <= crate::limits::MAX_NAME_CHARS
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     }
