@@ -48,14 +48,14 @@ enum Command {
     /// Store an object (from a file or standard input) through any node.
     Put {
         #[command(flatten)]
-        args: cli::PutArgs,
+        args: cli::objects::PutArgs,
         #[command(flatten)]
         api: cli::ApiArgs,
     },
     /// Read an object; its blake3 is checked against the ETag.
     Get {
         #[command(flatten)]
-        args: cli::GetArgs,
+        args: cli::objects::GetArgs,
         #[command(flatten)]
         api: cli::ApiArgs,
     },
@@ -77,7 +77,7 @@ enum Command {
     /// Cluster storage: overview, nodes, distribution, rebalance, cleanup.
     Storage {
         #[command(subcommand)]
-        cmd: cli::StorageCmd,
+        cmd: cli::storage::StorageCmd,
         #[command(flatten)]
         api: cli::ApiArgs,
     },
@@ -100,14 +100,14 @@ enum Command {
     /// Cluster maintenance mode: on, off, status.
     Maintenance {
         #[command(subcommand)]
-        cmd: cli::update::MaintenanceCmd,
+        cmd: cli::maintenance::MaintenanceCmd,
         #[command(flatten)]
         api: cli::ApiArgs,
     },
     /// The audit log of every change, newest first.
     Audit {
         #[command(flatten)]
-        args: cli::update::AuditArgs,
+        args: cli::audit::AuditArgs,
         #[command(flatten)]
         api: cli::ApiArgs,
     },
@@ -222,22 +222,26 @@ fn run(command: Command) -> ExitCode {
                 }
             }
         }
-        Command::Nodes { api, json } => report(runtime.block_on(cli::nodes(&api, json))),
-        Command::Health { node_id, api } => report(runtime.block_on(cli::health(&api, &node_id))),
-        Command::Put { args, api } => report(runtime.block_on(cli::put(&api, &args))),
-        Command::Get { args, api } => report(runtime.block_on(cli::get(&api, &args))),
-        Command::Rm { data_id, api } => report(runtime.block_on(cli::rm(&api, &data_id))),
-        Command::Info { data_id, json, api } => {
-            report(runtime.block_on(cli::info(&api, &data_id, json)))
-        }
-        Command::Storage { cmd, api } => report(runtime.block_on(cli::storage(&api, &cmd))),
-        Command::Bench(args) => report(runtime.block_on(cli::bench::run(args))),
-        Command::Release { cmd, api } => report(runtime.block_on(cli::release::command(&api, cmd))),
-        Command::Update { cmd, api } => report(runtime.block_on(cli::update::update(&api, &cmd))),
-        Command::Maintenance { cmd, api } => {
-            report(runtime.block_on(cli::update::maintenance(&api, &cmd)))
-        }
-        Command::Audit { args, api } => report(runtime.block_on(cli::update::audit(&api, &args))),
+        client => report(runtime.block_on(client_command(client))),
+    }
+}
+
+/// Runs one of the client commands (all but `node` and `worker`).
+async fn client_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Node(_) | Command::Worker(_) => unreachable!("not a client command"),
+        Command::Nodes { api, json } => cli::nodes::nodes(&api, json).await,
+        Command::Health { node_id, api } => cli::nodes::health(&api, &node_id).await,
+        Command::Put { args, api } => cli::objects::put(&api, &args).await,
+        Command::Get { args, api } => cli::objects::get(&api, &args).await,
+        Command::Rm { data_id, api } => cli::objects::rm(&api, &data_id).await,
+        Command::Info { data_id, json, api } => cli::objects::info(&api, &data_id, json).await,
+        Command::Storage { cmd, api } => cli::storage::storage(&api, &cmd).await,
+        Command::Bench(args) => cli::bench::run(args).await,
+        Command::Release { cmd, api } => cli::release::command(&api, cmd).await,
+        Command::Update { cmd, api } => cli::update::update(&api, &cmd).await,
+        Command::Maintenance { cmd, api } => cli::maintenance::maintenance(&api, &cmd).await,
+        Command::Audit { args, api } => cli::audit::audit(&api, &args).await,
     }
 }
 

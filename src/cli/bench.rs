@@ -23,7 +23,8 @@ use clap::{Args, ValueEnum};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 
-use super::{base_url, check, data_path, human_bytes, Consistency};
+use super::client::{data_path, describe_reqwest, parse_consistency, Consistency, Pool};
+use super::table::{human_bytes, Left, Right, Table};
 
 /// Timeout of one request; the run is bounded even if a node hangs.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -58,7 +59,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
     /// strong | eventual | weak (default: the cluster's).
-    #[arg(long, value_parser = super::parse_consistency)]
+    #[arg(long, value_parser = parse_consistency)]
     pub consistency: Option<Consistency>,
     /// Total copies per object (default: the cluster's).
     #[arg(long)]
@@ -147,9 +148,7 @@ enum Target {
 }
 
 struct Http {
-    client: reqwest::Client,
-    bases: Vec<String>,
-    token: Option<String>,
+    pool: Pool,
     consistency: Option<Consistency>,
     replication_factor: Option<u32>,
     verify: bool,
@@ -195,31 +194,24 @@ impl Target {
 
 impl Http {
     async fn run(&self, op: Op, key: &str, payload: &Bytes, turn: usize) -> Result<(), String> {
-        let base = &self.bases[turn % self.bases.len()];
-        let url = format!("{base}{}", data_path(key));
         let mut query: Vec<(&str, String)> = Vec::with_capacity(2);
         if let Some(c) = self.consistency {
             query.push(("consistency", c.as_str().to_string()));
         }
-        let mut req = match op {
+        let (method, body) = match op {
             Op::Put => {
                 if let Some(rf) = self.replication_factor {
                     query.push(("replication_factor", rf.to_string()));
                 }
-                self.client
-                    .put(url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                    .body(payload.clone())
+                (reqwest::Method::PUT, Some(payload.clone()))
             }
-            Op::Get => self.client.get(url),
-            Op::Delete => self.client.delete(url),
+            Op::Get => (reqwest::Method::GET, None),
+            Op::Delete => (reqwest::Method::DELETE, None),
         };
-        req = req.query(&query);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let res = req.send().await.map_err(|e| describe_reqwest(&e))?;
-        let res = check(res).await.map_err(|e| format!("{e:#}"))?;
+        let res = self
+            .pool
+            .send(turn, method, &data_path(key), &query, body)
+            .await?;
         let etag = res
             .headers()
             .get(reqwest::header::ETAG)
@@ -243,23 +235,6 @@ impl Http {
             }
         }
         Ok(())
-    }
-}
-
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "request timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else {
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(inner) = src {
-            s.push_str(": ");
-            s.push_str(&inner.to_string());
-            src = inner.source();
-        }
-        s
     }
 }
 
@@ -486,7 +461,7 @@ async fn over_keys(
     (failed, first)
 }
 
-pub async fn run(a: BenchArgs) -> Result<()> {
+fn validate(a: &BenchArgs) -> Result<()> {
     if a.concurrency == 0 || a.concurrency > 4096 {
         bail!("--concurrency must be 1-4096");
     }
@@ -499,141 +474,132 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     if let Some(0) = a.replication_factor {
         bail!("--replication-factor must be at least 1");
     }
-    let prefix = a
-        .prefix
-        .clone()
-        .unwrap_or_else(|| format!("bench-{:08x}", rand::thread_rng().next_u32()));
+    Ok(())
+}
 
-    let mut payload = vec![0u8; a.size as usize];
-    rand::thread_rng().fill_bytes(&mut payload);
-    PUT_STAMP.store(rand::thread_rng().next_u64() >> 1, Ordering::Relaxed);
-    let payload = Bytes::from(payload);
-
-    let (target, apis) = if a.engine_baseline {
+/// The target and the normalised API URLs (none for the engine). The APIs
+/// must answer `/health` first.
+async fn open_target(a: &BenchArgs) -> Result<(Target, Vec<String>)> {
+    if a.engine_baseline {
         let dir = tempfile::Builder::new()
             .prefix("plexi-engine-baseline.")
             .tempdir()
             .context("cannot create a temporary directory")?;
         let db = sled::open(dir.path()).context("cannot open sled")?;
-        (Target::Engine(Engine { db, _dir: dir }), Vec::new())
-    } else {
-        let bases: Vec<String> = a
-            .apis
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-            .map(base_url)
-            .collect();
-        if bases.is_empty() {
-            bail!("no --api given");
-        }
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .pool_max_idle_per_host(a.concurrency)
-            .tcp_nodelay(true)
-            .build()
-            .context("cannot build the HTTP client")?;
-        for b in &bases {
-            let res = client
-                .get(format!("{b}/health"))
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {b}"))?;
-            check(res).await.with_context(|| format!("{b}/health"))?;
-        }
-        (
-            Target::Http(Http {
-                client,
-                bases: bases.clone(),
-                token: a.token.clone(),
-                consistency: a.consistency,
-                replication_factor: a.replication_factor,
-                verify: a.verify,
-            }),
-            bases,
-        )
-    };
-    let target = Arc::new(target);
-    let written: Arc<Vec<AtomicBool>> =
-        Arc::new((0..a.keys).map(|_| AtomicBool::new(false)).collect());
-
-    if a.mode != Mode::Put {
-        eprintln!(
-            "filling the key space: {} keys of {} ...",
-            a.keys,
-            human_bytes(a.size)
-        );
-        let (failed, first) = over_keys(
-            &target,
-            Op::Put,
-            &prefix,
-            (0..a.keys).collect(),
-            &payload,
-            a.concurrency,
-        )
-        .await;
-        for w in written.iter() {
-            w.store(true, Ordering::Relaxed);
-        }
-        if let Target::Engine(e) = &*target {
-            e.flush()
-                .await
-                .map_err(|e| anyhow::anyhow!("sled flush: {e}"))?;
-        }
-        if failed > 0 {
-            cleanup(&a, &target, &prefix, &written, &payload).await;
-            bail!(
-                "{failed} of {} puts filling the key space failed, first: {}",
-                a.keys,
-                first.unwrap_or_default()
-            );
-        }
+        return Ok((Target::Engine(Engine { db, _dir: dir }), Vec::new()));
     }
+    let pool = Pool::new(&a.apis, a.token.clone(), REQUEST_TIMEOUT, a.concurrency)?;
+    pool.probe().await?;
+    let bases = pool.bases().to_vec();
+    let http = Http {
+        pool,
+        consistency: a.consistency,
+        replication_factor: a.replication_factor,
+        verify: a.verify,
+    };
+    Ok((Target::Http(http), bases))
+}
 
+/// The keys, the payload and which keys were written: what every phase
+/// shares.
+struct Load {
+    target: Arc<Target>,
+    prefix: String,
+    payload: Bytes,
+    written: Vec<AtomicBool>,
+}
+
+/// Fills the key space with puts (not timed); on failure deletes what was
+/// written and fails.
+async fn fill(a: &BenchArgs, l: &Load) -> Result<()> {
+    eprintln!(
+        "filling the key space: {} keys of {} ...",
+        a.keys,
+        human_bytes(a.size)
+    );
+    let (failed, first) = over_keys(
+        &l.target,
+        Op::Put,
+        &l.prefix,
+        (0..a.keys).collect(),
+        &l.payload,
+        a.concurrency,
+    )
+    .await;
+    for w in l.written.iter() {
+        w.store(true, Ordering::Relaxed);
+    }
+    if let Target::Engine(e) = &*l.target {
+        e.flush()
+            .await
+            .map_err(|e| anyhow::anyhow!("sled flush: {e}"))?;
+    }
+    if failed > 0 {
+        cleanup(a, &l.target, &l.prefix, &l.written, &l.payload).await;
+        bail!(
+            "{failed} of {} puts filling the key space failed, first: {}",
+            a.keys,
+            first.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// One worker of the timed phase: operations back to back until `deadline`.
+async fn worker(
+    l: Arc<Load>,
+    w: usize,
+    (mode, keys, concurrency): (Mode, u64, u64),
+    deadline: Instant,
+) -> WorkerStats {
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut stats = WorkerStats::default();
+    let mut seq: u64 = 0;
+    let mut turn = w;
+    while Instant::now() < deadline {
+        let op = match mode {
+            Mode::Put => Op::Put,
+            Mode::Get => Op::Get,
+            Mode::Mixed if rng.gen_bool(0.5) => Op::Put,
+            Mode::Mixed => Op::Get,
+        };
+        let idx = match op {
+            Op::Put => {
+                let i = (w as u64 + seq * concurrency) % keys;
+                seq += 1;
+                l.written[i as usize].store(true, Ordering::Relaxed);
+                i
+            }
+            _ => rng.gen_range(0..keys),
+        };
+        let t0 = Instant::now();
+        let res = l
+            .target
+            .run(op, &key(&l.prefix, idx), &l.payload, turn)
+            .await;
+        stats.record(op, res, t0.elapsed());
+        turn += 1;
+    }
+    stats
+}
+
+/// The timed phase: every worker's stats merged, and the seconds it took.
+async fn timed(a: &BenchArgs, l: &Arc<Load>) -> Result<(WorkerStats, f64)> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(a.duration);
-    let mut tasks = Vec::with_capacity(a.concurrency);
-    for w in 0..a.concurrency {
-        let (target, payload, written) = (target.clone(), payload.clone(), written.clone());
-        let prefix = prefix.clone();
-        let (mode, keys, concurrency) = (a.mode, a.keys, a.concurrency as u64);
-        tasks.push(tokio::spawn(async move {
-            let mut rng = rand::rngs::StdRng::from_entropy();
-            let mut stats = WorkerStats::default();
-            let mut seq: u64 = 0;
-            let mut turn = w;
-            while Instant::now() < deadline {
-                let op = match mode {
-                    Mode::Put => Op::Put,
-                    Mode::Get => Op::Get,
-                    Mode::Mixed if rng.gen_bool(0.5) => Op::Put,
-                    Mode::Mixed => Op::Get,
-                };
-                let idx = match op {
-                    Op::Put => {
-                        let i = (w as u64 + seq * concurrency) % keys;
-                        seq += 1;
-                        written[i as usize].store(true, Ordering::Relaxed);
-                        i
-                    }
-                    _ => rng.gen_range(0..keys),
-                };
-                let t0 = Instant::now();
-                let res = target.run(op, &key(&prefix, idx), &payload, turn).await;
-                stats.record(op, res, t0.elapsed());
-                turn += 1;
-            }
-            stats
-        }));
-    }
+    let shape = (a.mode, a.keys, a.concurrency as u64);
+    let tasks: Vec<_> = (0..a.concurrency)
+        .map(|w| tokio::spawn(worker(l.clone(), w, shape, deadline)))
+        .collect();
     let mut total = WorkerStats::default();
     for t in tasks {
         total.merge(t.await.context("a worker panicked")?);
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    Ok((total, started.elapsed().as_secs_f64()))
+}
 
-    cleanup(&a, &target, &prefix, &written, &payload).await;
-
+/// The rows (put, get, and for mixed both together) and the settings.
+fn report(a: &BenchArgs, apis: Vec<String>, total: WorkerStats, elapsed: f64) -> Report {
     let mut results = Vec::new();
     let WorkerStats { put, get, errors } = total;
     let both = a.mode == Mode::Mixed;
@@ -663,7 +629,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     if let Some(all) = all {
         results.push(row("all", all, a.size, elapsed));
     }
-    let report = Report {
+    Report {
         target: if a.engine_baseline {
             "engine"
         } else {
@@ -693,7 +659,35 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         apis,
         results,
         errors,
-    };
+    }
+}
+
+pub async fn run(a: BenchArgs) -> Result<()> {
+    validate(&a)?;
+    let prefix = a
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("bench-{:08x}", rand::thread_rng().next_u32()));
+
+    let mut payload = vec![0u8; a.size as usize];
+    rand::thread_rng().fill_bytes(&mut payload);
+    PUT_STAMP.store(rand::thread_rng().next_u64() >> 1, Ordering::Relaxed);
+    let payload = Bytes::from(payload);
+
+    let (target, apis) = open_target(&a).await?;
+    let load = Arc::new(Load {
+        target: Arc::new(target),
+        prefix,
+        payload,
+        written: (0..a.keys).map(|_| AtomicBool::new(false)).collect(),
+    });
+    if a.mode != Mode::Put {
+        fill(&a, &load).await?;
+    }
+    let (total, elapsed) = timed(&a, &load).await?;
+    cleanup(&a, &load.target, &load.prefix, &load.written, &load.payload).await;
+
+    let report = report(&a, apis, total, elapsed);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -765,25 +759,33 @@ fn print_report(r: &Report) {
     }
     println!("plexi bench ({} build) against {target}", r.build);
     println!("{cfg}, elapsed {:.2}s", r.elapsed_s);
-    println!(
-        "{:<10} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "OP", "OPS", "ERRORS", "OPS/S", "MIB/S", "MEAN ms", "P50 ms", "P95 ms", "P99 ms", "MAX ms"
-    );
+    let mut t = Table::new(&[
+        ("OP", Left),
+        ("OPS", Right),
+        ("ERRORS", Right),
+        ("OPS/S", Right),
+        ("MIB/S", Right),
+        ("MEAN ms", Right),
+        ("P50 ms", Right),
+        ("P95 ms", Right),
+        ("P99 ms", Right),
+        ("MAX ms", Right),
+    ]);
     for x in &r.results {
-        println!(
-            "{:<10} {:>8} {:>7} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            x.op,
-            x.ops,
-            x.errors,
-            x.ops_per_sec,
-            x.mib_per_sec,
-            x.mean_ms,
-            x.p50_ms,
-            x.p95_ms,
-            x.p99_ms,
-            x.max_ms
-        );
+        t.row([
+            x.op.clone(),
+            x.ops.to_string(),
+            x.errors.to_string(),
+            format!("{:.1}", x.ops_per_sec),
+            format!("{:.2}", x.mib_per_sec),
+            format!("{:.2}", x.mean_ms),
+            format!("{:.2}", x.p50_ms),
+            format!("{:.2}", x.p95_ms),
+            format!("{:.2}", x.p99_ms),
+            format!("{:.2}", x.max_ms),
+        ]);
     }
+    t.print();
     for (e, n) in &r.errors {
         println!("error ×{n}: {e}");
     }
@@ -830,18 +832,6 @@ mod tests {
         assert_eq!(a[8..], p[8..]);
         assert_eq!(stamped(&Bytes::from(vec![1u8; 3])).len(), 3);
         assert!(stamped(&Bytes::new()).is_empty());
-    }
-
-    #[test]
-    fn data_ids_are_encoded() {
-        assert_eq!(
-            data_path("a b/c?d"),
-            "/api/v1/clustering/storage/data/a%20b%2Fc%3Fd"
-        );
-        assert_eq!(
-            data_path("bench-00000001"),
-            "/api/v1/clustering/storage/data/bench-00000001"
-        );
     }
 
     #[test]

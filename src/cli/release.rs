@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
-use plexi_api::model::ReleaseManifest;
+use plexi_api::model::{PutResult, ReleaseList, ReleaseManifest, ReleaseView, SignedRelease};
 
-use super::ApiArgs;
+use super::client::{data_path, ApiArgs};
+use super::table::{Left, Right, Table};
 use crate::updates::release::{binary_id, sign};
 
 /// Writes a new signing key (32-byte seed, hex, mode 0600); returns the
@@ -80,6 +81,7 @@ pub async fn command(api: &ApiArgs, cmd: ReleaseCmd) -> anyhow::Result<()> {
             let public = keygen(&out)?;
             eprintln!("wrote the signing key to {} (mode 0600); add the public key below to cluster_updates.release_public_keys", out.display());
             println!("{public}");
+            Ok(())
         }
         ReleaseCmd::Publish {
             binary,
@@ -106,55 +108,75 @@ pub async fn command(api: &ApiArgs, cmd: ReleaseCmd) -> anyhow::Result<()> {
                 notes,
                 created_at_ms: plexi_util::clock::wall_ms(),
             };
-            let signed = sign(&key, manifest);
-            let _: plexi_api::model::PutResult = api
-                .call(
-                    reqwest::Method::PUT,
-                    &super::data_path(&binary_id(&v)),
-                    &[
-                        ("consistency", "strong".to_string()),
-                        ("data_type", "application/x-executable".to_string()),
-                    ],
-                    Some(bytes.into()),
-                )
-                .await
-                .context("uploading the binary")?;
-            let view: plexi_api::model::ReleaseView = api
-                .post_json("/api/v1/clustering/updates/releases", &signed)
-                .await
-                .context("publishing the manifest")?;
-            println!(
-                "published {} ({} bytes, blake3 {}) signed by {}{}",
-                view.version,
-                view.size_bytes,
-                view.blake3,
-                view.public_key,
-                if view.trusted {
-                    ""
-                } else {
-                    " (NOT trusted by the answering node)"
-                }
-            );
+            publish(api, &v, bytes, sign(&key, manifest)).await
         }
-        ReleaseCmd::List { json } => {
-            let list: plexi_api::model::ReleaseList =
-                api.get("/api/v1/clustering/updates/releases").await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                println!(
-                    "{:<12} {:>12} {:<8} {:<9} {:<25} BLAKE3",
-                    "VERSION", "BYTES", "TRUSTED", "BREAKING", "CREATED"
-                );
-                for r in list.releases {
-                    println!(
-                        "{:<12} {:>12} {:<8} {:<9} {:<25} {}",
-                        r.version, r.size_bytes, r.trusted, r.breaking, r.created_at, r.blake3
-                    );
-                }
-            }
-        }
+        ReleaseCmd::List { json } => list(api, json).await,
     }
+}
+
+/// Uploads the binary (strong consistency), then posts its signed manifest.
+async fn publish(
+    api: &ApiArgs,
+    v: &semver::Version,
+    bytes: Vec<u8>,
+    signed: SignedRelease,
+) -> anyhow::Result<()> {
+    let _: PutResult = api
+        .call(
+            reqwest::Method::PUT,
+            &data_path(&binary_id(v)),
+            &[
+                ("consistency", "strong".to_string()),
+                ("data_type", "application/x-executable".to_string()),
+            ],
+            Some(bytes.into()),
+        )
+        .await
+        .context("uploading the binary")?;
+    let view: ReleaseView = api
+        .post_json("/api/v1/clustering/updates/releases", &signed)
+        .await
+        .context("publishing the manifest")?;
+    println!(
+        "published {} ({} bytes, blake3 {}) signed by {}{}",
+        view.version,
+        view.size_bytes,
+        view.blake3,
+        view.public_key,
+        if view.trusted {
+            ""
+        } else {
+            " (NOT trusted by the answering node)"
+        }
+    );
+    Ok(())
+}
+
+async fn list(api: &ApiArgs, json: bool) -> anyhow::Result<()> {
+    let list: ReleaseList = api.get("/api/v1/clustering/updates/releases").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let mut t = Table::new(&[
+        ("VERSION", Left),
+        ("BYTES", Right),
+        ("TRUSTED", Left),
+        ("BREAKING", Left),
+        ("CREATED", Left),
+        ("BLAKE3", Left),
+    ]);
+    for r in list.releases {
+        t.row([
+            r.version,
+            r.size_bytes.to_string(),
+            r.trusted.to_string(),
+            r.breaking.to_string(),
+            r.created_at.to_string(),
+            r.blake3,
+        ]);
+    }
+    t.print();
     Ok(())
 }
 

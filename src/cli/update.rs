@@ -1,7 +1,8 @@
-//! The client side of cluster updates: `plexi update ...` (plan, execute,
-//! status, rollback, active, history), `plexi maintenance ...` and
-//! `plexi audit`. Every command talks to any node's REST API through
-//! [`ApiArgs`]; an API error prints its message and exits 1.
+//! `plexi update ...`: planning, executing, following (`--watch`, a
+//! progress bar per node, rotating through the cluster's nodes while the
+//! one asked restarts), rolling back and listing cluster update operations.
+//! Every command talks to any node's REST API through [`ApiArgs`]; an API
+//! error prints its message and exits 1.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,12 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use plexi_api::model::{
-    AuditList, Maintenance, MaintenanceRequest, NodeList, PlanRequest, UpdateList, UpdateOperation,
-};
+use plexi_api::model::{PlanRequest, UpdateList, UpdateOperation};
 use reqwest::Method;
 
-use super::{base_url, encode_segment, ApiArgs};
+use super::client::{encode_segment, ApiArgs};
+use super::table::{dash, Left, Right, Table};
 
 const UPDATES: &str = "/api/v1/clustering/updates";
 /// Polling period of `--watch`.
@@ -89,52 +89,6 @@ pub struct PlanArgs {
     /// Print the raw JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum MaintenanceCmd {
-    /// Enter maintenance mode: no update operation starts until it ends.
-    On {
-        /// Why (recorded in the audit log).
-        #[arg(long)]
-        reason: Option<String>,
-        /// Ends by itself after this long: seconds, or `10m`, `2h`
-        /// (default: maintenance_mode_timeout_seconds).
-        #[arg(long, value_parser = parse_timeout)]
-        timeout: Option<u64>,
-    },
-    /// Leave maintenance mode.
-    Off,
-    /// Whether maintenance mode is on.
-    Status {
-        /// Print the raw JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Args, Debug)]
-pub struct AuditArgs {
-    /// How many entries, newest first (1-10000).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub limit: u32,
-    /// Print the raw JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Seconds from `600` or a duration such as `10m`.
-fn parse_timeout(s: &str) -> Result<u64, String> {
-    let secs = match s.trim().parse::<u64>() {
-        Ok(n) => n,
-        Err(_) => humantime::parse_duration(s.trim())
-            .map_err(|e| format!("{s:?} is neither seconds nor a duration like 10m: {e}"))?
-            .as_secs(),
-    };
-    if secs == 0 {
-        return Err("the timeout must be at least one second".into());
-    }
-    Ok(secs)
 }
 
 fn op_path(id: &str, action: &str) -> String {
@@ -270,10 +224,6 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
-fn dash(v: &Option<String>) -> &str {
-    v.as_deref().unwrap_or("-")
-}
-
 /// The operation and one line per node, in update order.
 pub fn print_operation(op: &UpdateOperation) {
     println!(
@@ -299,24 +249,29 @@ pub fn print_operation(op: &UpdateOperation) {
             l.slot, l.holder, l.epoch, l.remaining_ms
         );
     }
-    println!(
-        "  {:<16} {:<12} {:<10} {:>5} {:<21} ERROR",
-        "NODE", "STATUS", "PHASE", "PROG", "VERSION"
-    );
+    let mut t = Table::new(&[
+        ("NODE", Left),
+        ("STATUS", Left),
+        ("PHASE", Left),
+        ("PROG", Right),
+        ("VERSION", Left),
+        ("ERROR", Left),
+    ])
+    .indent("  ");
     for id in node_order(op) {
         let Some(n) = op.node_statuses.get(&id) else {
             continue;
         };
-        println!(
-            "  {:<16} {:<12} {:<10} {:>4.0}% {:<21} {}",
-            n.node_id,
-            n.status,
-            n.current_phase,
-            n.progress_percentage,
+        t.row([
+            n.node_id.clone(),
+            n.status.to_string(),
+            n.current_phase.to_string(),
+            format!("{:.0}%", n.progress_percentage),
             format!("{} -> {}", n.from_version, n.to_version),
-            dash(&n.error_message)
-        );
+            dash(&n.error_message).to_string(),
+        ]);
     }
+    t.print();
 }
 
 /// Nodes in batch order, then any others the operation reports.
@@ -339,24 +294,31 @@ fn print_list(list: &UpdateList, json: bool, empty: &str) -> Result<()> {
         println!("{empty}");
         return Ok(());
     }
-    println!(
-        "{:<36} {:<12} {:<10} {:<9} {:<8} {:>5} {:>5} {:<24} BY",
-        "OPERATION", "STATUS", "VERSION", "TYPE", "STRATEGY", "NODES", "PROG", "CREATED"
-    );
+    let mut t = Table::new(&[
+        ("OPERATION", Left),
+        ("STATUS", Left),
+        ("VERSION", Left),
+        ("TYPE", Left),
+        ("STRATEGY", Left),
+        ("NODES", Right),
+        ("PROG", Right),
+        ("CREATED", Left),
+        ("BY", Left),
+    ]);
     for op in &list.operations {
-        println!(
-            "{:<36} {:<12} {:<10} {:<9} {:<8} {:>5} {:>4.0}% {:<24} {}",
-            op.operation_id,
-            op.status,
-            op.target_version,
-            op.update_type,
-            op.strategy,
-            op.target_nodes.len(),
-            op.overall_progress,
-            op.created_at,
-            op.created_by
-        );
+        t.row([
+            op.operation_id.clone(),
+            op.status.to_string(),
+            op.target_version.clone(),
+            op.update_type.to_string(),
+            op.strategy.to_string(),
+            op.target_nodes.len().to_string(),
+            format!("{:.0}%", op.overall_progress),
+            op.created_at.clone(),
+            op.created_by.clone(),
+        ]);
     }
+    t.print();
     Ok(())
 }
 
@@ -382,31 +344,6 @@ pub fn watch_done(goal: Goal, status: &str, seen_rolling_back: bool, waited: Dur
             _ => false,
         },
     }
-}
-
-/// The API of every other node, to poll when the one given stops answering
-/// (it may be the node being updated).
-async fn alternates(api: &ApiArgs) -> Vec<ApiArgs> {
-    let given = base_url(&api.api);
-    let scheme = if given.starts_with("https://") {
-        "https"
-    } else {
-        "http"
-    };
-    let mut out = vec![api.clone()];
-    if let Ok(list) = api.get::<NodeList>("/api/v1/clustering/nodes").await {
-        for n in list.nodes {
-            let url = format!("{scheme}://{}", n.api_address);
-            if n.api_address.is_empty() || n.is_local || url == given {
-                continue;
-            }
-            out.push(ApiArgs {
-                api: url,
-                token: api.token.clone(),
-            });
-        }
-    }
-    out
 }
 
 fn bar_style() -> ProgressStyle {
@@ -508,7 +445,7 @@ impl Bars {
 /// nodes when polls fail; prints the end state; an error unless the goal
 /// was reached.
 async fn follow(api: &ApiArgs, start: UpdateOperation, goal: Goal) -> Result<()> {
-    let apis = alternates(api).await;
+    let apis = api.with_alternates().await;
     let mut at = 0;
     let path = op_path(&start.operation_id, "status");
     let began = Instant::now();
@@ -577,115 +514,9 @@ async fn follow(api: &ApiArgs, start: UpdateOperation, goal: Goal) -> Result<()>
     )
 }
 
-pub async fn maintenance(api: &ApiArgs, cmd: &MaintenanceCmd) -> Result<()> {
-    const PATH: &str = "/api/v1/clustering/maintenance";
-    let (m, json): (Maintenance, bool) = match cmd {
-        MaintenanceCmd::On { reason, timeout } => {
-            let req = MaintenanceRequest {
-                enabled: true,
-                reason: reason.clone(),
-                timeout_seconds: *timeout,
-            };
-            (api.post_json(PATH, &req).await?, false)
-        }
-        MaintenanceCmd::Off => {
-            let req = MaintenanceRequest {
-                enabled: false,
-                reason: None,
-                timeout_seconds: None,
-            };
-            (api.post_json(PATH, &req).await?, false)
-        }
-        MaintenanceCmd::Status { json } => (api.get(PATH).await?, *json),
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
-        return Ok(());
-    }
-    if m.enabled {
-        println!(
-            "maintenance mode ON since {} by {}, ends {}{}",
-            dash(&m.started_at),
-            if m.set_by.is_empty() { "-" } else { &m.set_by },
-            dash(&m.expires_at),
-            if m.reason.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", m.reason)
-            }
-        );
-    } else {
-        println!("maintenance mode off");
-    }
-    Ok(())
-}
-
-/// One line of JSON, cut to `max` characters.
-fn short_json(v: &serde_json::Value, max: usize) -> String {
-    if v.is_null() || v.as_object().is_some_and(|o| o.is_empty()) {
-        return String::new();
-    }
-    let s = v.to_string();
-    if s.chars().count() <= max {
-        s
-    } else {
-        let cut: String = s.chars().take(max.saturating_sub(3)).collect();
-        format!("{cut}...")
-    }
-}
-
-pub async fn audit(api: &ApiArgs, a: &AuditArgs) -> Result<()> {
-    let list: AuditList = api
-        .call(
-            Method::GET,
-            "/api/v1/clustering/audit",
-            &[("limit", a.limit.to_string())],
-            None,
-        )
-        .await?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
-    }
-    println!(
-        "{:<24} {:<14} {:<16} {:<20} {:<36} DETAIL",
-        "AT", "NODE", "ACTOR", "ACTION", "OPERATION"
-    );
-    for e in &list.entries {
-        println!(
-            "{:<24} {:<14} {:<16} {:<20} {:<36} {}",
-            e.at,
-            e.node_id,
-            e.actor,
-            e.action,
-            dash(&e.operation_id),
-            short_json(&e.detail, 60)
-        );
-    }
-    if list.chains_verified {
-        let n = list.entries.len();
-        println!(
-            "{n} {}; hash chains verified",
-            if n == 1 { "entry" } else { "entries" }
-        );
-    } else {
-        eprintln!("WARNING: an audit hash chain on this node does not verify: the log may have been altered");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timeouts_in_seconds_or_durations() {
-        assert_eq!(parse_timeout("600"), Ok(600));
-        assert_eq!(parse_timeout("10m"), Ok(600));
-        assert_eq!(parse_timeout("1h 30m"), Ok(5400));
-        assert!(parse_timeout("0").is_err());
-        assert!(parse_timeout("soon").is_err());
-    }
 
     #[test]
     fn watch_stops_at_final_statuses() {
@@ -712,13 +543,8 @@ mod tests {
     }
 
     #[test]
-    fn entries_pluralise_and_json_is_cut() {
+    fn plurals() {
         assert_eq!(plural(1, "node"), "1 node");
         assert_eq!(plural(3, "node"), "3 nodes");
-        let v = serde_json::json!({"k": "x".repeat(100)});
-        let s = short_json(&v, 20);
-        assert_eq!(s.chars().count(), 20);
-        assert!(s.ends_with("..."));
-        assert_eq!(short_json(&serde_json::Value::Null, 20), "");
     }
 }
