@@ -545,6 +545,22 @@ pub struct PlanInput<'a> {
     pub busy: &'a BTreeMap<String, String>,
 }
 
+/// Which part of the version changed incompatibly from `from` to `to`, if
+/// one did. Semver: the leftmost non-zero part is the breaking one, so below
+/// 1.0 a minor change breaks (0.1 -> 0.2) and below 0.1 a patch change does
+/// (0.0.1 -> 0.0.2). Either direction counts.
+fn incompatible_change(from: &semver::Version, to: &semver::Version) -> Option<&'static str> {
+    if from.major != to.major {
+        Some("major")
+    } else if from.major == 0 && from.minor != to.minor {
+        Some("minor")
+    } else if from.major == 0 && from.minor == 0 && from.patch != to.patch {
+        Some("patch")
+    } else {
+        None
+    }
+}
+
 /// Validates a plan request and lays out the operation.
 pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
     let target = semver::Version::parse(i.target_version).map_err(|e| {
@@ -691,8 +707,8 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
         breaking.push(format!("release {target} is marked breaking"));
     }
     for (m, v) in &fitting {
-        if v.major != target.major {
-            breaking.push(format!("{}: major version change {v} -> {target}", m.name));
+        if let Some(part) = incompatible_change(v, &target) {
+            breaking.push(format!("{}: {part} version change {v} -> {target}", m.name));
         }
         if let Some(min) = &release.min_compatible_version {
             if v < min {
@@ -914,6 +930,50 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!((e.status, e.code), (409, "operation_in_progress"));
+    }
+
+    #[test]
+    fn zero_major_minor_and_zero_minor_patch_changes_are_breaking() {
+        // Under semver, below 1.0 the minor is the breaking part, and below
+        // 0.1 the patch is.
+        let none = BTreeMap::new();
+        let all: Vec<String> = vec![];
+        for (from, to, kind) in [
+            ("0.1.0", "0.2.0", "upgrade"),
+            ("0.2.0", "0.1.0", "downgrade"),
+            ("0.0.1", "0.0.2", "upgrade"),
+            ("0.9.3", "1.0.0", "upgrade"),
+        ] {
+            let rel = [release(to, false, None)];
+            let ms = members(from, 3);
+            let e =
+                make_plan(input(to, kind, "rolling", &all, false, &rel, &ms, &none)).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (409, "breaking_changes"),
+                "{from} -> {to}"
+            );
+            assert!(
+                e.message.contains(&format!("{from} -> {to}")),
+                "{}",
+                e.message
+            );
+            let p = make_plan(input(to, kind, "rolling", &all, true, &rel, &ms, &none)).unwrap();
+            assert_eq!(p.breaking_changes.len(), 3, "{from} -> {to}");
+        }
+        // Compatible changes stay plain updates.
+        for (from, to, kind) in [
+            ("0.1.0", "0.1.1", "upgrade"),
+            ("0.1.3", "0.1.0", "downgrade"),
+            ("1.2.0", "1.3.0", "upgrade"),
+            ("0.0.1", "0.0.1", "reinstall"),
+        ] {
+            let rel = [release(to, false, None)];
+            let ms = members(from, 3);
+            let p = make_plan(input(to, kind, "rolling", &all, false, &rel, &ms, &none))
+                .unwrap_or_else(|e| panic!("{from} -> {to}: {e:?}"));
+            assert!(p.breaking_changes.is_empty(), "{from} -> {to}");
+        }
     }
 
     fn record(strategy: &str, n: usize) -> OpRecord {
