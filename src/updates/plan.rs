@@ -10,7 +10,7 @@ use plexi_api::model::{
     UpdateOperation,
 };
 use plexi_api::ApiError;
-use plexi_p2p::MemberStatus;
+use plexi_util::types::{NodeId, OperationStatus, UpdateStrategy};
 
 use super::engine::Engine;
 use super::ops::{self, Mark, OpRecord, PlanMember, ReleaseInfo};
@@ -40,13 +40,13 @@ pub fn view(r: &OpRecord, now: u64) -> UpdateOperation {
                     &r.plan.target_version,
                 )
             });
-            let (status, error) = r.node_status(n);
+            let (status, error) = r.node_status(n.as_str());
             (
                 n.clone(),
                 NodeUpdateStatus {
                     node_id: n.clone(),
                     status,
-                    current_phase: p.phase.clone(),
+                    current_phase: p.phase,
                     progress_percentage: p.progress,
                     from_version: p.from_version.clone(),
                     to_version: p.to_version.clone(),
@@ -57,7 +57,7 @@ pub fn view(r: &OpRecord, now: u64) -> UpdateOperation {
                     phase_seconds: p
                         .phase_ms
                         .iter()
-                        .map(|(k, v)| (k.clone(), *v as f64 / 1000.0))
+                        .map(|(phase, ms)| (*phase, *ms as f64 / 1000.0))
                         .collect(),
                 },
             )
@@ -80,10 +80,10 @@ pub fn view(r: &OpRecord, now: u64) -> UpdateOperation {
     let status = r.status(now);
     UpdateOperation {
         operation_id: r.plan.operation_id.clone(),
-        status: status.into(),
+        status,
         target_version: r.plan.target_version.clone(),
-        update_type: r.plan.update_type.clone(),
-        strategy: r.plan.strategy.clone(),
+        update_type: r.plan.update_type,
+        strategy: r.plan.strategy,
         target_nodes: r.plan.target_nodes.clone(),
         batches: r.plan.batches.clone(),
         current_phase: r.current_phase(now),
@@ -170,21 +170,15 @@ impl Engine {
             .members()
             .into_iter()
             .map(|m| PlanMember {
-                name: m.record.state.name.clone(),
+                name: m.record.state.name.clone().into(),
                 peer_id: m.record.state.peer_id.clone(),
                 version: m.record.state.version.clone(),
-                status: match m.status {
-                    MemberStatus::Alive => "alive",
-                    MemberStatus::Suspect => "suspect",
-                    MemberStatus::Dead => "dead",
-                    MemberStatus::Left => "left",
-                }
-                .into(),
+                status: m.status,
             })
             .collect();
         let now = wall_ms();
         let all = self.state.all();
-        let busy: BTreeMap<String, String> = all
+        let busy: BTreeMap<NodeId, String> = all
             .iter()
             .filter(|r| r.executed.is_some() && !r.is_final(now))
             .flat_map(|r| {
@@ -197,14 +191,14 @@ impl Engine {
             .collect();
         let measured = all
             .iter()
-            .filter(|r| r.status(now) == "completed")
+            .filter(|r| r.status(now) == OperationStatus::Completed)
             .max_by_key(|r| r.plan.created_at_ms)
             .and_then(|r| r.measured_node_seconds());
         let plan = ops::make_plan(ops::PlanInput {
             operation_id: uuid::Uuid::new_v4().to_string(),
             target_version: &req.target_version,
-            update_type: &req.update_type,
-            strategy: &req.strategy,
+            update_type: req.update_type,
+            strategy: req.strategy,
             target_nodes: &req.target_nodes,
             force: req.force,
             actor,
@@ -241,8 +235,8 @@ impl Engine {
         let rec = self.find(id)?;
         let now = wall_ms();
         match rec.status(now) {
-            "planned" => {}
-            "running" => return Ok(view(&rec, now)),
+            OperationStatus::Planned => {}
+            OperationStatus::Running => return Ok(view(&rec, now)),
             other => {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -265,7 +259,7 @@ impl Engine {
                 format!("another update operation is running: {}", busy.join(", ")),
             ));
         }
-        if rec.plan.strategy == "parallel" {
+        if rec.plan.strategy == UpdateStrategy::Parallel {
             let m = self.state.next_maintenance(
                 true,
                 &format!("parallel update {id}"),
