@@ -723,13 +723,10 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
     let state = ApiState {
         cluster: Arc::new(NodeApi(node.clone())),
         storage: Arc::new(StorageApi(storage.clone())),
-        updates: Arc::new(api::UpdatesApi {
-            storage: storage.clone(),
-            trusted: config.cluster_updates.release_public_keys.clone(),
+        updates: Arc::new(api::UpdatesApi(crate::updates::UpdateService::new(
+            engine.clone(),
             events,
-            audit: audit.clone(),
-            engine: engine.clone(),
-        }),
+        ))),
         tokens: Arc::new(tokens),
         registry: Arc::new(registry),
         metrics: api_metrics,

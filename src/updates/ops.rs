@@ -15,6 +15,8 @@ use plexi_util::types::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::error::UpdateError;
+
 /// Settings every node applies alike: snapshotted into the plan.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct OpSettings {
@@ -488,19 +490,16 @@ pub struct PlanMember {
     pub status: MemberStatus,
 }
 
+/// The unfinished operation a node is taken by.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlanError {
-    /// 400, 404 or 409.
-    pub status: u16,
-    pub code: &'static str,
-    pub message: String,
+pub struct Busy {
+    pub operation_id: String,
+    pub status: OperationStatus,
 }
 
-fn bad(code: &'static str, message: String) -> PlanError {
-    PlanError {
-        status: 400,
-        code,
-        message,
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "operation {}, {}", self.operation_id, self.status)
     }
 }
 
@@ -518,8 +517,8 @@ pub struct PlanInput<'a> {
     pub settings: OpSettings,
     /// Per-node seconds measured by earlier operations, if any.
     pub measured_node_seconds: Option<f64>,
-    /// Nodes busy in another operation that is not final, with what it is.
-    pub busy: &'a BTreeMap<NodeId, String>,
+    /// Nodes busy in another operation that is not final.
+    pub busy: &'a BTreeMap<NodeId, Busy>,
 }
 
 /// Which part of the version changed incompatibly from `from` to `to`, if
@@ -539,22 +538,18 @@ fn incompatible_change(from: &semver::Version, to: &semver::Version) -> Option<&
 }
 
 /// Validates a plan request and lays out the operation.
-pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
-    let target = semver::Version::parse(i.target_version).map_err(|e| {
-        bad(
-            "invalid_version",
-            format!("target_version {:?}: {e}", i.target_version),
-        )
-    })?;
+pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, UpdateError> {
+    let target =
+        semver::Version::parse(i.target_version).map_err(|e| UpdateError::InvalidVersion {
+            version: i.target_version.to_string(),
+            reason: e.to_string(),
+        })?;
     let release = i
         .releases
         .iter()
         .find(|r| r.version == target)
-        .ok_or_else(|| {
-            bad(
-                "release_not_published",
-                format!("no trusted published release {target}; publish it first"),
-            )
+        .ok_or_else(|| UpdateError::ReleaseNotPublished {
+            version: target.clone(),
         })?;
 
     let mut warnings = Vec::new();
@@ -577,10 +572,7 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
             }
         }
         if !unknown.is_empty() {
-            return Err(bad(
-                "unknown_nodes",
-                format!("unknown target nodes: {}", unknown.join(", ")),
-            ));
+            return Err(UpdateError::UnknownNodes { nodes: unknown });
         }
     } else {
         targets = i
@@ -589,33 +581,20 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
             .filter(|m| m.status != MemberStatus::Left)
             .collect();
     }
-    let down: Vec<String> = targets
+    let down: Vec<NodeId> = targets
         .iter()
         .filter(|m| m.status == MemberStatus::Dead)
-        .map(|m| m.name.to_string())
+        .map(|m| m.name.clone())
         .collect();
     if !down.is_empty() {
-        return Err(bad(
-            "nodes_not_alive",
-            format!(
-                "target nodes are not alive and cannot be updated: {}",
-                down.join(", ")
-            ),
-        ));
+        return Err(UpdateError::NodesNotAlive { nodes: down });
     }
-    let busy: Vec<String> = targets
+    let busy: Vec<(NodeId, Busy)> = targets
         .iter()
-        .filter_map(|m| i.busy.get(&m.name).map(|op| format!("{} ({op})", m.name)))
+        .filter_map(|m| Some((m.name.clone(), i.busy.get(&m.name)?.clone())))
         .collect();
     if !busy.is_empty() {
-        return Err(PlanError {
-            status: 409,
-            code: "operation_in_progress",
-            message: format!(
-                "nodes already in an unfinished operation: {}",
-                busy.join(", ")
-            ),
-        });
+        return Err(UpdateError::NodesBusy { nodes: busy });
     }
 
     // update_type must fit each target.
@@ -641,14 +620,11 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
         }
     }
     if explicit && !misfit.is_empty() {
-        return Err(bad(
-            "update_type_mismatch",
-            format!(
-                "{} to {target} does not fit: {}",
-                i.update_type,
-                misfit.join("; ")
-            ),
-        ));
+        return Err(UpdateError::UpdateTypeMismatch {
+            update_type: i.update_type,
+            target,
+            misfits: misfit,
+        });
     }
     if !explicit && !misfit.is_empty() {
         warnings.push(format!(
@@ -658,10 +634,10 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
         ));
     }
     if fitting.is_empty() {
-        return Err(bad(
-            "nothing_to_update",
-            format!("no node fits a {} to {target}", i.update_type),
-        ));
+        return Err(UpdateError::NothingToUpdate {
+            update_type: i.update_type,
+            target,
+        });
     }
 
     // Breaking changes.
@@ -683,14 +659,7 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
         }
     }
     if !breaking.is_empty() && !i.force {
-        return Err(PlanError {
-            status: 409,
-            code: "breaking_changes",
-            message: format!(
-                "breaking changes (repeat with force to accept): {}",
-                breaking.join("; ")
-            ),
-        });
+        return Err(UpdateError::BreakingChanges { changes: breaking });
     }
     if !breaking.is_empty() {
         warnings.push("breaking changes accepted with force".into());
@@ -816,7 +785,7 @@ mod tests {
         force: bool,
         releases: &'a [ReleaseInfo],
         members: &'a [PlanMember],
-        busy: &'a BTreeMap<NodeId, String>,
+        busy: &'a BTreeMap<NodeId, Busy>,
     ) -> PlanInput<'a> {
         PlanInput {
             operation_id: "op".into(),
@@ -883,7 +852,10 @@ mod tests {
             &none,
         ))
         .unwrap_err();
-        assert_eq!((e.status, e.code), (400, "release_not_published"));
+        assert_eq!(
+            e.to_string(),
+            "no trusted published release 1.9.0; publish it first"
+        );
         let e = make_plan(input(
             "1.1.0",
             Ty::Downgrade,
@@ -895,7 +867,7 @@ mod tests {
             &none,
         ))
         .unwrap_err();
-        assert_eq!((e.status, e.code), (400, "nothing_to_update"));
+        assert!(matches!(e, UpdateError::NothingToUpdate { .. }), "{e:?}");
         let ghost: Vec<NodeId> = vec!["ghost".into(), "n1".into()];
         let e = make_plan(input(
             "1.1.0",
@@ -908,8 +880,13 @@ mod tests {
             &none,
         ))
         .unwrap_err();
-        assert_eq!((e.status, e.code), (400, "unknown_nodes"));
-        assert!(e.message.contains("ghost"));
+        assert_eq!(
+            e,
+            UpdateError::UnknownNodes {
+                nodes: vec!["ghost".into()]
+            }
+        );
+        assert_eq!(e.to_string(), "unknown target nodes: ghost");
         // Breaking: major bump, flag, min_compatible; force accepts.
         for v in ["2.0.0", "1.2.0", "1.3.0"] {
             let e = make_plan(input(
@@ -923,7 +900,10 @@ mod tests {
                 &none,
             ))
             .unwrap_err();
-            assert_eq!((e.status, e.code), (409, "breaking_changes"), "{v}");
+            assert!(
+                matches!(e, UpdateError::BreakingChanges { .. }),
+                "{v}: {e:?}"
+            );
             let p = make_plan(input(
                 v,
                 Ty::Upgrade,
@@ -938,7 +918,11 @@ mod tests {
             assert!(!p.breaking_changes.is_empty());
         }
         // Busy nodes.
-        let busy: BTreeMap<NodeId, String> = [("n2".into(), "op x".to_string())].into();
+        let x = Busy {
+            operation_id: "x".into(),
+            status: OperationStatus::Running,
+        };
+        let busy: BTreeMap<NodeId, Busy> = [("n2".into(), x)].into();
         let e = make_plan(input(
             "1.1.0",
             Ty::Upgrade,
@@ -950,7 +934,10 @@ mod tests {
             &busy,
         ))
         .unwrap_err();
-        assert_eq!((e.status, e.code), (409, "operation_in_progress"));
+        assert_eq!(
+            e.to_string(),
+            "nodes already in an unfinished operation: n2 (operation x, running)"
+        );
     }
 
     #[test]
@@ -969,15 +956,14 @@ mod tests {
             let ms = members(from, 3);
             let e =
                 make_plan(input(to, kind, St::Rolling, &all, false, &rel, &ms, &none)).unwrap_err();
-            assert_eq!(
-                (e.status, e.code),
-                (409, "breaking_changes"),
-                "{from} -> {to}"
-            );
+            let UpdateError::BreakingChanges { changes } = &e else {
+                panic!("{from} -> {to}: {e:?}");
+            };
             assert!(
-                e.message.contains(&format!("{from} -> {to}")),
-                "{}",
-                e.message
+                changes
+                    .iter()
+                    .all(|c| c.contains(&format!("{from} -> {to}"))),
+                "{changes:?}"
             );
             let p = make_plan(input(to, kind, St::Rolling, &all, true, &rel, &ms, &none)).unwrap();
             assert_eq!(p.breaking_changes.len(), 3, "{from} -> {to}");
