@@ -681,16 +681,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         update_state,
         audit.clone(),
         u.release_public_keys.clone(),
-        crate::updates::ops::OpSettings {
-            max_concurrent: u.max_concurrent_updates,
-            rolling_delay_s: u.rolling_update_delay_seconds,
-            health_timeout_s: u.health_check_timeout_seconds,
-            rollback_timeout_s: u.rollback_timeout_seconds,
-            canary_soak_s: u.canary_soak_seconds,
-            maintenance_timeout_s: u.maintenance_mode_timeout_seconds,
-            auto_rollback: u.auto_rollback_on_failure,
-            backup: u.backup_before_update,
-        },
+        crate::updates::ops::OpSettings::from(u),
         Arc::new(crate::updates::engine::Drain {
             draining: Default::default(),
             in_flight: in_flight.clone(),

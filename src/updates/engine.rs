@@ -408,7 +408,7 @@ impl Engine {
         if self
             .state
             .get(id)
-            .is_some_and(|r| r.plan.settings.auto_rollback)
+            .is_some_and(|r| r.plan.settings.auto_rollback_on_failure)
         {
             self.metrics
                 .rollbacks
@@ -462,7 +462,7 @@ impl Engine {
 
     fn lease_ttl(&self, rec: &OpRecord) -> Duration {
         // Covers a restart plus the post-update check.
-        Duration::from_secs(rec.plan.settings.health_timeout_s + 30)
+        Duration::from_secs(rec.plan.settings.health_check_timeout_seconds + 30)
     }
 
     /// Takes a free slot from a strict majority; waits (never proceeds)
@@ -585,7 +585,7 @@ impl Engine {
         self.start_drain(id).await;
 
         self.enter_phase(id, UpdatePhase::Backup).await;
-        let backup_dir = if plan.settings.backup {
+        let backup_dir = if plan.settings.backup_before_update {
             Some(self.backup(id)?)
         } else {
             None
@@ -628,7 +628,7 @@ impl Engine {
             from_version: self.version.to_string(),
             to_version: target.to_string(),
             to_blake3: plan.target_blake3.clone(),
-            deadline_seconds: plan.settings.health_timeout_s,
+            deadline_seconds: plan.settings.health_check_timeout_seconds,
             backup_dir,
             restore_data_on_failure: false,
         })
@@ -680,7 +680,7 @@ impl Engine {
             from_version: self.version.to_string(),
             to_version: from,
             to_blake3: hash,
-            deadline_seconds: rec.plan.settings.health_timeout_s,
+            deadline_seconds: rec.plan.settings.health_check_timeout_seconds,
             backup_dir: None,
             restore_data_on_failure: false,
         })

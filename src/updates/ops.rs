@@ -17,17 +17,44 @@ use serde::{Deserialize, Serialize};
 
 use super::error::UpdateError;
 
-/// Settings every node applies alike: snapshotted into the plan.
+/// The `cluster_updates` settings every node applies alike, one field per
+/// config key under the key's name (built by `From<&ClusterUpdates>` in
+/// `crate::config`). Snapshotted into the plan: an operation runs with the
+/// settings of the node that planned it.
+///
+/// In sled and on the wire the fields keep the names earlier builds wrote
+/// (`max_concurrent`, `rolling_delay_s`, ...), so nodes of either build read
+/// each other's operations, as they must during a rolling update to this
+/// build. The config key names are accepted too, so a later build can write
+/// them once no earlier build is left.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct OpSettings {
-    pub max_concurrent: u32,
-    pub rolling_delay_s: u64,
-    pub health_timeout_s: u64,
-    pub rollback_timeout_s: u64,
-    pub canary_soak_s: u64,
-    pub maintenance_timeout_s: u64,
-    pub auto_rollback: bool,
-    pub backup: bool,
+    /// Batch size of a parallel update.
+    #[serde(rename = "max_concurrent", alias = "max_concurrent_updates")]
+    pub max_concurrent_updates: u32,
+    /// Pause between the batches of a rolling (and, after the soak, canary) update.
+    #[serde(rename = "rolling_delay_s", alias = "rolling_update_delay_seconds")]
+    pub rolling_update_delay_seconds: u64,
+    /// A node must pass its post-update check within this; the lease TTL
+    /// and the supervisor's deadline derive from it.
+    #[serde(rename = "health_timeout_s", alias = "health_check_timeout_seconds")]
+    pub health_check_timeout_seconds: u64,
+    /// A rollback must finish within this, else the operation fails.
+    #[serde(rename = "rollback_timeout_s", alias = "rollback_timeout_seconds")]
+    pub rollback_timeout_seconds: u64,
+    /// How long a canary update watches its first node before the rest.
+    #[serde(rename = "canary_soak_s", alias = "canary_soak_seconds")]
+    pub canary_soak_seconds: u64,
+    /// Maintenance mode (entered by a parallel update) ends by itself after this.
+    #[serde(
+        rename = "maintenance_timeout_s",
+        alias = "maintenance_mode_timeout_seconds"
+    )]
+    pub maintenance_mode_timeout_seconds: u64,
+    #[serde(rename = "auto_rollback", alias = "auto_rollback_on_failure")]
+    pub auto_rollback_on_failure: bool,
+    #[serde(rename = "backup", alias = "backup_before_update")]
+    pub backup_before_update: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -227,7 +254,9 @@ impl OpRecord {
     /// node completed. A halt that arrives after completion changes nothing.
     pub fn rolling_back(&self) -> bool {
         self.rollback.is_some()
-            || (self.halted.is_some() && self.plan.settings.auto_rollback && !self.all_completed())
+            || (self.halted.is_some()
+                && self.plan.settings.auto_rollback_on_failure
+                && !self.all_completed())
     }
 
     /// Whether `node` must still be returned to its previous version.
@@ -244,7 +273,7 @@ impl OpRecord {
         let h = self
             .halted
             .as_ref()
-            .filter(|_| self.plan.settings.auto_rollback)
+            .filter(|_| self.plan.settings.auto_rollback_on_failure)
             .map(|m| m.at_ms);
         match (r, h) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -264,7 +293,7 @@ impl OpRecord {
                 return OperationStatus::RolledBack;
             }
             let started = self.rollback_started_ms().unwrap_or(now_ms);
-            if now_ms > started + self.plan.settings.rollback_timeout_s * 1000 {
+            if now_ms > started + self.plan.settings.rollback_timeout_seconds * 1000 {
                 return OperationStatus::Failed;
             }
             return OperationStatus::RollingBack;
@@ -332,16 +361,16 @@ impl OpRecord {
             .filter_map(|n| self.nodes.get(n)?.completed_at_ms)
             .max()
             .unwrap_or(0);
-        now_ms >= last_done + self.pause_before_s(b) * 1000
+        now_ms >= last_done + self.pause_before_seconds(b) * 1000
     }
 
     /// The strategy's pause between the end of batch `b - 1` and batch `b`.
-    fn pause_before_s(&self, b: usize) -> u64 {
+    fn pause_before_seconds(&self, b: usize) -> u64 {
         let s = &self.plan.settings;
         match self.plan.strategy {
             UpdateStrategy::Parallel => 0,
-            UpdateStrategy::Canary if b == 1 => s.canary_soak_s,
-            UpdateStrategy::Canary | UpdateStrategy::Rolling => s.rolling_delay_s,
+            UpdateStrategy::Canary if b == 1 => s.canary_soak_seconds,
+            UpdateStrategy::Canary | UpdateStrategy::Rolling => s.rolling_update_delay_seconds,
         }
     }
 
@@ -363,7 +392,7 @@ impl OpRecord {
     /// Slots this operation's strategy allows at once.
     pub fn slots(&self) -> u32 {
         match self.plan.strategy {
-            UpdateStrategy::Parallel => self.plan.settings.max_concurrent.max(1),
+            UpdateStrategy::Parallel => self.plan.settings.max_concurrent_updates.max(1),
             UpdateStrategy::Rolling | UpdateStrategy::Canary => 1,
         }
     }
@@ -407,7 +436,7 @@ impl OpRecord {
                     .is_some_and(|p| p.status != NodeUpdateStatus::Pending)
             });
             if i > 0 && !started {
-                total += self.pause_before_s(i) as f64;
+                total += self.pause_before_seconds(i) as f64;
             }
             total += remaining;
         }
@@ -691,10 +720,10 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, UpdateError> {
         UpdateStrategy::Parallel => {
             warnings.push(format!(
                 "parallel: up to {} nodes out of service at once, inside maintenance mode (ends by itself after {} s)",
-                s.max_concurrent, s.maintenance_timeout_s
+                s.max_concurrent_updates, s.maintenance_mode_timeout_seconds
             ));
             names
-                .chunks(s.max_concurrent.max(1) as usize)
+                .chunks(s.max_concurrent_updates.max(1) as usize)
                 .map(|c| c.to_vec())
                 .collect()
         }
@@ -707,7 +736,7 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, UpdateError> {
     }
     let estimated_node_seconds = i
         .measured_node_seconds
-        .unwrap_or(10.0 + s.health_timeout_s as f64 / 4.0);
+        .unwrap_or(10.0 + s.health_check_timeout_seconds as f64 / 4.0);
     let from_versions = fitting
         .iter()
         .map(|(m, v)| (m.name.clone(), v.to_string()))
@@ -745,14 +774,14 @@ mod tests {
 
     fn settings() -> OpSettings {
         OpSettings {
-            max_concurrent: 2,
-            rolling_delay_s: 5,
-            health_timeout_s: 20,
-            rollback_timeout_s: 60,
-            canary_soak_s: 30,
-            maintenance_timeout_s: 600,
-            auto_rollback: true,
-            backup: true,
+            max_concurrent_updates: 2,
+            rolling_update_delay_seconds: 5,
+            health_check_timeout_seconds: 20,
+            rollback_timeout_seconds: 60,
+            canary_soak_seconds: 30,
+            maintenance_mode_timeout_seconds: 600,
+            auto_rollback_on_failure: true,
+            backup_before_update: true,
         }
     }
 
@@ -1176,15 +1205,62 @@ mod tests {
             "rollback_available": false, "on_target": false, "lease": null,
             "out_of_service_since_ms": 4, "phase_since_ms": 9,
         });
-        let mut cbor = Vec::new();
-        ciborium::ser::into_writer(&old, &mut cbor).unwrap();
-        let p: NodeProgress = ciborium::de::from_reader(cbor.as_slice()).unwrap();
+        let p: NodeProgress = ciborium::de::from_reader(cbor(&old).as_slice()).unwrap();
         assert_eq!(
             (p.status, p.phase),
             (NodeUpdateStatus::Updating, UpdatePhase::Fetch)
         );
         assert_eq!(p.phase_ms[&UpdatePhase::PreCheck], 7);
         assert_eq!(serde_json::to_value(&p).unwrap(), old);
+    }
+
+    /// `OpSettings` as builds before the rename defined it.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct OldOpSettings {
+        max_concurrent: u32,
+        rolling_delay_s: u64,
+        health_timeout_s: u64,
+        rollback_timeout_s: u64,
+        canary_soak_s: u64,
+        maintenance_timeout_s: u64,
+        auto_rollback: bool,
+        backup: bool,
+    }
+
+    fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::ser::into_writer(v, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn settings_read_and_write_what_earlier_builds_do() {
+        let old = OldOpSettings {
+            max_concurrent: 2,
+            rolling_delay_s: 5,
+            health_timeout_s: 20,
+            rollback_timeout_s: 60,
+            canary_soak_s: 30,
+            maintenance_timeout_s: 600,
+            auto_rollback: true,
+            backup: true,
+        };
+        // Records earlier builds wrote (sled, peers) decode...
+        let ours: OpSettings = ciborium::de::from_reader(cbor(&old).as_slice()).unwrap();
+        assert_eq!(ours, settings());
+        // ...and earlier builds decode ours, byte for byte the same.
+        assert_eq!(cbor(&ours), cbor(&old));
+        let theirs: OldOpSettings = ciborium::de::from_reader(cbor(&ours).as_slice()).unwrap();
+        assert_eq!(theirs, old);
+        // The config key names are accepted too.
+        let by_key = serde_json::json!({
+            "max_concurrent_updates": 2, "rolling_update_delay_seconds": 5,
+            "health_check_timeout_seconds": 20, "rollback_timeout_seconds": 60,
+            "canary_soak_seconds": 30, "maintenance_mode_timeout_seconds": 600,
+            "auto_rollback_on_failure": true, "backup_before_update": true,
+        });
+        let ours: OpSettings = ciborium::de::from_reader(cbor(&by_key).as_slice()).unwrap();
+        assert_eq!(ours, settings());
     }
 
     fn arb_progress() -> impl Strategy<Value = NodeProgress> {

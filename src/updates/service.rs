@@ -334,7 +334,7 @@ impl UpdateService {
                 true,
                 &format!("parallel update {id}"),
                 actor,
-                rec.plan.settings.maintenance_timeout_s,
+                rec.plan.settings.maintenance_mode_timeout_seconds,
                 Some(id.to_string()),
             );
             e.state.merge_maintenance(&m);
@@ -449,7 +449,7 @@ impl UpdateService {
         let e = &self.engine;
         let timeout = req
             .timeout_seconds
-            .unwrap_or(e.settings.maintenance_timeout_s);
+            .unwrap_or(e.settings.maintenance_mode_timeout_seconds);
         if req.enabled && !(1..=MAX_MAINTENANCE_SECONDS).contains(&timeout) {
             return Err(UpdateError::InvalidMaintenanceTimeout {
                 seconds: timeout,
