@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use plexi_util::types::{Consistency, StorageStrategy};
 use serde::Deserialize;
 
+use crate::updates::ops::OpSettings;
+
 /// A configuration problem; the node exits with code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -38,6 +40,22 @@ pub struct ClusterUpdates {
     pub canary_soak_seconds: u64,
     /// Hex ed25519 public keys whose signed releases this cluster runs.
     pub release_public_keys: Vec<String>,
+}
+
+/// The settings the update engine applies, key for key.
+impl From<&ClusterUpdates> for OpSettings {
+    fn from(u: &ClusterUpdates) -> Self {
+        OpSettings {
+            max_concurrent_updates: u.max_concurrent_updates,
+            rolling_update_delay_seconds: u.rolling_update_delay_seconds,
+            health_check_timeout_seconds: u.health_check_timeout_seconds,
+            rollback_timeout_seconds: u.rollback_timeout_seconds,
+            canary_soak_seconds: u.canary_soak_seconds,
+            maintenance_mode_timeout_seconds: u.maintenance_mode_timeout_seconds,
+            auto_rollback_on_failure: u.auto_rollback_on_failure,
+            backup_before_update: u.backup_before_update,
+        }
+    }
 }
 
 impl Default for ClusterUpdates {
@@ -551,6 +569,30 @@ distributed_storage:
         let mut c = Config::default();
         c.cluster_updates.release_public_keys = vec!["abc".into()];
         assert!(c.validate().unwrap_err().contains("release_public_keys[0]"));
+    }
+
+    #[test]
+    fn update_keys_become_the_engines_settings() {
+        let c = Config::parse(
+            "cluster_updates:\n  max_concurrent_updates: 2\n  rolling_update_delay_seconds: 7\n  \
+             health_check_timeout_seconds: 11\n  rollback_timeout_seconds: 13\n  \
+             canary_soak_seconds: 17\n  maintenance_mode_timeout_seconds: 19\n  \
+             auto_rollback_on_failure: false\n  backup_before_update: false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            OpSettings::from(&c.cluster_updates),
+            OpSettings {
+                max_concurrent_updates: 2,
+                rolling_update_delay_seconds: 7,
+                health_check_timeout_seconds: 11,
+                rollback_timeout_seconds: 13,
+                canary_soak_seconds: 17,
+                maintenance_mode_timeout_seconds: 19,
+                auto_rollback_on_failure: false,
+                backup_before_update: false,
+            }
+        );
     }
 
     #[test]

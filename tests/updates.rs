@@ -320,8 +320,8 @@ impl Client {
 #[test]
 fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
     let (_guard, root) = test_dir();
-    let v2 = build_version("0.2.0", "");
-    let broken = build_version("0.3.0", "exit-at-start");
+    let v2 = build_version("0.1.1", "");
+    let broken = build_version("0.1.2", "exit-at-start");
     let public = keygen(root.as_path());
     let nodes = cluster(root.as_path(), 3, &config(&public, ""));
     let api = nodes[0].api.clone();
@@ -330,8 +330,8 @@ fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
         .trim()
         .trim_start_matches("plexi ")
         .to_string();
-    publish(&api, root.as_path(), &v2, "0.2.0", &[]);
-    publish(&api, root.as_path(), &broken, "0.3.0", &[]);
+    publish(&api, root.as_path(), &v2, "0.1.1", &[]);
+    publish(&api, root.as_path(), &broken, "0.1.2", &[]);
     publish(&api, root.as_path(), Path::new(BIN), &base, &[]);
 
     // Some data first, so post-checks read real objects.
@@ -350,14 +350,14 @@ fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
     let mut client = Client::start(nodes.iter().map(|n| n.dir.clone()).collect());
     let id = plan_and_execute(
         &nodes[1].api,
-        json!({"target_version": "0.2.0", "update_type": "upgrade", "strategy": "rolling"}),
+        json!({"target_version": "0.1.1", "update_type": "upgrade", "strategy": "rolling"}),
     );
     let op = wait_final(&nodes, &id, Duration::from_secs(240));
     std::thread::sleep(Duration::from_secs(1));
     client.stop();
     assert_eq!(op["status"], "completed", "{op:#}");
     assert!(
-        versions(&nodes).values().all(|v| v == "0.2.0"),
+        versions(&nodes).values().all(|v| v == "0.1.1"),
         "{:?}",
         versions(&nodes)
     );
@@ -400,11 +400,11 @@ fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
     let lat = client.latencies.lock().unwrap().clone();
     eprintln!("client p99 {:?}", percentile(&lat, 0.99));
 
-    // 2. A release that exits at start: the first node returns to 0.2.0 by
+    // 2. A release that exits at start: the first node returns to 0.1.1 by
     // itself and the operation rolls back.
     let id = plan_and_execute(
         &api,
-        json!({"target_version": "0.3.0", "strategy": "rolling"}),
+        json!({"target_version": "0.1.2", "strategy": "rolling"}),
     );
     let op = wait_final(&nodes, &id, Duration::from_secs(180));
     assert_eq!(op["status"], "rolled_back", "{op:#}");
@@ -417,7 +417,7 @@ fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
     assert_eq!(failed.len(), 1, "{op:#}");
     assert!(wait_for(Duration::from_secs(30), || versions(&nodes)
         .values()
-        .all(|v| v == "0.2.0")
+        .all(|v| v == "0.1.1")
         .then_some(()))
     .is_some());
 
@@ -460,8 +460,8 @@ fn percentile(v: &[Duration], p: f64) -> Duration {
 #[test]
 fn parallel_update_breaking_unhealthy_and_tampered_releases() {
     let (_guard, root) = test_dir();
-    let v2 = build_version("0.2.0", "");
-    let unhealthy = build_version("0.3.1", "unhealthy");
+    let v2 = build_version("0.1.1", "");
+    let unhealthy = build_version("0.1.3", "unhealthy");
     let public = keygen(root.as_path());
     let nodes = cluster(
         root.as_path(),
@@ -469,25 +469,25 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
         &config(&public, "  max_concurrent_updates: 2\n"),
     );
     let api = nodes[0].api.clone();
-    publish(&api, root.as_path(), &v2, "0.2.0", &["--breaking"]);
-    publish(&api, root.as_path(), &unhealthy, "0.3.1", &[]);
+    publish(&api, root.as_path(), &v2, "0.1.1", &["--breaking"]);
+    publish(&api, root.as_path(), &unhealthy, "0.1.3", &[]);
 
     // Breaking without force: 409 naming it; unknown node: 400.
     let (st, body) = post(
         &api,
         "/api/v1/clustering/updates/plan",
-        json!({"target_version": "0.2.0", "strategy": "parallel"}),
+        json!({"target_version": "0.1.1", "strategy": "parallel"}),
     );
     assert_eq!(st, 409, "{body}");
     assert_eq!(body["error"]["code"], "breaking_changes");
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
-        .contains("breaking"));
+        .contains("release 0.1.1 is marked breaking"));
     let (st, body) = post(
         &api,
         "/api/v1/clustering/updates/plan",
-        json!({"target_version": "0.2.0", "target_nodes": ["s1", "nope"], "force": true}),
+        json!({"target_version": "0.1.1", "target_nodes": ["s1", "nope"], "force": true}),
     );
     assert_eq!(st, 400, "{body}");
     assert_eq!(body["error"]["code"], "unknown_nodes");
@@ -495,7 +495,7 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
     // Parallel, two at a time, inside maintenance mode.
     let id = plan_and_execute(
         &nodes[3].api,
-        json!({"target_version": "0.2.0", "strategy": "parallel", "force": true}),
+        json!({"target_version": "0.1.1", "strategy": "parallel", "force": true}),
     );
     let parallel_id = id.clone();
     let m = get(&api, "/api/v1/clustering/maintenance").unwrap();
@@ -503,7 +503,7 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
     let op = wait_final(&nodes, &id, Duration::from_secs(240));
     assert_eq!(op["status"], "completed", "{op:#}");
     assert_eq!(op["batches"].as_array().unwrap().len(), 2);
-    assert!(versions(&nodes).values().all(|v| v == "0.2.0"));
+    assert!(versions(&nodes).values().all(|v| v == "0.1.1"));
     let api = api_of(&nodes[0].dir).unwrap();
     let intervals = out_of_service(&api, &id);
     assert_eq!(intervals.len(), 4, "{intervals:?}");
@@ -516,13 +516,13 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
     .is_some());
 
     // A release that starts but fails its health check: the supervisor
-    // returns the node to 0.2.0 after the deadline; the operation rolls back.
-    let id = plan_and_execute(&api, json!({"target_version": "0.3.1"}));
+    // returns the node to 0.1.1 after the deadline; the operation rolls back.
+    let id = plan_and_execute(&api, json!({"target_version": "0.1.3"}));
     let op = wait_final(&nodes, &id, Duration::from_secs(180));
     assert_eq!(op["status"], "rolled_back", "{op:#}");
     assert!(wait_for(Duration::from_secs(30), || versions(&nodes)
         .values()
-        .all(|v| v == "0.2.0")
+        .all(|v| v == "0.1.1")
         .then_some(()))
     .is_some());
 
@@ -558,7 +558,7 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
         .collect();
     assert_eq!(errors.len(), 1, "{op:#}");
     assert!(errors[0].contains("refused"), "{errors:?}");
-    assert!(versions(&nodes).values().all(|v| v == "0.2.0"));
+    assert!(versions(&nodes).values().all(|v| v == "0.1.1"));
     let audit = get(&api, "/api/v1/clustering/audit?limit=1000").unwrap();
     assert!(audit["entries"]
         .as_array()
@@ -609,7 +609,7 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
 #[test]
 fn sigkill_of_the_lease_holder_fails_it_and_rolls_back() {
     let (_guard, root) = test_dir();
-    let v2 = build_version("0.2.0", "");
+    let v2 = build_version("0.1.1", "");
     let public = keygen(root.as_path());
     let mut nodes = cluster(
         root.as_path(),
@@ -620,9 +620,9 @@ fn sigkill_of_the_lease_holder_fails_it_and_rolls_back() {
         ),
     );
     let api = nodes[1].api.clone();
-    publish(&api, root.as_path(), &v2, "0.2.0", &[]);
+    publish(&api, root.as_path(), &v2, "0.1.1", &[]);
     let base = versions(&nodes)["s1"].clone();
-    let id = plan_and_execute(&api, json!({"target_version": "0.2.0"}));
+    let id = plan_and_execute(&api, json!({"target_version": "0.1.1"}));
     // s1 updates first (batches are by name); kill it mid-update.
     let phase = wait_for(Duration::from_secs(60), || {
         let op = get(&api, &format!("/api/v1/clustering/updates/{id}/status"))?;
@@ -674,11 +674,11 @@ fn sigkill_of_the_lease_holder_fails_it_and_rolls_back() {
     let api = api_of(&nodes[2].dir).unwrap();
     let id = plan_and_execute(
         &api,
-        json!({"target_version": "0.2.0", "strategy": "canary"}),
+        json!({"target_version": "0.1.1", "strategy": "canary"}),
     );
     let op = wait_final(&nodes, &id, Duration::from_secs(180));
     assert_eq!(op["status"], "completed", "{op:#}");
-    assert!(versions(&nodes).values().all(|v| v == "0.2.0"));
+    assert!(versions(&nodes).values().all(|v| v == "0.1.1"));
     let st = &op["node_statuses"];
     let canary_done = st["s1"]["completed_at"].as_str().unwrap().to_string();
     for n in ["s2", "s3"] {
@@ -705,11 +705,11 @@ fn test_dir() -> (Option<tempfile::TempDir>, PathBuf) {
 #[test]
 fn without_a_majority_an_update_waits_and_never_proceeds() {
     let (_guard, root) = test_dir();
-    let v2 = build_version("0.2.0", "");
+    let v2 = build_version("0.1.1", "");
     let public = keygen(root.as_path());
     let mut nodes = cluster(root.as_path(), 3, &config(&public, ""));
     let api = nodes[0].api.clone();
-    publish(&api, root.as_path(), &v2, "0.2.0", &[]);
+    publish(&api, root.as_path(), &v2, "0.1.1", &[]);
     let base = versions(&nodes)["s1"].clone();
 
     // Two of three members down: s1 alone is no majority.
@@ -721,7 +721,7 @@ fn without_a_majority_an_update_waits_and_never_proceeds() {
     .is_some());
     let id = plan_and_execute(
         &api,
-        json!({"target_version": "0.2.0", "target_nodes": ["s1"]}),
+        json!({"target_version": "0.1.1", "target_nodes": ["s1"]}),
     );
     // It waits for a lease, and nothing destructive happens meanwhile.
     assert!(wait_for(Duration::from_secs(10), || {
@@ -746,5 +746,5 @@ fn without_a_majority_an_update_waits_and_never_proceeds() {
     nodes[1].restart(boot);
     let op = wait_final(&nodes[..2], &id, Duration::from_secs(120));
     assert_eq!(op["status"], "completed", "{op:#}");
-    assert_eq!(versions(&nodes[..1])["s1"], "0.2.0");
+    assert_eq!(versions(&nodes[..1])["s1"], "0.1.1");
 }

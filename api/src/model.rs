@@ -1,7 +1,9 @@
 //! The JSON shapes the API serves. Plain data, no libp2p or sled types; the
 //! binary maps its internal state into these.
 
-use plexi_util::types::{Consistency, MemberStatus};
+use plexi_util::types::{
+    Consistency, MemberStatus, NodeId, OperationStatus, UpdatePhase, UpdateStrategy, UpdateType,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -318,36 +320,37 @@ pub struct ReleaseList {
 #[serde(deny_unknown_fields)]
 pub struct PlanRequest {
     pub target_version: String,
-    /// upgrade | downgrade | reinstall
+    /// Default `upgrade`.
     #[serde(default = "default_update_type")]
-    pub update_type: String,
-    /// rolling | parallel | canary
+    pub update_type: UpdateType,
+    /// Default `rolling`.
     #[serde(default = "default_strategy")]
-    pub strategy: String,
+    pub strategy: UpdateStrategy,
     /// Node names; empty means every live member.
     #[serde(default)]
-    pub target_nodes: Vec<String>,
+    pub target_nodes: Vec<NodeId>,
     #[serde(default)]
     pub force: bool,
 }
 
-fn default_update_type() -> String {
-    "upgrade".into()
+fn default_update_type() -> UpdateType {
+    UpdateType::Upgrade
 }
 
-fn default_strategy() -> String {
-    "rolling".into()
+fn default_strategy() -> UpdateStrategy {
+    UpdateStrategy::Rolling
 }
 
 /// One node's part of an update operation.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct NodeUpdateStatus {
-    pub node_id: String,
-    /// pending | updating | completed | failed | rolling_back | rolled_back
-    pub status: String,
-    /// waiting | lease | pre_check | drain | backup | fetch | install |
-    /// restart | post_check | done | rollback
-    pub current_phase: String,
+    pub node_id: NodeId,
+    // Inline: the enum shares this struct's name, so it cannot be a
+    // component of its own in the OpenAPI document.
+    #[schema(inline)]
+    pub status: plexi_util::types::NodeUpdateStatus,
+    /// The phase the node is in (or ended in).
+    pub current_phase: UpdatePhase,
     pub progress_percentage: f64,
     pub from_version: String,
     pub to_version: String,
@@ -356,14 +359,14 @@ pub struct NodeUpdateStatus {
     pub error_message: Option<String>,
     pub rollback_available: bool,
     /// Seconds spent in each finished phase.
-    pub phase_seconds: std::collections::BTreeMap<String, f64>,
+    pub phase_seconds: std::collections::BTreeMap<UpdatePhase, f64>,
 }
 
 /// A lease slot as gossiped by its holder.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct LeaseView {
     pub slot: u32,
-    pub holder: String,
+    pub holder: NodeId,
     pub epoch: u64,
     pub operation_id: String,
     /// Milliseconds the holder still counts on, from its own clock.
@@ -374,20 +377,22 @@ pub struct LeaseView {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct UpdateOperation {
     pub operation_id: String,
-    /// planned | running | completed | failed | rolling_back | rolled_back | cancelled
-    pub status: String,
+    pub status: OperationStatus,
     pub target_version: String,
-    pub update_type: String,
-    pub strategy: String,
-    pub target_nodes: Vec<String>,
+    pub update_type: UpdateType,
+    pub strategy: UpdateStrategy,
+    pub target_nodes: Vec<NodeId>,
     /// Nodes in the order they update; a batch updates together.
-    pub batches: Vec<Vec<String>>,
+    pub batches: Vec<Vec<NodeId>>,
+    /// What the operation is doing, in words for people: `planned`,
+    /// `batch 2 of 3: drain, fetch`, `rollback`, `completed`... A
+    /// description, not a value to match on: that is `status`.
     pub current_phase: String,
     pub overall_progress: f64,
     pub estimated_completion: Option<String>,
     pub breaking_changes: Vec<String>,
     pub warnings: Vec<String>,
-    pub node_statuses: std::collections::BTreeMap<String, NodeUpdateStatus>,
+    pub node_statuses: std::collections::BTreeMap<NodeId, NodeUpdateStatus>,
     pub force: bool,
     pub created_at: String,
     pub created_by: String,

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Extension, Json};
 use futures::Stream;
+use plexi_util::types::{NodeId, UpdateStrategy, UpdateType};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -101,39 +102,70 @@ fn actor(caller: Option<Extension<Caller>>) -> String {
     caller.map(|Extension(c)| c.name).unwrap_or_default()
 }
 
-fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
-    if allowed.contains(&value) {
-        return Ok(());
-    }
-    let code = match field {
-        "update_type" => "invalid_update_type",
-        _ => "invalid_strategy",
-    };
-    Err(ApiError::bad_request(
-        code,
-        format!("{field} {value:?} is not one of {}", allowed.join(", ")),
-    ))
+/// The body of `POST .../updates/plan` as sent: [`PlanRequest`] with its
+/// names still text, so that a wrong `update_type` or `strategy` gets its
+/// own error code naming the field and the allowed values, rather than the
+/// generic `invalid_body` a typed field would give. Same fields, defaults
+/// and unknown-field rule as [`PlanRequest`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PlanBody {
+    target_version: String,
+    #[serde(default = "default_update_type")]
+    update_type: String,
+    #[serde(default = "default_strategy")]
+    strategy: String,
+    #[serde(default)]
+    target_nodes: Vec<String>,
+    #[serde(default)]
+    force: bool,
 }
 
-fn check_plan(req: &PlanRequest) -> Result<(), ApiError> {
-    let v = req.target_version.trim();
+fn default_update_type() -> String {
+    UpdateType::Upgrade.to_string()
+}
+
+fn default_strategy() -> String {
+    UpdateStrategy::Rolling.to_string()
+}
+
+/// `value` as one of the names of `T`, else 400 `code` naming `field` and
+/// the allowed values.
+fn one_of<T: std::str::FromStr>(
+    code: &'static str,
+    field: &str,
+    value: &str,
+    allowed: &[&str],
+) -> Result<T, ApiError> {
+    value.parse().map_err(|_| {
+        ApiError::bad_request(
+            code,
+            format!("{field} {value:?} is not one of {}", allowed.join(", ")),
+        )
+    })
+}
+
+fn check_plan(body: PlanBody) -> Result<PlanRequest, ApiError> {
+    let v = body.target_version.trim();
     if v.is_empty() || v.len() > 64 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(ApiError::bad_request(
             "invalid_target_version",
             "target_version must be a version such as 1.2.3",
         ));
     }
-    one_of(
+    let update_type = one_of(
+        "invalid_update_type",
         "update_type",
-        &req.update_type,
-        &["upgrade", "downgrade", "reinstall"],
+        &body.update_type,
+        UpdateType::NAMES,
     )?;
-    one_of(
+    let strategy = one_of(
+        "invalid_strategy",
         "strategy",
-        &req.strategy,
-        &["rolling", "parallel", "canary"],
+        &body.strategy,
+        UpdateStrategy::NAMES,
     )?;
-    if let Some(bad) = req
+    if let Some(bad) = body
         .target_nodes
         .iter()
         .find(|n| n.is_empty() || n.len() > 128 || n.chars().any(|c| c.is_control()))
@@ -143,7 +175,13 @@ fn check_plan(req: &PlanRequest) -> Result<(), ApiError> {
             format!("{bad:?} is not a node name"),
         ));
     }
-    Ok(())
+    Ok(PlanRequest {
+        target_version: body.target_version,
+        update_type,
+        strategy,
+        target_nodes: body.target_nodes.into_iter().map(NodeId::from).collect(),
+        force: body.force,
+    })
 }
 
 /// Plans an update: checks the release, the targets and compatibility, and
@@ -164,10 +202,9 @@ fn check_plan(req: &PlanRequest) -> Result<(), ApiError> {
 pub(crate) async fn plan_update(
     State(state): State<ApiState>,
     caller: Option<Extension<Caller>>,
-    body: Result<Json<PlanRequest>, JsonRejection>,
+    body: Result<Json<PlanBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<UpdateOperation>), ApiError> {
-    let req = json_body(body)?;
-    check_plan(&req)?;
+    let req = check_plan(json_body(body)?)?;
     let op = state.updates.plan(req, &actor(caller)).await?;
     Ok((StatusCode::CREATED, Json(op)))
 }

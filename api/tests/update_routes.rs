@@ -15,6 +15,7 @@ use plexi_api::model::*;
 use plexi_api::{
     ApiError, ApiMetrics, ApiState, Cluster, InFlight, Role, Storage, TokenEntry, TokenSet, Updates,
 };
+use plexi_util::types::{OperationStatus, UpdateStrategy, UpdateType};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify};
 use tower::ServiceExt;
@@ -116,13 +117,13 @@ impl StubUpdates {
     }
 }
 
-fn operation(id: &str, status: &str) -> UpdateOperation {
+fn operation(id: &str, status: OperationStatus) -> UpdateOperation {
     UpdateOperation {
         operation_id: id.into(),
-        status: status.into(),
+        status,
         target_version: "1.2.3".into(),
-        update_type: "upgrade".into(),
-        strategy: "rolling".into(),
+        update_type: UpdateType::Upgrade,
+        strategy: UpdateStrategy::Rolling,
         target_nodes: vec!["n1".into()],
         batches: vec![vec!["n1".into()]],
         current_phase: "waiting".into(),
@@ -160,23 +161,24 @@ impl Updates for StubUpdates {
         Err(stub_err())
     }
     async fn plan(&self, req: PlanRequest, actor: &str) -> Result<UpdateOperation, ApiError> {
+        let nodes: Vec<&str> = req.target_nodes.iter().map(|n| n.as_str()).collect();
         self.record(format!(
-            "plan {} {} {} {:?} {} by {actor}",
-            req.target_version, req.update_type, req.strategy, req.target_nodes, req.force
+            "plan {} {} {} {nodes:?} {} by {actor}",
+            req.target_version, req.update_type, req.strategy, req.force
         ));
-        Ok(operation("op-1", "planned"))
+        Ok(operation("op-1", OperationStatus::Planned))
     }
     async fn execute(&self, id: &str, actor: &str) -> Result<UpdateOperation, ApiError> {
         self.record(format!("execute {id} by {actor}"));
-        Ok(operation(id, "running"))
+        Ok(operation(id, OperationStatus::Running))
     }
     async fn status(&self, id: &str) -> Result<UpdateOperation, ApiError> {
         self.record(format!("status {id}"));
-        Ok(operation(id, "running"))
+        Ok(operation(id, OperationStatus::Running))
     }
     async fn rollback(&self, id: &str, actor: &str) -> Result<UpdateOperation, ApiError> {
         self.record(format!("rollback {id} by {actor}"));
-        Ok(operation(id, "rolling_back"))
+        Ok(operation(id, OperationStatus::RollingBack))
     }
     async fn active(&self) -> Result<UpdateList, ApiError> {
         Ok(UpdateList { operations: vec![] })
@@ -410,6 +412,20 @@ async fn bad_bodies_get_the_json_error_shape() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(v["error"]["code"], code, "{body}: {v}");
         assert!(v["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    // A wrong name: the field and the allowed values are named.
+    for (body, message) in [
+        (
+            r#"{"target_version":"1.2.3","update_type":"sideways"}"#,
+            r#"update_type "sideways" is not one of upgrade, downgrade, reinstall"#,
+        ),
+        (
+            r#"{"target_version":"1.2.3","strategy":"yolo"}"#,
+            r#"strategy "yolo" is not one of rolling, parallel, canary"#,
+        ),
+    ] {
+        let (_, v) = send(&f.app, request(Method::POST, plan, Some(ADMIN), Some(body))).await;
+        assert_eq!(v["error"]["message"], message, "{body}");
     }
     // No JSON content type: 415, still the JSON shape.
     let req = Request::builder()

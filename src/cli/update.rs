@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use plexi_api::model::{PlanRequest, UpdateList, UpdateOperation};
+use plexi_util::types::{NodeId, NodeUpdateStatus, OperationStatus, UpdatePhase};
 use reqwest::Method;
 
 use super::client::{encode_segment, ApiArgs};
@@ -25,8 +26,6 @@ const WATCH_GIVE_UP: Duration = Duration::from_secs(180);
 /// How long `rollback --watch` waits for the operation to enter
 /// `rolling_back` when it was already failed or completed.
 const ROLLBACK_START_GRACE: Duration = Duration::from_secs(15);
-/// Operation statuses after which nothing changes by itself.
-pub const FINAL_STATUSES: [&str; 4] = ["completed", "failed", "rolled_back", "cancelled"];
 
 #[derive(Subcommand, Debug)]
 pub enum UpdateCmd {
@@ -160,13 +159,14 @@ pub async fn update(api: &ApiArgs, cmd: &UpdateCmd) -> Result<()> {
 async fn plan(api: &ApiArgs, a: &PlanArgs) -> Result<()> {
     let req = PlanRequest {
         target_version: a.target_version.clone(),
-        update_type: a.update_type.clone(),
-        strategy: a.strategy.clone(),
+        update_type: a.update_type.parse()?,
+        strategy: a.strategy.parse()?,
         target_nodes: a
             .nodes
             .iter()
-            .map(|n| n.trim().to_string())
+            .map(|n| n.trim())
             .filter(|n| !n.is_empty())
+            .map(NodeId::from)
             .collect(),
         force: a.force,
     };
@@ -188,7 +188,7 @@ async fn plan(api: &ApiArgs, a: &PlanArgs) -> Result<()> {
             .iter()
             .map(|n| match op.node_statuses.get(n) {
                 Some(s) if !s.from_version.is_empty() => format!("{n} ({})", s.from_version),
-                _ => n.clone(),
+                _ => n.to_string(),
             })
             .collect();
         println!("  batch {:>2}: {}", i + 1, from.join(", "));
@@ -263,7 +263,7 @@ pub fn print_operation(op: &UpdateOperation) {
             continue;
         };
         t.row([
-            n.node_id.clone(),
+            n.node_id.to_string(),
             n.status.to_string(),
             n.current_phase.to_string(),
             format!("{:.0}%", n.progress_percentage),
@@ -275,8 +275,8 @@ pub fn print_operation(op: &UpdateOperation) {
 }
 
 /// Nodes in batch order, then any others the operation reports.
-fn node_order(op: &UpdateOperation) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+fn node_order(op: &UpdateOperation) -> Vec<NodeId> {
+    let mut out: Vec<NodeId> = Vec::new();
     for n in op.batches.iter().flatten().chain(op.node_statuses.keys()) {
         if !out.contains(n) {
             out.push(n.clone());
@@ -333,15 +333,24 @@ pub enum Goal {
 
 /// Whether `--watch` stops at `status`, given whether the operation has been
 /// seen rolling back and how long ago the watch began.
-pub fn watch_done(goal: Goal, status: &str, seen_rolling_back: bool, waited: Duration) -> bool {
+pub fn watch_done(
+    goal: Goal,
+    status: OperationStatus,
+    seen_rolling_back: bool,
+    waited: Duration,
+) -> bool {
     match goal {
-        Goal::Complete => FINAL_STATUSES.contains(&status),
+        Goal::Complete => status.is_final(),
         // A rollback of a failed or completed operation starts from that
         // status: it is final only once the rollback ran (or never started).
         Goal::RollBack => match status {
-            "rolled_back" | "cancelled" => true,
-            "failed" | "completed" => seen_rolling_back || waited >= ROLLBACK_START_GRACE,
-            _ => false,
+            OperationStatus::RolledBack | OperationStatus::Cancelled => true,
+            OperationStatus::Failed | OperationStatus::Completed => {
+                seen_rolling_back || waited >= ROLLBACK_START_GRACE
+            }
+            OperationStatus::Planned | OperationStatus::Running | OperationStatus::RollingBack => {
+                false
+            }
         },
     }
 }
@@ -363,9 +372,9 @@ fn percent(p: f64) -> u64 {
 struct Bars {
     mp: MultiProgress,
     overall: ProgressBar,
-    nodes: BTreeMap<String, ProgressBar>,
+    nodes: BTreeMap<NodeId, ProgressBar>,
     /// Last (status, phase) seen per node, to log changes.
-    last: BTreeMap<String, (String, String)>,
+    last: BTreeMap<NodeId, (NodeUpdateStatus, UpdatePhase)>,
     last_op: String,
 }
 
@@ -416,7 +425,7 @@ impl Bars {
             let bar = self.nodes.entry(id.clone()).or_insert_with(|| {
                 let b = self.mp.add(ProgressBar::new(100));
                 b.set_style(bar_style());
-                b.set_prefix(id.clone());
+                b.set_prefix(id.to_string());
                 b
             });
             bar.set_position(percent(n.progress_percentage));
@@ -425,7 +434,7 @@ impl Bars {
                 msg.push_str(&format!(": {e}"));
             }
             bar.set_message(msg);
-            let now = (n.status.clone(), n.current_phase.clone());
+            let now = (n.status, n.current_phase);
             if self.last.get(&id) != Some(&now) {
                 self.log(format!("{id}: {} ({})", now.0, now.1));
                 self.last.insert(id, now);
@@ -449,16 +458,16 @@ async fn follow(api: &ApiArgs, start: UpdateOperation, goal: Goal) -> Result<()>
     let mut at = 0;
     let path = op_path(&start.operation_id, "status");
     let began = Instant::now();
-    let mut seen_rolling_back = start.status == "rolling_back";
+    let mut seen_rolling_back = start.status == OperationStatus::RollingBack;
     let mut bars = Bars::new(&start);
     let mut op = start;
     let mut failing_since: Option<Instant> = None;
-    while !watch_done(goal, &op.status, seen_rolling_back, began.elapsed()) {
+    while !watch_done(goal, op.status, seen_rolling_back, began.elapsed()) {
         tokio::time::sleep(WATCH_POLL).await;
         match apis[at].get::<UpdateOperation>(&path).await {
             Ok(o) => {
                 failing_since = None;
-                seen_rolling_back |= o.status == "rolling_back";
+                seen_rolling_back |= o.status == OperationStatus::RollingBack;
                 op = o;
                 bars.show(&op, None);
             }
@@ -483,8 +492,8 @@ async fn follow(api: &ApiArgs, start: UpdateOperation, goal: Goal) -> Result<()>
     bars.finish();
     print_operation(&op);
     let wanted = match goal {
-        Goal::Complete => "completed",
-        Goal::RollBack => "rolled_back",
+        Goal::Complete => OperationStatus::Completed,
+        Goal::RollBack => OperationStatus::RolledBack,
     };
     if op.status == wanted {
         return Ok(());
@@ -520,26 +529,27 @@ mod tests {
 
     #[test]
     fn watch_stops_at_final_statuses() {
+        use OperationStatus as S;
         let t0 = Duration::ZERO;
-        for s in ["planned", "running", "rolling_back"] {
+        for s in [S::Planned, S::Running, S::RollingBack] {
             assert!(!watch_done(Goal::Complete, s, false, t0), "{s}");
         }
-        for s in FINAL_STATUSES {
+        for s in [S::Completed, S::Failed, S::RolledBack, S::Cancelled] {
             assert!(watch_done(Goal::Complete, s, false, t0), "{s}");
         }
         // A rollback of a failed operation is not over before it ran...
-        assert!(!watch_done(Goal::RollBack, "failed", false, t0));
-        assert!(!watch_done(Goal::RollBack, "completed", false, t0));
-        assert!(!watch_done(Goal::RollBack, "rolling_back", true, t0));
+        assert!(!watch_done(Goal::RollBack, S::Failed, false, t0));
+        assert!(!watch_done(Goal::RollBack, S::Completed, false, t0));
+        assert!(!watch_done(Goal::RollBack, S::RollingBack, true, t0));
         // ...but is once it did, or when it never started.
-        assert!(watch_done(Goal::RollBack, "failed", true, t0));
+        assert!(watch_done(Goal::RollBack, S::Failed, true, t0));
         assert!(watch_done(
             Goal::RollBack,
-            "completed",
+            S::Completed,
             false,
             ROLLBACK_START_GRACE
         ));
-        assert!(watch_done(Goal::RollBack, "rolled_back", false, t0));
+        assert!(watch_done(Goal::RollBack, S::RolledBack, false, t0));
     }
 
     #[test]

@@ -292,13 +292,10 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
     let state = ApiState {
         cluster: Arc::new(NodeApi(node.clone())),
         storage: Arc::new(StorageApi(services.storage.clone())),
-        updates: Arc::new(UpdatesApi {
-            storage: services.storage.clone(),
-            trusted: config.cluster_updates.release_public_keys.clone(),
-            events: services.events.clone(),
-            audit: services.audit.clone(),
-            engine: services.engine.clone(),
-        }),
+        updates: Arc::new(UpdatesApi(crate::updates::UpdateService::new(
+            services.engine.clone(),
+            services.events.clone(),
+        ))),
         tokens: Arc::new(tokens),
         registry: Arc::new(registry),
         metrics: api_metrics,

@@ -29,7 +29,6 @@ const EVENT_BUFFER: usize = 1024;
 /// What the API and the signal handling need from the started services.
 pub struct Services {
     pub storage: Arc<Storage>,
-    pub audit: Arc<AuditLog>,
     pub engine: Arc<Engine>,
     pub events: broadcast::Sender<ClusterEvent>,
     /// Data requests in flight; the update pipeline waits on it to drain.
@@ -94,16 +93,7 @@ pub fn start(
         update_state,
         audit.clone(),
         u.release_public_keys.clone(),
-        OpSettings {
-            max_concurrent: u.max_concurrent_updates,
-            rolling_delay_s: u.rolling_update_delay_seconds,
-            health_timeout_s: u.health_check_timeout_seconds,
-            rollback_timeout_s: u.rollback_timeout_seconds,
-            canary_soak_s: u.canary_soak_seconds,
-            maintenance_timeout_s: u.maintenance_mode_timeout_seconds,
-            auto_rollback: u.auto_rollback_on_failure,
-            backup: u.backup_before_update,
-        },
+        OpSettings::from(u),
         Arc::new(Drain {
             draining: Default::default(),
             in_flight: in_flight.clone(),
@@ -115,7 +105,6 @@ pub fn start(
     engine.spawn();
     Ok(Services {
         storage,
-        audit,
         engine,
         events,
         in_flight,

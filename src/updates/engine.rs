@@ -22,14 +22,14 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use super::leases::{self, Granter};
-use super::ops::{phase_progress, LeaseHold, Mark, OpRecord, OpSettings};
+use super::ops::{LeaseHold, Mark, NodeProgress, OpRecord, OpSettings};
 use super::release;
 use super::state::{self, UpdateState};
 use crate::audit::AuditLog;
 use crate::storage::Storage;
 use crate::switch::{self, SwitchOutcome, SwitchRequest};
 use plexi_util::clock::wall_ms;
-use plexi_util::types::Consistency;
+use plexi_util::types::{Consistency, NodeId, NodeUpdateStatus, UpdatePhase, UpdateStrategy};
 
 /// Retry-After for data requests while this node is drained.
 pub const RETRY_AFTER_S: u64 = 2;
@@ -102,19 +102,22 @@ impl UpdateMetrics {
         }
     }
 
-    fn outcome(&self, o: &str) {
+    /// Counts this node's part ending in `status`.
+    fn outcome(&self, status: NodeUpdateStatus) {
         self.outcomes
-            .get_or_create(&OutcomeLabels { outcome: o.into() })
+            .get_or_create(&OutcomeLabels {
+                outcome: status.as_str().into(),
+            })
             .inc();
     }
 }
 
 /// Adds the time spent in the current phase to its total and, with
 /// `next`, enters that phase.
-fn close_phase(p: &mut super::ops::NodeProgress, next: Option<String>) {
+fn close_phase(p: &mut NodeProgress, next: Option<UpdatePhase>) {
     let now = wall_ms();
     let since = p.phase_since_ms.unwrap_or(now);
-    *p.phase_ms.entry(p.phase.clone()).or_default() += now.saturating_sub(since);
+    *p.phase_ms.entry(p.phase).or_default() += now.saturating_sub(since);
     p.phase_since_ms = Some(now);
     if let Some(next) = next {
         p.phase = next;
@@ -131,7 +134,7 @@ pub struct Drain {
 pub type HealthFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 pub struct Engine {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub version: semver::Version,
     pub data_dir: PathBuf,
     pub config_file: Option<PathBuf>,
@@ -183,7 +186,7 @@ impl Engine {
     ) -> Arc<Self> {
         let actor = format!("node:{node_id}");
         Arc::new(Engine {
-            node_id,
+            node_id: node_id.into(),
             version,
             data_dir,
             config_file,
@@ -235,17 +238,20 @@ impl Engine {
     }
 
     /// Changes this node's own progress in operation `id` and spreads it.
-    async fn progress(&self, id: &str, f: impl FnOnce(&mut super::ops::NodeProgress)) {
+    async fn progress(&self, id: &str, f: impl FnOnce(&mut NodeProgress)) {
         let me = self.node_id.clone();
         self.state.update(id, |r| {
             if let Some(p) = r.nodes.get_mut(&me) {
-                let before = (p.phase.clone(), p.status.clone());
+                let before = (p.phase, p.status);
                 f(p);
                 p.seq += 1;
-                if p.status == "updating" || p.status == "rolling_back" {
-                    p.progress = phase_progress(&p.phase);
+                if matches!(
+                    p.status,
+                    NodeUpdateStatus::Updating | NodeUpdateStatus::RollingBack
+                ) {
+                    p.progress = p.phase.progress();
                 }
-                if (p.phase.clone(), p.status.clone()) != before {
+                if (p.phase, p.status) != before {
                     tracing::info!(operation_id = %r.plan.operation_id, status = %p.status, phase = %p.phase, "update progress");
                 }
             }
@@ -255,8 +261,7 @@ impl Engine {
 
     /// Moves this node to `phase`, adding the time spent in the previous
     /// one (wall clock, so a phase that spans the restart counts whole).
-    async fn enter_phase(&self, id: &str, phase: &str) {
-        let phase = phase.to_string();
+    async fn enter_phase(&self, id: &str, phase: UpdatePhase) {
         self.progress(id, |p| close_phase(p, Some(phase))).await;
     }
 
@@ -313,26 +318,34 @@ impl Engine {
             let mine = rec.nodes.get(me).cloned();
             let id = rec.plan.operation_id.clone();
             if rec.rolling_back() {
-                if rec.rollback_turn(me) {
+                if rec.rollback_turn(me.as_str()) {
                     self.run_exclusive(id.clone(), true);
-                } else if !rec.needs_rollback(me)
+                } else if !rec.needs_rollback(me.as_str())
                     && mine.as_ref().is_some_and(|p| {
-                        matches!(p.status.as_str(), "updating" | "failed" | "completed")
+                        matches!(
+                            p.status,
+                            NodeUpdateStatus::Updating
+                                | NodeUpdateStatus::Failed
+                                | NodeUpdateStatus::Completed
+                        )
                     })
                     && !self.busy.load(Ordering::SeqCst)
                 {
                     // Never switched (or already back): nothing to undo.
                     self.progress(&id, |p| {
-                        p.status = "rolled_back".into();
+                        p.status = NodeUpdateStatus::RolledBack;
                         p.completed_at_ms = Some(wall_ms());
                         p.lease = None;
                     })
                     .await;
-                    self.metrics.outcome("rolled_back");
+                    self.metrics.outcome(NodeUpdateStatus::RolledBack);
                 }
-            } else if rec.update_turn(me, now)
-                && mine.as_ref().is_some_and(|p| p.status == "pending")
-                && (rec.plan.strategy != "parallel" || self.state.maintenance().active(now))
+            } else if rec.update_turn(me.as_str(), now)
+                && mine
+                    .as_ref()
+                    .is_some_and(|p| p.status == NodeUpdateStatus::Pending)
+                && (rec.plan.strategy != UpdateStrategy::Parallel
+                    || self.state.maintenance().active(now))
             {
                 self.run_exclusive(id, false);
             }
@@ -376,7 +389,7 @@ impl Engine {
             if let Some(p) = r.nodes.get_mut(&me) {
                 p.seq += 1;
                 close_phase(p, None);
-                p.status = "failed".into();
+                p.status = NodeUpdateStatus::Failed;
                 p.error = Some(reason_s.clone());
                 p.lease = None;
                 p.out_of_service_since_ms = None;
@@ -385,17 +398,17 @@ impl Engine {
             if r.halted.is_none() {
                 r.halted = Some(Mark {
                     at_ms: wall_ms(),
-                    by: me.clone(),
+                    by: me.to_string(),
                     reason: format!("{me}: {reason_s}"),
                 });
             }
         });
         self.push(id).await;
-        self.metrics.outcome("failed");
+        self.metrics.outcome(NodeUpdateStatus::Failed);
         if self
             .state
             .get(id)
-            .is_some_and(|r| r.plan.settings.auto_rollback)
+            .is_some_and(|r| r.plan.settings.auto_rollback_on_failure)
         {
             self.metrics
                 .rollbacks
@@ -415,7 +428,7 @@ impl Engine {
             self.audit(
                 "node.in_service",
                 Some(id),
-                serde_json::json!({"node_id": self.node_id, "version": self.version.to_string(), "status": "failed"}),
+                serde_json::json!({"node_id": self.node_id, "version": self.version.to_string(), "status": NodeUpdateStatus::Failed}),
             )
             .await;
         }
@@ -433,7 +446,7 @@ impl Engine {
         leases::release(
             &self.p2p,
             &self.granter,
-            &self.node_id,
+            self.node_id.as_str(),
             l.slot,
             l.epoch,
             &known,
@@ -449,7 +462,7 @@ impl Engine {
 
     fn lease_ttl(&self, rec: &OpRecord) -> Duration {
         // Covers a restart plus the post-update check.
-        Duration::from_secs(rec.plan.settings.health_timeout_s + 30)
+        Duration::from_secs(rec.plan.settings.health_check_timeout_seconds + 30)
     }
 
     /// Takes a free slot from a strict majority; waits (never proceeds)
@@ -458,8 +471,8 @@ impl Engine {
         let mut warned = false;
         loop {
             let rec = self.state.get(id)?;
-            let wanted = rec.nodes.get(&self.node_id)?.status.clone();
-            let stopped = if wanted == "rolling_back" {
+            let wanted = rec.nodes.get(&self.node_id)?.status;
+            let stopped = if wanted == NodeUpdateStatus::RollingBack {
                 !rec.rolling_back()
             } else {
                 rec.halted.is_some() || rec.rolling_back()
@@ -472,7 +485,7 @@ impl Engine {
             let first: u32 = rand::Rng::gen_range(&mut rand::thread_rng(), 0..slots);
             for slot in (0..slots).map(|i| (first + i) % slots) {
                 let want = leases::Want {
-                    holder: &self.node_id,
+                    holder: self.node_id.as_str(),
                     slot,
                     epoch,
                     ttl: self.lease_ttl(&rec),
@@ -515,7 +528,7 @@ impl Engine {
             .and_then(|p| p.lease.clone())
             .ok_or(StepError("no lease held".into()))?;
         let want = leases::Want {
-            holder: &self.node_id,
+            holder: self.node_id.as_str(),
             slot: l.slot,
             epoch: l.epoch,
             ttl: self.lease_ttl(&rec),
@@ -542,8 +555,8 @@ impl Engine {
             .ok_or(StepError("operation vanished".into()))?;
         let plan = rec.plan.clone();
         self.progress(id, |p| {
-            p.status = "updating".into();
-            p.phase = "lease".into();
+            p.status = NodeUpdateStatus::Updating;
+            p.phase = UpdatePhase::Lease;
             p.started_at_ms = Some(wall_ms());
             p.phase_since_ms = Some(wall_ms());
             p.error = None;
@@ -551,15 +564,15 @@ impl Engine {
         .await;
         let Some(hold) = self.take_lease(id).await else {
             self.progress(id, |p| {
-                p.status = "pending".into();
-                p.phase = "waiting".into();
+                p.status = NodeUpdateStatus::Pending;
+                p.phase = UpdatePhase::Waiting;
             })
             .await;
             return Ok(());
         };
         self.progress(id, |p| p.lease = Some(hold)).await;
 
-        self.enter_phase(id, "pre_check").await;
+        self.enter_phase(id, UpdatePhase::PreCheck).await;
         self.pre_check().await?;
         if self.halted(id) {
             return Err(StepError(
@@ -567,18 +580,18 @@ impl Engine {
             ));
         }
 
-        self.enter_phase(id, "drain").await;
+        self.enter_phase(id, UpdatePhase::Drain).await;
         self.renew(id).await?;
         self.start_drain(id).await;
 
-        self.enter_phase(id, "backup").await;
-        let backup_dir = if plan.settings.backup {
+        self.enter_phase(id, UpdatePhase::Backup).await;
+        let backup_dir = if plan.settings.backup_before_update {
             Some(self.backup(id)?)
         } else {
             None
         };
 
-        self.enter_phase(id, "fetch").await;
+        self.enter_phase(id, UpdatePhase::Fetch).await;
         let target: semver::Version = plan.target_version.parse()?;
         let bytes = match self.fetch_verified(&target, &plan.target_blake3).await {
             Ok(b) => b,
@@ -593,7 +606,7 @@ impl Engine {
             }
         };
 
-        self.enter_phase(id, "install").await;
+        self.enter_phase(id, UpdatePhase::Install).await;
         let data_dir = self.data_dir.clone();
         let v = target.to_string();
         tokio::task::spawn_blocking(move || switch::install_release(&data_dir, &v, &bytes))
@@ -604,7 +617,7 @@ impl Engine {
         if self.halted(id) {
             return Err(StepError("operation halted before the restart".into()));
         }
-        self.enter_phase(id, "restart").await;
+        self.enter_phase(id, UpdatePhase::Restart).await;
         self.progress(id, |p| {
             p.on_target = true;
             p.rollback_available = true;
@@ -615,7 +628,7 @@ impl Engine {
             from_version: self.version.to_string(),
             to_version: target.to_string(),
             to_blake3: plan.target_blake3.clone(),
-            deadline_seconds: plan.settings.health_timeout_s,
+            deadline_seconds: plan.settings.health_check_timeout_seconds,
             backup_dir,
             restore_data_on_failure: false,
         })
@@ -633,8 +646,8 @@ impl Engine {
             .cloned()
             .ok_or(StepError("not a target".into()))?;
         self.progress(id, |p| {
-            p.status = "rolling_back".into();
-            p.phase = "lease".into();
+            p.status = NodeUpdateStatus::RollingBack;
+            p.phase = UpdatePhase::Lease;
             p.phase_since_ms = Some(wall_ms());
         })
         .await;
@@ -644,10 +657,10 @@ impl Engine {
         self.progress(id, |p| p.lease = Some(hold)).await;
         if self.version.to_string() == mine.from_version {
             // Already back (the supervisor reverted us): nothing to switch.
-            self.finish(id, "rolled_back").await;
+            self.finish(id, NodeUpdateStatus::RolledBack).await;
             return Ok(());
         }
-        self.enter_phase(id, "drain").await;
+        self.enter_phase(id, UpdatePhase::Drain).await;
         self.renew(id).await?;
         self.start_drain(id).await;
         let from = mine.from_version.clone();
@@ -661,13 +674,13 @@ impl Engine {
         .await
         .map_err(|e| StepError(e.to_string()))?
         .map_err(|e| StepError(format!("previous version binary {}: {e}", path.display())))?;
-        self.enter_phase(id, "restart").await;
+        self.enter_phase(id, UpdatePhase::Restart).await;
         self.switch(SwitchRequest {
             operation_id: id.into(),
             from_version: self.version.to_string(),
             to_version: from,
             to_blake3: hash,
-            deadline_seconds: rec.plan.settings.health_timeout_s,
+            deadline_seconds: rec.plan.settings.health_check_timeout_seconds,
             backup_dir: None,
             restore_data_on_failure: false,
         })
@@ -820,16 +833,15 @@ impl Engine {
     }
 
     /// Marks this node's part done and releases the lease.
-    async fn finish(&self, id: &str, status: &str) {
+    async fn finish(&self, id: &str, status: NodeUpdateStatus) {
         let lease = self
             .state
             .get(id)
             .and_then(|r| r.nodes.get(&self.node_id).and_then(|p| p.lease.clone()));
-        let status_s = status.to_string();
-        let rolled = status == "rolled_back";
+        let rolled = status == NodeUpdateStatus::RolledBack;
         self.progress(id, |p| {
-            close_phase(p, Some("done".into()));
-            p.status = status_s;
+            close_phase(p, Some(UpdatePhase::Done));
+            p.status = status;
             p.progress = 100.0;
             p.completed_at_ms = Some(wall_ms());
             p.out_of_service_since_ms = None;
@@ -843,7 +855,7 @@ impl Engine {
         if let Some(rec) = self.state.get(id) {
             if let Some(p) = rec.nodes.get(&self.node_id) {
                 if let (Some(a), Some(b)) = (p.started_at_ms, p.completed_at_ms) {
-                    if status == "completed" {
+                    if status == NodeUpdateStatus::Completed {
                         self.metrics.durations.observe((b - a) as f64 / 1000.0);
                     }
                 }
@@ -932,8 +944,8 @@ impl Engine {
         let rolling_back = rec
             .nodes
             .get(&self.node_id)
-            .is_some_and(|p| p.status == "rolling_back");
-        self.enter_phase(&id, "post_check").await;
+            .is_some_and(|p| p.status == NodeUpdateStatus::RollingBack);
+        self.enter_phase(&id, UpdatePhase::PostCheck).await;
         let check = async {
             self.wait_rejoined(deadline.saturating_sub(started.elapsed()))
                 .await?;
@@ -988,9 +1000,9 @@ impl Engine {
         match result {
             Some(r) if r.outcome == SwitchOutcome::Switched => {
                 let status = if rolling_back {
-                    "rolled_back"
+                    NodeUpdateStatus::RolledBack
                 } else {
-                    "completed"
+                    NodeUpdateStatus::Completed
                 };
                 self.finish(&id, status).await;
             }
@@ -1077,12 +1089,15 @@ impl Engine {
             if rec.failed_nodes.contains_key(node) {
                 continue;
             }
-            let busy = matches!(p.status.as_str(), "updating" | "rolling_back");
+            let busy = matches!(
+                p.status,
+                NodeUpdateStatus::Updating | NodeUpdateStatus::RollingBack
+            );
             let expired = p
                 .lease
                 .as_ref()
                 .is_some_and(|l| now > l.valid_until_ms + HOLDER_GRACE_MS);
-            if busy && expired && dead(node) {
+            if busy && expired && dead(node.as_str()) {
                 let reason = format!("{node} died holding its update lease (phase {})", p.phase);
                 tracing::warn!(operation_id = %rec.plan.operation_id, node_id = %node, "lease holder is dead; marking it failed");
                 let me = self.node_id.clone();
@@ -1093,14 +1108,14 @@ impl Engine {
                         node_c.clone(),
                         Mark {
                             at_ms: now,
-                            by: me.clone(),
+                            by: me.to_string(),
                             reason: reason_c.clone(),
                         },
                     );
                     if r.halted.is_none() {
                         r.halted = Some(Mark {
                             at_ms: now,
-                            by: me.clone(),
+                            by: me.to_string(),
                             reason: reason_c.clone(),
                         });
                     }
@@ -1117,7 +1132,10 @@ impl Engine {
     }
 
     async fn watch_maintenance(&self, rec: &OpRecord, now: u64) {
-        if rec.plan.strategy != "parallel" || rec.executed.is_none() || rec.halted.is_some() {
+        if rec.plan.strategy != UpdateStrategy::Parallel
+            || rec.executed.is_none()
+            || rec.halted.is_some()
+        {
             return;
         }
         if rec.rolling_back() {
@@ -1137,7 +1155,7 @@ impl Engine {
                 if r.halted.is_none() {
                     r.halted = Some(Mark {
                         at_ms: now,
-                        by: me,
+                        by: me.to_string(),
                         reason,
                     });
                 }

@@ -9,41 +9,52 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use plexi_util::types::{
+    MemberStatus, NodeId, NodeUpdateStatus, OperationStatus, UpdatePhase, UpdateStrategy,
+    UpdateType,
+};
 use serde::{Deserialize, Serialize};
 
-/// Phases of one node's update, in order, with the progress each reaches.
-pub const PHASES: [(&str, f64); 10] = [
-    ("waiting", 0.0),
-    ("lease", 5.0),
-    ("pre_check", 10.0),
-    ("drain", 20.0),
-    ("backup", 30.0),
-    ("fetch", 45.0),
-    ("install", 60.0),
-    ("restart", 70.0),
-    ("post_check", 85.0),
-    ("done", 100.0),
-];
+use super::error::UpdateError;
 
-pub fn phase_progress(phase: &str) -> f64 {
-    PHASES
-        .iter()
-        .find(|(p, _)| *p == phase)
-        .map(|(_, v)| *v)
-        .unwrap_or(0.0)
-}
-
-/// Settings every node applies alike: snapshotted into the plan.
+/// The `cluster_updates` settings every node applies alike, one field per
+/// config key under the key's name (built by `From<&ClusterUpdates>` in
+/// `crate::config`). Snapshotted into the plan: an operation runs with the
+/// settings of the node that planned it.
+///
+/// In sled and on the wire the fields keep the names earlier builds wrote
+/// (`max_concurrent`, `rolling_delay_s`, ...), so nodes of either build read
+/// each other's operations, as they must during a rolling update to this
+/// build. The config key names are accepted too, so a later build can write
+/// them once no earlier build is left.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct OpSettings {
-    pub max_concurrent: u32,
-    pub rolling_delay_s: u64,
-    pub health_timeout_s: u64,
-    pub rollback_timeout_s: u64,
-    pub canary_soak_s: u64,
-    pub maintenance_timeout_s: u64,
-    pub auto_rollback: bool,
-    pub backup: bool,
+    /// Batch size of a parallel update.
+    #[serde(rename = "max_concurrent", alias = "max_concurrent_updates")]
+    pub max_concurrent_updates: u32,
+    /// Pause between the batches of a rolling (and, after the soak, canary) update.
+    #[serde(rename = "rolling_delay_s", alias = "rolling_update_delay_seconds")]
+    pub rolling_update_delay_seconds: u64,
+    /// A node must pass its post-update check within this; the lease TTL
+    /// and the supervisor's deadline derive from it.
+    #[serde(rename = "health_timeout_s", alias = "health_check_timeout_seconds")]
+    pub health_check_timeout_seconds: u64,
+    /// A rollback must finish within this, else the operation fails.
+    #[serde(rename = "rollback_timeout_s", alias = "rollback_timeout_seconds")]
+    pub rollback_timeout_seconds: u64,
+    /// How long a canary update watches its first node before the rest.
+    #[serde(rename = "canary_soak_s", alias = "canary_soak_seconds")]
+    pub canary_soak_seconds: u64,
+    /// Maintenance mode (entered by a parallel update) ends by itself after this.
+    #[serde(
+        rename = "maintenance_timeout_s",
+        alias = "maintenance_mode_timeout_seconds"
+    )]
+    pub maintenance_mode_timeout_seconds: u64,
+    #[serde(rename = "auto_rollback", alias = "auto_rollback_on_failure")]
+    pub auto_rollback_on_failure: bool,
+    #[serde(rename = "backup", alias = "backup_before_update")]
+    pub backup_before_update: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -51,12 +62,12 @@ pub struct Plan {
     pub operation_id: String,
     pub target_version: String,
     pub target_blake3: String,
-    pub update_type: String,
-    pub strategy: String,
-    pub target_nodes: Vec<String>,
-    pub batches: Vec<Vec<String>>,
+    pub update_type: UpdateType,
+    pub strategy: UpdateStrategy,
+    pub target_nodes: Vec<NodeId>,
+    pub batches: Vec<Vec<NodeId>>,
     /// Each target's version when planned.
-    pub from_versions: BTreeMap<String, String>,
+    pub from_versions: BTreeMap<NodeId, String>,
     pub breaking_changes: Vec<String>,
     pub warnings: Vec<String>,
     pub force: bool,
@@ -110,9 +121,9 @@ pub struct LeaseHold {
 pub struct NodeProgress {
     /// Bumped at every change by the node; the higher wins.
     pub seq: u64,
-    /// pending | updating | completed | failed | rolling_back | rolled_back
-    pub status: String,
-    pub phase: String,
+    pub status: NodeUpdateStatus,
+    pub phase: UpdatePhase,
+    /// Percent; while busy, the progress of `phase`.
     pub progress: f64,
     pub from_version: String,
     pub to_version: String,
@@ -120,7 +131,7 @@ pub struct NodeProgress {
     pub completed_at_ms: Option<u64>,
     pub error: Option<String>,
     /// Milliseconds spent per finished phase.
-    pub phase_ms: BTreeMap<String, u64>,
+    pub phase_ms: BTreeMap<UpdatePhase, u64>,
     pub rollback_available: bool,
     /// The node runs (or may run: it was switching) the target version.
     pub on_target: bool,
@@ -136,8 +147,8 @@ impl NodeProgress {
     pub fn pending(from: &str, to: &str) -> Self {
         NodeProgress {
             seq: 0,
-            status: "pending".into(),
-            phase: "waiting".into(),
+            status: NodeUpdateStatus::Pending,
+            phase: UpdatePhase::Waiting,
             progress: 0.0,
             from_version: from.into(),
             to_version: to.into(),
@@ -161,8 +172,8 @@ pub struct OpRecord {
     pub halted: Option<Mark>,
     pub rollback: Option<Mark>,
     /// Nodes others declared failed (their lease holder died).
-    pub failed_nodes: BTreeMap<String, Mark>,
-    pub nodes: BTreeMap<String, NodeProgress>,
+    pub failed_nodes: BTreeMap<NodeId, Mark>,
+    pub nodes: BTreeMap<NodeId, NodeProgress>,
 }
 
 impl OpRecord {
@@ -227,24 +238,32 @@ impl OpRecord {
 
     /// Every target finished its update.
     pub fn all_completed(&self) -> bool {
-        self.plan
-            .target_nodes
-            .iter()
-            .all(|n| self.nodes.get(n).is_some_and(|p| p.status == "completed"))
+        self.batch_completed(&self.plan.target_nodes)
+    }
+
+    /// Every node of `nodes` finished its update.
+    fn batch_completed(&self, nodes: &[NodeId]) -> bool {
+        nodes.iter().all(|n| {
+            self.nodes
+                .get(n)
+                .is_some_and(|p| p.status == NodeUpdateStatus::Completed)
+        })
     }
 
     /// Rolling back: asked for, or halted (with auto-rollback) before every
     /// node completed. A halt that arrives after completion changes nothing.
     pub fn rolling_back(&self) -> bool {
         self.rollback.is_some()
-            || (self.halted.is_some() && self.plan.settings.auto_rollback && !self.all_completed())
+            || (self.halted.is_some()
+                && self.plan.settings.auto_rollback_on_failure
+                && !self.all_completed())
     }
 
     /// Whether `node` must still be returned to its previous version.
     pub fn needs_rollback(&self, node: &str) -> bool {
         self.nodes
             .get(node)
-            .map(|p| p.on_target && p.status != "rolled_back")
+            .map(|p| p.on_target && p.status != NodeUpdateStatus::RolledBack)
             .unwrap_or(false)
     }
 
@@ -254,7 +273,7 @@ impl OpRecord {
         let h = self
             .halted
             .as_ref()
-            .filter(|_| self.plan.settings.auto_rollback)
+            .filter(|_| self.plan.settings.auto_rollback_on_failure)
             .map(|m| m.at_ms);
         match (r, h) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -263,51 +282,50 @@ impl OpRecord {
     }
 
     /// The operation's status at `now_ms`.
-    pub fn status(&self, now_ms: u64) -> &'static str {
+    pub fn status(&self, now_ms: u64) -> OperationStatus {
         if self.rolling_back() {
-            let pending: Vec<&String> = self
+            if !self
                 .plan
                 .target_nodes
                 .iter()
-                .filter(|n| self.needs_rollback(n))
-                .collect();
-            if pending.is_empty() {
-                return "rolled_back";
+                .any(|n| self.needs_rollback(n.as_str()))
+            {
+                return OperationStatus::RolledBack;
             }
             let started = self.rollback_started_ms().unwrap_or(now_ms);
-            if now_ms > started + self.plan.settings.rollback_timeout_s * 1000 {
-                return "failed";
+            if now_ms > started + self.plan.settings.rollback_timeout_seconds * 1000 {
+                return OperationStatus::Failed;
             }
-            return "rolling_back";
+            return OperationStatus::RollingBack;
         }
         if self.executed.is_some() && self.all_completed() {
-            return "completed";
+            return OperationStatus::Completed;
         }
         if self.halted.is_some() {
-            return "failed";
+            return OperationStatus::Failed;
         }
         if self.executed.is_none() {
-            return "planned";
+            return OperationStatus::Planned;
         }
-        "running"
+        OperationStatus::Running
     }
 
     pub fn is_final(&self, now_ms: u64) -> bool {
-        matches!(
-            self.status(now_ms),
-            "completed" | "failed" | "rolled_back" | "cancelled"
-        )
+        self.status(now_ms).is_final()
     }
 
     /// A node's status as shown: its own account, unless others declared it
     /// failed while it was still pending or updating.
-    pub fn node_status(&self, node: &str) -> (String, Option<String>) {
+    pub fn node_status(&self, node: &str) -> (NodeUpdateStatus, Option<String>) {
         let own = self.nodes.get(node);
-        let status = own.map(|p| p.status.clone()).unwrap_or("pending".into());
+        let status = own.map_or(NodeUpdateStatus::Pending, |p| p.status);
         let error = own.and_then(|p| p.error.clone());
         if let Some(m) = self.failed_nodes.get(node) {
-            if matches!(status.as_str(), "pending" | "updating") {
-                return ("failed".into(), Some(m.reason.clone()));
+            if matches!(
+                status,
+                NodeUpdateStatus::Pending | NodeUpdateStatus::Updating
+            ) {
+                return (NodeUpdateStatus::Failed, Some(m.reason.clone()));
             }
         }
         (status, error)
@@ -332,30 +350,28 @@ impl OpRecord {
         if b == 0 {
             return true;
         }
-        let mut last_done = 0u64;
-        for n in &self.plan.batches[b - 1] {
-            match self.nodes.get(n) {
-                Some(p) if p.status == "completed" => {
-                    last_done = last_done.max(p.completed_at_ms.unwrap_or(0))
-                }
-                _ => return false,
-            }
+        if !self.plan.batches[..b]
+            .iter()
+            .all(|earlier| self.batch_completed(earlier))
+        {
+            return false;
         }
-        for earlier in &self.plan.batches[..b - 1] {
-            if !earlier
-                .iter()
-                .all(|n| self.nodes.get(n).is_some_and(|p| p.status == "completed"))
-            {
-                return false;
-            }
-        }
+        let last_done = self.plan.batches[b - 1]
+            .iter()
+            .filter_map(|n| self.nodes.get(n)?.completed_at_ms)
+            .max()
+            .unwrap_or(0);
+        now_ms >= last_done + self.pause_before_seconds(b) * 1000
+    }
+
+    /// The strategy's pause between the end of batch `b - 1` and batch `b`.
+    fn pause_before_seconds(&self, b: usize) -> u64 {
         let s = &self.plan.settings;
-        let pause_s = match self.plan.strategy.as_str() {
-            "parallel" => 0,
-            "canary" if b == 1 => s.canary_soak_s,
-            _ => s.rolling_delay_s,
-        };
-        now_ms >= last_done + pause_s * 1000
+        match self.plan.strategy {
+            UpdateStrategy::Parallel => 0,
+            UpdateStrategy::Canary if b == 1 => s.canary_soak_seconds,
+            UpdateStrategy::Canary | UpdateStrategy::Rolling => s.rolling_update_delay_seconds,
+        }
     }
 
     /// Whether `node` may roll back now: rollback runs in reverse update
@@ -370,14 +386,14 @@ impl OpRecord {
         self.plan.batches[b + 1..]
             .iter()
             .flatten()
-            .all(|n| !self.needs_rollback(n))
+            .all(|n| !self.needs_rollback(n.as_str()))
     }
 
     /// Slots this operation's strategy allows at once.
     pub fn slots(&self) -> u32 {
-        match self.plan.strategy.as_str() {
-            "parallel" => self.plan.settings.max_concurrent.max(1),
-            _ => 1,
+        match self.plan.strategy {
+            UpdateStrategy::Parallel => self.plan.settings.max_concurrent_updates.max(1),
+            UpdateStrategy::Rolling | UpdateStrategy::Canary => 1,
         }
     }
 
@@ -386,7 +402,7 @@ impl OpRecord {
         let d: Vec<f64> = self
             .nodes
             .values()
-            .filter(|p| p.status == "completed")
+            .filter(|p| p.status == NodeUpdateStatus::Completed)
             .filter_map(|p| Some((p.completed_at_ms? - p.started_at_ms?) as f64 / 1000.0))
             .collect();
         (!d.is_empty()).then(|| d.iter().sum::<f64>() / d.len() as f64)
@@ -394,22 +410,15 @@ impl OpRecord {
 
     /// Estimated wall-clock ms when the operation completes.
     pub fn estimated_completion_ms(&self, now_ms: u64) -> Option<u64> {
-        match self.status(now_ms) {
-            "completed" | "failed" | "rolled_back" | "cancelled" => {
-                return self.finished_at_ms();
-            }
-            _ => {}
+        if self.is_final(now_ms) {
+            return self.finished_at_ms();
         }
         let per_node = self
             .measured_node_seconds()
             .unwrap_or(self.plan.estimated_node_seconds);
-        let s = &self.plan.settings;
         let mut total = 0.0;
         for (i, batch) in self.plan.batches.iter().enumerate() {
-            let done = batch
-                .iter()
-                .all(|n| self.nodes.get(n).is_some_and(|p| p.status == "completed"));
-            if done {
+            if self.batch_completed(batch) {
                 continue;
             }
             // The remaining part of the slowest node of the batch.
@@ -421,15 +430,13 @@ impl OpRecord {
                     per_node * (1.0 - frac)
                 })
                 .fold(0.0, f64::max);
-            let started = batch
-                .iter()
-                .any(|n| self.nodes.get(n).is_some_and(|p| p.status != "pending"));
+            let started = batch.iter().any(|n| {
+                self.nodes
+                    .get(n)
+                    .is_some_and(|p| p.status != NodeUpdateStatus::Pending)
+            });
             if i > 0 && !started {
-                total += match self.plan.strategy.as_str() {
-                    "parallel" => 0.0,
-                    "canary" if i == 1 => s.canary_soak_s as f64,
-                    _ => s.rolling_delay_s as f64,
-                };
+                total += self.pause_before_seconds(i) as f64;
             }
             total += remaining;
         }
@@ -456,25 +463,26 @@ impl OpRecord {
         (sum / n * 10.0).round() / 10.0
     }
 
-    /// What the operation is doing, as one word.
+    /// What the operation is doing, in words for people (the API's
+    /// `current_phase`): the status, or while running the first unfinished
+    /// batch and the phases its nodes are in ("batch 2 of 3: drain").
     pub fn current_phase(&self, now_ms: u64) -> String {
         match self.status(now_ms) {
-            "planned" => "planned".into(),
-            "completed" => "completed".into(),
-            "rolled_back" => "rolled_back".into(),
-            "failed" => "failed".into(),
-            "rolling_back" => "rollback".into(),
-            _ => {
+            OperationStatus::RollingBack => "rollback".into(),
+            OperationStatus::Running => {
+                // Alphabetical, as a set of names.
                 let active: BTreeSet<&str> = self
                     .nodes
                     .values()
-                    .filter(|p| p.status == "updating")
+                    .filter(|p| p.status == NodeUpdateStatus::Updating)
                     .map(|p| p.phase.as_str())
                     .collect();
-                if let Some(b) = self.plan.batches.iter().position(|b| {
-                    b.iter()
-                        .any(|n| self.nodes.get(n).is_none_or(|p| p.status != "completed"))
-                }) {
+                if let Some(b) = self
+                    .plan
+                    .batches
+                    .iter()
+                    .position(|b| !self.batch_completed(b))
+                {
                     if active.is_empty() {
                         return format!("batch {} of {}: waiting", b + 1, self.plan.batches.len());
                     }
@@ -486,8 +494,9 @@ impl OpRecord {
                         phases.join(", ")
                     );
                 }
-                "running".into()
+                OperationStatus::Running.to_string()
             }
+            other => other.to_string(),
         }
     }
 }
@@ -504,35 +513,31 @@ pub struct ReleaseInfo {
 /// A member as planning needs it.
 #[derive(Clone, Debug)]
 pub struct PlanMember {
-    pub name: String,
+    pub name: NodeId,
     pub peer_id: String,
     pub version: String,
-    /// alive, suspect, dead or left.
-    pub status: String,
+    pub status: MemberStatus,
 }
 
+/// The unfinished operation a node is taken by.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlanError {
-    /// 400, 404 or 409.
-    pub status: u16,
-    pub code: &'static str,
-    pub message: String,
+pub struct Busy {
+    pub operation_id: String,
+    pub status: OperationStatus,
 }
 
-fn bad(code: &'static str, message: String) -> PlanError {
-    PlanError {
-        status: 400,
-        code,
-        message,
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "operation {}, {}", self.operation_id, self.status)
     }
 }
 
 pub struct PlanInput<'a> {
     pub operation_id: String,
     pub target_version: &'a str,
-    pub update_type: &'a str,
-    pub strategy: &'a str,
-    pub target_nodes: &'a [String],
+    pub update_type: UpdateType,
+    pub strategy: UpdateStrategy,
+    pub target_nodes: &'a [NodeId],
     pub force: bool,
     pub actor: &'a str,
     pub now_ms: u64,
@@ -541,45 +546,39 @@ pub struct PlanInput<'a> {
     pub settings: OpSettings,
     /// Per-node seconds measured by earlier operations, if any.
     pub measured_node_seconds: Option<f64>,
-    /// Nodes busy in another operation that is not final, with what it is.
-    pub busy: &'a BTreeMap<String, String>,
+    /// Nodes busy in another operation that is not final.
+    pub busy: &'a BTreeMap<NodeId, Busy>,
+}
+
+/// Which part of the version changed incompatibly from `from` to `to`, if
+/// one did. Semver: the leftmost non-zero part is the breaking one, so below
+/// 1.0 a minor change breaks (0.1 -> 0.2) and below 0.1 a patch change does
+/// (0.0.1 -> 0.0.2). Either direction counts.
+fn incompatible_change(from: &semver::Version, to: &semver::Version) -> Option<&'static str> {
+    if from.major != to.major {
+        Some("major")
+    } else if from.major == 0 && from.minor != to.minor {
+        Some("minor")
+    } else if from.major == 0 && from.minor == 0 && from.patch != to.patch {
+        Some("patch")
+    } else {
+        None
+    }
 }
 
 /// Validates a plan request and lays out the operation.
-pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
-    let target = semver::Version::parse(i.target_version).map_err(|e| {
-        bad(
-            "invalid_version",
-            format!("target_version {:?}: {e}", i.target_version),
-        )
-    })?;
-    if !matches!(i.update_type, "upgrade" | "downgrade" | "reinstall") {
-        return Err(bad(
-            "invalid_update_type",
-            format!(
-                "update_type {:?} is not upgrade, downgrade or reinstall",
-                i.update_type
-            ),
-        ));
-    }
-    if !matches!(i.strategy, "rolling" | "parallel" | "canary") {
-        return Err(bad(
-            "invalid_strategy",
-            format!(
-                "strategy {:?} is not rolling, parallel or canary",
-                i.strategy
-            ),
-        ));
-    }
+pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, UpdateError> {
+    let target =
+        semver::Version::parse(i.target_version).map_err(|e| UpdateError::InvalidVersion {
+            version: i.target_version.to_string(),
+            reason: e.to_string(),
+        })?;
     let release = i
         .releases
         .iter()
         .find(|r| r.version == target)
-        .ok_or_else(|| {
-            bad(
-                "release_not_published",
-                format!("no trusted published release {target}; publish it first"),
-            )
+        .ok_or_else(|| UpdateError::ReleaseNotPublished {
+            version: target.clone(),
         })?;
 
     let mut warnings = Vec::new();
@@ -595,48 +594,36 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
             match i
                 .members
                 .iter()
-                .find(|m| &m.name == n && m.status != "left")
+                .find(|m| &m.name == n && m.status != MemberStatus::Left)
             {
                 Some(m) => targets.push(m),
                 None => unknown.push(n.clone()),
             }
         }
         if !unknown.is_empty() {
-            return Err(bad(
-                "unknown_nodes",
-                format!("unknown target nodes: {}", unknown.join(", ")),
-            ));
+            return Err(UpdateError::UnknownNodes { nodes: unknown });
         }
     } else {
-        targets = i.members.iter().filter(|m| m.status != "left").collect();
+        targets = i
+            .members
+            .iter()
+            .filter(|m| m.status != MemberStatus::Left)
+            .collect();
     }
-    let down: Vec<String> = targets
+    let down: Vec<NodeId> = targets
         .iter()
-        .filter(|m| m.status == "dead")
+        .filter(|m| m.status == MemberStatus::Dead)
         .map(|m| m.name.clone())
         .collect();
     if !down.is_empty() {
-        return Err(bad(
-            "nodes_not_alive",
-            format!(
-                "target nodes are not alive and cannot be updated: {}",
-                down.join(", ")
-            ),
-        ));
+        return Err(UpdateError::NodesNotAlive { nodes: down });
     }
-    let busy: Vec<String> = targets
+    let busy: Vec<(NodeId, Busy)> = targets
         .iter()
-        .filter_map(|m| i.busy.get(&m.name).map(|op| format!("{} ({op})", m.name)))
+        .filter_map(|m| Some((m.name.clone(), i.busy.get(&m.name)?.clone())))
         .collect();
     if !busy.is_empty() {
-        return Err(PlanError {
-            status: 409,
-            code: "operation_in_progress",
-            message: format!(
-                "nodes already in an unfinished operation: {}",
-                busy.join(", ")
-            ),
-        });
+        return Err(UpdateError::NodesBusy { nodes: busy });
     }
 
     // update_type must fit each target.
@@ -651,9 +638,9 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
             continue;
         };
         let fits = match i.update_type {
-            "upgrade" => target > v,
-            "downgrade" => target < v,
-            _ => target == v,
+            UpdateType::Upgrade => target > v,
+            UpdateType::Downgrade => target < v,
+            UpdateType::Reinstall => target == v,
         };
         if fits {
             fitting.push((*m, v));
@@ -662,14 +649,11 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
         }
     }
     if explicit && !misfit.is_empty() {
-        return Err(bad(
-            "update_type_mismatch",
-            format!(
-                "{} to {target} does not fit: {}",
-                i.update_type,
-                misfit.join("; ")
-            ),
-        ));
+        return Err(UpdateError::UpdateTypeMismatch {
+            update_type: i.update_type,
+            target,
+            misfits: misfit,
+        });
     }
     if !explicit && !misfit.is_empty() {
         warnings.push(format!(
@@ -679,10 +663,10 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
         ));
     }
     if fitting.is_empty() {
-        return Err(bad(
-            "nothing_to_update",
-            format!("no node fits a {} to {target}", i.update_type),
-        ));
+        return Err(UpdateError::NothingToUpdate {
+            update_type: i.update_type,
+            target,
+        });
     }
 
     // Breaking changes.
@@ -691,8 +675,8 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
         breaking.push(format!("release {target} is marked breaking"));
     }
     for (m, v) in &fitting {
-        if v.major != target.major {
-            breaking.push(format!("{}: major version change {v} -> {target}", m.name));
+        if let Some(part) = incompatible_change(v, &target) {
+            breaking.push(format!("{}: {part} version change {v} -> {target}", m.name));
         }
         if let Some(min) = &release.min_compatible_version {
             if v < min {
@@ -704,14 +688,7 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
         }
     }
     if !breaking.is_empty() && !i.force {
-        return Err(PlanError {
-            status: 409,
-            code: "breaking_changes",
-            message: format!(
-                "breaking changes (repeat with force to accept): {}",
-                breaking.join("; ")
-            ),
-        });
+        return Err(UpdateError::BreakingChanges { changes: breaking });
     }
     if !breaking.is_empty() {
         warnings.push("breaking changes accepted with force".into());
@@ -719,41 +696,47 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
 
     let suspect: Vec<&str> = fitting
         .iter()
-        .filter(|(m, _)| m.status == "suspect")
+        .filter(|(m, _)| m.status == MemberStatus::Suspect)
         .map(|(m, _)| m.name.as_str())
         .collect();
     if !suspect.is_empty() {
         warnings.push(format!("suspect target nodes: {}", suspect.join(", ")));
     }
-    let live = i.members.iter().filter(|m| m.status == "alive").count();
+    let live = i
+        .members
+        .iter()
+        .filter(|m| m.status == MemberStatus::Alive)
+        .count();
     if live < 3 {
         warnings.push(format!(
             "only {live} alive members: a node out of service leaves little redundancy"
         ));
     }
 
-    let mut names: Vec<String> = fitting.iter().map(|(m, _)| m.name.clone()).collect();
+    let mut names: Vec<NodeId> = fitting.iter().map(|(m, _)| m.name.clone()).collect();
     names.sort();
     let s = &i.settings;
-    let batches: Vec<Vec<String>> = match i.strategy {
-        "parallel" => {
+    let batches: Vec<Vec<NodeId>> = match i.strategy {
+        UpdateStrategy::Parallel => {
             warnings.push(format!(
                 "parallel: up to {} nodes out of service at once, inside maintenance mode (ends by itself after {} s)",
-                s.max_concurrent, s.maintenance_timeout_s
+                s.max_concurrent_updates, s.maintenance_mode_timeout_seconds
             ));
             names
-                .chunks(s.max_concurrent.max(1) as usize)
+                .chunks(s.max_concurrent_updates.max(1) as usize)
                 .map(|c| c.to_vec())
                 .collect()
         }
-        _ => names.iter().map(|n| vec![n.clone()]).collect(),
+        UpdateStrategy::Rolling | UpdateStrategy::Canary => {
+            names.iter().map(|n| vec![n.clone()]).collect()
+        }
     };
-    if i.strategy == "canary" && names.len() < 2 {
+    if i.strategy == UpdateStrategy::Canary && names.len() < 2 {
         warnings.push("canary with a single target is a plain update of that node".into());
     }
     let estimated_node_seconds = i
         .measured_node_seconds
-        .unwrap_or(10.0 + s.health_timeout_s as f64 / 4.0);
+        .unwrap_or(10.0 + s.health_check_timeout_seconds as f64 / 4.0);
     let from_versions = fitting
         .iter()
         .map(|(m, v)| (m.name.clone(), v.to_string()))
@@ -762,8 +745,8 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
         operation_id: i.operation_id,
         target_version: target.to_string(),
         target_blake3: release.blake3.clone(),
-        update_type: i.update_type.into(),
-        strategy: i.strategy.into(),
+        update_type: i.update_type,
+        strategy: i.strategy,
         target_nodes: names,
         batches,
         from_versions,
@@ -777,7 +760,7 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
         voters: i
             .members
             .iter()
-            .filter(|m| m.status != "left")
+            .filter(|m| m.status != MemberStatus::Left)
             .map(|m| m.peer_id.clone())
             .collect(),
     })
@@ -786,28 +769,29 @@ pub fn make_plan(i: PlanInput<'_>) -> Result<Plan, PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plexi_util::types::{UpdateStrategy as St, UpdateType as Ty};
     use proptest::prelude::*;
 
     fn settings() -> OpSettings {
         OpSettings {
-            max_concurrent: 2,
-            rolling_delay_s: 5,
-            health_timeout_s: 20,
-            rollback_timeout_s: 60,
-            canary_soak_s: 30,
-            maintenance_timeout_s: 600,
-            auto_rollback: true,
-            backup: true,
+            max_concurrent_updates: 2,
+            rolling_update_delay_seconds: 5,
+            health_check_timeout_seconds: 20,
+            rollback_timeout_seconds: 60,
+            canary_soak_seconds: 30,
+            maintenance_mode_timeout_seconds: 600,
+            auto_rollback_on_failure: true,
+            backup_before_update: true,
         }
     }
 
     fn members(v: &str, n: usize) -> Vec<PlanMember> {
         (0..n)
             .map(|i| PlanMember {
-                name: format!("n{i}"),
+                name: format!("n{i}").into(),
                 peer_id: format!("p{i}"),
                 version: v.into(),
-                status: "alive".into(),
+                status: MemberStatus::Alive,
             })
             .collect()
     }
@@ -824,13 +808,13 @@ mod tests {
     #[allow(clippy::too_many_arguments)]
     fn input<'a>(
         target: &'a str,
-        kind: &'a str,
-        strategy: &'a str,
-        nodes: &'a [String],
+        kind: UpdateType,
+        strategy: UpdateStrategy,
+        nodes: &'a [NodeId],
         force: bool,
         releases: &'a [ReleaseInfo],
         members: &'a [PlanMember],
-        busy: &'a BTreeMap<String, String>,
+        busy: &'a BTreeMap<NodeId, Busy>,
     ) -> PlanInput<'a> {
         PlanInput {
             operation_id: "op".into(),
@@ -859,28 +843,37 @@ mod tests {
         ];
         let ms = members("1.0.0", 4);
         let none = BTreeMap::new();
-        let all: Vec<String> = vec![];
+        let all: Vec<NodeId> = vec![];
         let p = make_plan(input(
-            "1.1.0", "upgrade", "rolling", &all, false, &rel, &ms, &none,
+            "1.1.0",
+            Ty::Upgrade,
+            St::Rolling,
+            &all,
+            false,
+            &rel,
+            &ms,
+            &none,
         ))
         .unwrap();
         assert_eq!(p.batches.len(), 4);
         assert!(p.batches.iter().all(|b| b.len() == 1));
         let p = make_plan(input(
-            "1.1.0", "upgrade", "parallel", &all, false, &rel, &ms, &none,
+            "1.1.0",
+            Ty::Upgrade,
+            St::Parallel,
+            &all,
+            false,
+            &rel,
+            &ms,
+            &none,
         ))
         .unwrap();
         assert_eq!(p.batches, vec![vec!["n0", "n1"], vec!["n2", "n3"]]);
         // Unpublished, wrong direction, unknown node.
         let e = make_plan(input(
-            "1.9.0", "upgrade", "rolling", &all, false, &rel, &ms, &none,
-        ))
-        .unwrap_err();
-        assert_eq!((e.status, e.code), (400, "release_not_published"));
-        let e = make_plan(input(
-            "1.1.0",
-            "downgrade",
-            "rolling",
+            "1.9.0",
+            Ty::Upgrade,
+            St::Rolling,
             &all,
             false,
             &rel,
@@ -888,60 +881,180 @@ mod tests {
             &none,
         ))
         .unwrap_err();
-        assert_eq!((e.status, e.code), (400, "nothing_to_update"));
-        let ghost = vec!["ghost".to_string(), "n1".to_string()];
+        assert_eq!(
+            e.to_string(),
+            "no trusted published release 1.9.0; publish it first"
+        );
         let e = make_plan(input(
-            "1.1.0", "upgrade", "rolling", &ghost, false, &rel, &ms, &none,
+            "1.1.0",
+            Ty::Downgrade,
+            St::Rolling,
+            &all,
+            false,
+            &rel,
+            &ms,
+            &none,
         ))
         .unwrap_err();
-        assert_eq!((e.status, e.code), (400, "unknown_nodes"));
-        assert!(e.message.contains("ghost"));
+        assert!(matches!(e, UpdateError::NothingToUpdate { .. }), "{e:?}");
+        let ghost: Vec<NodeId> = vec!["ghost".into(), "n1".into()];
+        let e = make_plan(input(
+            "1.1.0",
+            Ty::Upgrade,
+            St::Rolling,
+            &ghost,
+            false,
+            &rel,
+            &ms,
+            &none,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            UpdateError::UnknownNodes {
+                nodes: vec!["ghost".into()]
+            }
+        );
+        assert_eq!(e.to_string(), "unknown target nodes: ghost");
         // Breaking: major bump, flag, min_compatible; force accepts.
         for v in ["2.0.0", "1.2.0", "1.3.0"] {
             let e = make_plan(input(
-                v, "upgrade", "rolling", &all, false, &rel, &ms, &none,
+                v,
+                Ty::Upgrade,
+                St::Rolling,
+                &all,
+                false,
+                &rel,
+                &ms,
+                &none,
             ))
             .unwrap_err();
-            assert_eq!((e.status, e.code), (409, "breaking_changes"), "{v}");
-            let p =
-                make_plan(input(v, "upgrade", "rolling", &all, true, &rel, &ms, &none)).unwrap();
+            assert!(
+                matches!(e, UpdateError::BreakingChanges { .. }),
+                "{v}: {e:?}"
+            );
+            let p = make_plan(input(
+                v,
+                Ty::Upgrade,
+                St::Rolling,
+                &all,
+                true,
+                &rel,
+                &ms,
+                &none,
+            ))
+            .unwrap();
             assert!(!p.breaking_changes.is_empty());
         }
         // Busy nodes.
-        let busy: BTreeMap<String, String> = [("n2".to_string(), "op x".to_string())].into();
+        let x = Busy {
+            operation_id: "x".into(),
+            status: OperationStatus::Running,
+        };
+        let busy: BTreeMap<NodeId, Busy> = [("n2".into(), x)].into();
         let e = make_plan(input(
-            "1.1.0", "upgrade", "rolling", &all, false, &rel, &ms, &busy,
+            "1.1.0",
+            Ty::Upgrade,
+            St::Rolling,
+            &all,
+            false,
+            &rel,
+            &ms,
+            &busy,
         ))
         .unwrap_err();
-        assert_eq!((e.status, e.code), (409, "operation_in_progress"));
+        assert_eq!(
+            e.to_string(),
+            "nodes already in an unfinished operation: n2 (operation x, running)"
+        );
     }
 
-    fn record(strategy: &str, n: usize) -> OpRecord {
+    #[test]
+    fn zero_major_minor_and_zero_minor_patch_changes_are_breaking() {
+        // Under semver, below 1.0 the minor is the breaking part, and below
+        // 0.1 the patch is.
+        let none = BTreeMap::new();
+        let all: Vec<NodeId> = vec![];
+        for (from, to, kind) in [
+            ("0.1.0", "0.2.0", Ty::Upgrade),
+            ("0.2.0", "0.1.0", Ty::Downgrade),
+            ("0.0.1", "0.0.2", Ty::Upgrade),
+            ("0.9.3", "1.0.0", Ty::Upgrade),
+        ] {
+            let rel = [release(to, false, None)];
+            let ms = members(from, 3);
+            let e =
+                make_plan(input(to, kind, St::Rolling, &all, false, &rel, &ms, &none)).unwrap_err();
+            let UpdateError::BreakingChanges { changes } = &e else {
+                panic!("{from} -> {to}: {e:?}");
+            };
+            assert!(
+                changes
+                    .iter()
+                    .all(|c| c.contains(&format!("{from} -> {to}"))),
+                "{changes:?}"
+            );
+            let p = make_plan(input(to, kind, St::Rolling, &all, true, &rel, &ms, &none)).unwrap();
+            assert_eq!(p.breaking_changes.len(), 3, "{from} -> {to}");
+        }
+        // Compatible changes stay plain updates.
+        for (from, to, kind) in [
+            ("0.1.0", "0.1.1", Ty::Upgrade),
+            ("0.1.3", "0.1.0", Ty::Downgrade),
+            ("1.2.0", "1.3.0", Ty::Upgrade),
+            ("0.0.1", "0.0.1", Ty::Reinstall),
+        ] {
+            let rel = [release(to, false, None)];
+            let ms = members(from, 3);
+            let p = make_plan(input(to, kind, St::Rolling, &all, false, &rel, &ms, &none))
+                .unwrap_or_else(|e| panic!("{from} -> {to}: {e:?}"));
+            assert!(p.breaking_changes.is_empty(), "{from} -> {to}");
+        }
+    }
+
+    fn record(strategy: UpdateStrategy, n: usize) -> OpRecord {
         let rel = [release("1.1.0", false, None)];
         let ms = members("1.0.0", n);
         let none = BTreeMap::new();
-        let all: Vec<String> = vec![];
+        let all: Vec<NodeId> = vec![];
         OpRecord::new(
             make_plan(input(
-                "1.1.0", "upgrade", strategy, &all, false, &rel, &ms, &none,
+                "1.1.0",
+                Ty::Upgrade,
+                strategy,
+                &all,
+                false,
+                &rel,
+                &ms,
+                &none,
             ))
             .unwrap(),
         )
     }
 
-    fn set(r: &mut OpRecord, node: &str, status: &str, on_target: bool, done_at: Option<u64>) {
+    fn set(
+        r: &mut OpRecord,
+        node: &str,
+        status: NodeUpdateStatus,
+        on_target: bool,
+        done_at: Option<u64>,
+    ) {
         let p = r.nodes.get_mut(node).unwrap();
         p.seq += 1;
-        p.status = status.into();
+        p.status = status;
         p.on_target = on_target;
         p.completed_at_ms = done_at;
         p.started_at_ms = Some(0);
-        p.progress = if status == "completed" { 100.0 } else { 50.0 };
+        p.progress = if status == NodeUpdateStatus::Completed {
+            100.0
+        } else {
+            50.0
+        };
     }
 
     #[test]
     fn turns_follow_batches_and_pauses() {
-        let mut r = record("rolling", 3);
+        let mut r = record(St::Rolling, 3);
         assert!(!r.update_turn("n0", 0), "not executed yet");
         r.executed = Some(Mark {
             at_ms: 0,
@@ -950,34 +1063,52 @@ mod tests {
         });
         assert!(r.update_turn("n0", 0));
         assert!(!r.update_turn("n1", 0));
-        set(&mut r, "n0", "completed", true, Some(10_000));
+        set(
+            &mut r,
+            "n0",
+            NodeUpdateStatus::Completed,
+            true,
+            Some(10_000),
+        );
         assert!(!r.update_turn("n1", 14_999), "rolling delay");
         assert!(r.update_turn("n1", 15_000));
         assert!(!r.update_turn("n2", 15_000));
-        assert_eq!(r.status(0), "running");
-        set(&mut r, "n1", "completed", true, Some(20_000));
-        set(&mut r, "n2", "completed", true, Some(30_000));
-        assert_eq!(r.status(0), "completed");
+        assert_eq!(r.status(0), OperationStatus::Running);
+        set(
+            &mut r,
+            "n1",
+            NodeUpdateStatus::Completed,
+            true,
+            Some(20_000),
+        );
+        set(
+            &mut r,
+            "n2",
+            NodeUpdateStatus::Completed,
+            true,
+            Some(30_000),
+        );
+        assert_eq!(r.status(0), OperationStatus::Completed);
         // A halt that arrives after completion changes nothing.
         r.halted = Some(Mark {
             at_ms: 40_000,
             by: "n1".into(),
             reason: "late".into(),
         });
-        assert_eq!(r.status(50_000), "completed");
+        assert_eq!(r.status(50_000), OperationStatus::Completed);
         assert!(!r.rolling_back());
 
-        let mut c = record("canary", 3);
+        let mut c = record(St::Canary, 3);
         c.executed = Some(Mark {
             at_ms: 0,
             by: "x".into(),
             reason: String::new(),
         });
-        set(&mut c, "n0", "completed", true, Some(0));
+        set(&mut c, "n0", NodeUpdateStatus::Completed, true, Some(0));
         assert!(!c.update_turn("n1", 29_999), "canary soak");
         assert!(c.update_turn("n1", 30_000));
 
-        let mut p = record("parallel", 4);
+        let mut p = record(St::Parallel, 4);
         p.executed = Some(Mark {
             at_ms: 0,
             by: "x".into(),
@@ -990,44 +1121,44 @@ mod tests {
 
     #[test]
     fn rollback_runs_in_reverse_and_halts_updates() {
-        let mut r = record("rolling", 3);
+        let mut r = record(St::Rolling, 3);
         r.executed = Some(Mark {
             at_ms: 0,
             by: "x".into(),
             reason: String::new(),
         });
-        set(&mut r, "n0", "completed", true, Some(1));
-        set(&mut r, "n1", "failed", true, None);
+        set(&mut r, "n0", NodeUpdateStatus::Completed, true, Some(1));
+        set(&mut r, "n1", NodeUpdateStatus::Failed, true, None);
         r.halted = Some(Mark {
             at_ms: 5,
             by: "n1".into(),
             reason: "post-check failed".into(),
         });
-        assert_eq!(r.status(10), "rolling_back");
+        assert_eq!(r.status(10), OperationStatus::RollingBack);
         assert!(!r.update_turn("n2", u64::MAX));
         assert!(!r.rollback_turn("n0"), "n1 rolls back first");
         assert!(r.rollback_turn("n1"));
-        set(&mut r, "n1", "rolled_back", false, None);
+        set(&mut r, "n1", NodeUpdateStatus::RolledBack, false, None);
         assert!(r.rollback_turn("n0"));
-        set(&mut r, "n0", "rolled_back", false, None);
-        assert_eq!(r.status(10), "rolled_back");
+        set(&mut r, "n0", NodeUpdateStatus::RolledBack, false, None);
+        assert_eq!(r.status(10), OperationStatus::RolledBack);
         // A rollback that does not finish in time fails.
-        let mut t = record("rolling", 2);
+        let mut t = record(St::Rolling, 2);
         t.executed = r.executed.clone();
-        set(&mut t, "n0", "completed", true, Some(1));
+        set(&mut t, "n0", NodeUpdateStatus::Completed, true, Some(1));
         t.rollback = Some(Mark {
             at_ms: 100,
             by: "a".into(),
             reason: String::new(),
         });
-        assert_eq!(t.status(100 + 60_000), "rolling_back");
-        assert_eq!(t.status(100 + 60_001), "failed");
+        assert_eq!(t.status(100 + 60_000), OperationStatus::RollingBack);
+        assert_eq!(t.status(100 + 60_001), OperationStatus::Failed);
     }
 
     #[test]
     fn nodes_marked_failed_by_others_show_failed() {
-        let mut r = record("rolling", 2);
-        set(&mut r, "n0", "updating", false, None);
+        let mut r = record(St::Rolling, 2);
+        set(&mut r, "n0", NodeUpdateStatus::Updating, false, None);
         r.failed_nodes.insert(
             "n0".into(),
             Mark {
@@ -1036,12 +1167,12 @@ mod tests {
                 reason: "lease expired".into(),
             },
         );
-        assert_eq!(r.node_status("n0").0, "failed");
+        assert_eq!(r.node_status("n0").0, NodeUpdateStatus::Failed);
     }
 
     #[test]
     fn estimated_completion_uses_measured_durations() {
-        let mut r = record("rolling", 3);
+        let mut r = record(St::Rolling, 3);
         r.executed = Some(Mark {
             at_ms: 0,
             by: "x".into(),
@@ -1051,7 +1182,7 @@ mod tests {
         // 15 s per node default + 2 x 5 s delays.
         assert_eq!(before, (3.0 * 15.0 * 1000.0) as u64 + 10_000);
         let p = r.nodes.get_mut("n0").unwrap();
-        p.status = "completed".into();
+        p.status = NodeUpdateStatus::Completed;
         p.progress = 100.0;
         p.started_at_ms = Some(0);
         p.completed_at_ms = Some(40_000);
@@ -1062,22 +1193,92 @@ mod tests {
         );
     }
 
+    #[test]
+    fn progress_written_with_names_as_text_decodes_alike() {
+        // Progress as builds that kept statuses and phases as strings wrote
+        // it (sled, peers): the same names, so it decodes and encodes back.
+        let old = serde_json::json!({
+            "seq": 3, "status": "updating", "phase": "fetch", "progress": 45.0,
+            "from_version": "0.1.0", "to_version": "0.1.1",
+            "started_at_ms": 1, "completed_at_ms": null, "error": null,
+            "phase_ms": {"backup": 2, "drain": 1, "lease": 5, "pre_check": 7},
+            "rollback_available": false, "on_target": false, "lease": null,
+            "out_of_service_since_ms": 4, "phase_since_ms": 9,
+        });
+        let p: NodeProgress = ciborium::de::from_reader(cbor(&old).as_slice()).unwrap();
+        assert_eq!(
+            (p.status, p.phase),
+            (NodeUpdateStatus::Updating, UpdatePhase::Fetch)
+        );
+        assert_eq!(p.phase_ms[&UpdatePhase::PreCheck], 7);
+        assert_eq!(serde_json::to_value(&p).unwrap(), old);
+    }
+
+    /// `OpSettings` as builds before the rename defined it.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct OldOpSettings {
+        max_concurrent: u32,
+        rolling_delay_s: u64,
+        health_timeout_s: u64,
+        rollback_timeout_s: u64,
+        canary_soak_s: u64,
+        maintenance_timeout_s: u64,
+        auto_rollback: bool,
+        backup: bool,
+    }
+
+    fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::ser::into_writer(v, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn settings_read_and_write_what_earlier_builds_do() {
+        let old = OldOpSettings {
+            max_concurrent: 2,
+            rolling_delay_s: 5,
+            health_timeout_s: 20,
+            rollback_timeout_s: 60,
+            canary_soak_s: 30,
+            maintenance_timeout_s: 600,
+            auto_rollback: true,
+            backup: true,
+        };
+        // Records earlier builds wrote (sled, peers) decode...
+        let ours: OpSettings = ciborium::de::from_reader(cbor(&old).as_slice()).unwrap();
+        assert_eq!(ours, settings());
+        // ...and earlier builds decode ours, byte for byte the same.
+        assert_eq!(cbor(&ours), cbor(&old));
+        let theirs: OldOpSettings = ciborium::de::from_reader(cbor(&ours).as_slice()).unwrap();
+        assert_eq!(theirs, old);
+        // The config key names are accepted too.
+        let by_key = serde_json::json!({
+            "max_concurrent_updates": 2, "rolling_update_delay_seconds": 5,
+            "health_check_timeout_seconds": 20, "rollback_timeout_seconds": 60,
+            "canary_soak_seconds": 30, "maintenance_mode_timeout_seconds": 600,
+            "auto_rollback_on_failure": true, "backup_before_update": true,
+        });
+        let ours: OpSettings = ciborium::de::from_reader(cbor(&by_key).as_slice()).unwrap();
+        assert_eq!(ours, settings());
+    }
+
     fn arb_progress() -> impl Strategy<Value = NodeProgress> {
         (
             0u64..5,
             prop::sample::select(vec![
-                "pending",
-                "updating",
-                "completed",
-                "failed",
-                "rolled_back",
+                NodeUpdateStatus::Pending,
+                NodeUpdateStatus::Updating,
+                NodeUpdateStatus::Completed,
+                NodeUpdateStatus::Failed,
+                NodeUpdateStatus::RolledBack,
             ]),
             any::<bool>(),
         )
             .prop_map(|(seq, st, on)| {
                 let mut p = NodeProgress::pending("1.0.0", "1.1.0");
                 p.seq = seq;
-                p.status = st.into();
+                p.status = st;
                 p.on_target = on;
                 p
             })
@@ -1101,7 +1302,7 @@ mod tests {
             prop::collection::vec(arb_progress(), 3),
         )
             .prop_map(|(e, h, r, ps)| {
-                let mut rec = record("rolling", 3);
+                let mut rec = record(St::Rolling, 3);
                 rec.executed = e;
                 rec.halted = h;
                 rec.rollback = r;
@@ -1112,11 +1313,15 @@ mod tests {
                         p = NodeProgress::pending("1.0.0", "1.1.0");
                     }
                     p.error = Some(format!("{}", p.seq));
-                    p.status = ["pending", "updating", "completed", "failed", "rolled_back"]
-                        [p.seq as usize % 5]
-                        .into();
+                    p.status = [
+                        NodeUpdateStatus::Pending,
+                        NodeUpdateStatus::Updating,
+                        NodeUpdateStatus::Completed,
+                        NodeUpdateStatus::Failed,
+                        NodeUpdateStatus::RolledBack,
+                    ][p.seq as usize % 5];
                     p.on_target = p.seq % 2 == 1;
-                    rec.nodes.insert(format!("n{i}"), p);
+                    rec.nodes.insert(format!("n{i}").into(), p);
                 }
                 rec
             })

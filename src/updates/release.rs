@@ -21,7 +21,7 @@ pub fn manifest_id(version: &semver::Version) -> String {
 
 use plexi_api::model::{ReleaseManifest, SignedRelease};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ReleaseError {
     #[error("manifest: {0}")]
     Malformed(String),
