@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use plexi_api::model::ClusterEvent;
+use plexi_api::model::{ClusterEvent, Liveness};
 use plexi_api::InFlight;
 use plexi_p2p::P2pHandle;
 use prometheus_client::registry::Registry;
@@ -17,7 +18,7 @@ use super::{startup, Node, NodeError};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::storage::{Settings as StorageSettings, Storage, StorageMetrics};
-use crate::updates::engine::{Drain, Engine, UpdateMetrics};
+use crate::updates::engine::{Drain, Engine, NodeChecks, UpdateMetrics};
 use crate::updates::leases::Granter;
 use crate::updates::ops::OpSettings;
 use crate::updates::state::UpdateState;
@@ -86,7 +87,6 @@ pub fn start(
         semver::Version::parse(VERSION).expect("build.rs checks the version"),
         node.data_dir.clone(),
         config_path,
-        api_bound.to_string(),
         p2p.clone(),
         storage.clone(),
         granter,
@@ -99,7 +99,10 @@ pub fn start(
             in_flight: in_flight.clone(),
         }),
         exit_tx,
-        health_check(node.clone()),
+        Arc::new(Checks {
+            node: node.clone(),
+            api_address: api_bound,
+        }),
         UpdateMetrics::register(registry),
     );
     engine.spawn();
@@ -112,25 +115,46 @@ pub fn start(
     })
 }
 
-/// The engine's health check: the node's own checks, failures named.
-fn health_check(node: Arc<Node>) -> crate::updates::engine::HealthFn {
-    Arc::new(move || {
-        let node = node.clone();
-        Box::pin(async move {
-            let r = node.local_health().await;
-            if r.healthy {
-                Ok(())
-            } else {
-                Err(r
-                    .checks
-                    .iter()
-                    .filter(|c| !c.ok)
-                    .map(|c| format!("{}: {}", c.name, c.detail))
-                    .collect::<Vec<_>>()
-                    .join("; "))
-            }
-        })
-    })
+/// Bound on the engine's request to this node's own API.
+const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the update engine asks of this node: its health checks, and the
+/// version its API reports (over HTTP, to prove it serves).
+struct Checks {
+    node: Arc<Node>,
+    api_address: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl NodeChecks for Checks {
+    async fn healthy(&self) -> Result<(), String> {
+        let r = self.node.local_health().await;
+        if r.healthy {
+            return Ok(());
+        }
+        Err(r
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+
+    async fn api_version(&self) -> Result<String, String> {
+        let url = format!("http://{}/health", self.api_address);
+        let live: Liveness = reqwest::Client::new()
+            .get(&url)
+            .timeout(SELF_CHECK_TIMEOUT)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("own API at {url}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("own API at {url} answered: {e}"))?;
+        Ok(live.version)
+    }
 }
 
 /// Audit entries (local or merged from peers) go on the event stream too.

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use plexi_api::InFlight;
 use plexi_p2p::{MemberStatus, P2pHandle};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -131,14 +130,22 @@ pub struct Drain {
     pub in_flight: InFlight,
 }
 
-pub type HealthFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// What the engine asks of the node it runs in; implemented by `node/`, so
+/// the engine needs neither the node's health checks nor an HTTP client.
+#[async_trait::async_trait]
+pub trait NodeChecks: Send + Sync + 'static {
+    /// The node's own health checks; `Err` names the failing ones.
+    async fn healthy(&self) -> Result<(), String>;
+    /// The version this node's REST API reports, asked through the API
+    /// itself (so a new worker proves it serves as the target version).
+    async fn api_version(&self) -> Result<String, String>;
+}
 
 pub struct Engine {
     pub node_id: NodeId,
     pub version: semver::Version,
     pub data_dir: PathBuf,
     pub config_file: Option<PathBuf>,
-    pub api_address: String,
     pub p2p: P2pHandle,
     pub storage: Arc<Storage>,
     pub granter: Arc<Granter>,
@@ -149,7 +156,7 @@ pub struct Engine {
     pub drain: Arc<Drain>,
     /// Set to ask the node to exit with this code.
     pub exit: watch::Sender<Option<i32>>,
-    pub health: HealthFn,
+    pub checks: Arc<dyn NodeChecks>,
     pub metrics: UpdateMetrics,
     busy: AtomicBool,
     actor: String,
@@ -171,7 +178,6 @@ impl Engine {
         version: semver::Version,
         data_dir: PathBuf,
         config_file: Option<PathBuf>,
-        api_address: String,
         p2p: P2pHandle,
         storage: Arc<Storage>,
         granter: Arc<Granter>,
@@ -181,7 +187,7 @@ impl Engine {
         settings: OpSettings,
         drain: Arc<Drain>,
         exit: watch::Sender<Option<i32>>,
-        health: HealthFn,
+        checks: Arc<dyn NodeChecks>,
         metrics: UpdateMetrics,
     ) -> Arc<Self> {
         let actor = format!("node:{node_id}");
@@ -190,7 +196,6 @@ impl Engine {
             version,
             data_dir,
             config_file,
-            api_address,
             p2p,
             storage,
             granter,
@@ -200,7 +205,7 @@ impl Engine {
             settings,
             drain,
             exit,
-            health,
+            checks,
             metrics,
             busy: AtomicBool::new(false),
             actor,
@@ -733,7 +738,8 @@ impl Engine {
     /// The node is healthy, has disk space, and every object it holds has
     /// another live replica.
     async fn pre_check(&self) -> Result<(), StepError> {
-        (self.health)()
+        self.checks
+            .healthy()
             .await
             .map_err(|e| StepError(format!("pre-check: node unhealthy: {e}")))?;
         // Push anything peers own and lack, so our copies exist elsewhere.
@@ -1025,7 +1031,7 @@ impl Engine {
                 .iter()
                 .filter(|m| m.status == MemberStatus::Alive)
                 .count();
-            let healthy = (self.health)().await;
+            let healthy = self.checks.healthy().await;
             let ready = alive >= plexi_p2p::lease::majority(voters)
                 && self.storage.caught_up()
                 && healthy.is_ok();
@@ -1047,19 +1053,9 @@ impl Engine {
     /// Reports the target version through its API, objects readable.
     async fn post_check(&self) -> Result<(), StepError> {
         // The API answers, as this version.
-        let url = format!("http://{}/health", self.api_address);
-        let live: serde_json::Value = reqwest::Client::new()
-            .get(&url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if live["version"].as_str() != Some(&self.version.to_string()) {
-            return Err(StepError(format!(
-                "API reports version {}",
-                live["version"]
-            )));
+        let reported = self.checks.api_version().await.map_err(StepError)?;
+        if reported != self.version.to_string() {
+            return Err(StepError(format!("API reports version {reported}")));
         }
         // Objects this node holds read back through the data path.
         let s = self.storage.clone();
