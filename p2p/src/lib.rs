@@ -9,7 +9,6 @@
 pub mod backoff;
 pub mod codec;
 pub mod identity;
-pub mod lease;
 pub mod membership;
 pub mod protocol;
 pub mod record;

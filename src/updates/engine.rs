@@ -1032,7 +1032,7 @@ impl Engine {
                 .filter(|m| m.status == MemberStatus::Alive)
                 .count();
             let healthy = self.checks.healthy().await;
-            let ready = alive >= plexi_p2p::lease::majority(voters)
+            let ready = alive >= super::leases::rules::majority(voters)
                 && self.storage.caught_up()
                 && healthy.is_ok();
             if ready {

@@ -1,5 +1,5 @@
 //! Update lease slots over request-response: every member grants (the
-//! `lease` service, backed by the pure `plexi_p2p::lease::LeaseTable` and
+//! `lease` service, backed by the pure [`rules::LeaseTable`] and
 //! persisted in sled), and a node that wants a slot asks every member and
 //! holds it only while a strict majority granted (`Acquisition`).
 //!
@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
-use plexi_p2p::lease::{Acquisition, Decision, LeaseTable, Outcome, SlotId};
+pub mod rules;
+
 use plexi_p2p::{MemberStatus, P2pHandle, PeerId};
+use rules::{Acquisition, Decision, LeaseTable, Outcome, SlotId};
 use serde::{Deserialize, Serialize};
 
 use plexi_util::clock::wall_ms;
