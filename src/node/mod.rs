@@ -29,7 +29,7 @@ mod health;
 mod tokens;
 
 use crate::config::{Config, ConfigError, Overrides};
-use crate::storage::{wire, Settings as StorageSettings, Storage, StorageMetrics};
+use crate::storage::{wire, Storage, StorageMetrics};
 use api::{NodeApi, StorageApi};
 use health::{disk_check, fs_space, GIB};
 
@@ -487,7 +487,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
     .map_err(startup("p2p"))?;
     node.p2p.set(p2p.clone()).ok().expect("set once");
     let storage = Storage::new(
-        StorageSettings::from_config(&config.distributed_storage),
+        config.distributed_storage.clone(),
         peer_id,
         p2p.clone(),
         store.clone(),

@@ -28,7 +28,7 @@ use plexi_p2p::{MemberStatus, P2pHandle, PeerId};
 use plexi_store::objects::{
     AccessStats, Applied, Consistency, GroupCommit, ObjectMeta, ObjectStore, SledObjects,
 };
-use plexi_store::placement::{self, Candidate, StorageStrategy};
+use plexi_store::placement::{self, Candidate};
 use plexi_store::version::Hlc;
 use plexi_store::{NodeStore, StoreError};
 
@@ -42,42 +42,6 @@ const MAX_UPLOADS: usize = 16;
 const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
 /// An upload idle this long is dropped.
 const UPLOAD_IDLE: Duration = Duration::from_secs(60);
-
-/// Storage settings resolved from the config.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub default_rf: u32,
-    pub max_rf: u32,
-    pub default_consistency: Consistency,
-    pub strategy: StorageStrategy,
-    pub max_usage_pct: f64,
-    pub rereplication_delay: Duration,
-    pub max_object_bytes: usize,
-    pub anti_entropy_interval: Duration,
-    pub auto_rebalance: bool,
-    pub cleanup_interval: Duration,
-    pub tombstone_grace: Duration,
-    pub repair_bytes_per_second: u64,
-}
-
-impl Settings {
-    pub fn from_config(c: &DistributedStorage) -> Self {
-        Settings {
-            default_rf: c.default_replication_factor,
-            max_rf: c.max_replication_factor,
-            default_consistency: c.consistency_level,
-            strategy: c.storage_strategy,
-            max_usage_pct: c.max_node_usage_percentage,
-            rereplication_delay: Duration::from_secs(c.rereplication_delay_seconds),
-            max_object_bytes: (c.max_object_mib * 1024.0 * 1024.0) as usize,
-            anti_entropy_interval: Duration::from_secs_f64(c.anti_entropy_interval_seconds),
-            auto_rebalance: c.auto_rebalance,
-            cleanup_interval: Duration::from_secs_f64(c.cleanup_interval_hours * 3600.0),
-            tombstone_grace: Duration::from_secs(c.tombstone_grace_seconds),
-            repair_bytes_per_second: (c.repair_mib_per_second * 1024.0 * 1024.0) as u64,
-        }
-    }
-}
 
 /// A member as storage sees it.
 #[derive(Clone, Debug)]
@@ -128,7 +92,8 @@ pub struct PeerStats {
 }
 
 pub struct Storage {
-    pub settings: Settings,
+    /// The `distributed_storage` section of the config, as written.
+    pub config: DistributedStorage,
     local_peer: String,
     p2p: P2pHandle,
     store: Arc<NodeStore>,
@@ -200,7 +165,7 @@ pub fn reliability(incarnation: u64) -> f64 {
 
 impl Storage {
     pub fn new(
-        settings: Settings,
+        config: DistributedStorage,
         local_peer: PeerId,
         p2p: P2pHandle,
         store: Arc<NodeStore>,
@@ -210,7 +175,7 @@ impl Storage {
         let commit = GroupCommit::start(engine.clone());
         let local_peer = local_peer.to_string();
         Arc::new(Storage {
-            settings,
+            config,
             hlc: Mutex::new(Hlc::new(Hlc::node_of(&local_peer))),
             local_peer,
             p2p,
@@ -290,10 +255,10 @@ impl Storage {
     }
 
     /// The members placement ranks: alive and suspect ones, and dead ones
-    /// until `rereplication_delay` has passed (so a restart moves nothing);
+    /// until `rereplication_delay_seconds` have passed (so a restart moves nothing);
     /// never left ones; none above `max_node_usage_percentage`.
     pub fn placement_members(&self, members: &[Member]) -> Vec<Member> {
-        let delay = self.settings.rereplication_delay.as_millis() as u64;
+        let delay = self.config.rereplication_delay().as_millis() as u64;
         members
             .iter()
             .filter(|m| match m.status {
@@ -301,7 +266,7 @@ impl Storage {
                 MemberStatus::Dead => m.silent_ms < delay,
                 MemberStatus::Left => false,
             })
-            .filter(|m| m.usage_pct() <= self.settings.max_usage_pct)
+            .filter(|m| m.usage_pct() <= self.config.max_node_usage_percentage)
             .cloned()
             .collect()
     }
@@ -325,7 +290,7 @@ impl Storage {
         placement::replicas(
             placement::partition_of(data_id),
             &candidates,
-            self.settings.strategy,
+            self.config.storage_strategy,
             rf,
         )
         .into_iter()
@@ -504,18 +469,18 @@ impl Storage {
     }
 
     fn resolve_rf(&self, rf: Option<u32>) -> Result<u32, StorageError> {
-        let rf = rf.unwrap_or(self.settings.default_rf);
-        if rf < 1 || rf > self.settings.max_rf {
+        let rf = rf.unwrap_or(self.config.default_replication_factor);
+        if rf < 1 || rf > self.config.max_replication_factor {
             return Err(StorageError::InvalidReplicationFactor {
                 got: rf,
-                max: self.settings.max_rf,
+                max: self.config.max_replication_factor,
             });
         }
         Ok(rf)
     }
 
     fn resolve_consistency(&self, c: Option<Consistency>) -> Consistency {
-        c.unwrap_or(self.settings.default_consistency)
+        c.unwrap_or(self.config.consistency_level)
     }
 
     /// Coordinates one write (an object or a tombstone).
@@ -626,9 +591,9 @@ impl Storage {
     pub async fn put(self: &Arc<Self>, req: PutRequest) -> Result<PutResult, StorageError> {
         let rf = self.resolve_rf(req.replication_factor)?;
         let consistency = self.resolve_consistency(req.consistency);
-        if req.bytes.len() > self.settings.max_object_bytes {
+        if req.bytes.len() > self.config.max_object_bytes() {
             return Err(StorageError::TooLarge {
-                limit_bytes: self.settings.max_object_bytes,
+                limit_bytes: self.config.max_object_bytes(),
             });
         }
         let now = wall_ms();
@@ -686,7 +651,7 @@ impl Storage {
         Vec<Member>,
         Vec<(Member, Option<(ObjectMeta, AccessStats)>)>,
     ) {
-        let candidates = self.replicas_for(data_id, self.settings.max_rf as usize);
+        let candidates = self.replicas_for(data_id, self.config.max_replication_factor as usize);
         let mut asks: FuturesUnordered<_> = candidates
             .iter()
             .filter(|m| m.reachable())
@@ -760,7 +725,7 @@ impl Storage {
     /// The first copy (object or tombstone) any replica, or failing them any
     /// member, has.
     pub async fn get_any(self: &Arc<Self>, data_id: &str) -> Option<(ObjectMeta, Vec<u8>)> {
-        let mut order = self.replicas_for(data_id, self.settings.max_rf as usize);
+        let mut order = self.replicas_for(data_id, self.config.max_replication_factor as usize);
         order.retain(|m| m.reachable());
         // Local first (stable order otherwise), unless this node is still
         // catching up after a restart: then it is the last resort.
@@ -807,7 +772,7 @@ impl Storage {
         let rf = newest
             .as_ref()
             .map(|m| m.replication_factor as usize)
-            .unwrap_or(self.settings.default_rf as usize)
+            .unwrap_or(self.config.default_replication_factor as usize)
             .min(candidates.len().max(1));
         let owners: Vec<&Member> = candidates.iter().take(rf).collect();
         let answered = owners
@@ -907,7 +872,7 @@ impl Storage {
             .iter()
             .filter_map(|(_, m)| m.as_ref().map(|m| m.replication_factor as u32))
             .max()
-            .unwrap_or(self.settings.default_rf);
+            .unwrap_or(self.config.default_replication_factor);
         let now = wall_ms();
         let version = self.hlc.lock().expect("hlc lock").now(now);
         let meta = ObjectMeta {

@@ -82,7 +82,7 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 async fn catch_up(s: &Arc<Storage>) {
     let started = Instant::now();
     // Give membership a moment to learn the cluster before judging it empty.
-    tokio::time::sleep(s.settings.anti_entropy_interval.min(Duration::from_secs(2))).await;
+    tokio::time::sleep(s.config.anti_entropy_interval().min(Duration::from_secs(2))).await;
     let peers: Vec<Member> = s.peers();
     let progress = Progress::default();
     for peer in &peers {
@@ -108,13 +108,13 @@ pub fn spawn(storage: Arc<Storage>) {
     let s = storage.clone();
     tokio::spawn(async move {
         catch_up(&s).await;
-        let mut tick = tokio::time::interval(s.settings.anti_entropy_interval);
+        let mut tick = tokio::time::interval(s.config.anti_entropy_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round = 0usize;
         loop {
             tick.tick().await;
             replay_hints(&s).await;
-            if !s.settings.auto_rebalance {
+            if !s.config.auto_rebalance {
                 continue; // data moves only on POST rebalance
             }
             if round % HANDOFF_EVERY == HANDOFF_EVERY - 1 {
@@ -139,7 +139,7 @@ pub fn spawn(storage: Arc<Storage>) {
     });
     let s = storage;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(s.settings.cleanup_interval);
+        let mut tick = tokio::time::interval(s.config.cleanup_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // not at start
         loop {
@@ -186,7 +186,7 @@ async fn replay_hints(s: &Arc<Storage>) {
             continue;
         }
         let ids = s.hints_for(&peer, MAX_HINTS_PER_PASS).unwrap_or_default();
-        let mut throttle = Throttle::new(s.settings.repair_bytes_per_second);
+        let mut throttle = Throttle::new(s.config.repair_bytes_per_second());
         for id in ids {
             // The bytes: ours if we hold a replica, else from any replica.
             let obj = match local_object(s, &id) {
@@ -233,7 +233,7 @@ pub async fn anti_entropy_with(
         return Ok(());
     }
     let placement = s.placement_members(&s.members());
-    let mut throttle = Throttle::new(s.settings.repair_bytes_per_second);
+    let mut throttle = Throttle::new(s.config.repair_bytes_per_second());
     for p in differing {
         let their_entries = match s
             .call(&peer.peer_id, StoreCall::Entries { partition: p })
@@ -350,7 +350,7 @@ pub async fn cleanup(s: &Arc<Storage>, progress: &Progress) -> Result<(), String
 /// replicas this node no longer owns (the automatic half of a rebalance).
 async fn cleanup_pass(s: &Arc<Storage>, progress: &Progress, full: bool) -> Result<(), String> {
     let placement = s.placement_members(&s.members());
-    let grace_ms = s.settings.tombstone_grace.as_millis() as u64;
+    let grace_ms = s.config.tombstone_grace().as_millis() as u64;
     let now = wall_ms();
     for p in 0..PARTITIONS {
         let entries = s.engine().entries(p).map_err(|e| e.to_string())?;

@@ -185,9 +185,9 @@ pub async fn overview(s: &Arc<Storage>) -> Result<StorageOverview, StorageError>
         available_capacity_gb: gb(total.saturating_sub(used)),
         usage_percentage: pct(used, total),
         total_data_objects: live.len() as u64,
-        replication_factor: s.settings.default_rf,
-        storage_strategy: strategy_name(s.settings.strategy).into(),
-        consistency_level: consistency_name(s.settings.default_consistency).into(),
+        replication_factor: s.config.default_replication_factor,
+        storage_strategy: strategy_name(s.config.storage_strategy).into(),
+        consistency_level: consistency_name(s.config.consistency_level).into(),
         total_replicas: live.iter().map(|t| t.current_holders as u64).sum(),
         under_replicated_objects: live
             .iter()
