@@ -10,6 +10,7 @@
 
 mod error;
 pub mod jobs;
+pub mod quorum;
 pub mod repair;
 pub mod report;
 pub mod wire;
@@ -495,15 +496,7 @@ impl Storage {
         let (live, down): (Vec<Member>, Vec<Member>) =
             replicas.into_iter().partition(|m| m.reachable());
         let consistency = meta.consistency_level;
-        if consistency == Consistency::Strong && live.len() < rf {
-            return Err(StorageError::InsufficientReplicas {
-                rf,
-                reachable: live.len(),
-            });
-        }
-        if live.is_empty() {
-            return Err(StorageError::NoReplicas);
-        }
+        quorum::check_reachable(consistency, rf, live.len())?;
         for m in &down {
             self.hint(&m.peer_id, &meta.data_id);
         }
@@ -527,11 +520,7 @@ impl Storage {
                 }
             })
             .collect();
-        let needed = match consistency {
-            Consistency::Strong => live.len(),
-            Consistency::Eventual => 1,
-            Consistency::Weak => 0,
-        };
+        let needed = quorum::acks_needed(consistency, rf);
         let mut acked = Vec::new();
         let mut failed = Vec::new();
         while acked.len() < needed {
@@ -674,6 +663,9 @@ impl Storage {
                 Ok(_) | Err(_) => {}
             }
         }
+        // In placement order, whatever order they arrived in: quorum ties
+        // go to the replica placement ranks first.
+        answers.sort_by_key(|(m, _)| candidates.iter().position(|c| c.peer_id == m.peer_id));
         (candidates, answers)
     }
 
@@ -765,59 +757,43 @@ impl Storage {
         data_id: &str,
     ) -> Result<(ObjectMeta, Vec<u8>), StorageError> {
         let (candidates, answers) = self.survey(data_id).await;
-        let newest = answers
-            .iter()
-            .filter_map(|(_, m)| m.clone())
-            .max_by_key(|m| m.version);
-        let rf = newest
+        let votes = quorum_answers(&answers);
+        let newest = quorum::newest(&votes);
+        let newest_meta = newest
             .as_ref()
-            .map(|m| m.replication_factor as usize)
-            .unwrap_or(self.config.default_replication_factor as usize)
-            .min(candidates.len().max(1));
-        let owners: Vec<&Member> = candidates.iter().take(rf).collect();
-        let answered = owners
+            .and_then(|n| answers[n.holders[0]].1.as_ref());
+        let rf = quorum::strong_read_rf(
+            newest_meta.map(|m| m.replication_factor as usize),
+            self.config.default_replication_factor as usize,
+            candidates.len(),
+        );
+        let owners: Vec<&str> = candidates
             .iter()
-            .filter(|o| answers.iter().any(|(a, _)| a.peer_id == o.peer_id))
-            .count();
-        let majority = rf / 2 + 1;
-        if answered < majority {
-            return Err(StorageError::NoQuorum {
-                consistency: Consistency::Strong,
-                majority,
-                rf,
-                answered,
-            });
-        }
+            .take(rf)
+            .map(|m| m.peer_id.as_str())
+            .collect();
+        quorum::check_strong_read(&owners, &votes)?;
         let Some(newest) = newest else {
             return Err(Self::not_found(data_id));
         };
         // Fetch the bytes from a replica holding the newest version.
         let mut got = None;
-        for (m, meta) in &answers {
-            if meta.as_ref().map(|x| x.version) == Some(newest.version) {
-                match self.fetch_object(&m.peer_id, data_id).await {
-                    // A write may have landed since the survey: newer is fine.
-                    Ok(Some((meta, data))) if meta.version >= newest.version => {
-                        got = Some((meta, data));
-                        break;
-                    }
-                    _ => {}
+        for &i in &newest.holders {
+            match self.fetch_object(&answers[i].0.peer_id, data_id).await {
+                // A write may have landed since the survey: newer is fine.
+                Ok(Some((meta, data))) if meta.version >= newest.version => {
+                    got = Some((meta, data));
+                    break;
                 }
+                _ => {}
             }
         }
         let Some((meta, data)) = got else {
             return Err(StorageError::ReadFailed);
         };
         // Repair stale owners before answering, so the next strong read agrees.
-        for o in owners {
-            let theirs = answers
-                .iter()
-                .find(|(a, _)| a.peer_id == o.peer_id)
-                .and_then(|(_, m)| m.as_ref().map(|m| m.version));
-            if o.reachable()
-                && theirs.is_none_or(|v| v < meta.version)
-                && self.send_object(&o.peer_id, &meta, &data).await.is_ok()
-            {
+        for peer in quorum::repair_targets(&owners, &votes, meta.version) {
+            if self.send_object(peer, &meta, &data).await.is_ok() {
                 self.metrics.repaired.inc();
             }
         }
@@ -836,26 +812,19 @@ impl Storage {
         let this = self.clone();
         tokio::spawn(async move {
             let (candidates, answers) = this.survey(&data_id).await;
-            let newest = answers
-                .iter()
-                .filter_map(|(_, m)| m.clone())
-                .max_by_key(|m| m.version);
-            if newest.as_ref().is_some_and(|n| n.version > meta.version) {
+            let votes = quorum_answers(&answers);
+            if quorum::newest(&votes).is_some_and(|n| n.version > meta.version) {
                 return; // we served a stale copy; the holder of the newest repairs
             }
-            let owners = candidates.iter().take(meta.replication_factor as usize);
-            for o in owners {
-                let theirs = answers
-                    .iter()
-                    .find(|(a, _)| a.peer_id == o.peer_id)
-                    .and_then(|(_, m)| m.as_ref().map(|m| m.version));
-                let answered = answers.iter().any(|(a, _)| a.peer_id == o.peer_id);
-                if answered
-                    && theirs.is_none_or(|v| v < meta.version)
-                    && this.send_object(&o.peer_id, &meta, &data).await.is_ok()
-                {
+            let owners: Vec<&str> = candidates
+                .iter()
+                .take(meta.replication_factor as usize)
+                .map(|m| m.peer_id.as_str())
+                .collect();
+            for peer in quorum::repair_targets(&owners, &votes, meta.version) {
+                if this.send_object(peer, &meta, &data).await.is_ok() {
                     this.metrics.repaired.inc();
-                    tracing::debug!(node_id = %o.name, %data_id, "read repair");
+                    tracing::debug!(peer, %data_id, "read repair");
                 }
             }
         });
@@ -1105,6 +1074,17 @@ impl Storage {
             stored: applied == Applied::Stored,
         })
     }
+}
+
+/// The survey's answers as the quorum rules read them.
+fn quorum_answers(answers: &[(Member, Option<ObjectMeta>)]) -> Vec<quorum::Answer<'_>> {
+    answers
+        .iter()
+        .map(|(m, meta)| quorum::Answer {
+            peer: &m.peer_id,
+            version: meta.as_ref().map(|x| x.version),
+        })
+        .collect()
 }
 
 /// The `store` service as the p2p layer calls it.
