@@ -15,6 +15,9 @@ pub mod repair;
 pub mod report;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,10 +112,15 @@ pub struct Storage {
     caught_up: std::sync::atomic::AtomicBool,
     /// MiB of object bytes held by replica writes in flight.
     inflight: Arc<tokio::sync::Semaphore>,
+    /// One permit per background read repair in flight.
+    read_repairs: Arc<tokio::sync::Semaphore>,
 }
 
 /// Bound on object bytes (MiB) a coordinator holds for replica writes in flight.
 const MAX_INFLIGHT_MIB: u32 = 256;
+/// Bound on background read repairs in flight; past it an eventual read
+/// starts none (anti-entropy repairs the object anyway) and counts the skip.
+const MAX_READ_REPAIRS: usize = 32;
 
 #[derive(Clone, Default)]
 pub struct StorageMetrics {
@@ -122,6 +130,8 @@ pub struct StorageMetrics {
     >,
     pub repaired: prometheus_client::metrics::counter::Counter,
     pub corrupt: prometheus_client::metrics::counter::Counter,
+    /// Read repairs not started because [`MAX_READ_REPAIRS`] were in flight.
+    pub read_repair_skipped: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -147,6 +157,11 @@ impl StorageMetrics {
             "plexi_storage_corrupt_replicas",
             "Local replicas found with bytes failing their checksum",
             m.corrupt.clone(),
+        );
+        registry.register(
+            "plexi_storage_read_repair_skipped",
+            "Background read repairs not started because the bound on repairs in flight was reached",
+            m.read_repair_skipped.clone(),
         );
         m
     }
@@ -189,6 +204,7 @@ impl Storage {
             metrics,
             caught_up: std::sync::atomic::AtomicBool::new(false),
             inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_MIB as usize)),
+            read_repairs: Arc::new(tokio::sync::Semaphore::new(MAX_READ_REPAIRS)),
         })
     }
 
@@ -803,14 +819,25 @@ impl Storage {
         Ok((meta, data))
     }
 
+    /// Checks the object's owners after an eventual read and sends the
+    /// served copy to those holding an older one or none. At most
+    /// [`MAX_READ_REPAIRS`] run at once: past that the repair is skipped
+    /// (counted in `plexi_storage_read_repair_skipped`), since anti-entropy
+    /// repairs the object anyway and a read burst must not become as many
+    /// surveys and writes.
     fn read_repair_in_background(
         self: &Arc<Self>,
         data_id: String,
         meta: ObjectMeta,
         data: Vec<u8>,
     ) {
+        let Ok(permit) = self.read_repairs.clone().try_acquire_owned() else {
+            self.metrics.read_repair_skipped.inc();
+            return;
+        };
         let this = self.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let (candidates, answers) = this.survey(&data_id).await;
             let votes = quorum_answers(&answers);
             if quorum::newest(&votes).is_some_and(|n| n.version > meta.version) {
