@@ -11,6 +11,7 @@
 mod error;
 pub mod jobs;
 pub mod quorum;
+pub mod rebalance;
 pub mod repair;
 pub mod report;
 pub mod wire;

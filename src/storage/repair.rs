@@ -5,12 +5,17 @@
 //!   1024 partition digests with one peer (round robin) and, for partitions
 //!   that differ, pushes what the peer owns and lacks and pulls what it owns
 //!   and lacks. Because ownership comes from the current placement, the same
-//!   pass re-replicates the objects of a node dead longer than
-//!   `rereplication_delay_seconds` and rebalances onto a node that joined;
+//!   pass catches up a restarted node, repairs stale versions, re-replicates
+//!   the objects of a node dead longer than `rereplication_delay_seconds`,
+//!   and rebalances onto a node that joined. The last only with
+//!   `auto_rebalance` (see `rebalance.rs` for which move is which); the
+//!   repairs always;
 //! - cleanup (every `cleanup_interval_hours`, and on demand): drops replicas
 //!   this node no longer owns once every owner confirmed a copy at least as
-//!   new, purges tombstones past their grace, and scrubs (re-hashes every
-//!   local object and replaces corrupt ones from a healthy replica).
+//!   new (handing them over first, unless that would be rebalancing with
+//!   `auto_rebalance` off), purges tombstones past their grace, and scrubs
+//!   (re-hashes every local object and replaces corrupt ones from a healthy
+//!   replica).
 //!
 //! All traffic is throttled to `repair_mib_per_second` and every pass is
 //! bounded in partitions and objects.
@@ -24,6 +29,7 @@ use plexi_store::objects::{ObjectMeta, ObjectStore};
 use plexi_store::placement::PARTITIONS;
 use plexi_store::StoreError;
 
+use super::rebalance::{self, Held, Moves, Transfer};
 use super::wire::{StoreCall, StoreReply, MAX_BATCH};
 use super::{Member, Storage};
 use plexi_util::clock::wall_ms;
@@ -80,6 +86,7 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 /// Start-up: sync with every reachable peer once (hints they hold for us
 /// arrive meanwhile), then serve reads as a replica.
 async fn catch_up(s: &Arc<Storage>) {
+    let moves = Moves::automatic(s.config.auto_rebalance);
     let started = Instant::now();
     // Give membership a moment to learn the cluster before judging it empty.
     tokio::time::sleep(s.config.anti_entropy_interval().min(Duration::from_secs(2))).await;
@@ -90,7 +97,7 @@ async fn catch_up(s: &Arc<Storage>) {
             tracing::warn!("catch-up took too long; serving reads anyway");
             break;
         }
-        if let Err(e) = sync_with(s, peer, &progress).await {
+        if let Err(e) = sync_with(s, peer, &progress, moves).await {
             tracing::debug!(node_id = %peer.name, error = %e, "catch-up pass failed");
         }
     }
@@ -111,15 +118,15 @@ pub fn spawn(storage: Arc<Storage>) {
         let mut tick = tokio::time::interval(s.config.anti_entropy_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round = 0usize;
+        // Repairs always run; moving data onto nodes that joined only with
+        // auto_rebalance (else on POST rebalance).
+        let moves = Moves::automatic(s.config.auto_rebalance);
         loop {
             tick.tick().await;
             replay_hints(&s).await;
-            if !s.config.auto_rebalance {
-                continue; // data moves only on POST rebalance
-            }
             if round % HANDOFF_EVERY == HANDOFF_EVERY - 1 {
                 let p = Progress::default();
-                if let Err(e) = cleanup_pass(&s, &p, false).await {
+                if let Err(e) = cleanup_pass(&s, &p, false, moves).await {
                     tracing::debug!(error = %e, "handoff pass failed");
                 }
                 let removed = p.removed.load(Ordering::Relaxed);
@@ -131,7 +138,7 @@ pub fn spawn(storage: Arc<Storage>) {
             if !peers.is_empty() {
                 let peer = &peers[round % peers.len()];
                 round = round.wrapping_add(1);
-                if let Err(e) = anti_entropy_with(&s, peer, &Progress::default()).await {
+                if let Err(e) = exchange(&s, peer, &Progress::default(), moves).await {
                     tracing::debug!(node_id = %peer.name, error = %e, "anti-entropy pass failed");
                 }
             }
@@ -139,13 +146,14 @@ pub fn spawn(storage: Arc<Storage>) {
     });
     let s = storage;
     tokio::spawn(async move {
+        let moves = Moves::automatic(s.config.auto_rebalance);
         let mut tick = tokio::time::interval(s.config.cleanup_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // not at start
         loop {
             tick.tick().await;
             let p = Progress::default();
-            match cleanup(&s, &p).await {
+            match cleanup_pass(&s, &p, true, moves).await {
                 Ok(()) => tracing::info!(
                     removed = p.removed.load(Ordering::Relaxed),
                     repaired = p.repaired.load(Ordering::Relaxed),
@@ -214,11 +222,23 @@ async fn replay_hints(s: &Arc<Storage>) {
 }
 
 /// Compares digests with `peer` and exchanges what differs, in the
-/// direction placement says.
+/// direction placement says: the repairs, and rebalancing only with
+/// `auto_rebalance`.
 pub async fn anti_entropy_with(
     s: &Arc<Storage>,
     peer: &Member,
     progress: &Progress,
+) -> Result<(), String> {
+    exchange(s, peer, progress, Moves::automatic(s.config.auto_rebalance)).await
+}
+
+/// [`anti_entropy_with`] making `moves`; with [`Moves::RepairOnly`] only
+/// the moves that repair (see `rebalance.rs`).
+async fn exchange(
+    s: &Arc<Storage>,
+    peer: &Member,
+    progress: &Progress,
+    moves: Moves,
 ) -> Result<(), String> {
     let theirs = match s.call(&peer.peer_id, StoreCall::Digests).await? {
         StoreReply::Digests(d) if d.len() == PARTITIONS as usize => d,
@@ -232,7 +252,8 @@ pub async fn anti_entropy_with(
     if differing.is_empty() {
         return Ok(());
     }
-    let placement = s.placement_members(&s.members());
+    let members = s.members();
+    let placement = s.placement_members(&members);
     let mut throttle = Throttle::new(s.config.repair_bytes_per_second());
     for p in differing {
         let their_entries = match s
@@ -246,19 +267,37 @@ pub async fn anti_entropy_with(
             their_entries.into_iter().collect();
         let my_entries = s.engine().entries(p).map_err(|e| e.to_string())?;
         // Push: ours is newer or theirs is missing, and they own it.
+        let mut push = Vec::new();
         for (id, v) in &my_entries {
-            if their.get(id).is_some_and(|tv| tv >= v) {
-                continue;
-            }
-            let Ok(Some((meta, data))) = local_object(s, id) else {
+            let held = match their.get(id) {
+                Some(tv) if tv >= v => continue,
+                Some(_) => Held::Older,
+                None => Held::Nothing,
+            };
+            let Ok(Some(meta)) = s.engine().meta(id) else {
                 continue;
             };
-            if !owners(s, &meta, &placement)
+            if owners(s, &meta, &placement)
                 .iter()
                 .any(|o| o.peer_id == peer.peer_id)
             {
-                continue;
+                push.push((meta, held));
             }
+        }
+        let push = allowed(
+            s,
+            moves,
+            &members,
+            &placement,
+            &peer.peer_id,
+            s.local_peer(),
+            push,
+        )
+        .await;
+        for meta in push {
+            let Ok(Some((meta, data))) = local_object(s, &meta.data_id) else {
+                continue;
+            };
             if s.send_object(&peer.peer_id, &meta, &data).await.is_ok() {
                 s.metrics.repaired.inc();
                 progress.moved_objects.fetch_add(1, Ordering::Relaxed);
@@ -289,13 +328,35 @@ pub async fn anti_entropy_with(
                 StoreReply::Metas(m) => m,
                 _ => return Err("bad metas reply".into()),
             };
-            for (meta, _) in metas.into_iter().flatten() {
-                if !owners(s, &meta, &placement)
-                    .iter()
-                    .any(|o| o.peer_id == s.local_peer())
-                {
-                    continue;
-                }
+            let pull: Vec<(ObjectMeta, Held)> = metas
+                .into_iter()
+                .flatten()
+                .map(|(meta, _)| meta)
+                .filter(|meta| {
+                    owners(s, meta, &placement)
+                        .iter()
+                        .any(|o| o.peer_id == s.local_peer())
+                })
+                .map(|meta| {
+                    let held = if mine_map.contains_key(meta.data_id.as_str()) {
+                        Held::Older
+                    } else {
+                        Held::Nothing
+                    };
+                    (meta, held)
+                })
+                .collect();
+            let pull = allowed(
+                s,
+                moves,
+                &members,
+                &placement,
+                s.local_peer(),
+                &peer.peer_id,
+                pull,
+            )
+            .await;
+            for meta in pull {
                 if let Ok(Some((meta, data))) = s.fetch_object(&peer.peer_id, &meta.data_id).await {
                     let len = data.len() as u64;
                     if s.apply_durably(meta, data).await.is_ok() {
@@ -311,12 +372,93 @@ pub async fn anti_entropy_with(
     Ok(())
 }
 
+/// The objects of one partition that `moves` lets anti-entropy move from
+/// `sender` (which holds each at its version) onto `receiver` (an owner
+/// lacking it). With [`Moves::RepairOnly`] the current copies are counted:
+/// reachable members are asked in the partition's placement order (where
+/// the holders a newcomer displaced rank) until each object has `rf`
+/// copies other than the receiver's, which makes the move a rebalance.
+async fn allowed(
+    s: &Arc<Storage>,
+    moves: Moves,
+    members: &[Member],
+    placement: &[Member],
+    receiver: &str,
+    sender: &str,
+    objects: Vec<(ObjectMeta, Held)>,
+) -> Vec<ObjectMeta> {
+    if moves == Moves::All || objects.iter().all(|(_, h)| *h == Held::Older) {
+        return objects.into_iter().map(|(o, _)| o).collect();
+    }
+    let classify = |(o, held): &(ObjectMeta, Held), holders: &[&str]| {
+        rebalance::classify(o.replication_factor as usize, receiver, *held, holders)
+    };
+    let mut holders: Vec<Vec<&str>> = vec![vec![sender]; objects.len()];
+    let ranked = s.replicas_among(&objects[0].0.data_id, placement.len(), placement);
+    let others = members
+        .iter()
+        .filter(|m| !ranked.iter().any(|r| r.peer_id == m.peer_id));
+    let asked = ranked
+        .iter()
+        .chain(others)
+        .filter(|m| m.reachable() && m.peer_id != receiver && m.peer_id != sender);
+    for m in asked {
+        // Objects that are a repair so far, unless more holders turn up.
+        let open: Vec<usize> = (0..objects.len())
+            .filter(|&i| objects[i].1 == Held::Nothing)
+            .filter(|&i| classify(&objects[i], &holders[i]) == Transfer::Repair)
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        for chunk in open.chunks(MAX_BATCH) {
+            let data_ids = chunk
+                .iter()
+                .map(|&i| objects[i].0.data_id.clone())
+                .collect();
+            let Ok(StoreReply::Metas(found)) =
+                s.call(&m.peer_id, StoreCall::Metas { data_ids }).await
+            else {
+                continue;
+            };
+            for (&i, entry) in chunk.iter().zip(found) {
+                if entry.is_some_and(|(meta, _)| meta.version >= objects[i].0.version) {
+                    holders[i].push(&m.peer_id);
+                }
+            }
+        }
+    }
+    let keep: Vec<bool> = objects
+        .iter()
+        .zip(&holders)
+        .map(|(o, h)| moves.allows(classify(o, h)))
+        .collect();
+    let skipped = keep.iter().filter(|k| !**k).count();
+    if skipped > 0 {
+        tracing::debug!(
+            receiver,
+            skipped,
+            "auto_rebalance is off: fully replicated objects not moved onto an owner that joined"
+        );
+    }
+    objects
+        .into_iter()
+        .zip(keep)
+        .filter_map(|((o, _), k)| k.then_some(o))
+        .collect()
+}
+
 /// Anti-entropy with `peer`, repeated until a pass moves nothing (at most
 /// [`MAX_SYNC_PASSES`], since one pass handles a bounded number of partitions).
-async fn sync_with(s: &Arc<Storage>, peer: &Member, progress: &Progress) -> Result<(), String> {
+async fn sync_with(
+    s: &Arc<Storage>,
+    peer: &Member,
+    progress: &Progress,
+    moves: Moves,
+) -> Result<(), String> {
     for _ in 0..MAX_SYNC_PASSES {
         let before = progress.moved_objects.load(Ordering::Relaxed);
-        anti_entropy_with(s, peer, progress).await?;
+        exchange(s, peer, progress, moves).await?;
         if progress.moved_objects.load(Ordering::Relaxed) == before {
             break;
         }
@@ -324,7 +466,8 @@ async fn sync_with(s: &Arc<Storage>, peer: &Member, progress: &Progress) -> Resu
     Ok(())
 }
 
-/// A full rebalance pass: anti-entropy with every reachable peer, then
+/// A full rebalance pass (a rebalance job: every move, whatever
+/// `auto_rebalance` says): anti-entropy with every reachable peer, then
 /// cleanup of what this node no longer owns.
 pub async fn rebalance(s: &Arc<Storage>, progress: &Progress) -> Result<(), String> {
     let peers: Vec<Member> = s.peers();
@@ -333,22 +476,31 @@ pub async fn rebalance(s: &Arc<Storage>, progress: &Progress) -> Result<(), Stri
         .total
         .store(peers.len() as u64 + PARTITIONS as u64, Ordering::Relaxed);
     for peer in &peers {
-        sync_with(s, peer, progress).await?;
+        sync_with(s, peer, progress, Moves::All).await?;
         progress.examined.fetch_add(1, Ordering::Relaxed);
     }
-    cleanup_pass(s, progress, true).await
+    cleanup_pass(s, progress, true, Moves::All).await
 }
 
-/// Drops replicas this node no longer owns (once every owner holds a copy at
-/// least as new), purges old tombstones, scrubs local bytes.
+/// A cleanup job: drops replicas this node no longer owns (once every owner
+/// holds a copy at least as new, handed over first where missing), purges
+/// old tombstones, scrubs local bytes.
 pub async fn cleanup(s: &Arc<Storage>, progress: &Progress) -> Result<(), String> {
     progress.total.store(PARTITIONS as u64, Ordering::Relaxed);
-    cleanup_pass(s, progress, true).await
+    cleanup_pass(s, progress, true, Moves::All).await
 }
 
 /// `full`: also purge tombstones and scrub; otherwise only hand off and drop
 /// replicas this node no longer owns (the automatic half of a rebalance).
-async fn cleanup_pass(s: &Arc<Storage>, progress: &Progress, full: bool) -> Result<(), String> {
+/// With [`Moves::RepairOnly`] a copy is never handed to an owner lacking it
+/// (that would move data onto a node that joined); it is dropped only once
+/// every owner already holds one.
+async fn cleanup_pass(
+    s: &Arc<Storage>,
+    progress: &Progress,
+    full: bool,
+    moves: Moves,
+) -> Result<(), String> {
     let placement = s.placement_members(&s.members());
     let grace_ms = s.config.tombstone_grace().as_millis() as u64;
     let now = wall_ms();
@@ -379,7 +531,9 @@ async fn cleanup_pass(s: &Arc<Storage>, progress: &Progress, full: bool) -> Resu
                         s.call(&o.peer_id, StoreCall::Metas { data_ids: vec![id.clone()] }).await,
                         Ok(StoreReply::Metas(ref m)) if m.first().and_then(|x| x.as_ref()).is_some_and(|(om, _)| om.version >= v)
                     );
-                    if !ok {
+                    if !ok && moves == Moves::RepairOnly {
+                        confirmed = false;
+                    } else if !ok {
                         // Hand it over before we let go.
                         let handed = match local_object(s, &id) {
                             Ok(Some((meta, data))) => {
