@@ -39,7 +39,8 @@ const MAX_PARTITIONS_PER_PASS: usize = 128;
 /// Every this many anti-entropy ticks, drop copies this node no longer owns.
 const HANDOFF_EVERY: usize = 12;
 /// Most anti-entropy passes one sync with a peer repeats.
-const MAX_SYNC_PASSES: usize = 8;
+/// Two cycles over every partition.
+const MAX_SYNC_PASSES: usize = 2 * PARTITIONS as usize / MAX_PARTITIONS_PER_PASS;
 /// Most hints replayed per peer per pass.
 const MAX_HINTS_PER_PASS: usize = 256;
 
@@ -118,6 +119,10 @@ pub fn spawn(storage: Arc<Storage>) {
         let mut tick = tokio::time::interval(s.config.anti_entropy_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round = 0usize;
+        // Per peer, the partition the next pass with it starts at: digests
+        // of two nodes differ for good in partitions only one of them owns,
+        // so each pass goes on where the last one stopped.
+        let mut cursors: HashMap<String, u16> = HashMap::new();
         // Repairs always run; moving data onto nodes that joined only with
         // auto_rebalance (else on POST rebalance).
         let moves = Moves::automatic(s.config.auto_rebalance);
@@ -138,8 +143,17 @@ pub fn spawn(storage: Arc<Storage>) {
             if !peers.is_empty() {
                 let peer = &peers[round % peers.len()];
                 round = round.wrapping_add(1);
-                if let Err(e) = exchange(&s, peer, &Progress::default(), moves).await {
-                    tracing::debug!(node_id = %peer.name, error = %e, "anti-entropy pass failed");
+                if cursors.len() > 4 * PARTITIONS as usize {
+                    cursors.clear(); // peers long gone
+                }
+                let start = cursors.get(&peer.peer_id).copied().unwrap_or(0);
+                match exchange(&s, peer, &Progress::default(), moves, start).await {
+                    Ok(pass) => {
+                        cursors.insert(peer.peer_id.clone(), pass.next);
+                    }
+                    Err(e) => {
+                        tracing::debug!(node_id = %peer.name, error = %e, "anti-entropy pass failed")
+                    }
                 }
             }
         }
@@ -221,41 +235,58 @@ async fn replay_hints(s: &Arc<Storage>) {
     }
 }
 
-/// Compares digests with `peer` and exchanges what differs, in the
-/// direction placement says: the repairs, and rebalancing only with
-/// `auto_rebalance`.
+/// Compares digests with `peer` and exchanges what differs in every
+/// partition, in the direction placement says: the repairs, and
+/// rebalancing only with `auto_rebalance`.
 pub async fn anti_entropy_with(
     s: &Arc<Storage>,
     peer: &Member,
     progress: &Progress,
 ) -> Result<(), String> {
-    exchange(s, peer, progress, Moves::automatic(s.config.auto_rebalance)).await
+    sync_with(s, peer, progress, Moves::automatic(s.config.auto_rebalance)).await
 }
 
-/// [`anti_entropy_with`] making `moves`; with [`Moves::RepairOnly`] only
-/// the moves that repair (see `rebalance.rs`).
+/// What one pass of [`exchange`] covered.
+struct Pass {
+    /// Partitions examined.
+    examined: usize,
+    /// Partitions whose digests differed.
+    differing: usize,
+    /// Where the next pass with this peer starts.
+    next: u16,
+}
+
+/// One pass of anti-entropy with `peer` over at most
+/// [`MAX_PARTITIONS_PER_PASS`] differing partitions from `start` on, making
+/// `moves`; with [`Moves::RepairOnly`] only the moves that repair (see
+/// `rebalance.rs`).
 async fn exchange(
     s: &Arc<Storage>,
     peer: &Member,
     progress: &Progress,
     moves: Moves,
-) -> Result<(), String> {
+    start: u16,
+) -> Result<Pass, String> {
     let theirs = match s.call(&peer.peer_id, StoreCall::Digests).await? {
         StoreReply::Digests(d) if d.len() == PARTITIONS as usize => d,
         _ => return Err("bad digests reply".into()),
     };
     let mine = s.engine().digests().map_err(|e| e.to_string())?;
-    let differing: Vec<u16> = (0..PARTITIONS)
-        .filter(|&p| mine[p as usize] != theirs[p as usize])
-        .take(MAX_PARTITIONS_PER_PASS)
-        .collect();
-    if differing.is_empty() {
-        return Ok(());
+    let (examined, next) = differing_partitions(&mine, &theirs, start, MAX_PARTITIONS_PER_PASS);
+    let pass = Pass {
+        examined: examined.len(),
+        differing: (0..PARTITIONS as usize)
+            .filter(|&p| mine[p] != theirs[p])
+            .count(),
+        next,
+    };
+    if examined.is_empty() {
+        return Ok(pass);
     }
     let members = s.members();
     let placement = s.placement_members(&members);
     let mut throttle = Throttle::new(s.config.repair_bytes_per_second());
-    for p in differing {
+    for p in examined {
         let their_entries = match s
             .call(&peer.peer_id, StoreCall::Entries { partition: p })
             .await?
@@ -369,7 +400,7 @@ async fn exchange(
             }
         }
     }
-    Ok(())
+    Ok(pass)
 }
 
 /// The objects of one partition that `moves` lets anti-entropy move from
@@ -448,7 +479,30 @@ async fn allowed(
         .collect()
 }
 
-/// Anti-entropy with `peer`, repeated until a pass moves nothing (at most
+/// Up to `max` partitions whose digests differ, scanning from `start` and
+/// wrapping around; and where the next scan should start: after the last
+/// one taken when the bound cut the scan short, else at `start` again.
+fn differing_partitions(
+    mine: &[[u8; 32]],
+    theirs: &[[u8; 32]],
+    start: u16,
+    max: usize,
+) -> (Vec<u16>, u16) {
+    let start = start % PARTITIONS;
+    let differing: Vec<u16> = (0..PARTITIONS)
+        .map(|i| (start + i) % PARTITIONS)
+        .filter(|&p| mine[p as usize] != theirs[p as usize])
+        .take(max + 1)
+        .collect();
+    if differing.len() <= max {
+        return (differing, start);
+    }
+    let next = differing[max];
+    (differing[..max].to_vec(), next)
+}
+
+/// Anti-entropy with `peer`, pass after pass, until every differing
+/// partition was examined once with nothing moved (at most
 /// [`MAX_SYNC_PASSES`], since one pass handles a bounded number of partitions).
 async fn sync_with(
     s: &Arc<Storage>,
@@ -456,12 +510,21 @@ async fn sync_with(
     progress: &Progress,
     moves: Moves,
 ) -> Result<(), String> {
+    let mut start = 0;
+    // Partitions examined since something last moved.
+    let mut quiet = 0;
     for _ in 0..MAX_SYNC_PASSES {
         let before = progress.moved_objects.load(Ordering::Relaxed);
-        exchange(s, peer, progress, moves).await?;
+        let pass = exchange(s, peer, progress, moves, start).await?;
         if progress.moved_objects.load(Ordering::Relaxed) == before {
+            quiet += pass.examined;
+        } else {
+            quiet = 0;
+        }
+        if quiet >= pass.differing {
             break;
         }
+        start = pass.next;
     }
     Ok(())
 }
@@ -592,5 +655,49 @@ async fn scrub_one(
             );
         }
         Err(e) => tracing::warn!(data_id = id, error = %e, "scrub read failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Digests differing in `parts` (in no particular order).
+    fn digests_differing_in(parts: &[u16]) -> (Vec<[u8; 32]>, Vec<[u8; 32]>) {
+        let mine = vec![[0u8; 32]; PARTITIONS as usize];
+        let mut theirs = mine.clone();
+        for &p in parts {
+            theirs[p as usize] = [1u8; 32];
+        }
+        (mine, theirs)
+    }
+
+    /// Two nodes' digests differ for good in every partition only one of
+    /// them owns, so one pass taking the first `max` differing partitions
+    /// would never reach the others: successive passes must cover them all.
+    #[test]
+    fn successive_passes_examine_every_differing_partition() {
+        let parts: Vec<u16> = (0..PARTITIONS).filter(|p| p % 3 != 1).collect();
+        let (mine, theirs) = digests_differing_in(&parts);
+        let max = 128;
+        let passes = parts.len().div_ceil(max);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut start = 0;
+        for _ in 0..passes {
+            let (taken, next) = differing_partitions(&mine, &theirs, start, max);
+            assert!(taken.len() <= max);
+            assert!(taken.iter().all(|p| parts.contains(p)));
+            seen.extend(taken);
+            start = next;
+        }
+        assert_eq!(seen.len(), parts.len(), "partitions never examined");
+        // Fewer differing than the bound: one pass takes them all, and the
+        // next starts where this one did.
+        let (mine, theirs) = digests_differing_in(&[3, 1000, 512]);
+        let (taken, next) = differing_partitions(&mine, &theirs, 700, max);
+        assert_eq!(taken, vec![1000, 3, 512]);
+        assert_eq!(next, 700);
+        let (mine, theirs) = digests_differing_in(&[]);
+        assert_eq!(differing_partitions(&mine, &theirs, 5, max), (vec![], 5));
     }
 }
