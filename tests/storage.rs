@@ -496,3 +496,92 @@ fn without_auto_rebalance_lost_replicas_are_rebuilt_but_a_joiner_gets_no_share()
         assert_reads(&nodes[live[i % 4]], id, data, "strong");
     }
 }
+
+/// Every node's (performance_score, reliability_score, unplanned_restarts)
+/// as `n` reports them, by node id.
+fn scores(n: &TestNode) -> std::collections::BTreeMap<String, (f64, f64, Option<u64>)> {
+    n.get_json("/api/v1/clustering/storage/nodes")["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["node_id"].as_str().unwrap().to_string(),
+                (
+                    x["performance_score"].as_f64().unwrap(),
+                    x["reliability_score"].as_f64().unwrap(),
+                    x["unplanned_restarts"].as_u64(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Waits until every running node reports the same scores for all three
+/// nodes and `accept` takes them.
+fn agreed_scores(
+    nodes: &[TestNode],
+    accept: impl Fn(&std::collections::BTreeMap<String, (f64, f64, Option<u64>)>) -> bool,
+) -> Option<std::collections::BTreeMap<String, (f64, f64, Option<u64>)>> {
+    wait_for(Duration::from_secs(30), || {
+        let all: Vec<_> = nodes.iter().map(scores).collect();
+        let first = &all[0];
+        (first.len() == 3 && all.iter().all(|s| s == first) && accept(first)).then(|| first.clone())
+    })
+}
+
+#[test]
+fn node_scores_agree_everywhere_and_only_unplanned_restarts_lower_reliability() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3, FAST);
+    // Every node answers the same scores for every node.
+    let first = agreed_scores(&nodes, |_| true).unwrap_or_else(|| {
+        panic!(
+            "nodes disagree on the scores: {:?}",
+            nodes.iter().map(scores).collect::<Vec<_>>()
+        )
+    });
+    let reliability = |s: &std::collections::BTreeMap<String, (f64, f64, Option<u64>)>| s["s3"].1;
+    let start = reliability(&first);
+    assert_eq!(first["s3"].2, Some(0), "{first:?}");
+
+    // A graceful stop (SIGTERM) and a restart: no failure.
+    nodes[2].signal(libc::SIGTERM);
+    assert_eq!(nodes[2].wait_exit(Duration::from_secs(30)), Some(0));
+    let boot = vec![nodes[0].p2p.clone()];
+    nodes[2].restart(boot.clone());
+    assert!(wait_for(Duration::from_secs(20), || nodes
+        .iter()
+        .all(|n| n.alive_count() == 3)
+        .then_some(()))
+    .is_some());
+    let after_term = agreed_scores(&nodes, |s| s["s3"].2 == Some(0)).unwrap_or_else(|| {
+        panic!(
+            "after SIGTERM: {:?}",
+            nodes.iter().map(scores).collect::<Vec<_>>()
+        )
+    });
+    assert_eq!(reliability(&after_term), start, "{after_term:?}");
+
+    // A crash (SIGKILL) and a restart: one unplanned restart, lower
+    // reliability, the same on every node.
+    nodes[2].kill();
+    nodes[2].restart(boot);
+    assert!(wait_for(Duration::from_secs(20), || nodes
+        .iter()
+        .all(|n| n.alive_count() == 3)
+        .then_some(()))
+    .is_some());
+    let after_kill = agreed_scores(&nodes, |s| s["s3"].2 == Some(1)).unwrap_or_else(|| {
+        panic!(
+            "after SIGKILL: {:?}",
+            nodes.iter().map(scores).collect::<Vec<_>>()
+        )
+    });
+    assert!(reliability(&after_kill) < start, "{after_kill:?}");
+    eprintln!("scores at start {first:?}, after SIGTERM {after_term:?}, after SIGKILL {after_kill:?}");
+    // The other nodes' figures did not move.
+    for n in ["s1", "s2"] {
+        assert_eq!(after_kill[n].1, first[n].1, "{n}: {after_kill:?}");
+    }
+}

@@ -443,6 +443,13 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         known_peers: std::sync::Mutex::new(Vec::new()),
     });
 
+    // Failure history for reliability: this start is unplanned unless the
+    // last run marked a clean stop (see the end of this function).
+    let restarts = crate::storage::restarts::Restarts::open(&store).map_err(startup("store"))?;
+    let unplanned_restarts = restarts
+        .record_start(store.quarantined().is_some())
+        .map_err(startup("store"))?;
+
     let first_info = LocalInfo {
         name: name.clone(),
         version: VERSION.into(),
@@ -452,6 +459,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         used_bytes: 0,
         object_count: 0,
         store_latency_us: 0,
+        unplanned_restarts,
         healthy: true,
         api_address: api_bound.to_string(),
     };
@@ -508,6 +516,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         %peer_id,
         version = VERSION,
         incarnation,
+        unplanned_restarts,
         config = %config_file,
         data_dir = %data_dir.display(),
         api = %api_bound,
@@ -518,15 +527,9 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
     {
         let mut events = p2p.subscribe();
         let store = store.clone();
-        let storage = storage.clone();
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(P2pEvent::MemberStatus {
-                        peer_id,
-                        status: MemberStatus::Dead,
-                        ..
-                    }) => storage.note_death(&peer_id),
                     Ok(P2pEvent::IncarnationBumped(inc)) => {
                         let store = store.clone();
                         let res =
@@ -767,6 +770,10 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
             code
         }
     };
+    // Both ways out are planned stops: the next start counts no failure.
+    if let Err(e) = restarts.mark_clean_stop() {
+        tracing::warn!(error = %e, "cannot mark the clean stop; the next start counts as unplanned");
+    }
     let _ = stop_tx.send(true);
     match tokio::time::timeout(HTTP_DRAIN, server).await {
         Ok(Ok(Ok(()))) => {}

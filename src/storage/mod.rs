@@ -14,6 +14,8 @@ pub mod quorum;
 pub mod rebalance;
 pub mod repair;
 pub mod report;
+pub mod restarts;
+pub mod scores;
 pub mod wire;
 
 #[cfg(test)]
@@ -63,7 +65,8 @@ pub struct Member {
     pub healthy: bool,
     /// Its own store latency, as it gossips it (µs; 0 = not measured yet).
     pub store_latency_us: u64,
-    pub incarnation: u64,
+    /// Its own count of unplanned restarts, as it gossips it.
+    pub unplanned_restarts: u64,
 }
 
 impl Member {
@@ -85,15 +88,13 @@ struct Upload {
     touched: Instant,
 }
 
-/// Per-peer figures measured by this node.
+/// Latencies of this node's store calls to a peer (EWMA, ms): what the
+/// answering node measured, so they differ with the node that answers. No
+/// score is derived from them (see `scores.rs`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PeerStats {
-    /// EWMA of store-call latency, ms.
-    pub latency_ms: Option<f64>,
     pub read_latency_ms: Option<f64>,
     pub write_latency_ms: Option<f64>,
-    /// Times this node saw the peer go dead.
-    pub deaths: u32,
 }
 
 pub struct Storage {
@@ -172,14 +173,6 @@ impl StorageMetrics {
     }
 }
 
-/// Reliability from failure history: every start after the first counts as
-/// a failure or restart. Coarse on purpose (placement buckets it): up to 4
-/// restarts stay at the top, so a restart or two moves no data.
-pub fn reliability(incarnation: u64) -> f64 {
-    let restarts = incarnation.saturating_sub(1) as f64;
-    (1.0 - 0.002 * restarts).max(0.0)
-}
-
 impl Storage {
     pub fn new(
         config: DistributedStorage,
@@ -230,15 +223,6 @@ impl Storage {
         self.stats.lock().expect("stats lock").clone()
     }
 
-    pub fn note_death(&self, peer: &str) {
-        self.stats
-            .lock()
-            .expect("stats lock")
-            .entry(peer.to_string())
-            .or_default()
-            .deaths += 1;
-    }
-
     /// Every known member, from the membership table.
     pub fn members(&self) -> Vec<Member> {
         self.p2p
@@ -257,7 +241,7 @@ impl Storage {
                     used_bytes: s.used_bytes,
                     object_count: s.object_count,
                     store_latency_us: s.store_latency_us,
-                    incarnation: s.incarnation,
+                    unplanned_restarts: s.unplanned_restarts,
                     healthy: s.healthy,
                 }
             })
@@ -302,7 +286,7 @@ impl Storage {
                 zone: m.zone.clone(),
                 capacity_bytes: m.capacity_bytes,
                 latency_ms: (m.store_latency_us > 0).then(|| m.store_latency_us as f64 / 1000.0),
-                reliability: reliability(m.incarnation),
+                reliability: scores::reliability(m.unplanned_restarts),
             })
             .collect();
         placement::replicas(
@@ -326,7 +310,6 @@ impl Storage {
         let mut stats = self.stats.lock().expect("stats lock");
         let s = stats.entry(peer.to_string()).or_default();
         let ewma = |old: Option<f64>| Some(old.map_or(ms, |o| 0.8 * o + 0.2 * ms));
-        s.latency_ms = ewma(s.latency_ms);
         match kind {
             "read" => s.read_latency_ms = ewma(s.read_latency_ms),
             _ => s.write_latency_ms = ewma(s.write_latency_ms),

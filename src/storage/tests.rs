@@ -42,6 +42,7 @@ pub(super) async fn lone_node(config: DistributedStorage) -> Lone {
         used_bytes: 0,
         object_count: 0,
         store_latency_us: 0,
+        unplanned_restarts: 0,
         healthy: true,
         api_address: "127.0.0.1:1".into(),
     });
