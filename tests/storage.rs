@@ -498,8 +498,10 @@ fn without_auto_rebalance_lost_replicas_are_rebuilt_but_a_joiner_gets_no_share()
 }
 
 /// Every node's (performance_score, reliability_score, unplanned_restarts)
-/// as `n` reports them, by node id.
-fn scores(n: &TestNode) -> std::collections::BTreeMap<String, (f64, f64, Option<u64>)> {
+/// as one node reports them, by node id.
+type Scores = std::collections::BTreeMap<String, (f64, f64, Option<u64>)>;
+
+fn scores(n: &TestNode) -> Scores {
     n.get_json("/api/v1/clustering/storage/nodes")["nodes"]
         .as_array()
         .unwrap()
@@ -519,10 +521,7 @@ fn scores(n: &TestNode) -> std::collections::BTreeMap<String, (f64, f64, Option<
 
 /// Waits until every running node reports the same scores for all three
 /// nodes and `accept` takes them.
-fn agreed_scores(
-    nodes: &[TestNode],
-    accept: impl Fn(&std::collections::BTreeMap<String, (f64, f64, Option<u64>)>) -> bool,
-) -> Option<std::collections::BTreeMap<String, (f64, f64, Option<u64>)>> {
+fn agreed_scores(nodes: &[TestNode], accept: impl Fn(&Scores) -> bool) -> Option<Scores> {
     wait_for(Duration::from_secs(30), || {
         let all: Vec<_> = nodes.iter().map(scores).collect();
         let first = &all[0];
@@ -541,7 +540,7 @@ fn node_scores_agree_everywhere_and_only_unplanned_restarts_lower_reliability() 
             nodes.iter().map(scores).collect::<Vec<_>>()
         )
     });
-    let reliability = |s: &std::collections::BTreeMap<String, (f64, f64, Option<u64>)>| s["s3"].1;
+    let reliability = |s: &Scores| s["s3"].1;
     let start = reliability(&first);
     assert_eq!(first["s3"].2, Some(0), "{first:?}");
 
@@ -579,7 +578,9 @@ fn node_scores_agree_everywhere_and_only_unplanned_restarts_lower_reliability() 
         )
     });
     assert!(reliability(&after_kill) < start, "{after_kill:?}");
-    eprintln!("scores at start {first:?}, after SIGTERM {after_term:?}, after SIGKILL {after_kill:?}");
+    eprintln!(
+        "scores at start {first:?}, after SIGTERM {after_term:?}, after SIGKILL {after_kill:?}"
+    );
     // The other nodes' figures did not move.
     for n in ["s1", "s2"] {
         assert_eq!(after_kill[n].1, first[n].1, "{n}: {after_kill:?}");
