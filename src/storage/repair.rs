@@ -143,9 +143,7 @@ pub fn spawn(storage: Arc<Storage>) {
             if !peers.is_empty() {
                 let peer = &peers[round % peers.len()];
                 round = round.wrapping_add(1);
-                if cursors.len() > 4 * PARTITIONS as usize {
-                    cursors.clear(); // peers long gone
-                }
+                cursors.retain(|p, _| peers.iter().any(|m| m.peer_id == *p));
                 let start = cursors.get(&peer.peer_id).copied().unwrap_or(0);
                 match exchange(&s, peer, &Progress::default(), moves, start).await {
                     Ok(pass) => {
