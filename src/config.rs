@@ -3,8 +3,10 @@
 //! out-of-range values are rejected with a message naming the key and the file.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use plexi_util::types::{Consistency, StorageStrategy};
+use plexi_util::units::MIB;
 use serde::Deserialize;
 
 use crate::updates::ops::OpSettings;
@@ -74,17 +76,27 @@ impl Default for ClusterUpdates {
     }
 }
 
+/// `distributed_storage:`. The storage service reads this section as it is
+/// (`Storage::config`); values derived from it are the methods below, so a
+/// key keeps its name, and its unit, everywhere in the code.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedStorage {
+    /// Copies of an object when a write names no `replication_factor`.
     pub default_replication_factor: u32,
     pub max_replication_factor: u32,
+    /// Consistency of a request that names none.
     pub consistency_level: Consistency,
     pub storage_strategy: StorageStrategy,
+    /// Move data onto nodes that joined (rebalancing) by itself. Off, data
+    /// moves onto them only on `POST /clustering/storage/rebalance`; repair
+    /// of missing or stale replicas runs either way.
     pub auto_rebalance: bool,
     pub cleanup_interval_hours: f64,
     pub health_check_interval_seconds: f64,
+    /// No new replica lands on a node above this.
     pub max_node_usage_percentage: f64,
+    /// A node dead this long has its replicas rebuilt elsewhere.
     pub rereplication_delay_seconds: u64,
     /// Largest object body accepted (413 above).
     pub max_object_mib: f64,
@@ -113,6 +125,34 @@ impl Default for DistributedStorage {
             tombstone_grace_seconds: 86_400,
             repair_mib_per_second: 32.0,
         }
+    }
+}
+
+impl DistributedStorage {
+    /// `max_object_mib` in bytes.
+    pub fn max_object_bytes(&self) -> usize {
+        (self.max_object_mib * MIB as f64) as usize
+    }
+
+    pub fn rereplication_delay(&self) -> Duration {
+        Duration::from_secs(self.rereplication_delay_seconds)
+    }
+
+    pub fn anti_entropy_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.anti_entropy_interval_seconds)
+    }
+
+    pub fn cleanup_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.cleanup_interval_hours * 3600.0)
+    }
+
+    pub fn tombstone_grace(&self) -> Duration {
+        Duration::from_secs(self.tombstone_grace_seconds)
+    }
+
+    /// `repair_mib_per_second` in bytes per second.
+    pub fn repair_bytes_per_second(&self) -> u64 {
+        (self.repair_mib_per_second * MIB as f64) as u64
     }
 }
 

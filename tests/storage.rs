@@ -385,3 +385,204 @@ fn corrupt_replica_is_never_served_and_is_repaired() {
     nodes[2].kill();
     assert_reads(&nodes[1], "victim", &data, "weak");
 }
+
+/// Number of live objects `name` holds, as `through` reports it.
+fn objects_on(through: &TestNode, name: &str) -> Option<u64> {
+    let d = through.get_json("/api/v1/clustering/storage/distribution");
+    d["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node_id"] == name)?["objects"]
+        .as_u64()
+}
+
+#[test]
+fn without_auto_rebalance_lost_replicas_are_rebuilt_but_a_joiner_gets_no_share() {
+    let root = tempfile::tempdir().unwrap();
+    let config = format!("{FAST}  auto_rebalance: false\n");
+    let mut nodes = cluster(root.path(), 4, &config);
+    let mut objects = Vec::new();
+    for i in 0..30 {
+        let id = format!("ar-{i}");
+        let data = body(i, 300 + i);
+        assert_eq!(
+            nodes[i % 4].put(&id, &data, "consistency=strong").status(),
+            201,
+            "PUT {id}"
+        );
+        objects.push((id, data));
+    }
+
+    // SIGKILL a holder: after rereplication_delay_seconds every object is
+    // back to 3 live replicas on the survivors, with no read to trigger it.
+    let holder = info(&nodes[0], "ar-0")["replicas"][0]["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let victim = nodes.iter().position(|n| n.name == holder).unwrap();
+    nodes[victim].kill();
+    let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
+    let w = survivors[0];
+    let rebuilt = wait_for(Duration::from_secs(60), || {
+        objects
+            .iter()
+            .all(|(id, _)| {
+                let v = info(&nodes[w], id);
+                v["live_replicas"] == 3
+                    && v["replicas"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|r| r["node_id"] != holder.as_str())
+            })
+            .then_some(())
+    });
+    assert!(
+        rebuilt.is_some(),
+        "with auto_rebalance: false, lost replicas were not rebuilt"
+    );
+
+    // A node joins. Every object still has 3 current copies on the
+    // survivors, so moving any onto the newcomer would be rebalancing: it
+    // receives none by itself, neither through its start-up catch-up nor
+    // through the next 20 anti-entropy intervals (0.3 s each).
+    let boot = vec![nodes[w].p2p.clone()];
+    nodes.push(TestNode::spawn(
+        root.path(),
+        common::NodeSpec {
+            name: "s5",
+            bootstrap: boot,
+            region: "r1",
+            zone: "z5",
+            config: Some(&config),
+        },
+    ));
+    let live: Vec<usize> = survivors.iter().copied().chain([4]).collect();
+    assert!(wait_for(Duration::from_secs(15), || live
+        .iter()
+        .all(|&i| nodes[i].alive_count() == 4)
+        .then_some(()))
+    .is_some());
+    let log = nodes[4].dir.join("node.log");
+    let caught_up = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("caught up; serving reads as a replica")
+            .then_some(())
+    });
+    assert!(caught_up.is_some(), "s5 never finished its catch-up");
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(6) {
+        assert_eq!(
+            objects_on(&nodes[4], "s5"),
+            Some(0),
+            "s5 received a share without auto_rebalance"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Reads through the newcomer still find every object.
+    for (id, data) in &objects {
+        assert_reads(&nodes[4], id, data, "eventual");
+    }
+
+    // An explicit rebalance moves its share (3 of 4 owners per object).
+    let done = run_job(&nodes[4], &nodes[w], "rebalance");
+    assert_eq!(done["status"], "completed", "{done}");
+    let moved = wait_for(Duration::from_secs(30), || {
+        objects_on(&nodes[4], "s5").filter(|&n| n >= 10)
+    });
+    assert!(moved.is_some(), "a rebalance job moved nothing onto s5");
+    for (i, (id, data)) in objects.iter().enumerate() {
+        assert_reads(&nodes[live[i % 4]], id, data, "strong");
+    }
+}
+
+/// Every node's (performance_score, reliability_score, unplanned_restarts)
+/// as one node reports them, by node id.
+type Scores = std::collections::BTreeMap<String, (f64, f64, Option<u64>)>;
+
+fn scores(n: &TestNode) -> Scores {
+    n.get_json("/api/v1/clustering/storage/nodes")["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["node_id"].as_str().unwrap().to_string(),
+                (
+                    x["performance_score"].as_f64().unwrap(),
+                    x["reliability_score"].as_f64().unwrap(),
+                    x["unplanned_restarts"].as_u64(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Waits until every running node reports the same scores for all three
+/// nodes and `accept` takes them.
+fn agreed_scores(nodes: &[TestNode], accept: impl Fn(&Scores) -> bool) -> Option<Scores> {
+    wait_for(Duration::from_secs(30), || {
+        let all: Vec<_> = nodes.iter().map(scores).collect();
+        let first = &all[0];
+        (first.len() == 3 && all.iter().all(|s| s == first) && accept(first)).then(|| first.clone())
+    })
+}
+
+#[test]
+fn node_scores_agree_everywhere_and_only_unplanned_restarts_lower_reliability() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3, FAST);
+    // Every node answers the same scores for every node.
+    let first = agreed_scores(&nodes, |_| true).unwrap_or_else(|| {
+        panic!(
+            "nodes disagree on the scores: {:?}",
+            nodes.iter().map(scores).collect::<Vec<_>>()
+        )
+    });
+    let reliability = |s: &Scores| s["s3"].1;
+    let start = reliability(&first);
+    assert_eq!(first["s3"].2, Some(0), "{first:?}");
+
+    // A graceful stop (SIGTERM) and a restart: no failure.
+    nodes[2].signal(libc::SIGTERM);
+    assert_eq!(nodes[2].wait_exit(Duration::from_secs(30)), Some(0));
+    let boot = vec![nodes[0].p2p.clone()];
+    nodes[2].restart(boot.clone());
+    assert!(wait_for(Duration::from_secs(20), || nodes
+        .iter()
+        .all(|n| n.alive_count() == 3)
+        .then_some(()))
+    .is_some());
+    let after_term = agreed_scores(&nodes, |s| s["s3"].2 == Some(0)).unwrap_or_else(|| {
+        panic!(
+            "after SIGTERM: {:?}",
+            nodes.iter().map(scores).collect::<Vec<_>>()
+        )
+    });
+    assert_eq!(reliability(&after_term), start, "{after_term:?}");
+
+    // A crash (SIGKILL) and a restart: one unplanned restart, lower
+    // reliability, the same on every node.
+    nodes[2].kill();
+    nodes[2].restart(boot);
+    assert!(wait_for(Duration::from_secs(20), || nodes
+        .iter()
+        .all(|n| n.alive_count() == 3)
+        .then_some(()))
+    .is_some());
+    let after_kill = agreed_scores(&nodes, |s| s["s3"].2 == Some(1)).unwrap_or_else(|| {
+        panic!(
+            "after SIGKILL: {:?}",
+            nodes.iter().map(scores).collect::<Vec<_>>()
+        )
+    });
+    assert!(reliability(&after_kill) < start, "{after_kill:?}");
+    eprintln!(
+        "scores at start {first:?}, after SIGTERM {after_term:?}, after SIGKILL {after_kill:?}"
+    );
+    // The other nodes' figures did not move.
+    for n in ["s1", "s2"] {
+        assert_eq!(after_kill[n].1, first[n].1, "{n}: {after_kill:?}");
+    }
+}

@@ -193,11 +193,23 @@ pub struct StorageNode {
     pub available_capacity_gb: f64,
     pub usage_percentage: f64,
     pub object_count: u64,
-    /// 0-100 from the latency this node measured to it.
+    /// 0-100 from the store write+flush latency the node measures on
+    /// itself and gossips (50 until measured); the same on every node.
     pub performance_score: f64,
-    /// 0-100 from its failure history as seen by this node.
+    /// 0-100 from the node's unplanned restarts (crashes; graceful stops and
+    /// update restarts do not count); the same on every node and across
+    /// restarts.
     pub reliability_score: f64,
+    /// The store latency behind `performance_score`; null until measured.
+    pub store_latency_ms: Option<f64>,
+    /// Starts of the node after a run that did not stop cleanly, as the
+    /// node persists and gossips it.
+    pub unplanned_restarts: u64,
+    /// Latency of store reads from the answering node to this one (EWMA;
+    /// measured by the answering node, null for itself or when not yet
+    /// measured).
     pub read_latency_ms: Option<f64>,
+    /// Latency of store writes from the answering node to this one.
     pub write_latency_ms: Option<f64>,
     pub is_healthy: bool,
     pub last_heartbeat: String,

@@ -47,6 +47,13 @@ pub struct NodeState {
     /// The node's own measured store write+flush latency (µs), for
     /// performance-aware placement that every node computes alike.
     pub store_latency_us: u64,
+    /// Starts of the node that followed a run which did not stop cleanly
+    /// (crash, SIGKILL, power loss), persisted by the node. Planned stops
+    /// (a graceful leave, a restart for an update) are not counted. Its
+    /// failure history, for reliability that every node computes alike.
+    /// Absent in records of older versions.
+    #[serde(default)]
+    pub unplanned_restarts: u64,
     pub healthy: bool,
     /// The node's REST API address (`host:port`).
     pub api_address: String,
@@ -152,6 +159,7 @@ pub(crate) mod tests {
             used_bytes: 0,
             object_count: 0,
             store_latency_us: 0,
+            unplanned_restarts: 0,
             healthy: true,
             api_address: "127.0.0.1:1".into(),
             listen_addresses: vec![],

@@ -64,6 +64,8 @@ pub struct LocalInfo {
     pub used_bytes: u64,
     pub object_count: u64,
     pub store_latency_us: u64,
+    /// Persisted by the node; see [`NodeState::unplanned_restarts`].
+    pub unplanned_restarts: u64,
     pub healthy: bool,
     pub api_address: String,
 }
@@ -528,6 +530,7 @@ impl Driver {
             used_bytes: info.used_bytes,
             object_count: info.object_count,
             store_latency_us: info.store_latency_us,
+            unplanned_restarts: info.unplanned_restarts,
             healthy: info.healthy,
             api_address: info.api_address,
             listen_addresses: self

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::{startup, tokens, NodeError};
 use crate::config::Config;
+use crate::storage::restarts::Restarts;
 
 /// Bound on remembered peer addresses (`peers.json`).
 pub const MAX_KNOWN_PEERS: usize = 64;
@@ -29,6 +30,10 @@ pub struct DataDir {
     pub store: Arc<NodeStore>,
     /// This start's incarnation (persisted, one above the last).
     pub incarnation: u64,
+    /// Failure history: the clean-stop marker and the unplanned count.
+    pub restarts: Restarts,
+    /// Starts that followed a run that did not stop cleanly (this one too).
+    pub unplanned_restarts: u64,
     /// `node.name`, or a name derived from the peer id.
     pub name: String,
     pub tokens: TokenSet,
@@ -46,6 +51,11 @@ pub fn open(config: &Config) -> Result<DataDir, NodeError> {
         tracing::error!(quarantine = %aside.display(), "the store was quarantined at start; anti-entropy refills it from replicas");
     }
     let incarnation = store.next_incarnation().map_err(startup("store"))?;
+    // This start is unplanned unless the last run marked a clean stop.
+    let restarts = Restarts::open(&store).map_err(startup("store"))?;
+    let unplanned_restarts = restarts
+        .record_start(store.quarantined().is_some())
+        .map_err(startup("store"))?;
     let name = config
         .node
         .name
@@ -67,6 +77,8 @@ pub fn open(config: &Config) -> Result<DataDir, NodeError> {
         peer_id,
         store,
         incarnation,
+        restarts,
+        unplanned_restarts,
         name,
         tokens,
     })

@@ -270,16 +270,17 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         peer_id = %dir.peer_id,
         version = VERSION,
         incarnation = dir.incarnation,
+        unplanned_restarts = dir.unplanned_restarts,
         config = %config_file,
         data_dir = %dir.path.display(),
         api = %api_bound,
         "node starting"
     );
 
+    let restarts = dir.restarts.clone();
     let (node, tokens, p2p, info_tx) = start_p2p(dir, &config, api_bound, &mut registry).await?;
     let services = services::start(&node, &config, config_path, api_bound, &p2p, &mut registry)?;
     record::spawn_incarnation_persistence(p2p.incarnation(), node.store.clone());
-    record::spawn_member_events(&p2p, services.storage.clone());
     record::spawn_refresh(
         node.clone(),
         info_tx,
@@ -303,6 +304,10 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
     };
     let (stop_tx, server) = serve_api(listener, state);
     let code = wait_for_exit(&p2p, services.exit).await;
+    // Both ways out are planned stops: the next start counts no failure.
+    if let Err(e) = restarts.mark_clean_stop() {
+        tracing::warn!(error = %e, "cannot mark the clean stop; the next start counts as unplanned");
+    }
     stop_api(stop_tx, server).await;
     tracing::info!("node stopped");
     Ok(code)
@@ -388,6 +393,7 @@ async fn start_p2p(
         used_bytes: 0,
         object_count: 0,
         store_latency_us: 0,
+        unplanned_restarts: dir.unplanned_restarts,
         healthy: true,
         api_address: api_bound.to_string(),
     };

@@ -1,20 +1,19 @@
 //! The node's own record and the files that say it runs: the loop that keeps
 //! the gossiped record current (usage, health, store latency, advertised API
 //! address), `node.json` and the supervisor's `ready.json` once the swarm
-//! listens, the persisted incarnation, and reactions to member changes.
+//! listens, and the persisted incarnation.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexi_p2p::{LocalInfo, MemberStatus, Multiaddr, P2pEvent, P2pHandle};
+use plexi_p2p::{LocalInfo, Multiaddr};
 use plexi_store::NodeStore;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use super::data_dir::{write_runtime_info, RuntimeInfo};
 use super::Node;
-use crate::storage::Storage;
 use plexi_util::version::VERSION;
 
 /// Bound on the wait for the swarm's first listen address.
@@ -126,28 +125,6 @@ pub fn spawn_incarnation_persistence(mut incarnation: watch::Receiver<u64>, stor
             let res = tokio::task::spawn_blocking(move || store.raise_incarnation(inc)).await;
             if !matches!(res, Ok(Ok(_))) {
                 tracing::error!(incarnation = inc, "failed to persist incarnation");
-            }
-        }
-    });
-}
-
-/// Member status changes that storage reacts to. Best effort by design
-/// (a lagging reader skips some; nothing here must not be lost).
-pub fn spawn_member_events(p2p: &P2pHandle, storage: Arc<Storage>) {
-    let mut events = p2p.subscribe();
-    tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(P2pEvent::MemberStatus {
-                    peer_id,
-                    status: MemberStatus::Dead,
-                    ..
-                }) => storage.note_death(&peer_id),
-                Ok(P2pEvent::MemberStatus { .. }) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::debug!(skipped = n, "member events lagged")
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
             }
         }
     });

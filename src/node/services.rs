@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, watch};
 use super::{startup, Node, NodeError};
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::storage::{Settings as StorageSettings, Storage, StorageMetrics};
+use crate::storage::{Storage, StorageMetrics};
 use crate::updates::engine::{Drain, Engine, NodeChecks, UpdateMetrics};
 use crate::updates::leases::Granter;
 use crate::updates::ops::OpSettings;
@@ -49,7 +49,7 @@ pub fn start(
 ) -> Result<Services, NodeError> {
     let store = &node.store;
     let storage = Storage::new(
-        StorageSettings::from_config(&config.distributed_storage),
+        config.distributed_storage.clone(),
         node.peer_id,
         p2p.clone(),
         store.clone(),

@@ -10,9 +10,16 @@
 
 mod error;
 pub mod jobs;
+pub mod quorum;
+pub mod rebalance;
 pub mod repair;
 pub mod report;
+pub mod restarts;
+pub mod scores;
 pub mod wire;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,7 +35,7 @@ use plexi_p2p::{MemberStatus, P2pHandle, PeerId};
 use plexi_store::objects::{
     AccessStats, Applied, Consistency, GroupCommit, ObjectMeta, ObjectStore, SledObjects,
 };
-use plexi_store::placement::{self, Candidate, StorageStrategy};
+use plexi_store::placement::{self, Candidate};
 use plexi_store::version::Hlc;
 use plexi_store::{NodeStore, StoreError};
 
@@ -42,42 +49,6 @@ const MAX_UPLOADS: usize = 16;
 const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
 /// An upload idle this long is dropped.
 const UPLOAD_IDLE: Duration = Duration::from_secs(60);
-
-/// Storage settings resolved from the config.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub default_rf: u32,
-    pub max_rf: u32,
-    pub default_consistency: Consistency,
-    pub strategy: StorageStrategy,
-    pub max_usage_pct: f64,
-    pub rereplication_delay: Duration,
-    pub max_object_bytes: usize,
-    pub anti_entropy_interval: Duration,
-    pub auto_rebalance: bool,
-    pub cleanup_interval: Duration,
-    pub tombstone_grace: Duration,
-    pub repair_bytes_per_second: u64,
-}
-
-impl Settings {
-    pub fn from_config(c: &DistributedStorage) -> Self {
-        Settings {
-            default_rf: c.default_replication_factor,
-            max_rf: c.max_replication_factor,
-            default_consistency: c.consistency_level,
-            strategy: c.storage_strategy,
-            max_usage_pct: c.max_node_usage_percentage,
-            rereplication_delay: Duration::from_secs(c.rereplication_delay_seconds),
-            max_object_bytes: (c.max_object_mib * 1024.0 * 1024.0) as usize,
-            anti_entropy_interval: Duration::from_secs_f64(c.anti_entropy_interval_seconds),
-            auto_rebalance: c.auto_rebalance,
-            cleanup_interval: Duration::from_secs_f64(c.cleanup_interval_hours * 3600.0),
-            tombstone_grace: Duration::from_secs(c.tombstone_grace_seconds),
-            repair_bytes_per_second: (c.repair_mib_per_second * 1024.0 * 1024.0) as u64,
-        }
-    }
-}
 
 /// A member as storage sees it.
 #[derive(Clone, Debug)]
@@ -94,7 +65,8 @@ pub struct Member {
     pub healthy: bool,
     /// Its own store latency, as it gossips it (µs; 0 = not measured yet).
     pub store_latency_us: u64,
-    pub incarnation: u64,
+    /// Its own count of unplanned restarts, as it gossips it.
+    pub unplanned_restarts: u64,
 }
 
 impl Member {
@@ -116,19 +88,18 @@ struct Upload {
     touched: Instant,
 }
 
-/// Per-peer figures measured by this node.
+/// Latencies of this node's store calls to a peer (EWMA, ms): what the
+/// answering node measured, so they differ with the node that answers. No
+/// score is derived from them (see `scores.rs`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PeerStats {
-    /// EWMA of store-call latency, ms.
-    pub latency_ms: Option<f64>,
     pub read_latency_ms: Option<f64>,
     pub write_latency_ms: Option<f64>,
-    /// Times this node saw the peer go dead.
-    pub deaths: u32,
 }
 
 pub struct Storage {
-    pub settings: Settings,
+    /// The `distributed_storage` section of the config, as written.
+    pub config: DistributedStorage,
     local_peer: String,
     p2p: P2pHandle,
     store: Arc<NodeStore>,
@@ -143,10 +114,15 @@ pub struct Storage {
     caught_up: std::sync::atomic::AtomicBool,
     /// MiB of object bytes held by replica writes in flight.
     inflight: Arc<tokio::sync::Semaphore>,
+    /// One permit per background read repair in flight.
+    read_repairs: Arc<tokio::sync::Semaphore>,
 }
 
 /// Bound on object bytes (MiB) a coordinator holds for replica writes in flight.
 const MAX_INFLIGHT_MIB: u32 = 256;
+/// Bound on background read repairs in flight; past it an eventual read
+/// starts none (anti-entropy repairs the object anyway) and counts the skip.
+const MAX_READ_REPAIRS: usize = 32;
 
 #[derive(Clone, Default)]
 pub struct StorageMetrics {
@@ -156,6 +132,8 @@ pub struct StorageMetrics {
     >,
     pub repaired: prometheus_client::metrics::counter::Counter,
     pub corrupt: prometheus_client::metrics::counter::Counter,
+    /// Read repairs not started because [`MAX_READ_REPAIRS`] were in flight.
+    pub read_repair_skipped: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -182,6 +160,11 @@ impl StorageMetrics {
             "Local replicas found with bytes failing their checksum",
             m.corrupt.clone(),
         );
+        registry.register(
+            "plexi_storage_read_repair_skipped",
+            "Background read repairs not started because the bound on repairs in flight was reached",
+            m.read_repair_skipped.clone(),
+        );
         m
     }
 
@@ -190,17 +173,9 @@ impl StorageMetrics {
     }
 }
 
-/// Reliability from failure history: every start after the first counts as
-/// a failure or restart. Coarse on purpose (placement buckets it): up to 4
-/// restarts stay at the top, so a restart or two moves no data.
-pub fn reliability(incarnation: u64) -> f64 {
-    let restarts = incarnation.saturating_sub(1) as f64;
-    (1.0 - 0.002 * restarts).max(0.0)
-}
-
 impl Storage {
     pub fn new(
-        settings: Settings,
+        config: DistributedStorage,
         local_peer: PeerId,
         p2p: P2pHandle,
         store: Arc<NodeStore>,
@@ -210,7 +185,7 @@ impl Storage {
         let commit = GroupCommit::start(engine.clone());
         let local_peer = local_peer.to_string();
         Arc::new(Storage {
-            settings,
+            config,
             hlc: Mutex::new(Hlc::new(Hlc::node_of(&local_peer))),
             local_peer,
             p2p,
@@ -223,6 +198,7 @@ impl Storage {
             metrics,
             caught_up: std::sync::atomic::AtomicBool::new(false),
             inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_MIB as usize)),
+            read_repairs: Arc::new(tokio::sync::Semaphore::new(MAX_READ_REPAIRS)),
         })
     }
 
@@ -247,15 +223,6 @@ impl Storage {
         self.stats.lock().expect("stats lock").clone()
     }
 
-    pub fn note_death(&self, peer: &str) {
-        self.stats
-            .lock()
-            .expect("stats lock")
-            .entry(peer.to_string())
-            .or_default()
-            .deaths += 1;
-    }
-
     /// Every known member, from the membership table.
     pub fn members(&self) -> Vec<Member> {
         self.p2p
@@ -274,7 +241,7 @@ impl Storage {
                     used_bytes: s.used_bytes,
                     object_count: s.object_count,
                     store_latency_us: s.store_latency_us,
-                    incarnation: s.incarnation,
+                    unplanned_restarts: s.unplanned_restarts,
                     healthy: s.healthy,
                 }
             })
@@ -290,10 +257,10 @@ impl Storage {
     }
 
     /// The members placement ranks: alive and suspect ones, and dead ones
-    /// until `rereplication_delay` has passed (so a restart moves nothing);
+    /// until `rereplication_delay_seconds` have passed (so a restart moves nothing);
     /// never left ones; none above `max_node_usage_percentage`.
     pub fn placement_members(&self, members: &[Member]) -> Vec<Member> {
-        let delay = self.settings.rereplication_delay.as_millis() as u64;
+        let delay = self.config.rereplication_delay().as_millis() as u64;
         members
             .iter()
             .filter(|m| match m.status {
@@ -301,7 +268,7 @@ impl Storage {
                 MemberStatus::Dead => m.silent_ms < delay,
                 MemberStatus::Left => false,
             })
-            .filter(|m| m.usage_pct() <= self.settings.max_usage_pct)
+            .filter(|m| m.usage_pct() <= self.config.max_node_usage_percentage)
             .cloned()
             .collect()
     }
@@ -319,13 +286,13 @@ impl Storage {
                 zone: m.zone.clone(),
                 capacity_bytes: m.capacity_bytes,
                 latency_ms: (m.store_latency_us > 0).then(|| m.store_latency_us as f64 / 1000.0),
-                reliability: reliability(m.incarnation),
+                reliability: scores::reliability(m.unplanned_restarts),
             })
             .collect();
         placement::replicas(
             placement::partition_of(data_id),
             &candidates,
-            self.settings.strategy,
+            self.config.storage_strategy,
             rf,
         )
         .into_iter()
@@ -343,7 +310,6 @@ impl Storage {
         let mut stats = self.stats.lock().expect("stats lock");
         let s = stats.entry(peer.to_string()).or_default();
         let ewma = |old: Option<f64>| Some(old.map_or(ms, |o| 0.8 * o + 0.2 * ms));
-        s.latency_ms = ewma(s.latency_ms);
         match kind {
             "read" => s.read_latency_ms = ewma(s.read_latency_ms),
             _ => s.write_latency_ms = ewma(s.write_latency_ms),
@@ -504,18 +470,18 @@ impl Storage {
     }
 
     fn resolve_rf(&self, rf: Option<u32>) -> Result<u32, StorageError> {
-        let rf = rf.unwrap_or(self.settings.default_rf);
-        if rf < 1 || rf > self.settings.max_rf {
+        let rf = rf.unwrap_or(self.config.default_replication_factor);
+        if rf < 1 || rf > self.config.max_replication_factor {
             return Err(StorageError::InvalidReplicationFactor {
                 got: rf,
-                max: self.settings.max_rf,
+                max: self.config.max_replication_factor,
             });
         }
         Ok(rf)
     }
 
     fn resolve_consistency(&self, c: Option<Consistency>) -> Consistency {
-        c.unwrap_or(self.settings.default_consistency)
+        c.unwrap_or(self.config.consistency_level)
     }
 
     /// Coordinates one write (an object or a tombstone).
@@ -530,15 +496,7 @@ impl Storage {
         let (live, down): (Vec<Member>, Vec<Member>) =
             replicas.into_iter().partition(|m| m.reachable());
         let consistency = meta.consistency_level;
-        if consistency == Consistency::Strong && live.len() < rf {
-            return Err(StorageError::InsufficientReplicas {
-                rf,
-                reachable: live.len(),
-            });
-        }
-        if live.is_empty() {
-            return Err(StorageError::NoReplicas);
-        }
+        quorum::check_reachable(consistency, rf, live.len())?;
         for m in &down {
             self.hint(&m.peer_id, &meta.data_id);
         }
@@ -562,11 +520,7 @@ impl Storage {
                 }
             })
             .collect();
-        let needed = match consistency {
-            Consistency::Strong => live.len(),
-            Consistency::Eventual => 1,
-            Consistency::Weak => 0,
-        };
+        let needed = quorum::acks_needed(consistency, rf);
         let mut acked = Vec::new();
         let mut failed = Vec::new();
         while acked.len() < needed {
@@ -626,9 +580,9 @@ impl Storage {
     pub async fn put(self: &Arc<Self>, req: PutRequest) -> Result<PutResult, StorageError> {
         let rf = self.resolve_rf(req.replication_factor)?;
         let consistency = self.resolve_consistency(req.consistency);
-        if req.bytes.len() > self.settings.max_object_bytes {
+        if req.bytes.len() > self.config.max_object_bytes() {
             return Err(StorageError::TooLarge {
-                limit_bytes: self.settings.max_object_bytes,
+                limit_bytes: self.config.max_object_bytes(),
             });
         }
         let now = wall_ms();
@@ -686,7 +640,7 @@ impl Storage {
         Vec<Member>,
         Vec<(Member, Option<(ObjectMeta, AccessStats)>)>,
     ) {
-        let candidates = self.replicas_for(data_id, self.settings.max_rf as usize);
+        let candidates = self.replicas_for(data_id, self.config.max_replication_factor as usize);
         let mut asks: FuturesUnordered<_> = candidates
             .iter()
             .filter(|m| m.reachable())
@@ -709,6 +663,9 @@ impl Storage {
                 Ok(_) | Err(_) => {}
             }
         }
+        // In placement order, whatever order they arrived in: quorum ties
+        // go to the replica placement ranks first.
+        answers.sort_by_key(|(m, _)| candidates.iter().position(|c| c.peer_id == m.peer_id));
         (candidates, answers)
     }
 
@@ -760,7 +717,7 @@ impl Storage {
     /// The first copy (object or tombstone) any replica, or failing them any
     /// member, has.
     pub async fn get_any(self: &Arc<Self>, data_id: &str) -> Option<(ObjectMeta, Vec<u8>)> {
-        let mut order = self.replicas_for(data_id, self.settings.max_rf as usize);
+        let mut order = self.replicas_for(data_id, self.config.max_replication_factor as usize);
         order.retain(|m| m.reachable());
         // Local first (stable order otherwise), unless this node is still
         // catching up after a restart: then it is the last resort.
@@ -800,59 +757,43 @@ impl Storage {
         data_id: &str,
     ) -> Result<(ObjectMeta, Vec<u8>), StorageError> {
         let (candidates, answers) = self.survey(data_id).await;
-        let newest = answers
-            .iter()
-            .filter_map(|(_, m)| m.clone())
-            .max_by_key(|m| m.version);
-        let rf = newest
+        let votes = quorum_answers(&answers);
+        let newest = quorum::newest(&votes);
+        let newest_meta = newest
             .as_ref()
-            .map(|m| m.replication_factor as usize)
-            .unwrap_or(self.settings.default_rf as usize)
-            .min(candidates.len().max(1));
-        let owners: Vec<&Member> = candidates.iter().take(rf).collect();
-        let answered = owners
+            .and_then(|n| answers[n.holders[0]].1.as_ref());
+        let rf = quorum::strong_read_rf(
+            newest_meta.map(|m| m.replication_factor as usize),
+            self.config.default_replication_factor as usize,
+            candidates.len(),
+        );
+        let owners: Vec<&str> = candidates
             .iter()
-            .filter(|o| answers.iter().any(|(a, _)| a.peer_id == o.peer_id))
-            .count();
-        let majority = rf / 2 + 1;
-        if answered < majority {
-            return Err(StorageError::NoQuorum {
-                consistency: Consistency::Strong,
-                majority,
-                rf,
-                answered,
-            });
-        }
+            .take(rf)
+            .map(|m| m.peer_id.as_str())
+            .collect();
+        quorum::check_strong_read(&owners, &votes)?;
         let Some(newest) = newest else {
             return Err(Self::not_found(data_id));
         };
         // Fetch the bytes from a replica holding the newest version.
         let mut got = None;
-        for (m, meta) in &answers {
-            if meta.as_ref().map(|x| x.version) == Some(newest.version) {
-                match self.fetch_object(&m.peer_id, data_id).await {
-                    // A write may have landed since the survey: newer is fine.
-                    Ok(Some((meta, data))) if meta.version >= newest.version => {
-                        got = Some((meta, data));
-                        break;
-                    }
-                    _ => {}
+        for &i in &newest.holders {
+            match self.fetch_object(&answers[i].0.peer_id, data_id).await {
+                // A write may have landed since the survey: newer is fine.
+                Ok(Some((meta, data))) if meta.version >= newest.version => {
+                    got = Some((meta, data));
+                    break;
                 }
+                _ => {}
             }
         }
         let Some((meta, data)) = got else {
             return Err(StorageError::ReadFailed);
         };
         // Repair stale owners before answering, so the next strong read agrees.
-        for o in owners {
-            let theirs = answers
-                .iter()
-                .find(|(a, _)| a.peer_id == o.peer_id)
-                .and_then(|(_, m)| m.as_ref().map(|m| m.version));
-            if o.reachable()
-                && theirs.is_none_or(|v| v < meta.version)
-                && self.send_object(&o.peer_id, &meta, &data).await.is_ok()
-            {
+        for peer in quorum::repair_targets(&owners, &votes, meta.version) {
+            if self.send_object(peer, &meta, &data).await.is_ok() {
                 self.metrics.repaired.inc();
             }
         }
@@ -862,35 +803,39 @@ impl Storage {
         Ok((meta, data))
     }
 
+    /// Checks the object's owners after an eventual read and sends the
+    /// served copy to those holding an older one or none. At most
+    /// [`MAX_READ_REPAIRS`] run at once: past that the repair is skipped
+    /// (counted in `plexi_storage_read_repair_skipped`), since anti-entropy
+    /// repairs the object anyway and a read burst must not become as many
+    /// surveys and writes.
     fn read_repair_in_background(
         self: &Arc<Self>,
         data_id: String,
         meta: ObjectMeta,
         data: Vec<u8>,
     ) {
+        let Ok(permit) = self.read_repairs.clone().try_acquire_owned() else {
+            self.metrics.read_repair_skipped.inc();
+            return;
+        };
         let this = self.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let (candidates, answers) = this.survey(&data_id).await;
-            let newest = answers
-                .iter()
-                .filter_map(|(_, m)| m.clone())
-                .max_by_key(|m| m.version);
-            if newest.as_ref().is_some_and(|n| n.version > meta.version) {
+            let votes = quorum_answers(&answers);
+            if quorum::newest(&votes).is_some_and(|n| n.version > meta.version) {
                 return; // we served a stale copy; the holder of the newest repairs
             }
-            let owners = candidates.iter().take(meta.replication_factor as usize);
-            for o in owners {
-                let theirs = answers
-                    .iter()
-                    .find(|(a, _)| a.peer_id == o.peer_id)
-                    .and_then(|(_, m)| m.as_ref().map(|m| m.version));
-                let answered = answers.iter().any(|(a, _)| a.peer_id == o.peer_id);
-                if answered
-                    && theirs.is_none_or(|v| v < meta.version)
-                    && this.send_object(&o.peer_id, &meta, &data).await.is_ok()
-                {
+            let owners: Vec<&str> = candidates
+                .iter()
+                .take(meta.replication_factor as usize)
+                .map(|m| m.peer_id.as_str())
+                .collect();
+            for peer in quorum::repair_targets(&owners, &votes, meta.version) {
+                if this.send_object(peer, &meta, &data).await.is_ok() {
                     this.metrics.repaired.inc();
-                    tracing::debug!(node_id = %o.name, %data_id, "read repair");
+                    tracing::debug!(peer, %data_id, "read repair");
                 }
             }
         });
@@ -907,7 +852,7 @@ impl Storage {
             .iter()
             .filter_map(|(_, m)| m.as_ref().map(|m| m.replication_factor as u32))
             .max()
-            .unwrap_or(self.settings.default_rf);
+            .unwrap_or(self.config.default_replication_factor);
         let now = wall_ms();
         let version = self.hlc.lock().expect("hlc lock").now(now);
         let meta = ObjectMeta {
@@ -1140,6 +1085,17 @@ impl Storage {
             stored: applied == Applied::Stored,
         })
     }
+}
+
+/// The survey's answers as the quorum rules read them.
+fn quorum_answers(answers: &[(Member, Option<ObjectMeta>)]) -> Vec<quorum::Answer<'_>> {
+    answers
+        .iter()
+        .map(|(m, meta)| quorum::Answer {
+            peer: &m.peer_id,
+            version: meta.as_ref().map(|x| x.version),
+        })
+        .collect()
 }
 
 /// The `store` service as the p2p layer calls it.

@@ -5,12 +5,17 @@
 //!   1024 partition digests with one peer (round robin) and, for partitions
 //!   that differ, pushes what the peer owns and lacks and pulls what it owns
 //!   and lacks. Because ownership comes from the current placement, the same
-//!   pass re-replicates the objects of a node dead longer than
-//!   `rereplication_delay_seconds` and rebalances onto a node that joined;
+//!   pass catches up a restarted node, repairs stale versions, re-replicates
+//!   the objects of a node dead longer than `rereplication_delay_seconds`,
+//!   and rebalances onto a node that joined. The last only with
+//!   `auto_rebalance` (see `rebalance.rs` for which move is which); the
+//!   repairs always;
 //! - cleanup (every `cleanup_interval_hours`, and on demand): drops replicas
 //!   this node no longer owns once every owner confirmed a copy at least as
-//!   new, purges tombstones past their grace, and scrubs (re-hashes every
-//!   local object and replaces corrupt ones from a healthy replica).
+//!   new (handing them over first, unless that would be rebalancing with
+//!   `auto_rebalance` off), purges tombstones past their grace, and scrubs
+//!   (re-hashes every local object and replaces corrupt ones from a healthy
+//!   replica).
 //!
 //! All traffic is throttled to `repair_mib_per_second` and every pass is
 //! bounded in partitions and objects.
@@ -24,6 +29,7 @@ use plexi_store::objects::{ObjectMeta, ObjectStore};
 use plexi_store::placement::PARTITIONS;
 use plexi_store::StoreError;
 
+use super::rebalance::{self, Held, Moves, Transfer};
 use super::wire::{StoreCall, StoreReply, MAX_BATCH};
 use super::{Member, Storage};
 use plexi_util::clock::wall_ms;
@@ -33,7 +39,8 @@ const MAX_PARTITIONS_PER_PASS: usize = 128;
 /// Every this many anti-entropy ticks, drop copies this node no longer owns.
 const HANDOFF_EVERY: usize = 12;
 /// Most anti-entropy passes one sync with a peer repeats.
-const MAX_SYNC_PASSES: usize = 8;
+/// Two cycles over every partition.
+const MAX_SYNC_PASSES: usize = 2 * PARTITIONS as usize / MAX_PARTITIONS_PER_PASS;
 /// Most hints replayed per peer per pass.
 const MAX_HINTS_PER_PASS: usize = 256;
 
@@ -80,9 +87,10 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 /// Start-up: sync with every reachable peer once (hints they hold for us
 /// arrive meanwhile), then serve reads as a replica.
 async fn catch_up(s: &Arc<Storage>) {
+    let moves = Moves::automatic(s.config.auto_rebalance);
     let started = Instant::now();
     // Give membership a moment to learn the cluster before judging it empty.
-    tokio::time::sleep(s.settings.anti_entropy_interval.min(Duration::from_secs(2))).await;
+    tokio::time::sleep(s.config.anti_entropy_interval().min(Duration::from_secs(2))).await;
     let peers: Vec<Member> = s.peers();
     let progress = Progress::default();
     for peer in &peers {
@@ -90,7 +98,7 @@ async fn catch_up(s: &Arc<Storage>) {
             tracing::warn!("catch-up took too long; serving reads anyway");
             break;
         }
-        if let Err(e) = sync_with(s, peer, &progress).await {
+        if let Err(e) = sync_with(s, peer, &progress, moves).await {
             tracing::debug!(node_id = %peer.name, error = %e, "catch-up pass failed");
         }
     }
@@ -108,18 +116,22 @@ pub fn spawn(storage: Arc<Storage>) {
     let s = storage.clone();
     tokio::spawn(async move {
         catch_up(&s).await;
-        let mut tick = tokio::time::interval(s.settings.anti_entropy_interval);
+        let mut tick = tokio::time::interval(s.config.anti_entropy_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round = 0usize;
+        // Per peer, the partition the next pass with it starts at: digests
+        // of two nodes differ for good in partitions only one of them owns,
+        // so each pass goes on where the last one stopped.
+        let mut cursors: HashMap<String, u16> = HashMap::new();
+        // Repairs always run; moving data onto nodes that joined only with
+        // auto_rebalance (else on POST rebalance).
+        let moves = Moves::automatic(s.config.auto_rebalance);
         loop {
             tick.tick().await;
             replay_hints(&s).await;
-            if !s.settings.auto_rebalance {
-                continue; // data moves only on POST rebalance
-            }
             if round % HANDOFF_EVERY == HANDOFF_EVERY - 1 {
                 let p = Progress::default();
-                if let Err(e) = cleanup_pass(&s, &p, false).await {
+                if let Err(e) = cleanup_pass(&s, &p, false, moves).await {
                     tracing::debug!(error = %e, "handoff pass failed");
                 }
                 let removed = p.removed.load(Ordering::Relaxed);
@@ -131,21 +143,29 @@ pub fn spawn(storage: Arc<Storage>) {
             if !peers.is_empty() {
                 let peer = &peers[round % peers.len()];
                 round = round.wrapping_add(1);
-                if let Err(e) = anti_entropy_with(&s, peer, &Progress::default()).await {
-                    tracing::debug!(node_id = %peer.name, error = %e, "anti-entropy pass failed");
+                cursors.retain(|p, _| peers.iter().any(|m| m.peer_id == *p));
+                let start = cursors.get(&peer.peer_id).copied().unwrap_or(0);
+                match exchange(&s, peer, &Progress::default(), moves, start).await {
+                    Ok(pass) => {
+                        cursors.insert(peer.peer_id.clone(), pass.next);
+                    }
+                    Err(e) => {
+                        tracing::debug!(node_id = %peer.name, error = %e, "anti-entropy pass failed")
+                    }
                 }
             }
         }
     });
     let s = storage;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(s.settings.cleanup_interval);
+        let moves = Moves::automatic(s.config.auto_rebalance);
+        let mut tick = tokio::time::interval(s.config.cleanup_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // not at start
         loop {
             tick.tick().await;
             let p = Progress::default();
-            match cleanup(&s, &p).await {
+            match cleanup_pass(&s, &p, true, moves).await {
                 Ok(()) => tracing::info!(
                     removed = p.removed.load(Ordering::Relaxed),
                     repaired = p.repaired.load(Ordering::Relaxed),
@@ -186,7 +206,7 @@ async fn replay_hints(s: &Arc<Storage>) {
             continue;
         }
         let ids = s.hints_for(&peer, MAX_HINTS_PER_PASS).unwrap_or_default();
-        let mut throttle = Throttle::new(s.settings.repair_bytes_per_second);
+        let mut throttle = Throttle::new(s.config.repair_bytes_per_second());
         for id in ids {
             // The bytes: ours if we hold a replica, else from any replica.
             let obj = match local_object(s, &id) {
@@ -213,28 +233,58 @@ async fn replay_hints(s: &Arc<Storage>) {
     }
 }
 
-/// Compares digests with `peer` and exchanges what differs, in the
-/// direction placement says.
+/// Compares digests with `peer` and exchanges what differs in every
+/// partition, in the direction placement says: the repairs, and
+/// rebalancing only with `auto_rebalance`.
 pub async fn anti_entropy_with(
     s: &Arc<Storage>,
     peer: &Member,
     progress: &Progress,
 ) -> Result<(), String> {
+    sync_with(s, peer, progress, Moves::automatic(s.config.auto_rebalance)).await
+}
+
+/// What one pass of [`exchange`] covered.
+struct Pass {
+    /// Partitions examined.
+    examined: usize,
+    /// Partitions whose digests differed.
+    differing: usize,
+    /// Where the next pass with this peer starts.
+    next: u16,
+}
+
+/// One pass of anti-entropy with `peer` over at most
+/// [`MAX_PARTITIONS_PER_PASS`] differing partitions from `start` on, making
+/// `moves`; with [`Moves::RepairOnly`] only the moves that repair (see
+/// `rebalance.rs`).
+async fn exchange(
+    s: &Arc<Storage>,
+    peer: &Member,
+    progress: &Progress,
+    moves: Moves,
+    start: u16,
+) -> Result<Pass, String> {
     let theirs = match s.call(&peer.peer_id, StoreCall::Digests).await? {
         StoreReply::Digests(d) if d.len() == PARTITIONS as usize => d,
         _ => return Err("bad digests reply".into()),
     };
     let mine = s.engine().digests().map_err(|e| e.to_string())?;
-    let differing: Vec<u16> = (0..PARTITIONS)
-        .filter(|&p| mine[p as usize] != theirs[p as usize])
-        .take(MAX_PARTITIONS_PER_PASS)
-        .collect();
-    if differing.is_empty() {
-        return Ok(());
+    let (examined, next) = differing_partitions(&mine, &theirs, start, MAX_PARTITIONS_PER_PASS);
+    let pass = Pass {
+        examined: examined.len(),
+        differing: (0..PARTITIONS as usize)
+            .filter(|&p| mine[p] != theirs[p])
+            .count(),
+        next,
+    };
+    if examined.is_empty() {
+        return Ok(pass);
     }
-    let placement = s.placement_members(&s.members());
-    let mut throttle = Throttle::new(s.settings.repair_bytes_per_second);
-    for p in differing {
+    let members = s.members();
+    let placement = s.placement_members(&members);
+    let mut throttle = Throttle::new(s.config.repair_bytes_per_second());
+    for p in examined {
         let their_entries = match s
             .call(&peer.peer_id, StoreCall::Entries { partition: p })
             .await?
@@ -246,19 +296,37 @@ pub async fn anti_entropy_with(
             their_entries.into_iter().collect();
         let my_entries = s.engine().entries(p).map_err(|e| e.to_string())?;
         // Push: ours is newer or theirs is missing, and they own it.
+        let mut push = Vec::new();
         for (id, v) in &my_entries {
-            if their.get(id).is_some_and(|tv| tv >= v) {
-                continue;
-            }
-            let Ok(Some((meta, data))) = local_object(s, id) else {
+            let held = match their.get(id) {
+                Some(tv) if tv >= v => continue,
+                Some(_) => Held::Older,
+                None => Held::Nothing,
+            };
+            let Ok(Some(meta)) = s.engine().meta(id) else {
                 continue;
             };
-            if !owners(s, &meta, &placement)
+            if owners(s, &meta, &placement)
                 .iter()
                 .any(|o| o.peer_id == peer.peer_id)
             {
-                continue;
+                push.push((meta, held));
             }
+        }
+        let push = allowed(
+            s,
+            moves,
+            &members,
+            &placement,
+            &peer.peer_id,
+            s.local_peer(),
+            push,
+        )
+        .await;
+        for meta in push {
+            let Ok(Some((meta, data))) = local_object(s, &meta.data_id) else {
+                continue;
+            };
             if s.send_object(&peer.peer_id, &meta, &data).await.is_ok() {
                 s.metrics.repaired.inc();
                 progress.moved_objects.fetch_add(1, Ordering::Relaxed);
@@ -289,13 +357,35 @@ pub async fn anti_entropy_with(
                 StoreReply::Metas(m) => m,
                 _ => return Err("bad metas reply".into()),
             };
-            for (meta, _) in metas.into_iter().flatten() {
-                if !owners(s, &meta, &placement)
-                    .iter()
-                    .any(|o| o.peer_id == s.local_peer())
-                {
-                    continue;
-                }
+            let pull: Vec<(ObjectMeta, Held)> = metas
+                .into_iter()
+                .flatten()
+                .map(|(meta, _)| meta)
+                .filter(|meta| {
+                    owners(s, meta, &placement)
+                        .iter()
+                        .any(|o| o.peer_id == s.local_peer())
+                })
+                .map(|meta| {
+                    let held = if mine_map.contains_key(meta.data_id.as_str()) {
+                        Held::Older
+                    } else {
+                        Held::Nothing
+                    };
+                    (meta, held)
+                })
+                .collect();
+            let pull = allowed(
+                s,
+                moves,
+                &members,
+                &placement,
+                s.local_peer(),
+                &peer.peer_id,
+                pull,
+            )
+            .await;
+            for meta in pull {
                 if let Ok(Some((meta, data))) = s.fetch_object(&peer.peer_id, &meta.data_id).await {
                     let len = data.len() as u64;
                     if s.apply_durably(meta, data).await.is_ok() {
@@ -308,23 +398,137 @@ pub async fn anti_entropy_with(
             }
         }
     }
-    Ok(())
+    Ok(pass)
 }
 
-/// Anti-entropy with `peer`, repeated until a pass moves nothing (at most
-/// [`MAX_SYNC_PASSES`], since one pass handles a bounded number of partitions).
-async fn sync_with(s: &Arc<Storage>, peer: &Member, progress: &Progress) -> Result<(), String> {
-    for _ in 0..MAX_SYNC_PASSES {
-        let before = progress.moved_objects.load(Ordering::Relaxed);
-        anti_entropy_with(s, peer, progress).await?;
-        if progress.moved_objects.load(Ordering::Relaxed) == before {
+/// The objects of one partition that `moves` lets anti-entropy move from
+/// `sender` (which holds each at its version) onto `receiver` (an owner
+/// lacking it). With [`Moves::RepairOnly`] the current copies are counted:
+/// reachable members are asked in the partition's placement order (where
+/// the holders a newcomer displaced rank) until each object has `rf`
+/// copies other than the receiver's, which makes the move a rebalance.
+async fn allowed(
+    s: &Arc<Storage>,
+    moves: Moves,
+    members: &[Member],
+    placement: &[Member],
+    receiver: &str,
+    sender: &str,
+    objects: Vec<(ObjectMeta, Held)>,
+) -> Vec<ObjectMeta> {
+    if moves == Moves::All || objects.iter().all(|(_, h)| *h == Held::Older) {
+        return objects.into_iter().map(|(o, _)| o).collect();
+    }
+    let classify = |(o, held): &(ObjectMeta, Held), holders: &[&str]| {
+        rebalance::classify(o.replication_factor as usize, receiver, *held, holders)
+    };
+    let mut holders: Vec<Vec<&str>> = vec![vec![sender]; objects.len()];
+    let ranked = s.replicas_among(&objects[0].0.data_id, placement.len(), placement);
+    let others = members
+        .iter()
+        .filter(|m| !ranked.iter().any(|r| r.peer_id == m.peer_id));
+    let asked = ranked
+        .iter()
+        .chain(others)
+        .filter(|m| m.reachable() && m.peer_id != receiver && m.peer_id != sender);
+    for m in asked {
+        // Objects that are a repair so far, unless more holders turn up.
+        let open: Vec<usize> = (0..objects.len())
+            .filter(|&i| objects[i].1 == Held::Nothing)
+            .filter(|&i| classify(&objects[i], &holders[i]) == Transfer::Repair)
+            .collect();
+        if open.is_empty() {
             break;
         }
+        for chunk in open.chunks(MAX_BATCH) {
+            let data_ids = chunk
+                .iter()
+                .map(|&i| objects[i].0.data_id.clone())
+                .collect();
+            let Ok(StoreReply::Metas(found)) =
+                s.call(&m.peer_id, StoreCall::Metas { data_ids }).await
+            else {
+                continue;
+            };
+            for (&i, entry) in chunk.iter().zip(found) {
+                if entry.is_some_and(|(meta, _)| meta.version >= objects[i].0.version) {
+                    holders[i].push(&m.peer_id);
+                }
+            }
+        }
+    }
+    let keep: Vec<bool> = objects
+        .iter()
+        .zip(&holders)
+        .map(|(o, h)| moves.allows(classify(o, h)))
+        .collect();
+    let skipped = keep.iter().filter(|k| !**k).count();
+    if skipped > 0 {
+        tracing::debug!(
+            receiver,
+            skipped,
+            "auto_rebalance is off: fully replicated objects not moved onto an owner that joined"
+        );
+    }
+    objects
+        .into_iter()
+        .zip(keep)
+        .filter_map(|((o, _), k)| k.then_some(o))
+        .collect()
+}
+
+/// Up to `max` partitions whose digests differ, scanning from `start` and
+/// wrapping around; and where the next scan should start: after the last
+/// one taken when the bound cut the scan short, else at `start` again.
+fn differing_partitions(
+    mine: &[[u8; 32]],
+    theirs: &[[u8; 32]],
+    start: u16,
+    max: usize,
+) -> (Vec<u16>, u16) {
+    let start = start % PARTITIONS;
+    let differing: Vec<u16> = (0..PARTITIONS)
+        .map(|i| (start + i) % PARTITIONS)
+        .filter(|&p| mine[p as usize] != theirs[p as usize])
+        .take(max + 1)
+        .collect();
+    if differing.len() <= max {
+        return (differing, start);
+    }
+    let next = differing[max];
+    (differing[..max].to_vec(), next)
+}
+
+/// Anti-entropy with `peer`, pass after pass, until every differing
+/// partition was examined once with nothing moved (at most
+/// [`MAX_SYNC_PASSES`], since one pass handles a bounded number of partitions).
+async fn sync_with(
+    s: &Arc<Storage>,
+    peer: &Member,
+    progress: &Progress,
+    moves: Moves,
+) -> Result<(), String> {
+    let mut start = 0;
+    // Partitions examined since something last moved.
+    let mut quiet = 0;
+    for _ in 0..MAX_SYNC_PASSES {
+        let before = progress.moved_objects.load(Ordering::Relaxed);
+        let pass = exchange(s, peer, progress, moves, start).await?;
+        if progress.moved_objects.load(Ordering::Relaxed) == before {
+            quiet += pass.examined;
+        } else {
+            quiet = 0;
+        }
+        if quiet >= pass.differing {
+            break;
+        }
+        start = pass.next;
     }
     Ok(())
 }
 
-/// A full rebalance pass: anti-entropy with every reachable peer, then
+/// A full rebalance pass (a rebalance job: every move, whatever
+/// `auto_rebalance` says): anti-entropy with every reachable peer, then
 /// cleanup of what this node no longer owns.
 pub async fn rebalance(s: &Arc<Storage>, progress: &Progress) -> Result<(), String> {
     let peers: Vec<Member> = s.peers();
@@ -333,24 +537,33 @@ pub async fn rebalance(s: &Arc<Storage>, progress: &Progress) -> Result<(), Stri
         .total
         .store(peers.len() as u64 + PARTITIONS as u64, Ordering::Relaxed);
     for peer in &peers {
-        sync_with(s, peer, progress).await?;
+        sync_with(s, peer, progress, Moves::All).await?;
         progress.examined.fetch_add(1, Ordering::Relaxed);
     }
-    cleanup_pass(s, progress, true).await
+    cleanup_pass(s, progress, true, Moves::All).await
 }
 
-/// Drops replicas this node no longer owns (once every owner holds a copy at
-/// least as new), purges old tombstones, scrubs local bytes.
+/// A cleanup job: drops replicas this node no longer owns (once every owner
+/// holds a copy at least as new, handed over first where missing), purges
+/// old tombstones, scrubs local bytes.
 pub async fn cleanup(s: &Arc<Storage>, progress: &Progress) -> Result<(), String> {
     progress.total.store(PARTITIONS as u64, Ordering::Relaxed);
-    cleanup_pass(s, progress, true).await
+    cleanup_pass(s, progress, true, Moves::All).await
 }
 
 /// `full`: also purge tombstones and scrub; otherwise only hand off and drop
 /// replicas this node no longer owns (the automatic half of a rebalance).
-async fn cleanup_pass(s: &Arc<Storage>, progress: &Progress, full: bool) -> Result<(), String> {
+/// With [`Moves::RepairOnly`] a copy is never handed to an owner lacking it
+/// (that would move data onto a node that joined); it is dropped only once
+/// every owner already holds one.
+async fn cleanup_pass(
+    s: &Arc<Storage>,
+    progress: &Progress,
+    full: bool,
+    moves: Moves,
+) -> Result<(), String> {
     let placement = s.placement_members(&s.members());
-    let grace_ms = s.settings.tombstone_grace.as_millis() as u64;
+    let grace_ms = s.config.tombstone_grace().as_millis() as u64;
     let now = wall_ms();
     for p in 0..PARTITIONS {
         let entries = s.engine().entries(p).map_err(|e| e.to_string())?;
@@ -379,7 +592,9 @@ async fn cleanup_pass(s: &Arc<Storage>, progress: &Progress, full: bool) -> Resu
                         s.call(&o.peer_id, StoreCall::Metas { data_ids: vec![id.clone()] }).await,
                         Ok(StoreReply::Metas(ref m)) if m.first().and_then(|x| x.as_ref()).is_some_and(|(om, _)| om.version >= v)
                     );
-                    if !ok {
+                    if !ok && moves == Moves::RepairOnly {
+                        confirmed = false;
+                    } else if !ok {
                         // Hand it over before we let go.
                         let handed = match local_object(s, &id) {
                             Ok(Some((meta, data))) => {
@@ -438,5 +653,49 @@ async fn scrub_one(
             );
         }
         Err(e) => tracing::warn!(data_id = id, error = %e, "scrub read failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Digests differing in `parts` (in no particular order).
+    fn digests_differing_in(parts: &[u16]) -> (Vec<[u8; 32]>, Vec<[u8; 32]>) {
+        let mine = vec![[0u8; 32]; PARTITIONS as usize];
+        let mut theirs = mine.clone();
+        for &p in parts {
+            theirs[p as usize] = [1u8; 32];
+        }
+        (mine, theirs)
+    }
+
+    /// Two nodes' digests differ for good in every partition only one of
+    /// them owns, so one pass taking the first `max` differing partitions
+    /// would never reach the others: successive passes must cover them all.
+    #[test]
+    fn successive_passes_examine_every_differing_partition() {
+        let parts: Vec<u16> = (0..PARTITIONS).filter(|p| p % 3 != 1).collect();
+        let (mine, theirs) = digests_differing_in(&parts);
+        let max = 128;
+        let passes = parts.len().div_ceil(max);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut start = 0;
+        for _ in 0..passes {
+            let (taken, next) = differing_partitions(&mine, &theirs, start, max);
+            assert!(taken.len() <= max);
+            assert!(taken.iter().all(|p| parts.contains(p)));
+            seen.extend(taken);
+            start = next;
+        }
+        assert_eq!(seen.len(), parts.len(), "partitions never examined");
+        // Fewer differing than the bound: one pass takes them all, and the
+        // next starts where this one did.
+        let (mine, theirs) = digests_differing_in(&[3, 1000, 512]);
+        let (taken, next) = differing_partitions(&mine, &theirs, 700, max);
+        assert_eq!(taken, vec![1000, 3, 512]);
+        assert_eq!(next, 700);
+        let (mine, theirs) = digests_differing_in(&[]);
+        assert_eq!(differing_partitions(&mine, &theirs, 5, max), (vec![], 5));
     }
 }

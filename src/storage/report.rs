@@ -16,7 +16,7 @@ use plexi_store::placement::StorageStrategy;
 use plexi_store::version::Version;
 
 use super::wire::{CensusEntry, StoreCall, StoreReply, MAX_CENSUS};
-use super::{Member, Storage, StorageError};
+use super::{scores, Member, Storage, StorageError};
 use plexi_util::units::GIB;
 
 fn gb(bytes: u64) -> f64 {
@@ -185,9 +185,9 @@ pub async fn overview(s: &Arc<Storage>) -> Result<StorageOverview, StorageError>
         available_capacity_gb: gb(total.saturating_sub(used)),
         usage_percentage: pct(used, total),
         total_data_objects: live.len() as u64,
-        replication_factor: s.settings.default_rf,
-        storage_strategy: strategy_name(s.settings.strategy).into(),
-        consistency_level: consistency_name(s.settings.default_consistency).into(),
+        replication_factor: s.config.default_replication_factor,
+        storage_strategy: strategy_name(s.config.storage_strategy).into(),
+        consistency_level: consistency_name(s.config.consistency_level).into(),
         total_replicas: live.iter().map(|t| t.current_holders as u64).sum(),
         under_replicated_objects: live
             .iter()
@@ -205,11 +205,6 @@ pub fn nodes(s: &Arc<Storage>) -> StorageNodes {
         .iter()
         .map(|m| {
             let st = stats.get(&m.peer_id).copied().unwrap_or_default();
-            let latency = if m.peer_id == s.local_peer() {
-                Some(0.0)
-            } else {
-                st.latency_ms
-            };
             StorageNode {
                 node_id: m.name.clone(),
                 peer_id: m.peer_id.clone(),
@@ -221,8 +216,11 @@ pub fn nodes(s: &Arc<Storage>) -> StorageNodes {
                 available_capacity_gb: gb(m.capacity_bytes.saturating_sub(m.used_bytes)),
                 usage_percentage: pct(m.used_bytes, m.capacity_bytes),
                 object_count: m.object_count,
-                performance_score: latency.map_or(50.0, |l| (500.0 / (5.0 + l)).round().min(100.0)),
-                reliability_score: (100.0 - 10.0 * st.deaths as f64).max(10.0),
+                // From the member's own record only: the same on every node.
+                performance_score: scores::performance_score(m.store_latency_us),
+                reliability_score: scores::reliability_score(m.unplanned_restarts),
+                store_latency_ms: scores::store_latency_ms(m.store_latency_us),
+                unplanned_restarts: m.unplanned_restarts,
                 read_latency_ms: st.read_latency_ms.map(|v| (v * 100.0).round() / 100.0),
                 write_latency_ms: st.write_latency_ms.map(|v| (v * 100.0).round() / 100.0),
                 is_healthy: m.healthy && m.status == MemberStatus::Alive,

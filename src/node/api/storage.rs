@@ -43,7 +43,7 @@ pub struct StorageApi(pub Arc<Storage>);
 #[async_trait::async_trait]
 impl plexi_api::Storage for StorageApi {
     fn max_object_bytes(&self) -> usize {
-        self.0.settings.max_object_bytes
+        self.0.config.max_object_bytes()
     }
     async fn put(&self, req: PutRequest) -> Result<PutResult, ApiError> {
         Ok(self.0.put(req).await?)

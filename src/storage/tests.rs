@@ -1,0 +1,161 @@
+//! Unit tests of the storage service on a real single-node swarm (loopback,
+//! no peers): the node is its own only replica, served without the network.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexi_p2p::{Keypair, LocalInfo, P2pConfig, PeerId, Timings};
+use plexi_store::NodeStore;
+use tokio::sync::watch;
+
+use super::*;
+
+/// Serves no application calls: a lone node never receives any.
+struct NoCalls;
+
+#[async_trait::async_trait]
+impl plexi_p2p::AppHandler for NoCalls {
+    async fn handle(
+        &self,
+        _: PeerId,
+        service: String,
+        _: Vec<u8>,
+    ) -> Result<Vec<u8>, plexi_p2p::CallError> {
+        Err(plexi_p2p::CallError::UnknownService { service })
+    }
+}
+
+pub(super) struct Lone {
+    pub storage: Arc<Storage>,
+    pub registry: prometheus_client::registry::Registry,
+    _dir: tempfile::TempDir,
+    _info: watch::Sender<LocalInfo>,
+}
+
+/// A one-node cluster with `config`, once it sees itself as a member.
+pub(super) async fn lone_node(config: DistributedStorage) -> Lone {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(NodeStore::open(&dir.path().join("store")).unwrap());
+    let keypair = Keypair::generate_ed25519();
+    let peer_id = keypair.public().to_peer_id();
+    let (info_tx, info_rx) = watch::channel(LocalInfo {
+        name: "lone".into(),
+        version: "0.0.0".into(),
+        region: "r".into(),
+        zone: "z".into(),
+        capacity_bytes: 1 << 30,
+        used_bytes: 0,
+        object_count: 0,
+        store_latency_us: 0,
+        unplanned_restarts: 0,
+        healthy: true,
+        api_address: "127.0.0.1:1".into(),
+    });
+    let mut registry = prometheus_client::registry::Registry::default();
+    let (p2p, _task) = plexi_p2p::spawn(
+        P2pConfig {
+            keypair,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![],
+            incarnation: 1,
+            timings: Timings::default(),
+            heartbeat_interval: Duration::from_millis(200),
+            exchange_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+        },
+        info_rx,
+        Arc::new(NoCalls),
+        &mut registry,
+    )
+    .await
+    .unwrap();
+    let metrics = StorageMetrics::register(&mut registry);
+    let storage = Storage::new(config, peer_id, p2p, store, metrics);
+    for _ in 0..200 {
+        if !storage.members().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(storage.members().len(), 1, "the node never saw itself");
+    Lone {
+        storage,
+        registry,
+        _dir: dir,
+        _info: info_tx,
+    }
+}
+
+fn put_request(data_id: &str, bytes: &[u8], consistency: Consistency) -> PutRequest {
+    PutRequest {
+        data_id: data_id.into(),
+        data_type: "test".into(),
+        bytes: bytes.to_vec().into(),
+        consistency: Some(consistency),
+        replication_factor: Some(1),
+        actor: "test".into(),
+    }
+}
+
+/// Eventual reads each start a background read repair; past
+/// [`MAX_READ_REPAIRS`] in flight, further ones are skipped and counted,
+/// not spawned.
+#[tokio::test(flavor = "current_thread")]
+async fn read_repairs_in_flight_are_bounded_and_skips_counted() {
+    let lone = lone_node(DistributedStorage::default()).await;
+    let s = &lone.storage;
+    s.put(put_request("hot", b"hot bytes", Consistency::Strong))
+        .await
+        .unwrap();
+    let (meta, data) = s.get_any("hot").await.expect("stored");
+    // Let the repair this read started finish.
+    wait_idle(s).await;
+
+    // A burst of reads: nothing yields in between, so no repair can finish
+    // and every one that was started is still alive afterwards.
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let burst = 10 * MAX_READ_REPAIRS;
+    for _ in 0..burst {
+        s.read_repair_in_background("hot".into(), meta.clone(), data.clone());
+    }
+    let started = tasks() - before;
+    assert!(
+        started <= MAX_READ_REPAIRS,
+        "{started} read repairs in flight, bound {MAX_READ_REPAIRS}"
+    );
+    assert_eq!(
+        s.metrics.read_repair_skipped.get(),
+        (burst - started) as u64
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &lone.registry).unwrap();
+    assert!(
+        text.contains(&format!(
+            "plexi_storage_read_repair_skipped_total {}",
+            burst - started
+        )),
+        "{text}"
+    );
+
+    // Once they finished, repairs run again.
+    wait_idle(s).await;
+    let skipped = s.metrics.read_repair_skipped.get();
+    s.read_repair_in_background("hot".into(), meta, data);
+    assert_eq!(s.metrics.read_repair_skipped.get(), skipped);
+}
+
+/// Waits (bounded) until no read repair is in flight.
+async fn wait_idle(s: &Arc<Storage>) {
+    for _ in 0..500 {
+        if s.read_repairs.available_permits() == MAX_READ_REPAIRS {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("read repairs never finished");
+}
