@@ -36,8 +36,8 @@ use plexi_store::objects::{
     AccessStats, Applied, Consistency, GroupCommit, ObjectMeta, ObjectStore, SledObjects,
 };
 use plexi_store::placement::{self, Candidate};
-use plexi_store::version::Hlc;
 use plexi_store::{NodeStore, StoreError};
+use plexi_util::hlc::Hlc;
 
 use crate::config::DistributedStorage;
 pub use error::StorageError;

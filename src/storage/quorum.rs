@@ -9,7 +9,7 @@
 //! [`Answer`] is what one replica said when asked for the object's metadata
 //! (a replica that did not answer has no answer at all).
 
-use plexi_store::version::Version;
+use plexi_util::hlc::Version;
 use plexi_util::types::Consistency;
 
 use super::StorageError;

@@ -292,8 +292,7 @@ async fn exchange(
             StoreReply::Entries(e) => e,
             _ => return Err("bad entries reply".into()),
         };
-        let their: HashMap<String, plexi_store::version::Version> =
-            their_entries.into_iter().collect();
+        let their: HashMap<String, plexi_util::hlc::Version> = their_entries.into_iter().collect();
         let my_entries = s.engine().entries(p).map_err(|e| e.to_string())?;
         // Push: ours is newer or theirs is missing, and they own it.
         let mut push = Vec::new();
@@ -337,7 +336,7 @@ async fn exchange(
             }
         }
         // Pull: theirs is newer or ours is missing, and we own it.
-        let mine_map: HashMap<&str, plexi_store::version::Version> =
+        let mine_map: HashMap<&str, plexi_util::hlc::Version> =
             my_entries.iter().map(|(id, v)| (id.as_str(), *v)).collect();
         let wanted: Vec<String> = their
             .iter()

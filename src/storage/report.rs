@@ -13,7 +13,7 @@ use plexi_api::model::{
 use plexi_p2p::MemberStatus;
 use plexi_store::objects::{Consistency, ObjectStore};
 use plexi_store::placement::StorageStrategy;
-use plexi_store::version::Version;
+use plexi_util::hlc::Version;
 
 use super::wire::{CensusEntry, StoreCall, StoreReply, MAX_CENSUS};
 use super::{scores, Member, Storage, StorageError};

@@ -4,7 +4,7 @@
 
 use plexi_p2p::protocol::serde_bytes;
 use plexi_store::objects::{AccessStats, ObjectMeta};
-use plexi_store::version::Version;
+use plexi_util::hlc::Version;
 use serde::{Deserialize, Serialize};
 
 pub const STORE_SERVICE: &str = "store";

@@ -2,6 +2,7 @@
 //! reading the wall clock.
 //!
 //! - [`clock`]: the wall clock in milliseconds and its RFC 3339 text.
+//! - [`hlc`]: the hybrid logical clock and object versions (pure).
 //! - [`limits`]: the bounds that cross layers.
 //! - [`types`]: the shared vocabulary (consistency level, storage strategy,
 //!   member status, update strategy, type, phase and statuses, node id):
@@ -15,6 +16,7 @@
 //! the library crates (`p2p`, `store`, `api`) need it as much as the binary.
 
 pub mod clock;
+pub mod hlc;
 pub mod limits;
 pub mod types;
 pub mod units;

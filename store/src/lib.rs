@@ -5,13 +5,12 @@
 //!   [`objects`], the object engine. A store that fails to open is moved aside
 //!   (quarantined) and a fresh one is opened, to be refilled from replicas.
 //! - [`placement`]: partitions and replica sets (pure).
-//! - [`version`]: hybrid logical clock versions (pure).
+//! - Object versions are `plexi_util::hlc::Version` (the HLC lives there).
 
 use std::path::{Path, PathBuf};
 
 pub mod objects;
 pub mod placement;
-pub mod version;
 
 use std::sync::Arc;
 

@@ -20,8 +20,8 @@ use sled::Transactional;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::placement::partition_of;
-use crate::version::Version;
 use crate::StoreError;
+use plexi_util::hlc::Version;
 
 /// Longest accepted object id, in bytes.
 pub const MAX_DATA_ID_BYTES: usize = 512;
