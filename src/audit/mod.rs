@@ -27,7 +27,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use plexi_api::model::{AuditEntry, AuditList};
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
-use plexi_p2p::{P2pHandle, PeerId};
+use plexi_p2p::{CallError, P2pHandle, PeerId};
 use plexi_store::NodeStore;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -691,14 +691,14 @@ impl AuditLog {
     }
 
     /// Serves a peer's `audit` call.
-    pub async fn serve(&self, peer: PeerId, body: &[u8]) -> Result<Vec<u8>, String> {
+    pub async fn serve(&self, peer: PeerId, body: &[u8]) -> Result<Vec<u8>, CallError> {
         let call: AuditCall = decode_cbor(body).map_err(|e| {
             tracing::warn!(%peer, error = %e, "malformed audit call dropped");
-            e.to_string()
+            CallError::malformed(e)
         })?;
         let reply = match call {
             AuditCall::Heads { heads } => {
-                let (entries, more) = self.missing(heads).await?;
+                let (entries, more) = self.missing(heads).await.map_err(CallError::failed)?;
                 AuditReply::Entries {
                     entries,
                     heads: self.shared.head_seqs(),
@@ -708,13 +708,18 @@ impl AuditLog {
             AuditCall::Push { entries } => {
                 if entries.len() > MAX_BATCH_ENTRIES {
                     tracing::warn!(%peer, n = entries.len(), "oversized audit push dropped");
-                    return Err(format!("at most {MAX_BATCH_ENTRIES} entries per push"));
+                    return Err(CallError::refused(format!(
+                        "at most {MAX_BATCH_ENTRIES} entries per push"
+                    )));
                 }
-                let (accepted, rejected) = self.merge(entries, peer.to_string()).await?;
+                let (accepted, rejected) = self
+                    .merge(entries, peer.to_string())
+                    .await
+                    .map_err(CallError::failed)?;
                 AuditReply::Ack { accepted, rejected }
             }
         };
-        encode_cbor(&reply).map_err(|e| e.to_string())
+        encode_cbor(&reply).map_err(CallError::failed)
     }
 
     /// One pull (and push back) with `peer`; false when it had nothing

@@ -31,25 +31,19 @@ impl plexi_p2p::AppHandler for Rpc {
         match service.as_str() {
             HEALTH_SERVICE => encode_cbor(&node.local_health().await).map_err(CallError::failed),
             wire::STORE_SERVICE => match node.storage.get() {
-                Some(storage) => crate::storage::serve(storage, peer, &body)
-                    .await
-                    .map_err(CallError::failed),
+                Some(storage) => crate::storage::serve(storage, peer, &body).await,
                 None => Err(starting(&service)),
             },
             crate::audit::SERVICE => match node.audit.get() {
-                Some(audit) => audit.serve(peer, &body).await.map_err(CallError::failed),
+                Some(audit) => audit.serve(peer, &body).await,
                 None => Err(starting(&service)),
             },
             crate::updates::leases::SERVICE => match node.granter.get() {
-                Some(g) => crate::updates::leases::serve(g, &body)
-                    .await
-                    .map_err(CallError::failed),
+                Some(g) => crate::updates::leases::serve(g, &body).await,
                 None => Err(starting(&service)),
             },
             crate::updates::state::SERVICE => match node.updates.get() {
-                Some(u) => crate::updates::state::serve(u, &body)
-                    .await
-                    .map_err(CallError::failed),
+                Some(u) => crate::updates::state::serve(u, &body).await,
                 None => Err(starting(&service)),
             },
             other => {

@@ -31,7 +31,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use plexi_api::model::PutRequest;
 use plexi_api::model::{DataInfo, DataObject, PutResult, ReplicaInfo};
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
-use plexi_p2p::{MemberStatus, P2pHandle, PeerId};
+use plexi_p2p::{CallError, MemberStatus, P2pHandle, PeerId};
 use plexi_store::objects::{
     AccessStats, Applied, Consistency, GroupCommit, ObjectMeta, ObjectStore, SledObjects,
 };
@@ -1099,11 +1099,18 @@ fn quorum_answers(answers: &[(Member, Option<ObjectMeta>)]) -> Vec<quorum::Answe
 }
 
 /// The `store` service as the p2p layer calls it.
-pub async fn serve(storage: &Arc<Storage>, from: PeerId, body: &[u8]) -> Result<Vec<u8>, String> {
+pub async fn serve(
+    storage: &Arc<Storage>,
+    from: PeerId,
+    body: &[u8],
+) -> Result<Vec<u8>, CallError> {
     let call: StoreCall = decode_cbor(body).map_err(|e| {
         tracing::warn!(peer = %from, error = %e, "malformed store call dropped");
-        e.to_string()
+        CallError::malformed(e)
     })?;
-    let reply = storage.handle_call(&from.to_string(), call).await?;
-    encode_cbor(&reply).map_err(|e| e.to_string())
+    let reply = storage
+        .handle_call(&from.to_string(), call)
+        .await
+        .map_err(CallError::failed)?;
+    encode_cbor(&reply).map_err(CallError::failed)
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use plexi_api::model::ClusterEvent;
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
-use plexi_p2p::{P2pHandle, PeerId};
+use plexi_p2p::{CallError, P2pHandle, PeerId};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
@@ -315,13 +315,13 @@ impl UpdateState {
 }
 
 /// Serves a peer's `updates` call.
-pub async fn serve(state: &Arc<UpdateState>, body: &[u8]) -> Result<Vec<u8>, String> {
-    let call: SyncCall = decode_cbor(body).map_err(|e| format!("bad updates call: {e}"))?;
+pub async fn serve(state: &Arc<UpdateState>, body: &[u8]) -> Result<Vec<u8>, CallError> {
+    let call: SyncCall = decode_cbor(body).map_err(CallError::malformed)?;
     let s = state.clone();
     let reply = tokio::task::spawn_blocking(move || s.handle(call))
         .await
-        .map_err(|e| e.to_string())?;
-    encode_cbor(&reply).map_err(|e| e.to_string())
+        .map_err(CallError::failed)?;
+    encode_cbor(&reply).map_err(CallError::failed)
 }
 
 /// Pushes operation `id` (and maintenance) to every alive member; returns

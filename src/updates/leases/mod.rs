@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
 pub mod rules;
 
-use plexi_p2p::{MemberStatus, P2pHandle, PeerId};
+use plexi_p2p::{CallError, MemberStatus, P2pHandle, PeerId};
 use rules::{Acquisition, Decision, LeaseTable, Outcome, SlotId};
 use serde::{Deserialize, Serialize};
 
@@ -237,13 +237,13 @@ fn slot_id(index: u32) -> SlotId {
 }
 
 /// Serves a peer's lease call.
-pub async fn serve(granter: &Arc<Granter>, body: &[u8]) -> Result<Vec<u8>, String> {
-    let call: LeaseCall = decode_cbor(body).map_err(|e| format!("bad lease call: {e}"))?;
+pub async fn serve(granter: &Arc<Granter>, body: &[u8]) -> Result<Vec<u8>, CallError> {
+    let call: LeaseCall = decode_cbor(body).map_err(CallError::malformed)?;
     let g = granter.clone();
     let reply = tokio::task::spawn_blocking(move || g.handle(call))
         .await
-        .map_err(|e| e.to_string())?;
-    encode_cbor(&reply).map_err(|e| e.to_string())
+        .map_err(CallError::failed)?;
+    encode_cbor(&reply).map_err(CallError::failed)
 }
 
 /// The members whose majority a lease needs: every member not `left`, and
