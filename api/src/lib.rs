@@ -66,7 +66,11 @@ pub trait Storage: Send + Sync + 'static {
     async fn nodes(&self) -> Result<model::StorageNodes, ApiError>;
     async fn distribution(&self) -> Result<model::Distribution, ApiError>;
     /// Starts a cluster-wide job (`rebalance` or `cleanup`).
-    async fn start_job(&self, kind: &str, actor: &str) -> Result<model::Job, ApiError>;
+    async fn start_job(
+        &self,
+        kind: plexi_util::types::JobKind,
+        actor: &str,
+    ) -> Result<model::Job, ApiError>;
     async fn job(&self, job_id: &str) -> Result<model::Job, ApiError>;
 }
 

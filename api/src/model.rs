@@ -2,7 +2,8 @@
 //! binary maps its internal state into these.
 
 use plexi_util::types::{
-    Consistency, MemberStatus, NodeId, OperationStatus, UpdatePhase, UpdateStrategy, UpdateType,
+    Consistency, JobKind, JobStatus, MemberStatus, NodeId, OperationStatus, UpdatePhase,
+    UpdateStrategy, UpdateType,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -259,10 +260,8 @@ pub struct Distribution {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Job {
     pub job_id: String,
-    /// rebalance | cleanup
-    pub kind: String,
-    /// running | completed | failed
-    pub status: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
     pub progress_percentage: f64,
     pub started_at: String,
     pub completed_at: Option<String>,
@@ -278,7 +277,7 @@ pub struct Job {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct JobPart {
     pub node_id: String,
-    pub status: String,
+    pub status: JobStatus,
     pub progress_percentage: f64,
 }
 

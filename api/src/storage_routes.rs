@@ -13,7 +13,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{DataInfo, PutRequest, PutResult};
 use crate::ApiState;
-use plexi_util::types::Consistency;
+use plexi_util::types::{Consistency, JobKind};
 
 /// Query of `PUT .../data/{data_id}`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -227,7 +227,10 @@ pub(crate) async fn rebalance(
     State(state): State<ApiState>,
     caller: Option<Extension<Caller>>,
 ) -> Result<(StatusCode, Json<crate::model::Job>), ApiError> {
-    let job = state.storage.start_job("rebalance", &actor(caller)).await?;
+    let job = state
+        .storage
+        .start_job(JobKind::Rebalance, &actor(caller))
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(job)))
 }
 
@@ -238,7 +241,10 @@ pub(crate) async fn cleanup(
     State(state): State<ApiState>,
     caller: Option<Extension<Caller>>,
 ) -> Result<(StatusCode, Json<crate::model::Job>), ApiError> {
-    let job = state.storage.start_job("cleanup", &actor(caller)).await?;
+    let job = state
+        .storage
+        .start_job(JobKind::Cleanup, &actor(caller))
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(job)))
 }
 

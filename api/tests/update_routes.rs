@@ -92,7 +92,7 @@ impl Storage for StubStorage {
     async fn distribution(&self) -> Result<Distribution, ApiError> {
         Err(stub_err())
     }
-    async fn start_job(&self, _: &str, _: &str) -> Result<Job, ApiError> {
+    async fn start_job(&self, _: plexi_util::types::JobKind, _: &str) -> Result<Job, ApiError> {
         Err(stub_err())
     }
     async fn job(&self, _: &str) -> Result<Job, ApiError> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use plexi_api::model::{Distribution, Job, StorageNodes, StorageOverview};
+use plexi_util::types::{JobKind, JobStatus};
 use reqwest::Method;
 
 use super::client::{encode_segment, ApiArgs};
@@ -53,8 +54,8 @@ pub async fn storage(api: &ApiArgs, cmd: &StorageCmd) -> Result<()> {
         StorageCmd::Overview { json } => overview(api, *json).await,
         StorageCmd::Nodes { json } => storage_nodes(api, *json).await,
         StorageCmd::Distribution { json } => distribution(api, *json).await,
-        StorageCmd::Rebalance(a) => job(api, "rebalance", a).await,
-        StorageCmd::Cleanup(a) => job(api, "cleanup", a).await,
+        StorageCmd::Rebalance(a) => job(api, JobKind::Rebalance, a).await,
+        StorageCmd::Cleanup(a) => job(api, JobKind::Cleanup, a).await,
     }
 }
 
@@ -256,7 +257,7 @@ const JOB_POLL: Duration = Duration::from_millis(500);
 /// Consecutive failed polls after which the CLI gives up.
 const JOB_POLL_FAILURES: u32 = 10;
 
-async fn job(api: &ApiArgs, kind: &str, a: &JobArgs) -> Result<()> {
+async fn job(api: &ApiArgs, kind: JobKind, a: &JobArgs) -> Result<()> {
     let started: Job = api
         .call(
             Method::POST,
@@ -287,7 +288,7 @@ async fn job(api: &ApiArgs, kind: &str, a: &JobArgs) -> Result<()> {
     );
     let mut job = started;
     let mut failures = 0;
-    while job.status == "running" {
+    while job.status == JobStatus::Running {
         bar.set_position(job.progress_percentage.clamp(0.0, 100.0) as u64);
         bar.set_message(job_short(&job));
         tokio::time::sleep(JOB_POLL).await;
@@ -312,8 +313,8 @@ async fn job(api: &ApiArgs, kind: &str, a: &JobArgs) -> Result<()> {
     bar.set_position(job.progress_percentage.clamp(0.0, 100.0) as u64);
     bar.finish_and_clear();
     print_job(&job, a.json)?;
-    match job.status.as_str() {
-        "completed" => Ok(()),
+    match job.status {
+        JobStatus::Completed => Ok(()),
         other => bail!(
             "{kind} job {} {other}: {}",
             job.job_id,

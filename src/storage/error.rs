@@ -35,8 +35,6 @@ pub enum StorageError {
     },
     #[error("no replica holding the newest version could serve it")]
     ReadFailed,
-    #[error("{0}")]
-    InvalidJob(String),
     #[error("no job {job_id:?} on any reachable node")]
     NoSuchJob { job_id: String },
 }

@@ -14,12 +14,13 @@ use super::repair::{self, Progress};
 use super::wire::{JobPartStatus, StoreCall, StoreReply};
 use super::{Storage, StorageError};
 use plexi_util::clock::{rfc3339_ms, wall_ms};
+use plexi_util::types::{JobKind, JobStatus};
 
 /// Bound on the job parts a node remembers.
 pub const MAX_JOBS: usize = 64;
 
 pub struct LocalJob {
-    kind: String,
+    kind: JobKind,
     started_ms: u64,
     progress: Progress,
     outcome: Mutex<Option<(u64, Result<(), String>)>>,
@@ -31,14 +32,14 @@ impl LocalJob {
         let total = self.progress.total.load(Ordering::Relaxed).max(1);
         let examined = self.progress.examined.load(Ordering::Relaxed);
         let (status, finished_ms, error) = match outcome {
-            None => ("running", None, None),
-            Some((at, Ok(()))) => ("completed", Some(at), None),
-            Some((at, Err(e))) => ("failed", Some(at), Some(e)),
+            None => (JobStatus::Running, None, None),
+            Some((at, Ok(()))) => (JobStatus::Completed, Some(at), None),
+            Some((at, Err(e))) => (JobStatus::Failed, Some(at), Some(e)),
         };
         JobPartStatus {
-            kind: self.kind.clone(),
-            status: status.into(),
-            progress: if status == "running" {
+            kind: self.kind,
+            status,
+            progress: if status == JobStatus::Running {
                 (examined as f64 * 100.0 / total as f64).min(99.0)
             } else {
                 100.0
@@ -69,14 +70,11 @@ impl Jobs {
     }
 
     /// Starts this node's part of `job_id` (idempotent).
-    pub fn start(&self, storage: &Arc<Storage>, job_id: &str, kind: &str) -> Result<(), String> {
-        if kind != "rebalance" && kind != "cleanup" {
-            return Err(format!("unknown job kind {kind:?}"));
-        }
+    pub fn start(&self, storage: &Arc<Storage>, job_id: &str, kind: JobKind) {
         let job = {
             let mut parts = self.parts.lock().expect("jobs lock");
             if parts.contains_key(job_id) {
-                return Ok(());
+                return;
             }
             while parts.len() >= MAX_JOBS {
                 let oldest = parts
@@ -87,7 +85,7 @@ impl Jobs {
                 parts.remove(&oldest);
             }
             let job = Arc::new(LocalJob {
-                kind: kind.to_string(),
+                kind,
                 started_ms: wall_ms(),
                 progress: Progress::default(),
                 outcome: Mutex::new(None),
@@ -98,33 +96,30 @@ impl Jobs {
         let storage = storage.clone();
         let job_id = job_id.to_string();
         tokio::spawn(async move {
-            let res = match job.kind.as_str() {
-                "rebalance" => repair::rebalance(&storage, &job.progress).await,
-                _ => repair::cleanup(&storage, &job.progress).await,
+            let res = match job.kind {
+                JobKind::Rebalance => repair::rebalance(&storage, &job.progress).await,
+                JobKind::Cleanup => repair::cleanup(&storage, &job.progress).await,
             };
             tracing::info!(%job_id, kind = %job.kind, ok = res.is_ok(), "storage job part finished");
             *job.outcome.lock().expect("job lock") = Some((wall_ms(), res));
         });
-        Ok(())
     }
 }
 
 /// Starts a job on every reachable node; returns its first status.
 pub async fn start_cluster_job(
     s: &Arc<Storage>,
-    kind: &str,
+    kind: JobKind,
     actor: &str,
 ) -> Result<Job, StorageError> {
     let job_id = uuid::Uuid::new_v4().to_string();
-    s.jobs
-        .start(s, &job_id, kind)
-        .map_err(StorageError::InvalidJob)?;
-    tracing::info!(%job_id, kind, actor, "storage job started");
+    s.jobs.start(s, &job_id, kind);
+    tracing::info!(%job_id, %kind, actor, "storage job started");
     let peers: Vec<_> = s.peers();
     let mut calls: FuturesUnordered<_> = peers
         .iter()
         .map(|m| {
-            let (s, m, job_id, kind) = (s.clone(), m.clone(), job_id.clone(), kind.to_string());
+            let (s, m, job_id) = (s.clone(), m.clone(), job_id.clone());
             async move {
                 let r = s
                     .call(&m.peer_id, StoreCall::StartJob { job_id, kind })
@@ -166,12 +161,12 @@ pub async fn job_status(s: &Arc<Storage>, job_id: &str) -> Result<Job, StorageEr
         });
     }
     parts.sort_by(|a, b| a.0.cmp(&b.0));
-    let status = if parts.iter().any(|(_, p)| p.status == "failed") {
-        "failed"
-    } else if parts.iter().any(|(_, p)| p.status == "running") {
-        "running"
+    let status = if parts.iter().any(|(_, p)| p.status == JobStatus::Failed) {
+        JobStatus::Failed
+    } else if parts.iter().any(|(_, p)| p.status == JobStatus::Running) {
+        JobStatus::Running
     } else {
-        "completed"
+        JobStatus::Completed
     };
     let n = parts.len() as f64;
     let finished = parts
@@ -180,8 +175,8 @@ pub async fn job_status(s: &Arc<Storage>, job_id: &str) -> Result<Job, StorageEr
         .collect::<Option<Vec<u64>>>();
     Ok(Job {
         job_id: job_id.to_string(),
-        kind: parts[0].1.kind.clone(),
-        status: status.into(),
+        kind: parts[0].1.kind,
+        status,
         progress_percentage: (parts.iter().map(|(_, p)| p.progress).sum::<f64>() / n * 10.0)
             .round()
             / 10.0,

@@ -1053,9 +1053,8 @@ impl Storage {
                 if job_id.len() > 64 {
                     return Err("bad job id".into());
                 }
-                self.jobs
-                    .start(self, &job_id, &kind)
-                    .map(|_| StoreReply::JobStarted)
+                self.jobs.start(self, &job_id, kind);
+                Ok(StoreReply::JobStarted)
             }
             StoreCall::JobStatus { job_id } => Ok(StoreReply::Job(self.jobs.status(&job_id))),
         }

@@ -5,6 +5,7 @@
 use plexi_p2p::protocol::serde_bytes;
 use plexi_store::objects::{AccessStats, ObjectMeta};
 use plexi_util::hlc::Version;
+use plexi_util::types::{JobKind, JobStatus};
 use serde::{Deserialize, Serialize};
 
 pub const STORE_SERVICE: &str = "store";
@@ -47,7 +48,7 @@ pub enum StoreCall {
     /// Every entry this replica holds (bounded by [`MAX_CENSUS`]).
     Census,
     /// Starts this node's part of a cluster-wide job.
-    StartJob { job_id: String, kind: String },
+    StartJob { job_id: String, kind: JobKind },
     /// This node's part of a job, if it has one.
     JobStatus { job_id: String },
 }
@@ -66,8 +67,8 @@ pub struct CensusEntry {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobPartStatus {
-    pub kind: String,
-    pub status: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
     pub progress: f64,
     pub started_ms: u64,
     pub finished_ms: Option<u64>,

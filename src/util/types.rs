@@ -216,6 +216,25 @@ impl UpdatePhase {
     }
 }
 
+vocabulary! {
+    /// A cluster-wide storage job (`POST /clustering/storage/{kind}`).
+    JobKind ("job kind") {
+        /// Moves data onto the owners current placement names.
+        Rebalance = "rebalance",
+        /// Drops copies no owner needs, purges old tombstones, scrubs.
+        Cleanup = "cleanup",
+    }
+}
+
+vocabulary! {
+    /// A storage job's status (one node's part, or the whole job).
+    JobStatus ("job status") {
+        Running = "running",
+        Completed = "completed",
+        Failed = "failed",
+    }
+}
+
 /// A node's name in the cluster (`node.name`, or derived from its peer id):
 /// 1-64 characters of `[A-Za-z0-9._-]`. The key of every per-node map.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -311,6 +330,8 @@ mod tests {
         agree(OperationStatus::ALL);
         agree(NodeUpdateStatus::ALL);
         agree(UpdatePhase::ALL);
+        agree(JobKind::ALL);
+        agree(JobStatus::ALL);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use plexi_api::model::{
     DataInfo, DataObject, Distribution, Job, PutRequest, PutResult, StorageNodes, StorageOverview,
 };
 use plexi_api::ApiError;
-use plexi_util::types::Consistency;
+use plexi_util::types::{Consistency, JobKind};
 
 use crate::storage::{jobs, report, Storage, StorageError};
 
@@ -30,7 +30,6 @@ impl From<StorageError> for ApiError {
             }
             StorageError::NoQuorum { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
             StorageError::ReadFailed => (StatusCode::SERVICE_UNAVAILABLE, "read_failed"),
-            StorageError::InvalidJob(_) => (StatusCode::BAD_REQUEST, "invalid_job"),
             StorageError::NoSuchJob { .. } => (StatusCode::NOT_FOUND, "not_found"),
         };
         ApiError::new(status, code, e.to_string())
@@ -74,7 +73,7 @@ impl plexi_api::Storage for StorageApi {
     async fn distribution(&self) -> Result<Distribution, ApiError> {
         Ok(report::distribution(&self.0).await?)
     }
-    async fn start_job(&self, kind: &str, actor: &str) -> Result<Job, ApiError> {
+    async fn start_job(&self, kind: JobKind, actor: &str) -> Result<Job, ApiError> {
         Ok(jobs::start_cluster_job(&self.0, kind, actor).await?)
     }
     async fn job(&self, job_id: &str) -> Result<Job, ApiError> {
