@@ -271,6 +271,34 @@ fn manifests_keep_the_layers_apart() {
     }
 }
 
+/// No status, phase, level or strategy is a bare string in the API's
+/// model: each is one of the shared vocabulary types (plexi-util).
+#[test]
+fn the_api_model_speaks_the_vocabulary() {
+    let banned = [
+        "status: String",
+        "phase: String",
+        "consistency_level: String",
+        "storage_strategy: String",
+        "strategy: String",
+        "update_type: String",
+        "status: Option<String>",
+    ];
+    let file = root().join("api/src/model.rs");
+    let mut found = Vec::new();
+    for (n, code) in code_lines(&file) {
+        let field = code.trim().trim_start_matches("pub ");
+        if banned.iter().any(|b| field.starts_with(b)) {
+            found.push(format!("api/src/model.rs:{n}: {}", code.trim()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "bare strings where a vocabulary type belongs (src/util/types.rs):\n  {}",
+        found.join("\n  ")
+    );
+}
+
 /// Every source file starts with a doc comment saying what it owns.
 #[test]
 fn every_source_file_starts_with_a_doc_comment() {

@@ -2,8 +2,8 @@
 //! binary maps its internal state into these.
 
 use plexi_util::types::{
-    Consistency, JobKind, JobStatus, MemberStatus, NodeId, OperationStatus, UpdatePhase,
-    UpdateStrategy, UpdateType,
+    Consistency, JobKind, JobStatus, MemberStatus, NodeId, OperationStatus, StorageStrategy,
+    UpdatePhase, UpdateStrategy, UpdateType,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -91,9 +91,16 @@ impl std::fmt::Display for HealthSource {
 /// `GET /health`: liveness of the answering node.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Liveness {
-    pub status: String,
+    pub status: LivenessStatus,
     pub node_id: String,
     pub version: String,
+}
+
+/// What `GET /health` says when the node answers at all.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LivenessStatus {
+    Ok,
 }
 
 /// `PUT .../data/{data_id}` answer.
@@ -106,7 +113,7 @@ pub struct PutResult {
     pub checksum: String,
     /// Hybrid-logical-clock version `physical_ms.logical.node`.
     pub version: String,
-    pub consistency_level: String,
+    pub consistency_level: Consistency,
     pub replication_factor: u32,
     /// The nodes that own a replica (placement order).
     pub replicas: Vec<String>,
@@ -123,7 +130,7 @@ pub struct ReplicaInfo {
     pub node_id: String,
     pub peer_id: String,
     /// Membership status of the node (alive, suspect, dead, left).
-    pub status: String,
+    pub status: MemberStatus,
     /// Whether the node answered and holds a copy.
     pub has_copy: bool,
     pub version: Option<String>,
@@ -140,7 +147,7 @@ pub struct DataInfo {
     pub size_bytes: u64,
     pub checksum: String,
     pub version: String,
-    pub consistency_level: String,
+    pub consistency_level: Consistency,
     pub replication_factor: u32,
     pub partition: u16,
     pub created_at: String,
@@ -173,8 +180,8 @@ pub struct StorageOverview {
     pub total_data_objects: u64,
     /// The cluster's default replication factor.
     pub replication_factor: u32,
-    pub storage_strategy: String,
-    pub consistency_level: String,
+    pub storage_strategy: StorageStrategy,
+    pub consistency_level: Consistency,
     pub total_replicas: u64,
     pub under_replicated_objects: u64,
     /// Nodes that did not answer the census (their replicas are not counted).
@@ -186,7 +193,7 @@ pub struct StorageOverview {
 pub struct StorageNode {
     pub node_id: String,
     pub peer_id: String,
-    pub status: String,
+    pub status: MemberStatus,
     pub region: String,
     pub zone: String,
     pub total_capacity_gb: f64,

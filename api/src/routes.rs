@@ -140,7 +140,7 @@ pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
 #[utoipa::path(get, path = "/health", security(()), responses((status = 200, body = Liveness)))]
 pub(crate) async fn liveness(State(state): State<ApiState>) -> Json<Liveness> {
     Json(Liveness {
-        status: "ok".into(),
+        status: crate::model::LivenessStatus::Ok,
         node_id: state.cluster.local_node_id(),
         version: state.cluster.version(),
     })

@@ -33,11 +33,12 @@ use plexi_api::model::{DataInfo, DataObject, PutResult, ReplicaInfo};
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
 use plexi_p2p::{CallError, MemberStatus, P2pHandle, PeerId};
 use plexi_store::objects::{
-    AccessStats, Applied, Consistency, GroupCommit, ObjectMeta, ObjectStore, SledObjects,
+    AccessStats, Applied, GroupCommit, ObjectMeta, ObjectStore, SledObjects,
 };
 use plexi_store::placement::{self, Candidate};
 use plexi_store::{NodeStore, StoreError};
 use plexi_util::hlc::Hlc;
+use plexi_util::types::Consistency;
 
 use crate::config::DistributedStorage;
 pub use error::StorageError;
@@ -609,7 +610,7 @@ impl Storage {
             size_bytes: meta.size_bytes,
             checksum: meta.checksum_hex(),
             version: meta.version.to_text(),
-            consistency_level: consistency.as_str().into(),
+            consistency_level: consistency,
             replication_factor: rf,
             replicas,
             acknowledged_by,
@@ -903,7 +904,7 @@ impl Storage {
             replicas.push(ReplicaInfo {
                 node_id: m.name.clone(),
                 peer_id: m.peer_id.clone(),
-                status: status.as_str().into(),
+                status,
                 has_copy: entry.as_ref().is_some_and(|(meta, _)| !meta.tombstone),
                 version: version.map(|v| v.to_text()),
                 is_current: version == Some(newest.version),
@@ -912,7 +913,7 @@ impl Storage {
         }
         let live = replicas
             .iter()
-            .filter(|r| r.is_current && r.status == "alive")
+            .filter(|r| r.is_current && r.status == MemberStatus::Alive)
             .count() as u32;
         Ok(DataInfo {
             data_id: newest.data_id.clone(),
@@ -920,7 +921,7 @@ impl Storage {
             size_bytes: newest.size_bytes,
             checksum: newest.checksum_hex(),
             version: newest.version.to_text(),
-            consistency_level: newest.consistency_level.as_str().into(),
+            consistency_level: newest.consistency_level,
             replication_factor: rf as u32,
             partition: placement::partition_of(data_id),
             created_at: rfc3339_ms(newest.created_at_ms),

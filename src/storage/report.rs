@@ -11,8 +11,7 @@ use plexi_api::model::{
     Distribution, Holding, NodeHolding, StorageNode, StorageNodes, StorageOverview,
 };
 use plexi_p2p::MemberStatus;
-use plexi_store::objects::{Consistency, ObjectStore};
-use plexi_store::placement::StorageStrategy;
+use plexi_store::objects::ObjectStore;
 use plexi_util::hlc::Version;
 
 use super::wire::{CensusEntry, StoreCall, StoreReply, MAX_CENSUS};
@@ -28,15 +27,6 @@ fn pct(used: u64, total: u64) -> f64 {
         return 0.0;
     }
     (used as f64 * 10000.0 / total as f64).round() / 100.0
-}
-
-pub fn strategy_name(s: StorageStrategy) -> &'static str {
-    match s {
-        StorageStrategy::LoadBalanced => "load_balanced",
-        StorageStrategy::PerformanceOptimized => "performance_optimized",
-        StorageStrategy::RedundancyFocused => "redundancy_focused",
-        StorageStrategy::Geographic => "geographic",
-    }
 }
 
 /// Per-object facts gathered from every answering node.
@@ -159,10 +149,6 @@ pub fn local_census(s: &Storage) -> Result<StoreReply, String> {
     })
 }
 
-fn consistency_name(c: Consistency) -> &'static str {
-    c.as_str()
-}
-
 pub async fn overview(s: &Arc<Storage>) -> Result<StorageOverview, StorageError> {
     let members: Vec<Member> = s
         .members()
@@ -186,8 +172,8 @@ pub async fn overview(s: &Arc<Storage>) -> Result<StorageOverview, StorageError>
         usage_percentage: pct(used, total),
         total_data_objects: live.len() as u64,
         replication_factor: s.config.default_replication_factor,
-        storage_strategy: strategy_name(s.config.storage_strategy).into(),
-        consistency_level: consistency_name(s.config.consistency_level).into(),
+        storage_strategy: s.config.storage_strategy,
+        consistency_level: s.config.consistency_level,
         total_replicas: live.iter().map(|t| t.current_holders as u64).sum(),
         under_replicated_objects: live
             .iter()
@@ -208,7 +194,7 @@ pub fn nodes(s: &Arc<Storage>) -> StorageNodes {
             StorageNode {
                 node_id: m.name.clone(),
                 peer_id: m.peer_id.clone(),
-                status: m.status.as_str().into(),
+                status: m.status,
                 region: m.region.clone(),
                 zone: m.zone.clone(),
                 total_capacity_gb: gb(m.capacity_bytes),

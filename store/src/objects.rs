@@ -28,7 +28,7 @@ pub const MAX_DATA_ID_BYTES: usize = 512;
 /// Longest accepted data type, in bytes.
 pub const MAX_DATA_TYPE_BYTES: usize = 128;
 
-pub use plexi_util::types::Consistency;
+use plexi_util::types::Consistency;
 
 /// What every replica keeps about an object (or its tombstone).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,7 +19,7 @@
 /// Fixed number of partitions; anti-entropy keeps one digest per partition.
 pub const PARTITIONS: u16 = 1024;
 
-pub use plexi_util::types::StorageStrategy;
+use plexi_util::types::StorageStrategy;
 
 /// A node as placement sees it.
 #[derive(Clone, Debug, PartialEq)]
