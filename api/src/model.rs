@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct NodeView {
     /// The node's unique name.
-    pub node_id: String,
+    pub node_id: NodeId,
     pub peer_id: String,
     pub status: MemberStatus,
     pub version: String,
@@ -53,7 +53,7 @@ pub struct HealthCheck {
 /// A node's health, answered by the node itself when it is reachable.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct HealthReport {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub peer_id: String,
     pub version: String,
     /// Membership status as seen by the answering node.
@@ -92,7 +92,7 @@ impl std::fmt::Display for HealthSource {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Liveness {
     pub status: LivenessStatus,
-    pub node_id: String,
+    pub node_id: NodeId,
     pub version: String,
 }
 
@@ -127,7 +127,7 @@ pub struct PutResult {
 /// Where one replica of an object is.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct ReplicaInfo {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub peer_id: String,
     /// Membership status of the node (alive, suspect, dead, left).
     pub status: MemberStatus,
@@ -191,7 +191,7 @@ pub struct StorageOverview {
 /// One node in `GET /clustering/storage/nodes`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct StorageNode {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub peer_id: String,
     pub status: MemberStatus,
     pub region: String,
@@ -239,7 +239,7 @@ pub struct Holding {
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct NodeHolding {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub region: String,
     pub zone: String,
     pub objects: u64,
@@ -283,7 +283,7 @@ pub struct Job {
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct JobPart {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub status: JobStatus,
     pub progress_percentage: f64,
 }
@@ -455,7 +455,7 @@ pub struct MaintenanceRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct AuditEntry {
     /// The node that recorded it.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Position in that node's chain, from 1.
     pub seq: u64,
     pub at: String,

@@ -141,7 +141,7 @@ pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
 pub(crate) async fn liveness(State(state): State<ApiState>) -> Json<Liveness> {
     Json(Liveness {
         status: crate::model::LivenessStatus::Ok,
-        node_id: state.cluster.local_node_id(),
+        node_id: state.cluster.local_node_id().into(),
         version: state.cluster.version(),
     })
 }

@@ -213,7 +213,7 @@ pub fn entry_hash(e: &AuditEntry) -> String {
     use ciborium::Value as C;
     let body = C::Array(vec![
         C::Text("plexi-audit-1".into()),
-        C::Text(e.node_id.clone()),
+        C::Text(e.node_id.to_string()),
         C::Integer(e.seq.into()),
         C::Text(e.at.clone()),
         C::Text(e.actor.clone()),
@@ -239,7 +239,7 @@ fn valid_node_id(id: &str) -> bool {
 
 /// Checks an entry's shape (not its place in a chain); the encoded size on Ok.
 fn check_shape(e: &AuditEntry) -> Result<Vec<u8>, &'static str> {
-    if !valid_node_id(&e.node_id)
+    if !valid_node_id(e.node_id.as_str())
         || e.actor.len() > MAX_FIELD_BYTES
         || e.action.len() > MAX_FIELD_BYTES
         || e.at.len() > 64
@@ -331,7 +331,7 @@ impl Shared {
             return Err(AuditError::Full(format!("the tree ({MAX_CHAINS} chains)")));
         }
         let mut entry = AuditEntry {
-            node_id: self.node_id.clone(),
+            node_id: self.node_id.clone().into(),
             seq: head.seq + 1,
             at: rfc3339_ms(wall_ms()),
             actor: actor.to_string(),
@@ -348,12 +348,12 @@ impl Shared {
             ))
         })?;
         self.tree
-            .insert(key(&entry.node_id, entry.seq), bytes)
+            .insert(key(entry.node_id.as_str(), entry.seq), bytes)
             .map_err(store_err)?;
         // Durable before anyone (caller or peer) sees it.
         self.flush()?;
         heads.insert(
-            entry.node_id.clone(),
+            entry.node_id.to_string(),
             Head {
                 seq: entry.seq,
                 hash: entry.hash.clone(),
@@ -392,13 +392,13 @@ impl Shared {
                 rejected += 1;
                 continue;
             }
-            let head = heads.get(&e.node_id).cloned();
+            let head = heads.get(e.node_id.as_str()).cloned();
             let (head_seq, head_hash) = head
                 .as_ref()
                 .map(|h| (h.seq, h.hash.as_str()))
                 .unwrap_or((0, ZERO_HASH));
             if e.seq <= head_seq {
-                match self.tree.get(key(&e.node_id, e.seq)) {
+                match self.tree.get(key(e.node_id.as_str(), e.seq)) {
                     Ok(Some(v)) => match decode_cbor::<AuditEntry>(&v) {
                         Ok(held) if held.hash == e.hash => {} // already held
                         _ => {
@@ -432,13 +432,13 @@ impl Shared {
                 rejected += 1;
                 continue;
             }
-            if let Err(err) = self.tree.insert(key(&e.node_id, e.seq), bytes) {
+            if let Err(err) = self.tree.insert(key(e.node_id.as_str(), e.seq), bytes) {
                 tracing::error!(error = %err, "audit store write failed during merge");
                 rejected += 1;
                 continue;
             }
             heads.insert(
-                e.node_id.clone(),
+                e.node_id.to_string(),
                 Head {
                     seq: e.seq,
                     hash: e.hash.clone(),

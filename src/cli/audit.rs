@@ -57,7 +57,7 @@ pub async fn audit(api: &ApiArgs, a: &AuditArgs) -> Result<()> {
     for e in &list.entries {
         t.row([
             e.at.clone(),
-            e.node_id.clone(),
+            e.node_id.to_string(),
             e.actor.clone(),
             e.action.to_string(),
             dash(&e.operation_id).to_string(),

@@ -25,7 +25,7 @@ pub async fn nodes(api: &ApiArgs, json: bool) -> Result<()> {
     ]);
     for n in list.nodes {
         t.row([
-            n.node_id,
+            n.node_id.to_string(),
             n.status.to_string(),
             n.version,
             n.region,

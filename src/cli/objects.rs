@@ -202,7 +202,7 @@ pub async fn info(api: &ApiArgs, data_id: &str, json: bool) -> Result<()> {
     ]);
     for r in &i.replicas {
         t.row([
-            r.node_id.clone(),
+            r.node_id.to_string(),
             r.status.to_string(),
             yes_no(r.has_copy).to_string(),
             yes_no(r.is_current).to_string(),

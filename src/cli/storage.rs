@@ -124,7 +124,7 @@ async fn storage_nodes(api: &ApiArgs, json: bool) -> Result<()> {
     ]);
     for x in &n.nodes {
         t.row([
-            x.node_id.clone(),
+            x.node_id.to_string(),
             x.status.to_string(),
             x.region.clone(),
             x.zone.clone(),
@@ -159,7 +159,7 @@ async fn distribution(api: &ApiArgs, json: bool) -> Result<()> {
     ]);
     for n in &d.nodes {
         t.row([
-            n.node_id.clone(),
+            n.node_id.to_string(),
             n.region.clone(),
             n.zone.clone(),
             n.objects.to_string(),
@@ -240,7 +240,7 @@ fn print_job(j: &Job, json: bool) -> Result<()> {
         .headless();
     for p in &j.nodes {
         t.row([
-            p.node_id.clone(),
+            p.node_id.to_string(),
             p.status.to_string(),
             format!("{:.0}%", p.progress_percentage),
         ]);

@@ -156,7 +156,7 @@ impl Node {
             });
         }
         HealthReport {
-            node_id: self.name.clone(),
+            node_id: self.name.clone().into(),
             peer_id: self.peer_id.to_string(),
             version: VERSION.into(),
             status: MemberStatus::Alive,
@@ -231,7 +231,7 @@ pub(crate) fn node_view(m: &MemberView, local: &str) -> NodeView {
         .checked_sub(Duration::from_millis(m.silent_ms))
         .unwrap_or(SystemTime::UNIX_EPOCH);
     NodeView {
-        node_id: s.name.clone(),
+        node_id: s.name.clone().into(),
         peer_id: s.peer_id.clone(),
         status: m.status,
         version: s.version.clone(),

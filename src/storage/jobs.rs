@@ -192,7 +192,7 @@ pub async fn job_status(s: &Arc<Storage>, job_id: &str) -> Result<Job, StorageEr
         nodes: parts
             .into_iter()
             .map(|(node_id, p)| JobPart {
-                node_id,
+                node_id: node_id.into(),
                 status: p.status,
                 progress_percentage: (p.progress * 10.0).round() / 10.0,
             })

@@ -902,7 +902,7 @@ impl Storage {
                 .map(|x| x.status)
                 .unwrap_or(m.status);
             replicas.push(ReplicaInfo {
-                node_id: m.name.clone(),
+                node_id: m.name.clone().into(),
                 peer_id: m.peer_id.clone(),
                 status,
                 has_copy: entry.as_ref().is_some_and(|(meta, _)| !meta.tombstone),

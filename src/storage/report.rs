@@ -192,7 +192,7 @@ pub fn nodes(s: &Arc<Storage>) -> StorageNodes {
         .map(|m| {
             let st = stats.get(&m.peer_id).copied().unwrap_or_default();
             StorageNode {
-                node_id: m.name.clone(),
+                node_id: m.name.clone().into(),
                 peer_id: m.peer_id.clone(),
                 status: m.status,
                 region: m.region.clone(),
@@ -230,7 +230,7 @@ pub async fn distribution(s: &Arc<Storage>) -> Result<Distribution, StorageError
         let live = entries.iter().filter(|e| !e.tombstone);
         let (objects, bytes) = live.fold((0u64, 0u64), |(n, b), e| (n + 1, b + e.size_bytes));
         nodes.push(NodeHolding {
-            node_id: m.name.clone(),
+            node_id: m.name.clone().into(),
             region: m.region.clone(),
             zone: m.zone.clone(),
             objects,

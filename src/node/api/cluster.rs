@@ -54,7 +54,7 @@ impl Cluster for NodeApi {
             return Ok(self.local_health().await);
         }
         let unreachable = |detail: String| HealthReport {
-            node_id: state.name.clone(),
+            node_id: state.name.clone().into(),
             peer_id: state.peer_id.clone(),
             version: state.version.clone(),
             status: member.status,
