@@ -299,6 +299,84 @@ fn the_api_model_speaks_the_vocabulary() {
     );
 }
 
+/// The node's wiring stays readable: no function in `src/node/` over
+/// [`MAX_NODE_FN_LINES`] lines (tests excluded).
+const MAX_NODE_FN_LINES: usize = 150;
+
+/// `(name, first line, length)` of every function before a `mod tests`.
+fn functions(p: &Path) -> Vec<(String, usize, usize)> {
+    let text = fs::read_to_string(p).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let t = lines[i].trim_start();
+        if t.starts_with("mod tests") || t.starts_with("pub(crate) mod tests") {
+            break;
+        }
+        let header = t
+            .trim_start_matches("pub(crate) ")
+            .trim_start_matches("pub ")
+            .trim_start_matches("async ");
+        if let Some(rest) = header.strip_prefix("fn ") {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let (mut depth, mut opened, mut j) = (0i32, false, i);
+            while j < lines.len() {
+                if !opened && lines[j].trim_end().ends_with(';') {
+                    break;
+                }
+                for c in lines[j].chars() {
+                    match c {
+                        '{' => {
+                            depth += 1;
+                            opened = true
+                        }
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                }
+                if opened && depth == 0 {
+                    break;
+                }
+                j += 1;
+            }
+            if opened {
+                out.push((name, i + 1, j - i + 1));
+                i = j + 1;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn node_wiring_has_no_long_function() {
+    let mut long = Vec::new();
+    for file in rust_files("src/node") {
+        for (name, line, len) in functions(&file) {
+            if len > MAX_NODE_FN_LINES {
+                long.push(format!("{}:{line}: fn {name} is {len} lines", rel(&file)));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "split these into named phases (at most {MAX_NODE_FN_LINES} lines):\n  {}",
+        long.join("\n  ")
+    );
+    // The checker sees real functions.
+    let run = functions(&root().join("src/node/mod.rs"));
+    assert!(
+        run.iter().any(|(n, _, len)| n == "run" && *len > 10),
+        "{run:?}"
+    );
+}
+
 /// Every source file starts with a doc comment saying what it owns.
 #[test]
 fn every_source_file_starts_with_a_doc_comment() {
