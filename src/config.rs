@@ -341,11 +341,13 @@ impl Config {
             0,
             86_400,
         )?;
+        // The update lease must outlive the restart and post-check it
+        // covers (ttl = timeout + margin), and granters cap every ttl.
         range(
             "cluster_updates.health_check_timeout_seconds",
             u.health_check_timeout_seconds,
             1,
-            86_400,
+            crate::updates::engine::MAX_HEALTH_CHECK_TIMEOUT_SECONDS,
         )?;
         range(
             "cluster_updates.rollback_timeout_seconds",
@@ -582,6 +584,16 @@ distributed_storage:
 
     #[test]
     fn out_of_range_is_named() {
+        let mut c = Config::default();
+        c.cluster_updates.health_check_timeout_seconds = 571;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("cluster_updates.health_check_timeout_seconds = 571")
+                && e.contains("between 1 and 570"),
+            "{e}"
+        );
+        c.cluster_updates.health_check_timeout_seconds = 570;
+        c.validate().unwrap();
         let mut c = Config::default();
         c.distributed_storage.default_replication_factor = 9;
         assert!(c

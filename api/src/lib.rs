@@ -74,7 +74,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn job(&self, job_id: &str) -> Result<model::Job, ApiError>;
 }
 
-/// Releases and (later) update operations. Implemented by the binary.
+/// Releases, update operations, maintenance mode, the audit log and the
+/// event stream. Implemented by the binary (`src/node/api/updates.rs`).
 #[async_trait::async_trait]
 pub trait Updates: Send + Sync + 'static {
     async fn releases(&self) -> Result<model::ReleaseList, ApiError>;

@@ -1,5 +1,7 @@
-//! The data endpoints: PUT, GET, DELETE and info of an object through any
-//! node. Input is validated here into a [`PutRequest`]; the node coordinates.
+//! The storage endpoints: PUT, GET, DELETE and info of an object through
+//! any node (input validated here into a [`PutRequest`]; the node
+//! coordinates), and the cluster's overview, nodes, distribution,
+//! rebalance and cleanup jobs.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -32,8 +34,7 @@ pub struct GetQuery {
     pub consistency: Option<String>,
 }
 
-pub const MAX_DATA_ID_BYTES: usize = 512;
-pub const MAX_DATA_TYPE_BYTES: usize = 128;
+use plexi_util::limits::{MAX_DATA_ID_BYTES, MAX_DATA_TYPE_BYTES};
 
 pub fn validate_data_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_DATA_ID_BYTES || id.chars().any(|c| c.is_control()) {

@@ -4,7 +4,7 @@
 //! Reading order of the data path: [`Storage::put`] (validate, version with
 //! the HLC, place, send to the replicas, wait as the consistency level says),
 //! [`Storage::get`] (ask replicas in placement order, or a majority for
-//! strong, repair stale ones), [`Storage::handle`] (the replica side). The
+//! strong, repair stale ones), [`Storage::handle_call`] (the replica side). The
 //! background loops that heal the cluster (hints, anti-entropy, cleanup)
 //! live in `repair.rs`.
 
@@ -1067,7 +1067,7 @@ impl Storage {
         meta: ObjectMeta,
         data: Vec<u8>,
     ) -> Result<StoreReply, String> {
-        if meta.data_id.is_empty() || meta.data_id.len() > plexi_store::objects::MAX_DATA_ID_BYTES {
+        if meta.data_id.is_empty() || meta.data_id.len() > plexi_util::limits::MAX_DATA_ID_BYTES {
             return Err("bad data id".into());
         }
         let _ = self

@@ -130,6 +130,15 @@ pub struct Drain {
     pub in_flight: InFlight,
 }
 
+/// The lease outlives the health-check deadline by this much, covering
+/// the restart and the post-update check.
+pub const LEASE_MARGIN_SECONDS: u64 = 30;
+
+/// The longest `cluster_updates.health_check_timeout_seconds` a lease can
+/// cover: granters cap every ttl at `MAX_TTL_MS` (config refuses more).
+pub const MAX_HEALTH_CHECK_TIMEOUT_SECONDS: u64 =
+    super::leases::rules::MAX_TTL_MS / 1000 - LEASE_MARGIN_SECONDS;
+
 /// What the engine asks of the node it runs in; implemented by `node/`, so
 /// the engine needs neither the node's health checks nor an HTTP client.
 #[async_trait::async_trait]
@@ -467,7 +476,7 @@ impl Engine {
 
     fn lease_ttl(&self, rec: &OpRecord) -> Duration {
         // Covers a restart plus the post-update check.
-        Duration::from_secs(rec.plan.settings.health_check_timeout_seconds + 30)
+        Duration::from_secs(rec.plan.settings.health_check_timeout_seconds + LEASE_MARGIN_SECONDS)
     }
 
     /// Takes a free slot from a strict majority; waits (never proceeds)

@@ -23,11 +23,6 @@ use crate::placement::partition_of;
 use crate::StoreError;
 use plexi_util::hlc::Version;
 
-/// Longest accepted object id, in bytes.
-pub const MAX_DATA_ID_BYTES: usize = 512;
-/// Longest accepted data type, in bytes.
-pub const MAX_DATA_TYPE_BYTES: usize = 128;
-
 use plexi_util::types::Consistency;
 
 /// What every replica keeps about an object (or its tombstone).

@@ -29,7 +29,7 @@ pub struct Candidate {
     pub region: String,
     pub zone: String,
     pub capacity_bytes: u64,
-    /// Measured request latency to this node; None when unknown.
+    /// The node's own store latency as it gossips it; None when unknown.
     pub latency_ms: Option<f64>,
     /// 0..1; 1 = never seen failing.
     pub reliability: f64,
