@@ -752,14 +752,29 @@ impl Engine {
             .await
             .map_err(|e| StepError(format!("pre-check: node unhealthy: {e}")))?;
         // Push anything peers own and lack, so our copies exist elsewhere.
+        // A peer out of service for an update (a batch-mate of a parallel
+        // update restarting) is skipped, also when it went out during the
+        // sync: it catches up by itself when it is back.
         for peer in self.storage.peers() {
-            crate::storage::repair::anti_entropy_with(
+            if self.out_of_service(&peer.name) {
+                continue;
+            }
+            let synced = crate::storage::repair::anti_entropy_with(
                 &self.storage,
                 &peer,
                 &crate::storage::repair::Progress::default(),
             )
-            .await
-            .map_err(|e| StepError(format!("pre-check: sync with {}: {e}", peer.name)))?;
+            .await;
+            if let Err(e) = synced {
+                if self.out_of_service(&peer.name) {
+                    tracing::info!(node_id = %peer.name, error = %e, "pre-check: peer went out of service during the sync; skipped");
+                    continue;
+                }
+                return Err(StepError(format!(
+                    "pre-check: sync with {}: {e}",
+                    peer.name
+                )));
+            }
         }
         let s = self.storage.clone();
         let lonely = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
@@ -788,6 +803,18 @@ impl Engine {
             )));
         }
         Ok(())
+    }
+
+    /// Whether `node` is out of service (drained or restarting) for an
+    /// update of an unfinished operation, as the replicated state says.
+    fn out_of_service(&self, node: &str) -> bool {
+        let now = wall_ms();
+        self.state.all().iter().any(|r| {
+            !r.is_final(now)
+                && r.nodes
+                    .get(node)
+                    .is_some_and(|p| p.out_of_service_since_ms.is_some())
+        })
     }
 
     fn backup(&self, id: &str) -> Result<PathBuf, StepError> {
