@@ -6,6 +6,7 @@
 mod audit;
 mod cli;
 mod config;
+mod files;
 mod node;
 mod storage;
 mod supervisor;

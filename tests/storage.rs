@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cluster, wait_for, TestNode, ADMIN, FAST, READ};
+use common::{all_see, cluster, wait_for, TestNode, ADMIN, FAST, READ};
 use serde_json::Value;
 
 fn body(i: usize, len: usize) -> Vec<u8> {
@@ -549,11 +549,7 @@ fn node_scores_agree_everywhere_and_only_unplanned_restarts_lower_reliability() 
     assert_eq!(nodes[2].wait_exit(Duration::from_secs(30)), Some(0));
     let boot = vec![nodes[0].p2p.clone()];
     nodes[2].restart(boot.clone());
-    assert!(wait_for(Duration::from_secs(20), || nodes
-        .iter()
-        .all(|n| n.alive_count() == 3)
-        .then_some(()))
-    .is_some());
+    assert!(all_see(&nodes, 3, Duration::from_secs(20)));
     let after_term = agreed_scores(&nodes, |s| s["s3"].2 == Some(0)).unwrap_or_else(|| {
         panic!(
             "after SIGTERM: {:?}",
@@ -566,11 +562,7 @@ fn node_scores_agree_everywhere_and_only_unplanned_restarts_lower_reliability() 
     // reliability, the same on every node.
     nodes[2].kill();
     nodes[2].restart(boot);
-    assert!(wait_for(Duration::from_secs(20), || nodes
-        .iter()
-        .all(|n| n.alive_count() == 3)
-        .then_some(()))
-    .is_some());
+    assert!(all_see(&nodes, 3, Duration::from_secs(20)));
     let after_kill = agreed_scores(&nodes, |s| s["s3"].2 == Some(1)).unwrap_or_else(|| {
         panic!(
             "after SIGKILL: {:?}",

@@ -2,8 +2,8 @@
 //! binary maps its internal state into these.
 
 use plexi_util::types::{
-    Consistency, JobKind, JobStatus, MemberStatus, NodeId, OperationStatus, StorageStrategy,
-    UpdatePhase, UpdateStrategy, UpdateType,
+    Consistency, HealthSource, JobKind, JobStatus, LivenessStatus, MemberStatus, NodeId,
+    OperationStatus, StorageStrategy, UpdatePhase, UpdateStrategy, UpdateType,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -66,41 +66,12 @@ pub struct HealthReport {
     pub source: HealthSource,
 }
 
-/// Where a [`HealthReport`] comes from.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum HealthSource {
-    /// The answering node is the node.
-    Local,
-    /// Asked of the node over the cluster network.
-    Peer,
-    /// The node could not be reached; this is what membership knows.
-    Membership,
-}
-
-impl std::fmt::Display for HealthSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(match self {
-            HealthSource::Local => "local",
-            HealthSource::Peer => "peer",
-            HealthSource::Membership => "membership",
-        })
-    }
-}
-
 /// `GET /health`: liveness of the answering node.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Liveness {
     pub status: LivenessStatus,
     pub node_id: NodeId,
     pub version: String,
-}
-
-/// What `GET /health` says when the node answers at all.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LivenessStatus {
-    Ok,
 }
 
 /// `PUT .../data/{data_id}` answer.

@@ -140,7 +140,7 @@ pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
 #[utoipa::path(get, path = "/health", security(()), responses((status = 200, body = Liveness)))]
 pub(crate) async fn liveness(State(state): State<ApiState>) -> Json<Liveness> {
     Json(Liveness {
-        status: crate::model::LivenessStatus::Ok,
+        status: plexi_util::types::LivenessStatus::Ok,
         node_id: state.cluster.local_node_id().into(),
         version: state.cluster.version(),
     })

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::{startup, tokens, NodeError};
 use crate::config::Config;
+use crate::files::{create_private_dir, read_json, write_json_atomic};
 use crate::storage::restarts::Restarts;
 
 /// Bound on remembered peer addresses (`peers.json`).
@@ -89,23 +90,9 @@ fn default_name(peer: &PeerId) -> String {
     format!("node-{}", &s[s.len().saturating_sub(8)..])
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(dir)
-}
-
 /// Addresses remembered by [`write_known_peers`] at the last run.
 pub fn known_peers(data_dir: &Path) -> Vec<Multiaddr> {
-    let Ok(text) = std::fs::read_to_string(data_dir.join("peers.json")) else {
-        return vec![];
-    };
-    let addrs: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
+    let addrs: Vec<String> = read_json(&data_dir.join("peers.json")).unwrap_or_default();
     addrs
         .iter()
         .take(MAX_KNOWN_PEERS)
@@ -134,16 +121,11 @@ pub fn write_runtime_info(data_dir: &Path, info: &RuntimeInfo<'_>) {
     write_json(data_dir, "node.json", info);
 }
 
-/// `DATA_DIR/name` through `name.tmp` and a rename; failures are logged, the
-/// node goes on (both files are conveniences, rewritten later).
+/// `DATA_DIR/name`, written atomically; a failure is logged and the node
+/// goes on (both files are conveniences, rewritten later).
 fn write_json<T: Serialize + ?Sized>(data_dir: &Path, name: &str, value: &T) {
     let path = data_dir.join(name);
-    let tmp = data_dir.join(format!("{name}.tmp"));
-    let res = serde_json::to_string_pretty(value)
-        .map_err(std::io::Error::other)
-        .and_then(|text| std::fs::write(&tmp, text))
-        .and_then(|_| std::fs::rename(&tmp, &path));
-    if let Err(e) = res {
+    if let Err(e) = write_json_atomic(&path, value) {
         tracing::warn!(path = %path.display(), error = %e, "cannot write");
     }
 }

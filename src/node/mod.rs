@@ -23,10 +23,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use plexi_api::model::{HealthCheck, HealthReport, HealthSource, NodeView};
+use plexi_api::model::{HealthCheck, HealthReport, NodeView};
 use plexi_api::{ApiMetrics, ApiState};
 use plexi_p2p::{LocalInfo, MemberStatus, MemberView, P2pConfig, P2pHandle, PeerId, Timings};
 use plexi_store::NodeStore;
+use plexi_util::types::HealthSource;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;

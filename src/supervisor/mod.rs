@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::{Config, ConfigError, Overrides};
+use crate::files::{create_private_dir, remove_file_synced};
 use crate::switch::*;
+use plexi_util::clock::wall_ms;
 use plexi_util::version::VERSION;
 
 const LOCK_FILE: &str = "supervisor.lock";
@@ -449,7 +451,7 @@ impl Supervisor {
                     to_version: to.clone(),
                     outcome: SwitchOutcome::Switched,
                     reason: None,
-                    at_ms: now_ms(),
+                    at_ms: wall_ms(),
                     attempted_pid: Some(worker.pid),
                 };
                 self.decide(&result);
@@ -506,7 +508,7 @@ impl Supervisor {
             to_version: req.to_version.clone(),
             outcome: SwitchOutcome::RolledBack,
             reason: Some(reason),
-            at_ms: now_ms(),
+            at_ms: wall_ms(),
             attempted_pid,
         };
         self.decide(&result);
@@ -570,14 +572,6 @@ fn lock_releases(releases: &Path) -> Result<File, SupervisorError> {
         return Err(io_err(format!("lock {}", path.display()))(e));
     }
     Ok(file)
-}
-
-fn create_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 #[cfg(test)]

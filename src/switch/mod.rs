@@ -22,7 +22,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
+
+use crate::files::{copy_dir, fsync_dir, remove_dir_if_exists};
+pub use crate::files::{read_json, write_json_atomic};
 
 /// Worker exit code meaning "switch to the version in `releases/switch.json`".
 pub const EXIT_SWITCH: i32 = 75;
@@ -142,7 +145,7 @@ pub fn write_ready(data_dir: &Path, version: &str) -> io::Result<()> {
 }
 
 /// Versions with an installed binary, oldest first.
-#[allow(dead_code)] // for the update engine
+#[cfg(test)]
 pub fn installed_versions(data_dir: &Path) -> Vec<semver::Version> {
     let mut v: Vec<semver::Version> = version_dirs(&releases_dir(data_dir))
         .into_iter()
@@ -202,44 +205,6 @@ pub fn version_dirs(releases: &Path) -> Vec<semver::Version> {
         .collect()
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
-}
-
-/// tmp file + fsync + rename + fsync dir.
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let text = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    fsync_dir(dir)
-}
-
-pub fn remove_file_synced(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => fsync_dir(path.parent().unwrap_or(Path::new("."))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Points `releases/current` at `version` atomically (temp symlink renamed
 /// over it, dir fsynced).
 pub fn flip_current(releases: &Path, version: &str) -> io::Result<()> {
@@ -259,32 +224,6 @@ pub fn file_blake3(path: &Path) -> io::Result<String> {
     let mut h = blake3::Hasher::new();
     h.update_reader(File::open(path)?)?;
     Ok(h.finalize().to_hex().to_string())
-}
-
-/// Recursive copy; files and directories are fsynced.
-pub fn copy_dir(src: &Path, dst: &Path) -> io::Result<()> {
-    fs::create_dir_all(dst)?;
-    for entry in fs::read_dir(src)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let to = dst.join(entry.file_name());
-        if kind.is_dir() {
-            copy_dir(&entry.path(), &to)?;
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
-        } else {
-            fs::copy(entry.path(), &to)?;
-            File::open(&to)?.sync_all()?;
-        }
-    }
-    fsync_dir(dst)
-}
-
-pub fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 /// Copies `DATA_DIR/store` to `backup_dir/store` (through `store.partial`,

@@ -755,8 +755,9 @@ impl Engine {
         // A peer out of service for an update (a batch-mate of a parallel
         // update restarting) is skipped, also when it went out during the
         // sync: it catches up by itself when it is back.
+        let out = self.out_of_service();
         for peer in self.storage.peers() {
-            if self.out_of_service(&peer.name) {
+            if out.contains(peer.name.as_str()) {
                 continue;
             }
             let synced = crate::storage::repair::anti_entropy_with(
@@ -766,7 +767,7 @@ impl Engine {
             )
             .await;
             if let Err(e) = synced {
-                if self.out_of_service(&peer.name) {
+                if self.out_of_service().contains(peer.name.as_str()) {
                     tracing::info!(node_id = %peer.name, error = %e, "pre-check: peer went out of service during the sync; skipped");
                     continue;
                 }
@@ -805,16 +806,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether `node` is out of service (drained or restarting) for an
-    /// update of an unfinished operation, as the replicated state says.
-    fn out_of_service(&self, node: &str) -> bool {
+    /// The nodes out of service (drained or restarting) for an update of
+    /// an unfinished operation, as the replicated state says.
+    fn out_of_service(&self) -> std::collections::BTreeSet<NodeId> {
         let now = wall_ms();
-        self.state.all().iter().any(|r| {
-            !r.is_final(now)
-                && r.nodes
-                    .get(node)
-                    .is_some_and(|p| p.out_of_service_since_ms.is_some())
-        })
+        self.state
+            .all()
+            .into_iter()
+            .filter(|r| !r.is_final(now))
+            .flat_map(|r| r.nodes.into_iter())
+            .filter(|(_, p)| p.out_of_service_since_ms.is_some())
+            .map(|(n, _)| n)
+            .collect()
     }
 
     fn backup(&self, id: &str) -> Result<PathBuf, StepError> {

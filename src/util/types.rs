@@ -235,6 +235,25 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// Where a health report comes from.
+    HealthSource ("health source") {
+        /// The answering node is the node.
+        Local = "local",
+        /// Asked of the node over the cluster network.
+        Peer = "peer",
+        /// The node could not be reached; this is what membership knows.
+        Membership = "membership",
+    }
+}
+
+vocabulary! {
+    /// What `GET /health` says when the node answers at all.
+    LivenessStatus ("liveness status") {
+        Ok = "ok",
+    }
+}
+
 /// A node's name in the cluster (`node.name`, or derived from its peer id):
 /// 1-64 characters of `[A-Za-z0-9._-]`. The key of every per-node map.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -332,6 +351,8 @@ mod tests {
         agree(UpdatePhase::ALL);
         agree(JobKind::ALL);
         agree(JobStatus::ALL);
+        agree(HealthSource::ALL);
+        agree(LivenessStatus::ALL);
     }
 
     #[test]

@@ -376,11 +376,19 @@ pub fn cluster(root: &Path, n: usize, config: &str) -> Vec<TestNode> {
             },
         ));
     }
-    let ok = wait_for(Duration::from_secs(20), || {
-        nodes.iter().all(|x| x.alive_count() == n).then_some(())
-    });
-    assert!(ok.is_some(), "cluster of {n} did not converge");
+    assert!(
+        all_see(&nodes, n, Duration::from_secs(20)),
+        "cluster of {n} did not converge"
+    );
     nodes
+}
+
+/// Whether every node sees `n` members alive within `within` (polled).
+pub fn all_see(nodes: &[TestNode], n: usize, within: Duration) -> bool {
+    wait_for(within, || {
+        nodes.iter().all(|x| x.alive_count() == n).then_some(())
+    })
+    .is_some()
 }
 
 /// Builds a second real `plexi` with `PLEXI_BUILD_VERSION=version` (and

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use plexi_api::model::{HealthCheck, HealthReport, HealthSource, NodeView};
+use plexi_api::model::{HealthCheck, HealthReport, NodeView};
 use plexi_api::{ApiError, Cluster};
 use plexi_p2p::codec::decode_cbor;
 use plexi_p2p::{MemberStatus, PeerId};
 use plexi_util::clock::rfc3339;
+use plexi_util::types::HealthSource;
 use plexi_util::version::VERSION;
 
 use crate::node::{node_view, Node, HEALTH_SERVICE};
