@@ -216,12 +216,7 @@ impl UpdateService {
     // Operations.
 
     fn find(&self, id: &str) -> Result<OpRecord, UpdateError> {
-        self.engine
-            .state
-            .get(id)
-            .ok_or_else(|| UpdateError::NotFound {
-                operation_id: id.to_string(),
-            })
+        self.engine.state.get(id).ok_or_else(|| not_found(id))
     }
 
     /// Validates the request against the cluster (see [`ops::make_plan`])
@@ -359,9 +354,7 @@ impl UpdateService {
                     });
                 }
             })
-            .ok_or_else(|| UpdateError::NotFound {
-                operation_id: id.to_string(),
-            })?;
+            .ok_or_else(|| not_found(id))?;
         e.push(id).await;
         e.audit_as(actor, "update.execute", Some(id), serde_json::json!({}))
             .await;
@@ -395,9 +388,7 @@ impl UpdateService {
                     reason: "requested".into(),
                 })
             })
-            .ok_or_else(|| UpdateError::NotFound {
-                operation_id: id.to_string(),
-            })?;
+            .ok_or_else(|| not_found(id))?;
         e.push(id).await;
         e.metrics_rollback_requested();
         e.audit_as(actor, "update.rollback", Some(id), serde_json::json!({}))
@@ -502,5 +493,11 @@ impl UpdateService {
             .draining
             .load(std::sync::atomic::Ordering::SeqCst)
             .then_some(engine::RETRY_AFTER_S)
+    }
+}
+
+fn not_found(operation_id: &str) -> UpdateError {
+    UpdateError::NotFound {
+        operation_id: operation_id.to_string(),
     }
 }
