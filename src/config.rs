@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use plexi_util::types::{Consistency, StorageStrategy};
+use plexi_util::types::{Consistency, GeoLocation, StorageStrategy};
 use plexi_util::units::MIB;
 use serde::Deserialize;
 
@@ -96,6 +96,9 @@ pub struct DistributedStorage {
     pub health_check_interval_seconds: f64,
     /// No new replica lands on a node above this.
     pub max_node_usage_percentage: f64,
+    /// A node above this raises a `node_usage_warning` alert (below
+    /// `max_node_usage_percentage`, where `node_usage_high` takes over).
+    pub warn_node_usage_percentage: f64,
     /// A node dead this long has its replicas rebuilt elsewhere.
     pub rereplication_delay_seconds: u64,
     /// Largest object body accepted (413 above).
@@ -119,6 +122,7 @@ impl Default for DistributedStorage {
             cleanup_interval_hours: 24.0,
             health_check_interval_seconds: 60.0,
             max_node_usage_percentage: 85.0,
+            warn_node_usage_percentage: 75.0,
             rereplication_delay_seconds: 300,
             max_object_mib: 64.0,
             anti_entropy_interval_seconds: 5.0,
@@ -186,6 +190,16 @@ pub struct NodeSection {
     /// data dir's file system at start.
     pub capacity_gb: Option<f64>,
     pub tokens: Vec<TokenConfig>,
+    /// File holding the cluster key (64 hex); `PLEXI_CLUSTER_KEY` wins.
+    pub cluster_key_file: Option<PathBuf>,
+    /// File holding the data key (64 hex) for encryption at rest;
+    /// `PLEXI_DATA_KEY` wins.
+    pub data_key_file: Option<PathBuf>,
+    /// Files holding earlier data keys (64 hex each): still accepted to
+    /// read what they sealed, never used for new writes (key rotation).
+    pub retired_data_key_files: Vec<PathBuf>,
+    /// Where the node stands, for the panel's map: `{lat, lon}` in degrees.
+    pub location: Option<GeoLocation>,
 }
 
 impl Default for NodeSection {
@@ -200,6 +214,10 @@ impl Default for NodeSection {
             zone: "default".into(),
             capacity_gb: None,
             tokens: Vec::new(),
+            cluster_key_file: None,
+            data_key_file: None,
+            retired_data_key_files: Vec::new(),
+            location: None,
         }
     }
 }
@@ -404,6 +422,14 @@ impl Config {
             1.0,
             100.0,
         )?;
+        if !(s.warn_node_usage_percentage > 0.0
+            && s.warn_node_usage_percentage < s.max_node_usage_percentage)
+        {
+            return Err(format!(
+                "distributed_storage.warn_node_usage_percentage = {} is out of range: must be above 0 and below max_node_usage_percentage ({})",
+                s.warn_node_usage_percentage, s.max_node_usage_percentage
+            ));
+        }
         range(
             "distributed_storage.rereplication_delay_seconds",
             s.rereplication_delay_seconds,
@@ -457,11 +483,49 @@ impl Config {
         if let Some(c) = n.capacity_gb {
             positive("node.capacity_gb", c)?;
         }
+        if let Some(l) = n.location {
+            range("node.location.lat", l.lat, -90.0, 90.0)?;
+            range("node.location.lon", l.lon, -180.0, 180.0)?;
+            if !l.is_valid() {
+                return Err("node.location: lat and lon must be numbers (not NaN)".into());
+            }
+        }
         for (i, t) in n.tokens.iter().enumerate() {
             valid_name(&format!("node.tokens[{i}].name"), &t.name)?;
             if blake3::Hash::from_hex(&t.blake3).is_err() {
                 return Err(format!(
                     "node.tokens[{i}].blake3 is not a 64-character hex blake3 hash"
+                ));
+            }
+        }
+
+        for (key, file) in [
+            ("node.cluster_key_file", &n.cluster_key_file),
+            ("node.data_key_file", &n.data_key_file),
+        ] {
+            if let Some(f) = file {
+                if f.as_os_str().is_empty() {
+                    return Err(format!("{key} must not be empty"));
+                }
+            }
+        }
+        let retired = &n.retired_data_key_files;
+        if retired.len() > plexi_store::sealing::MAX_RETIRED_KEYS {
+            return Err(format!(
+                "node.retired_data_key_files holds {} files; at most {} are allowed",
+                retired.len(),
+                plexi_store::sealing::MAX_RETIRED_KEYS
+            ));
+        }
+        for (i, f) in retired.iter().enumerate() {
+            if f.as_os_str().is_empty() {
+                return Err(format!(
+                    "node.retired_data_key_files[{i}] must not be empty"
+                ));
+            }
+            if n.data_key_file.as_ref() == Some(f) {
+                return Err(format!(
+                    "node.retired_data_key_files[{i}] is node.data_key_file: a key is either current or retired"
                 ));
             }
         }
@@ -570,6 +634,41 @@ distributed_storage:
     }
 
     #[test]
+    fn key_files_are_node_settings() {
+        let c = Config::parse(
+            "node:\n  cluster_key_file: /etc/plexi/cluster.key\n  data_key_file: data.key\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.node.cluster_key_file.as_deref(),
+            Some(Path::new("/etc/plexi/cluster.key"))
+        );
+        assert_eq!(c.node.data_key_file.as_deref(), Some(Path::new("data.key")));
+        c.validate().unwrap();
+        let c = Config::parse("node:\n  data_key_file: ''\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("node.data_key_file"));
+        let c = Config::parse(
+            "node:\n  data_key_file: new.key\n  retired_data_key_files: [old.key, older.key]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.node.retired_data_key_files.len(), 2);
+        let c = Config::parse(
+            "node:\n  data_key_file: a.key\n  retired_data_key_files: [b.key, a.key]\n",
+        )
+        .unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("node.retired_data_key_files[1]"));
+        let c = Config::parse("node:\n  retired_data_key_files: ['']\n").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("node.retired_data_key_files[0]"));
+    }
+
+    #[test]
     fn wrong_type_is_named() {
         let err =
             Config::parse("distributed_storage:\n  max_replication_factor: lots\n").unwrap_err();
@@ -606,6 +705,16 @@ distributed_storage:
             .validate()
             .unwrap_err()
             .contains("max_node_usage_percentage"));
+        let mut c = Config::default();
+        c.distributed_storage.warn_node_usage_percentage = 85.0;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("distributed_storage.warn_node_usage_percentage = 85")
+                && e.contains("below max_node_usage_percentage (85)"),
+            "{e}"
+        );
+        c.distributed_storage.warn_node_usage_percentage = 84.0;
+        c.validate().unwrap();
         let mut c = Config::default();
         c.membership.dead_after_ms = 100;
         assert!(c
@@ -645,6 +754,32 @@ distributed_storage:
                 backup_before_update: false,
             }
         );
+    }
+
+    #[test]
+    fn node_location_is_optional_and_checked() {
+        let c = Config::parse("node:\n  location: {lat: 48.86, lon: 2.35}\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.node.location,
+            Some(GeoLocation {
+                lat: 48.86,
+                lon: 2.35
+            })
+        );
+        assert_eq!(Config::parse("").unwrap().node.location, None);
+        for (yaml, key) in [
+            ("{lat: 91, lon: 0}", "node.location.lat"),
+            ("{lat: -90.5, lon: 0}", "node.location.lat"),
+            ("{lat: 0, lon: 180.1}", "node.location.lon"),
+            ("{lat: .nan, lon: 0}", "node.location"),
+        ] {
+            let c = Config::parse(&format!("node:\n  location: {yaml}\n")).unwrap();
+            let err = c.validate().unwrap_err();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        assert!(Config::parse("node:\n  location: {lat: 1}\n").is_err());
+        assert!(Config::parse("node:\n  location: {lat: 1, lon: 2, alt: 3}\n").is_err());
     }
 
     #[test]

@@ -78,3 +78,17 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
         .mode(0o700)
         .create(dir)
 }
+
+/// Creates `path` with mode 0600, failing if it exists, writes `contents`
+/// and fsyncs the file and its directory (secrets: tokens, keys).
+pub fn create_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}

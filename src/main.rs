@@ -1,17 +1,10 @@
-//! The `plexi` binary: argument parsing and exit codes only. `plexi node`
+//! The `plexi` binary: argument parsing and exit codes only; everything
+//! else is the `plexi` library (`src/lib.rs`). `plexi node`
 //! runs the supervisor (`supervisor/`), which runs the node as `plexi worker`
 //! (hidden; `node/`); every other command is a client of any node's REST API
 //! (`cli/`). anyhow lives only here and in `cli/`, at the edge.
 
-mod audit;
-mod cli;
-mod config;
-mod files;
-mod node;
-mod storage;
-mod supervisor;
-mod switch;
-mod updates;
+use plexi::{cli, config, node, supervisor};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +68,13 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiArgs,
     },
+    /// List the cluster's objects (all pages), optionally by id prefix.
+    Ls {
+        #[command(flatten)]
+        args: cli::objects::LsArgs,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
     /// Cluster storage: overview, nodes, distribution, rebalance, cleanup.
     Storage {
         #[command(subcommand)]
@@ -107,10 +107,24 @@ enum Command {
     },
     /// The audit log of every change, newest first.
     Audit {
+        #[command(subcommand)]
+        cmd: Option<cli::audit::AuditCmd>,
         #[command(flatten)]
         args: cli::audit::AuditArgs,
         #[command(flatten)]
         api: cli::ApiArgs,
+    },
+    /// The cluster's active alerts; --all adds recently resolved ones.
+    Alerts {
+        #[command(flatten)]
+        args: cli::alerts::AlertsArgs,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// API tokens: create one (printed once, with its config line).
+    Token {
+        #[command(subcommand)]
+        cmd: cli::token::TokenCmd,
     },
 }
 
@@ -237,12 +251,24 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         Command::Get { args, api } => cli::objects::get(&api, &args).await,
         Command::Rm { data_id, api } => cli::objects::rm(&api, &data_id).await,
         Command::Info { data_id, json, api } => cli::objects::info(&api, &data_id, json).await,
+        Command::Ls { args, api } => cli::objects::ls(&api, &args).await,
         Command::Storage { cmd, api } => cli::storage::storage(&api, &cmd).await,
         Command::Bench(args) => cli::bench::run(args).await,
         Command::Release { cmd, api } => cli::release::command(&api, cmd).await,
         Command::Update { cmd, api } => cli::update::update(&api, &cmd).await,
         Command::Maintenance { cmd, api } => cli::maintenance::maintenance(&api, &cmd).await,
-        Command::Audit { args, api } => cli::audit::audit(&api, &args).await,
+        Command::Audit {
+            cmd: Some(cli::audit::AuditCmd::Verify { json }),
+            api,
+            ..
+        } => cli::audit::verify(&api, json).await,
+        Command::Audit {
+            cmd: None,
+            args,
+            api,
+        } => cli::audit::audit(&api, &args).await,
+        Command::Alerts { args, api } => cli::alerts::alerts(&api, &args).await,
+        Command::Token { cmd } => cli::token::command(&cmd),
     }
 }
 

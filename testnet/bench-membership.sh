@@ -204,6 +204,8 @@ launch_chain() { # N: start N nodes, node I bootstrapping only from node I-1
     cluster_seq=$((cluster_seq + 1))
     C_DIR=$work/c$cluster_seq-n$n
     mkdir -p "$C_DIR"
+    # One cluster key per cluster (the libp2p private network).
+    cluster_key=$(testnet_key "$C_DIR/cluster.key") || die "could not create $C_DIR/cluster.key"
     alloc_ports "$n"
     C_PIDS=()
     C_APIS=()
@@ -222,7 +224,7 @@ launch_chain() { # N: start N nodes, node I bootstrapping only from node I-1
         # The subshell execs the node, so $! is the node's own pid.
         (
             cd "$C_DIR"
-            export PLEXI_ADMIN_TOKEN=$token NO_COLOR=1 PLEXI_LOG=${PLEXI_LOG:-info}
+            export PLEXI_ADMIN_TOKEN=$token PLEXI_CLUSTER_KEY=$cluster_key NO_COLOR=1 PLEXI_LOG=${PLEXI_LOG:-info}
             exec "$bin" "${args[@]}" >"$C_DIR/node$i.log" 2>&1 </dev/null
         ) &
         C_PIDS+=($!)

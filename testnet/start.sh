@@ -7,7 +7,12 @@
 # BASE_API_PORT+I (REST API and UI). Regions cycle over eu-west, us-east,
 # ap-south and zones alternate between <region>-a and <region>-b. Node 1 starts
 # the cluster; node I>1 bootstraps from node 1 and node I-1. All nodes share one
-# admin token, kept in $TESTNET_DIR/admin.token (mode 0600).
+# admin token, kept in $TESTNET_DIR/admin.token (mode 0600), and one cluster key
+# (the libp2p private network: only holders can connect), created once in
+# $TESTNET_DIR/cluster.key (mode 0600) and given to every node as
+# PLEXI_CLUSTER_KEY, and one data key (encryption at rest of object bytes and
+# update backups), created once in $TESTNET_DIR/data.key (0600) and given as
+# PLEXI_DATA_KEY. Logs name keys by fingerprint; the keys are never printed.
 #
 # Each `plexi node` is a supervisor: it installs its binary into
 # nodeI/releases/<version>/ on first start and runs the worker from
@@ -19,9 +24,15 @@
 # $TESTNET_DIR/release.key (created once with `plexi release keygen`; its public
 # key is kept in release.pub), with demo-friendly timings.
 #
+# Each node also gets node.location (a city of its zone) in $TESTNET_DIR/nodeI.yml
+# (clustering.yml plus that key), so the panel's map shows it. The UI address
+# printed for each node is the web admin panel: open it and sign in with the
+# printed admin token.
+#
 # Layout of $TESTNET_DIR: nodeI/ (data dir), nodeI.log (stderr/stdout, appended),
 # pids ("name pid" per line, the list stop.sh and status.sh use), admin.token,
-# bin (path of the plexi binary in use), release.key, release.pub, clustering.yml.
+# cluster.key, data.key, bin (path of the plexi binary in use), release.key, release.pub,
+# clustering.yml.
 #
 # Environment:
 #   TESTNET_DIR     state, logs and pids (default: <repo>/testnet/run)
@@ -33,6 +44,8 @@
 #                   unless that file says so)
 #   TESTNET_ROLLING_DELAY   rolling_update_delay_seconds of the generated config (5)
 #   TESTNET_HEALTH_TIMEOUT  health_check_timeout_seconds of the generated config (30)
+#   TESTNET_NO_DATA_KEY  set: no data key (object bytes stored in plaintext;
+#                   for comparisons, see bench-security.sh)
 #   TESTNET_TIMEOUT seconds to wait for convergence (default 60)
 #   PLEXI_LOG       node log filter (default: info)
 # Stop the cluster with testnet/stop.sh; inspect it with testnet/status.sh.
@@ -147,6 +160,15 @@ fi
 chmod 600 "$token_file"
 printf '%s\n' "$bin" >"$TESTNET_DIR/bin"
 
+# The cluster key every node gets: created once, reused on later starts (the
+# data dirs' nodes only talk to holders of the key they joined with).
+cluster_key=$(testnet_key "$TESTNET_DIR/cluster.key") || die "could not create $TESTNET_DIR/cluster.key"
+# The data key: object bytes and update backups are sealed at rest under it.
+data_key=""
+if [[ -z ${TESTNET_NO_DATA_KEY:-} ]]; then
+    data_key=$(testnet_key "$TESTNET_DIR/data.key") || die "could not create $TESTNET_DIR/data.key"
+fi
+
 # The release signing key (created once) and the config that trusts it.
 release_key=$TESTNET_DIR/release.key
 release_pub=$TESTNET_DIR/release.pub
@@ -180,6 +202,17 @@ zone_of() {
     local r
     r=$(region_of "$1")
     if (($1 % 2 == 1)); then echo "$r-a"; else echo "$r-b"; fi
+}
+# node.location of node I (a city of its region and zone), for the panel's map.
+location_of() {
+    case "$(zone_of "$1")" in
+        eu-west-a) echo "{lat: 53.35, lon: -6.26}" ;;  # Dublin
+        eu-west-b) echo "{lat: 48.86, lon: 2.35}" ;;   # Paris
+        us-east-a) echo "{lat: 39.04, lon: -77.49}" ;; # Ashburn
+        us-east-b) echo "{lat: 40.71, lon: -74.01}" ;; # New York
+        ap-south-a) echo "{lat: 19.08, lon: 72.88}" ;; # Mumbai
+        *) echo "{lat: 13.08, lon: 80.27}" ;;          # Chennai
+    esac
 }
 
 tail_logs() {
@@ -225,7 +258,6 @@ wait_node_json() {
 for ((i = 1; i <= n; i++)); do
     name=node$i
     dir=$TESTNET_DIR/$name
-    log=$TESTNET_DIR/$name.log
     (umask 077 && mkdir -p "$dir")
     rm -f "$dir/node.json" # written anew once the node serves
     args=(node --data-dir "$dir" --name "$name"
@@ -238,19 +270,16 @@ for ((i = 1; i <= n; i++)); do
     if ((i > 2)); then
         args+=(--bootstrap "/ip4/127.0.0.1/tcp/$((BASE_P2P_PORT + i - 1))")
     fi
-    args+=(--config "$config")
-    echo "==== $(date -u +%Y-%m-%dT%H:%M:%SZ) start.sh: $bin ${args[*]}" >>"$log"
-    # setsid + nohup: the node gets its own session and survives this script and
-    # its terminal. In a non-interactive shell the background child is not a
-    # process-group leader, so setsid and nohup exec in place and $! is the
-    # node's own pid. The nodes run from TESTNET_DIR so that a
-    # config/clustering.yml in the caller's directory is not picked up.
-    (
-        cd "$TESTNET_DIR"
-        export PLEXI_ADMIN_TOKEN=$token NO_COLOR=1 PLEXI_LOG=${PLEXI_LOG:-info}
-        exec setsid nohup "$bin" "${args[@]}" >>"$log" 2>&1 </dev/null
-    ) &
-    pid=$!
+    node_config=$config
+    if [[ -z ${TESTNET_CONFIG:-} ]]; then
+        # The shared config plus this node's place on the map.
+        node_config=$TESTNET_DIR/$name.yml
+        { cat "$config"; printf 'node:\n  location: %s\n' "$(location_of "$i")"; } >"$node_config.tmp"
+        mv "$node_config.tmp" "$node_config"
+    fi
+    args+=(--config "$node_config")
+    printf '%s\n' "${args[@]}" >"$TESTNET_DIR/$name.args"
+    pid=$(launch_node "$name")
     node_pids+=("$pid")
     echo "$name $pid" >>"$pids_file"
     echo "started $name (pid $pid)"
@@ -319,7 +348,13 @@ for ((i = 1; i <= n; i++)); do
 done
 echo
 echo "admin token: $token"
-echo "  (in $token_file)"
+echo "  (in $token_file; paste it into any node's UI address to sign in to the panel)"
+echo "cluster key: $TESTNET_DIR/cluster.key (fingerprint in each node's log: grep 'cluster key' $TESTNET_DIR/node1.log)"
+if [[ -n $data_key ]]; then
+    echo "data key:    $TESTNET_DIR/data.key (object bytes and backups sealed at rest; grep 'data key' $TESTNET_DIR/node1.log)"
+else
+    echo "data key:    none (TESTNET_NO_DATA_KEY): object bytes are stored in plaintext"
+fi
 echo
 echo "try:"
 echo "  export PLEXI_API=$api1 PLEXI_TOKEN=\$(cat $token_file)"

@@ -213,17 +213,17 @@ fn auth_roles_error_shape_metrics_and_openapi() {
 
     // /metrics: Prometheus text with ours and libp2p's metrics (member
     // gauges refresh at each heartbeat).
-    let res = a.get("/metrics", None);
+    let res = a.get("/metrics", Some(READ));
     assert_eq!(res.status(), 200);
     assert!(res.headers()["content-type"]
         .to_str()
         .unwrap()
         .contains("text"));
     let text = wait_for(Duration::from_secs(5), || {
-        let t = a.get("/metrics", None).text().ok()?;
+        let t = a.get("/metrics", Some(READ)).text().ok()?;
         t.contains("plexi_members{status=\"alive\"} 2").then_some(t)
     })
-    .unwrap_or_else(|| a.get("/metrics", None).text().unwrap());
+    .unwrap_or_else(|| a.get("/metrics", Some(READ)).text().unwrap());
     for needle in [
         "# TYPE plexi_members gauge",
         "plexi_members{status=\"alive\"} 2",
@@ -234,7 +234,7 @@ fn auth_roles_error_shape_metrics_and_openapi() {
     }
 
     // The OpenAPI document names our paths.
-    let doc: Value = a.get("/api/v1/openapi.json", None).json().unwrap();
+    let doc: Value = a.get("/api/v1/openapi.json", Some(READ)).json().unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for p in [
         "/api/v1/clustering/nodes",
@@ -335,7 +335,7 @@ fn update_routes_roles_and_bad_input() {
         .starts_with("text/event-stream"));
     drop(res);
 
-    let doc: Value = a.get("/api/v1/openapi.json", None).json().unwrap();
+    let doc: Value = a.get("/api/v1/openapi.json", Some(READ)).json().unwrap();
     for p in [
         "/api/v1/clustering/updates/plan",
         "/api/v1/clustering/updates/{operation_id}/execute",

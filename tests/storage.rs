@@ -358,11 +358,9 @@ fn corrupt_replica_is_never_served_and_is_repaired() {
     }
     let boot = vec![nodes[0].p2p.clone()];
     nodes[1].restart(boot);
-    assert!(
-        wait_for(Duration::from_secs(15), || (nodes[0].alive_count() == 3)
-            .then_some(()))
-        .is_some()
-    );
+    // Every node sees every other (peers serve s2's calls only once they
+    // hold its new record: a restarted node must be a member again).
+    assert!(all_see(&nodes, 3, Duration::from_secs(15)));
 
     // Reads through s2 (which tries itself first) still give the good bytes.
     for _ in 0..3 {
@@ -373,7 +371,7 @@ fn corrupt_replica_is_never_served_and_is_repaired() {
     let done = run_job(&nodes[1], &nodes[1], "cleanup");
     assert_eq!(done["status"], "completed", "{done}");
     assert!(done["repaired_replicas"].as_u64().unwrap() >= 1, "{done}");
-    let metrics = nodes[1].get("/metrics", None).text().unwrap();
+    let metrics = nodes[1].get("/metrics", Some(READ)).text().unwrap();
     assert!(
         metrics
             .lines()
@@ -576,5 +574,99 @@ fn node_scores_agree_everywhere_and_only_unplanned_restarts_lower_reliability() 
     // The other nodes' figures did not move.
     for n in ["s1", "s2"] {
         assert_eq!(after_kill[n].1, first[n].1, "{n}: {after_kill:?}");
+    }
+}
+
+/// Chaos seed 1 (docs/RELIABILITY.md, "Findings"): a node resumed from a
+/// SIGSTOP longer than failure detection plus the re-replication delay sees
+/// every peer dead past that delay, so its placement of any key is itself
+/// alone; it judged strong reads by that view and answered them from its
+/// own stale copy (or a 404). Strong reads count a majority of the key's
+/// nominal owners now: through the resumed node they answer the newest
+/// acknowledged value or 503, never an older value and never a 404.
+#[test]
+fn a_node_resumed_from_a_long_pause_serves_no_stale_strong_read() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = cluster(root.path(), 4, FAST);
+    let keys: Vec<String> = (0..24).map(|i| format!("pause-{i}")).collect();
+    for k in &keys {
+        let res = nodes[0].put(k, b"old", "consistency=strong");
+        assert_eq!(res.status(), 201, "{k}: {}", res.text().unwrap());
+    }
+    let worker = nodes[3].worker_pid().expect("s4's worker");
+    // SAFETY: kill(2) on a pid this test started.
+    assert_eq!(unsafe { libc::kill(worker as i32, libc::SIGSTOP) }, 0);
+    let dead = wait_for(Duration::from_secs(10), || {
+        (nodes[0].status_of("s4").as_deref() == Some("dead")).then(Instant::now)
+    })
+    .expect("s4 seen dead");
+    // Past the re-replication delay (2 s in FAST) the others place without
+    // s4, so strong writes through them go to the three of them.
+    std::thread::sleep(Duration::from_millis(2_500).saturating_sub(dead.elapsed()));
+    for k in &keys {
+        let res = nodes[0].put(k, b"new", "consistency=strong");
+        assert_eq!(res.status(), 201, "{k}: {}", res.text().unwrap());
+    }
+    // Strong reads sent to s4 while it is stopped wait in its socket and
+    // are served first thing after SIGCONT, while its view is shrunken.
+    let api = nodes[3].api.clone();
+    let readers: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            let (url, k) = (
+                format!("{api}/api/v1/clustering/storage/data/{k}?consistency=strong"),
+                k.clone(),
+            );
+            std::thread::spawn(move || {
+                let res = reqwest::blocking::Client::new()
+                    .get(url)
+                    .bearer_auth(READ)
+                    .timeout(Duration::from_secs(30))
+                    .send();
+                match res {
+                    Ok(r) => (
+                        k,
+                        r.status().as_u16(),
+                        r.bytes().unwrap_or_default().to_vec(),
+                    ),
+                    Err(e) => (k, 0, e.to_string().into_bytes()),
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(unsafe { libc::kill(worker as i32, libc::SIGCONT) }, 0);
+    let mut answered = 0;
+    for r in readers {
+        let (k, status, body) = r.join().unwrap();
+        match status {
+            200 => {
+                assert_eq!(
+                    body, b"new",
+                    "{k}: a stale strong read through the resumed node"
+                );
+                answered += 1;
+            }
+            503 => {}
+            other => panic!(
+                "{k}: strong read through the resumed node answered {other}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
+    }
+    eprintln!(
+        "{answered} of {} strong reads answered at resume, the rest 503",
+        keys.len()
+    );
+    // And once its view has healed, it answers every one.
+    for k in &keys {
+        let got = wait_for(Duration::from_secs(15), || {
+            let r = nodes[3].get(
+                &format!("/api/v1/clustering/storage/data/{k}?consistency=strong"),
+                Some(READ),
+            );
+            (r.status() == 200).then(|| r.bytes().unwrap().to_vec())
+        });
+        assert_eq!(got.as_deref(), Some(&b"new"[..]), "{k}");
     }
 }

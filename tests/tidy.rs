@@ -93,7 +93,7 @@ const RULES: &[Rule] = &[
     },
     Rule {
         what: "the services (storage, updates, audit) never import axum or HTTP types; they return their own thiserror enums, mapped to HTTP in src/node/api/",
-        dirs: &["src/storage", "src/updates", "src/audit"],
+        dirs: &["src/storage", "src/updates", "src/audit", "src/alerts"],
         except: &[],
         banned: &[
             "axum",

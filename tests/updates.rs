@@ -11,48 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{build_version, cluster, wait_for, TestNode, ADMIN, BIN, FAST, READ};
+use common::{
+    api_of, build_version, cluster, get_json_at, read_object_at, release_keygen as keygen,
+    release_publish as publish, wait_for, TestNode, ADMIN, BIN, FAST, READ,
+};
 use serde_json::{json, Value};
-
-fn keygen(dir: &Path) -> String {
-    let out = Command::new(BIN)
-        .args(["release", "keygen", "--out"])
-        .arg(dir.join("release.key"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-fn publish(api: &str, dir: &Path, binary: &Path, version: &str, extra: &[&str]) {
-    let out = Command::new(BIN)
-        .args(["release", "publish", "--binary"])
-        .arg(binary)
-        .args(["--version", version, "--key"])
-        .arg(dir.join("release.key"))
-        .args(extra)
-        .args(["--api", api, "--token", ADMIN])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "publish {version}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The API address a node serves now (a restarted worker may bind anew).
-fn api_of(dir: &Path) -> Option<String> {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("data/node.json")).ok()?).ok()?;
-    Some(format!("http://{}", v["api_address"].as_str()?))
-}
 
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
@@ -70,15 +33,6 @@ fn post(api: &str, path: &str, body: Value) -> (u16, Value) {
         .unwrap();
     let status = res.status().as_u16();
     (status, res.json().unwrap_or(Value::Null))
-}
-
-fn get(api: &str, path: &str) -> Option<Value> {
-    let res = client()
-        .get(format!("{api}{path}"))
-        .bearer_auth(READ)
-        .send()
-        .ok()?;
-    res.status().is_success().then(|| res.json().ok()).flatten()
 }
 
 fn config(public_key: &str, extra: &str) -> String {
@@ -109,7 +63,8 @@ fn wait_final(nodes: &[TestNode], id: &str, timeout: Duration) -> Value {
     while start.elapsed() < timeout {
         for n in nodes {
             let Some(api) = api_of(&n.dir) else { continue };
-            if let Some(op) = get(&api, &format!("/api/v1/clustering/updates/{id}/status")) {
+            if let Some(op) = get_json_at(&api, &format!("/api/v1/clustering/updates/{id}/status"))
+            {
                 let status = op["status"].as_str().unwrap_or("").to_string();
                 last = op;
                 if matches!(
@@ -123,7 +78,7 @@ fn wait_final(nodes: &[TestNode], id: &str, timeout: Duration) -> Value {
                             .all(|n| {
                                 api_of(&n.dir)
                                     .and_then(|api| {
-                                        get(
+                                        get_json_at(
                                             &api,
                                             &format!("/api/v1/clustering/updates/{id}/status"),
                                         )
@@ -140,9 +95,14 @@ fn wait_final(nodes: &[TestNode], id: &str, timeout: Duration) -> Value {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+    let logs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("--- {} log:\n{}", n.name, n.log_tail()))
+        .collect();
     panic!(
-        "operation {id} not final after {timeout:?}: {}",
-        serde_json::to_string_pretty(&last).unwrap()
+        "operation {id} not final after {timeout:?}: {}\n{}",
+        serde_json::to_string_pretty(&last).unwrap(),
+        logs.join("\n")
     );
 }
 
@@ -151,7 +111,7 @@ fn versions(nodes: &[TestNode]) -> BTreeMap<String, String> {
         .iter()
         .map(|n| {
             let v = api_of(&n.dir)
-                .and_then(|api| get(&api, "/health"))
+                .and_then(|api| get_json_at(&api, "/health"))
                 .map(|h| h["version"].as_str().unwrap_or("").to_string())
                 .unwrap_or_default();
             (n.name.clone(), v)
@@ -162,7 +122,7 @@ fn versions(nodes: &[TestNode]) -> BTreeMap<String, String> {
 /// Out-of-service intervals per node from the audit log (drain to back in
 /// service), as (start, end) RFC 3339 strings.
 fn out_of_service(api: &str, op: &str) -> Vec<(String, String, String)> {
-    let audit = get(api, "/api/v1/clustering/audit?limit=1000").unwrap();
+    let audit = get_json_at(api, "/api/v1/clustering/audit?limit=1000").unwrap();
     assert_eq!(audit["chains_verified"], true);
     let mut entries: Vec<&Value> = audit["entries"]
         .as_array()
@@ -371,14 +331,14 @@ fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
     // Every acknowledged write is readable.
     let api = api_of(&nodes[2].dir).unwrap();
     for (key, body) in client.acked.lock().unwrap().iter() {
-        let res = client_get(&api, key);
+        let res = read_object_at(&api, key);
         assert_eq!(res.as_deref(), Some(body.as_slice()), "{key} lost");
     }
     // Never more than one node out of service, from the audit records.
     let intervals = out_of_service(&api, &id);
     assert_eq!(intervals.len(), 3, "{intervals:?}");
     assert_eq!(max_overlap(&intervals), 1, "{intervals:?}");
-    let audit = get(&api, "/api/v1/clustering/audit?limit=1000").unwrap();
+    let audit = get_json_at(&api, "/api/v1/clustering/audit?limit=1000").unwrap();
     let grants = audit["entries"]
         .as_array()
         .unwrap()
@@ -431,22 +391,10 @@ fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
     assert!(versions(&nodes).values().all(|v| *v == base));
     for i in 0..20 {
         assert_eq!(
-            client_get(&api_of(&nodes[i % 3].dir).unwrap(), &format!("pre-{i}")).as_deref(),
+            read_object_at(&api_of(&nodes[i % 3].dir).unwrap(), &format!("pre-{i}")).as_deref(),
             Some(format!("pre {i}").as_bytes())
         );
     }
-}
-
-fn client_get(api: &str, key: &str) -> Option<Vec<u8>> {
-    let r = client()
-        .get(format!("{api}/api/v1/clustering/storage/data/{key}"))
-        .bearer_auth(READ)
-        .send()
-        .ok()?;
-    r.status()
-        .is_success()
-        .then(|| r.bytes().ok().map(|b| b.to_vec()))
-        .flatten()
 }
 
 fn percentile(v: &[Duration], p: f64) -> Duration {
@@ -498,7 +446,7 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
         json!({"target_version": "0.1.1", "strategy": "parallel", "force": true}),
     );
     let parallel_id = id.clone();
-    let m = get(&api, "/api/v1/clustering/maintenance").unwrap();
+    let m = get_json_at(&api, "/api/v1/clustering/maintenance").unwrap();
     assert_eq!(m["enabled"], true, "{m}");
     let op = wait_final(&nodes, &id, Duration::from_secs(240));
     assert_eq!(op["status"], "completed", "{op:#}");
@@ -511,7 +459,7 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
     assert!((1..=2).contains(&overlap), "{intervals:?}");
     // Maintenance is left once the operation is final.
     assert!(wait_for(Duration::from_secs(10), || {
-        (get(&api, "/api/v1/clustering/maintenance")?["enabled"] == false).then_some(())
+        (get_json_at(&api, "/api/v1/clustering/maintenance")?["enabled"] == false).then_some(())
     })
     .is_some());
 
@@ -559,7 +507,7 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
     assert_eq!(errors.len(), 1, "{op:#}");
     assert!(errors[0].contains("refused"), "{errors:?}");
     assert!(versions(&nodes).values().all(|v| v == "0.1.1"));
-    let audit = get(&api, "/api/v1/clustering/audit?limit=1000").unwrap();
+    let audit = get_json_at(&api, "/api/v1/clustering/audit?limit=1000").unwrap();
     assert!(audit["entries"]
         .as_array()
         .unwrap()
@@ -625,7 +573,7 @@ fn sigkill_of_the_lease_holder_fails_it_and_rolls_back() {
     let id = plan_and_execute(&api, json!({"target_version": "0.1.1"}));
     // s1 updates first (batches are by name); kill it mid-update.
     let phase = wait_for(Duration::from_secs(60), || {
-        let op = get(&api, &format!("/api/v1/clustering/updates/{id}/status"))?;
+        let op = get_json_at(&api, &format!("/api/v1/clustering/updates/{id}/status"))?;
         let n = &op["node_statuses"]["s1"];
         let phase = n["current_phase"].as_str()?.to_string();
         (n["status"] == "updating"
@@ -643,7 +591,7 @@ fn sigkill_of_the_lease_holder_fails_it_and_rolls_back() {
     }
     let live = versions(&nodes[1..]);
     assert!(live.values().all(|v| *v == base), "{live:?}");
-    let audit = get(
+    let audit = get_json_at(
         &api_of(&nodes[1].dir).unwrap(),
         "/api/v1/clustering/audit?limit=1000",
     )
@@ -691,15 +639,39 @@ fn sigkill_of_the_lease_holder_fails_it_and_rolls_back() {
 }
 
 /// A scratch dir, kept (and printed) when PLEXI_KEEP_TEST_DIRS is set.
-fn test_dir() -> (Option<tempfile::TempDir>, PathBuf) {
+/// Holds a test's directory and its turn: the tests of this file run one
+/// at a time. Each runs a 3-5 node cluster through timed rollouts (lease
+/// ttls, health-check timeouts); four at once on a 2-core machine starve
+/// those timers and turn a timing margin into a false failure.
+struct TestGuard {
+    _dir: Option<tempfile::TempDir>,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+fn test_dir() -> (TestGuard, PathBuf) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed poisons the lock; the next one still runs.
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     if std::env::var_os("PLEXI_KEEP_TEST_DIRS").is_some() {
         let path = dir.keep();
         eprintln!("test dir kept: {}", path.display());
-        return (None, path);
+        return (
+            TestGuard {
+                _dir: None,
+                _turn: turn,
+            },
+            path,
+        );
     }
     let path = dir.path().to_path_buf();
-    (Some(dir), path)
+    (
+        TestGuard {
+            _dir: Some(dir),
+            _turn: turn,
+        },
+        path,
+    )
 }
 
 #[test]
@@ -725,13 +697,13 @@ fn without_a_majority_an_update_waits_and_never_proceeds() {
     );
     // It waits for a lease, and nothing destructive happens meanwhile.
     assert!(wait_for(Duration::from_secs(10), || {
-        let op = get(&api, &format!("/api/v1/clustering/updates/{id}/status"))?;
+        let op = get_json_at(&api, &format!("/api/v1/clustering/updates/{id}/status"))?;
         (op["node_statuses"]["s1"]["current_phase"] == "lease").then_some(())
     })
     .is_some());
     let deadline = Instant::now() + Duration::from_secs(8);
     while Instant::now() < deadline {
-        let op = get(&api, &format!("/api/v1/clustering/updates/{id}/status")).unwrap();
+        let op = get_json_at(&api, &format!("/api/v1/clustering/updates/{id}/status")).unwrap();
         assert_eq!(op["status"], "running", "{op:#}");
         assert_eq!(
             op["node_statuses"]["s1"]["current_phase"], "lease",
@@ -747,4 +719,71 @@ fn without_a_majority_an_update_waits_and_never_proceeds() {
     let op = wait_final(&nodes[..2], &id, Duration::from_secs(120));
     assert_eq!(op["status"], "completed", "{op:#}");
     assert_eq!(versions(&nodes[..1])["s1"], "0.1.1");
+}
+
+/// Chaos seed 2 (docs/RELIABILITY.md, "Findings"): a node killed during its
+/// pre-check and back at once came up with its part still `updating`;
+/// nothing moved it on (a node's part starts only from `pending`, and the
+/// dead-holder watch needs the node dead) and the rolling update hung. The
+/// restarted worker now fails its interrupted part, so the operation rolls
+/// back instead.
+#[test]
+fn a_node_restarted_before_its_switch_fails_its_part_and_the_update_ends() {
+    let (_guard, root) = test_dir();
+    let v2 = build_version("0.1.1", "");
+    let public = keygen(root.as_path());
+    let nodes = cluster(root.as_path(), 3, &config(&public, ""));
+    let api = nodes[1].api.clone();
+    publish(&api, root.as_path(), &v2, "0.1.1", &[]);
+    // Every peer call of s1 waits 1.5 s (the debug build's fault file), so
+    // its steps before the switch (lease rounds, syncs) last seconds.
+    let faults = nodes[0].dir.join("data/test-faults.json");
+    std::fs::write(&faults, r#"{"net_delay_ms": [1500, 1500]}"#).unwrap();
+    let id = plan_and_execute(&api, json!({"target_version": "0.1.1"}));
+    // s1 updates first (batches are by name); killed between its lease and
+    // its switch (each of those steps ends the same way: its part is
+    // failed at restart). Asked of s1 itself: its own
+    // progress reaches the others late, its pushes being delayed too.
+    let s1_api = nodes[0].api.clone();
+    let mut seen = Vec::new();
+    let reached = wait_for(Duration::from_secs(60), || {
+        let op = get_json_at(&s1_api, &format!("/api/v1/clustering/updates/{id}/status"))?;
+        let n = &op["node_statuses"]["s1"];
+        let now = format!("{}/{}", n["status"], n["current_phase"]);
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        let phase = n["current_phase"].as_str().unwrap_or("");
+        let before_switch = ["lease", "pre_check", "drain", "backup", "fetch", "install"];
+        (n["status"] == "updating" && before_switch.contains(&phase)).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "s1 never was between lease and switch: {seen:?}"
+    );
+    eprintln!("killing s1's worker at {:?}", seen.last());
+    std::fs::remove_file(&faults).unwrap();
+    let worker = nodes[0].worker_pid().expect("s1's worker");
+    // SAFETY: kill(2) on a pid this test started; the supervisor restarts it.
+    assert_eq!(unsafe { libc::kill(worker as i32, libc::SIGKILL) }, 0);
+    let op = wait_final(&nodes, &id, Duration::from_secs(120));
+    assert_eq!(op["status"], "rolled_back", "{op:#}");
+    let s1 = &op["node_statuses"]["s1"];
+    assert_eq!(s1["status"], "failed", "{op:#}");
+    assert!(
+        s1["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("restarted during its update")),
+        "{op:#}"
+    );
+    let base = String::from_utf8(Command::new(BIN).arg("--version").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .trim_start_matches("plexi ")
+        .to_string();
+    assert!(
+        versions(&nodes).values().all(|v| *v == base),
+        "{:?}",
+        versions(&nodes)
+    );
 }

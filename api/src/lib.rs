@@ -1,15 +1,21 @@
 //! plexi-api: the REST API every node serves (axum).
 //!
-//! Owns routing, bearer auth, the JSON error shape, the drain gate, request
-//! metrics and the OpenAPI document. It knows the node only through the
+//! Owns routing, bearer auth, the API's limits (concurrency, rate per
+//! token, body sizes: `limits.rs`), the JSON error shape, the drain gate,
+//! request metrics and the OpenAPI document. It knows the node only through the
 //! [`Cluster`], [`Storage`] and [`Updates`] traits, which the binary
 //! implements in `src/node/api/` (the one place service errors become
 //! [`ApiError`]); it never sees libp2p or sled types.
 
 pub mod auth;
 pub mod error;
+pub mod extract;
+pub mod limits;
 pub mod model;
+pub mod panel;
 mod routes;
+pub mod rules;
+pub mod schema;
 pub mod storage_routes;
 pub mod update_routes;
 
@@ -31,8 +37,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-pub use auth::{Caller, Role, TokenEntry, TokenSet};
+pub use auth::{Caller, EventTickets, Role, TokenEntry, TokenSet};
 pub use error::ApiError;
+pub use limits::{ApiLimits, Limiter};
 pub use plexi_util::types::Consistency;
 pub use routes::ApiDoc;
 
@@ -46,6 +53,8 @@ pub trait Cluster: Send + Sync + 'static {
     fn nodes(&self) -> Vec<model::NodeView>;
     /// Health of any member, asked of that member when it must come from it.
     async fn node_health(&self, node_id: &str) -> Result<model::HealthReport, ApiError>;
+    /// Active alerts and at most `limit` recently resolved ones.
+    async fn alerts(&self, limit: usize) -> Result<model::AlertList, ApiError>;
 }
 
 /// What the data endpoints need from the node. Implemented by the binary.
@@ -53,6 +62,8 @@ pub trait Cluster: Send + Sync + 'static {
 pub trait Storage: Send + Sync + 'static {
     /// Largest accepted object body, in bytes (larger: 413).
     fn max_object_bytes(&self) -> usize;
+    /// Largest accepted `replication_factor` (the cluster's `max_replication_factor`).
+    fn max_replication_factor(&self) -> u32;
     async fn put(&self, req: model::PutRequest) -> Result<model::PutResult, ApiError>;
     async fn get(
         &self,
@@ -62,10 +73,18 @@ pub trait Storage: Send + Sync + 'static {
     async fn delete(&self, data_id: &str, consistency: Option<Consistency>)
         -> Result<(), ApiError>;
     async fn info(&self, data_id: &str) -> Result<model::DataInfo, ApiError>;
+    /// One page of live objects whose id starts with `prefix`, after
+    /// `after`, at most `limit` (1..=1000, checked by the route).
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<model::ObjectList, ApiError>;
     async fn overview(&self) -> Result<model::StorageOverview, ApiError>;
     async fn nodes(&self) -> Result<model::StorageNodes, ApiError>;
     async fn distribution(&self) -> Result<model::Distribution, ApiError>;
-    /// Starts a cluster-wide job (`rebalance` or `cleanup`).
+    /// Starts a cluster-wide job (`rebalance`, `cleanup` or `reencrypt`).
     async fn start_job(
         &self,
         kind: plexi_util::types::JobKind,
@@ -113,6 +132,8 @@ pub trait Updates: Send + Sync + 'static {
     ) -> Result<model::Maintenance, ApiError>;
     /// Newest first, at most `limit`.
     async fn audit(&self, limit: usize) -> Result<model::AuditList, ApiError>;
+    /// Every audit chain this node holds, checked from its first entry.
+    async fn audit_verify(&self) -> Result<model::AuditVerifyReport, ApiError>;
     /// Cluster events for the server-sent event stream.
     fn events(&self) -> tokio::sync::broadcast::Receiver<model::ClusterEvent>;
     /// `Some(retry_after_seconds)` while this node is drained for an update:
@@ -154,6 +175,10 @@ pub struct ApiState {
     pub metrics: ApiMetrics,
     /// Data-path requests being served right now (see [`InFlight`]).
     pub in_flight: InFlight,
+    /// Concurrency and per-token rate bounds (see [`limits`]).
+    pub limiter: Limiter,
+    /// Event-stream tickets, under a key only this process holds.
+    pub tickets: Arc<auth::EventTickets>,
 }
 
 /// How many data-path requests (`/api/v1/clustering/storage/data/...`) this
@@ -274,18 +299,55 @@ async fn count_requests(State(state): State<ApiState>, req: Request, next: Next)
     res
 }
 
-/// Paths served without a token.
-pub const PUBLIC_PATHS: [&str; 3] = ["/health", "/metrics", "/api/v1/openapi.json"];
+/// API paths served without a token: liveness only. The panel's page and
+/// assets are public too ([`panel::is_panel_path`]): they hold no data.
+pub const PUBLIC_PATHS: [&str; 1] = ["/health"];
 
-/// The whole API. Auth wraps every route (matched or not) except
-/// [`PUBLIC_PATHS`], so a read token is refused any change with 403 before
-/// routing, and an unknown path reveals nothing without a token. Inside auth,
-/// the drain gate turns data requests away while the node drains.
+/// `err` as a response with a Retry-After of `secs` (at least 1).
+pub(crate) fn retry_after(err: ApiError, secs: u64) -> Response {
+    let mut res = err.into_response();
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    res
+}
+
+/// Middleware: at most [`ApiLimits::max_concurrent_requests`] requests in
+/// handlers at once (authenticated or not, so a flood of bad tokens is
+/// bounded too); past it 503 `overloaded` with Retry-After, at once.
+/// `/health` is never refused, so liveness stays visible under load.
+async fn concurrency_gate(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if PUBLIC_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let Some(permit) = state.limiter.admit() else {
+        let max = state.limiter.limits().max_concurrent_requests;
+        return retry_after(
+            ApiError::unavailable(
+                "overloaded",
+                format!("this node is serving its maximum of {max} requests at once; retry shortly or use another node"),
+            ),
+            limits::OVERLOADED_RETRY_AFTER_SECONDS,
+        );
+    };
+    let res = next.run(req).await;
+    drop(permit);
+    res
+}
+
+/// The whole API. Outermost, the concurrency gate; then auth wraps every
+/// route (matched or not) except [`PUBLIC_PATHS`], so a read token is
+/// refused any change with 403 before routing, an unknown path reveals
+/// nothing without a token, and each token is held to its rate. Inside
+/// auth, the drain gate turns data requests away while the node drains.
+/// JSON bodies are capped at [`limits::MAX_JSON_BODY_BYTES`]; the data
+/// route sets its own cap (`max_object_bytes`).
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(routes::liveness))
         .route("/metrics", get(routes::metrics))
         .route("/api/v1/openapi.json", get(routes::openapi))
+        .route("/", get(panel::index))
+        .route("/panel/{asset}", get(panel::asset))
         .merge(routes::protected(state.storage.max_object_bytes()))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -293,6 +355,13 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            concurrency_gate,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            limits::MAX_JSON_BODY_BYTES,
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),

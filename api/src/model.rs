@@ -2,11 +2,20 @@
 //! binary maps its internal state into these.
 
 use plexi_util::types::{
-    Consistency, HealthSource, JobKind, JobStatus, LivenessStatus, MemberStatus, NodeId,
-    OperationStatus, StorageStrategy, UpdatePhase, UpdateStrategy, UpdateType,
+    AlertKind, AlertSeverity, AlertState, Consistency, GeoLocation, HealthSource, JobKind,
+    JobStatus, LivenessStatus, MemberStatus, NodeId, OperationStatus, ReplicaHealth,
+    StorageStrategy, UpdatePhase, UpdateStrategy, UpdateType,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+/// `GET /whoami`: the caller's token.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct WhoAmI {
+    /// The token's name (`admin`, `read` or a configured name).
+    pub name: String,
+    pub role: crate::auth::Role,
+}
 
 /// A cluster member as one node sees it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -35,6 +44,9 @@ pub struct NodeView {
     pub is_healthy: bool,
     /// Whether this is the node that answered.
     pub is_local: bool,
+    /// Where the node stands (`node.location`), when it has one.
+    #[serde(default)]
+    pub location: Option<GeoLocation>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -127,6 +139,37 @@ pub struct DataInfo {
     pub live_replicas: u32,
     pub under_replicated: bool,
     pub replicas: Vec<ReplicaInfo>,
+}
+
+/// `GET /clustering/storage/data?prefix=&after=&limit=`: one page of the
+/// live objects, in byte order of their ids.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ObjectList {
+    pub objects: Vec<ObjectSummary>,
+    /// Pass as `after` for the next page; `None` at the end of the listing.
+    pub next_after: Option<String>,
+    /// False when some object could be held only by unreachable nodes, so
+    /// the page may miss it; `unreachable_nodes` names them.
+    pub complete: bool,
+    /// Members (not left) that did not answer: not alive or suspect, or
+    /// their listing call failed.
+    pub unreachable_nodes: Vec<String>,
+}
+
+/// One listed object, as its newest version stands on the answering nodes.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ObjectSummary {
+    pub data_id: String,
+    pub data_type: String,
+    pub size_bytes: u64,
+    /// blake3 of the bytes, hex.
+    pub checksum: String,
+    /// As `GET .../data/{data_id}/info` shows it.
+    pub version: String,
+    pub replication_factor: u32,
+    /// Current copies (of the newest version) on the nodes that answered.
+    pub replicas_found: u32,
+    pub replica_health: ReplicaHealth,
 }
 
 /// An object as read: metadata and bytes.
@@ -247,6 +290,15 @@ pub struct Job {
     pub moved_bytes: u64,
     pub removed_replicas: u64,
     pub repaired_replicas: u64,
+    /// Local entries examined and to examine, summed over the nodes (the
+    /// done/total of a re-encryption).
+    #[serde(default)]
+    pub examined_objects: u64,
+    #[serde(default)]
+    pub total_objects: u64,
+    /// Values rewritten under the current data key (re-encryption).
+    #[serde(default)]
+    pub reencrypted_objects: u64,
     /// The per-node parts of the job.
     pub nodes: Vec<JobPart>,
     pub error: Option<String>,
@@ -421,12 +473,21 @@ pub struct MaintenanceRequest {
     pub timeout_seconds: Option<u64>,
 }
 
-/// One audit record. Each node keeps its own hash chain; `hash` covers
-/// every other field and `prev_hash` links to the node's previous record.
+/// One audit record. Each node keeps its own hash chain, keyed by its peer
+/// id; `hash` covers every other field but `signature`, `prev_hash` links
+/// to the node's previous record, and `signature` is the node's libp2p
+/// (ed25519) signature over (peer id, seq, hash), so each entry is also a
+/// signed head of its chain.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct AuditEntry {
-    /// The node that recorded it.
+    /// The name of the node that recorded it (for display; the chain is
+    /// `peer_id`'s).
     pub node_id: NodeId,
+    /// The recording node's peer id: the chain this entry belongs to and
+    /// the key its signature verifies under. Absent on legacy entries
+    /// written before chains were signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
     /// Position in that node's chain, from 1.
     pub seq: u64,
     pub at: String,
@@ -440,14 +501,92 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
     pub prev_hash: String,
     pub hash: String,
+    /// ed25519 signature (hex) by `peer_id`'s key; absent on legacy entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct AuditList {
     /// Newest first.
     pub entries: Vec<AuditEntry>,
-    /// Every chain this node holds links and hashes correctly.
+    /// Every chain this node holds links, hashes and verifies its
+    /// signatures correctly (legacy unsigned chains: links and hashes).
     pub chains_verified: bool,
+}
+
+/// What is wrong with a chain, at its first bad entry.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditFault {
+    /// The entry's bytes changed: it does not decode, or its hash does not
+    /// recompute.
+    Modified,
+    /// The entry sits at another seq than its own, or links to an entry
+    /// other than its predecessor.
+    Reordered,
+    /// Entries are missing in the middle of the chain (a gap in the seqs).
+    Dropped,
+    /// The chain ends before the highest head its owner signed.
+    Truncated,
+    /// The signature is missing or does not verify under the chain
+    /// owner's key.
+    BadSignature,
+    /// The entry names another peer than the chain it is stored in.
+    WrongSigner,
+    /// The entry at the seq of the owner's highest signed head is not the
+    /// one the owner signed (the chain was rewritten from there).
+    Diverged,
+}
+
+/// The verdict on one chain.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditChainStatus {
+    /// Every entry hashes, links and verifies; no signed head beyond it.
+    Ok,
+    /// See `fault`.
+    Failed,
+    /// Written before chains were signed: its hashes link, but nothing
+    /// proves who wrote it.
+    LegacyUnsigned,
+}
+
+/// The first bad entry of a chain.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AuditProblem {
+    /// Seq of the first bad (or first missing) entry.
+    pub seq: u64,
+    pub fault: AuditFault,
+    pub message: String,
+}
+
+/// One chain as the answering node holds it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AuditChainReport {
+    /// The chain's key: the owner's peer id (or, for a legacy chain, the
+    /// node name it was keyed by).
+    pub chain: String,
+    /// The owner's node name, as its entries give it.
+    pub node_id: Option<NodeId>,
+    pub status: AuditChainStatus,
+    /// Entries held.
+    pub entries: u64,
+    /// Seq of the last entry held.
+    pub head_seq: u64,
+    /// Highest head the owner signed that this node has seen.
+    pub signed_head_seq: Option<u64>,
+    pub problem: Option<AuditProblem>,
+}
+
+/// `GET /clustering/audit/verify`: every chain the answering node holds.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AuditVerifyReport {
+    /// The node that checked.
+    pub node_id: NodeId,
+    /// No chain failed.
+    pub ok: bool,
+    pub chains: Vec<AuditChainReport>,
 }
 
 /// One event on the server-sent event stream.
@@ -469,4 +608,51 @@ pub struct PutRequest {
     pub bytes: bytes::Bytes,
     /// Token name of the caller (for the audit trail).
     pub actor: String,
+}
+
+/// One alert, the same on every node (same `alert_id` for the same fact).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Alert {
+    /// Deterministic: a hash of kind, subject and the fact's epoch (a
+    /// member's incarnation, an operation id, when maintenance began).
+    pub alert_id: String,
+    pub kind: AlertKind,
+    pub severity: AlertSeverity,
+    pub state: AlertState,
+    /// What it is about: a node_id, an operation id, or `cluster`.
+    pub subject: String,
+    /// A sentence for people.
+    pub message: String,
+    /// RFC 3339: from the fact's own timestamp where it has one, else when
+    /// this node first saw the condition.
+    pub raised_at: String,
+    /// RFC 3339, once resolved.
+    pub resolved_at: Option<String>,
+}
+
+/// `GET /clustering/alerts`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AlertList {
+    /// Active alerts, newest raised first.
+    pub active: Vec<Alert>,
+    /// Resolved alerts, newest resolved first, at most `limit`.
+    pub recent: Vec<Alert>,
+}
+
+/// `GET /events/ticket`: opens `GET /events?ticket=...` on this node without
+/// an Authorization header (a browser's EventSource cannot send one).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct EventTicket {
+    pub ticket: String,
+    /// RFC 3339; a stream opened before then stays open after it.
+    pub expires_at: String,
+}
+
+/// The data of a `member` event: a member's status changed as the
+/// answering node sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct MemberEvent {
+    pub node_id: NodeId,
+    pub peer_id: String,
+    pub status: MemberStatus,
 }

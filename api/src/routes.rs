@@ -1,6 +1,7 @@
 //! Handlers, each annotated for the OpenAPI document.
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use crate::extract::ApiPath;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,8 +19,11 @@ use crate::ApiState;
     paths(
         liveness,
         metrics,
+        openapi,
+        whoami,
         list_nodes,
         node_health,
+        crate::storage_routes::list_data,
         crate::storage_routes::put_data,
         crate::storage_routes::get_data,
         crate::storage_routes::delete_data,
@@ -29,6 +33,7 @@ use crate::ApiState;
         crate::storage_routes::distribution,
         crate::storage_routes::rebalance,
         crate::storage_routes::cleanup,
+        crate::storage_routes::reencrypt,
         crate::storage_routes::job,
         list_releases,
         publish_release,
@@ -41,10 +46,14 @@ use crate::ApiState;
         crate::update_routes::get_maintenance,
         crate::update_routes::set_maintenance,
         crate::update_routes::audit,
+        crate::update_routes::audit_verify,
         crate::update_routes::events,
+        crate::update_routes::events_ticket,
+        alerts,
     ),
     components(schemas(
-        ErrorBody, NodeList, NodeView, HealthReport, HealthCheck, Liveness,
+        ErrorBody, crate::model::WhoAmI, crate::auth::Role, NodeList, NodeView, HealthReport, HealthCheck, Liveness,
+        crate::model::ObjectList, crate::model::ObjectSummary, plexi_util::types::ReplicaHealth,
         crate::model::PutResult, crate::model::DataInfo, crate::model::ReplicaInfo,
         crate::model::StorageOverview, crate::model::StorageNodes, crate::model::StorageNode,
         crate::model::Distribution, crate::model::NodeHolding, crate::model::Holding,
@@ -55,6 +64,10 @@ use crate::ApiState;
         crate::model::NodeUpdateStatus, crate::model::LeaseView, crate::model::UpdateList,
         crate::model::Maintenance, crate::model::MaintenanceRequest,
         crate::model::AuditEntry, crate::model::AuditList, crate::model::ClusterEvent,
+        crate::model::AuditVerifyReport, crate::model::AuditChainReport,
+        crate::model::AuditProblem, crate::model::AuditFault, crate::model::AuditChainStatus,
+        crate::model::Alert, crate::model::AlertList, crate::model::EventTicket,
+        crate::model::MemberEvent,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -70,6 +83,53 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        add_guard_responses(openapi);
+    }
+}
+
+/// The answers the middleware can give on every protected route, added to
+/// each operation so the document lists every status the server has: 401
+/// (no or unknown token), 403 (a read token on a mutating route), 429 (the
+/// token is over its rate) and 503 (the node is at its concurrency bound).
+fn add_guard_responses(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+            .build()
+    };
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        if crate::PUBLIC_PATHS.contains(&path.as_str()) {
+            continue;
+        }
+        let ops = [
+            (&mut item.get, false),
+            (&mut item.head, false),
+            (&mut item.put, true),
+            (&mut item.post, true),
+            (&mut item.delete, true),
+            (&mut item.patch, true),
+        ];
+        for (op, mutating) in ops {
+            let Some(op) = op.as_mut() else { continue };
+            let r = &mut op.responses.responses;
+            r.entry("401".into())
+                .or_insert_with(|| error("No token, or one no node knows").into());
+            if mutating {
+                r.entry("403".into())
+                    .or_insert_with(|| error("The token's role may not change anything").into());
+            }
+            r.entry("429".into()).or_insert_with(|| {
+                error("The token is over its request rate (Retry-After)").into()
+            });
+            r.entry("503".into()).or_insert_with(|| {
+                error("Overloaded (too many requests at once) or draining (Retry-After)").into()
+            });
+        }
     }
 }
 
@@ -78,11 +138,13 @@ pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
     use crate::update_routes as u;
     use axum::routing::post;
     Router::new()
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/clustering/nodes", get(list_nodes))
         .route(
             "/api/v1/clustering/nodes/{node_id}/health",
             get(node_health),
         )
+        .route("/api/v1/clustering/storage/data", get(s::list_data))
         .route(
             "/api/v1/clustering/storage/data/{data_id}",
             get(s::get_data)
@@ -107,6 +169,10 @@ pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
         .route(
             "/api/v1/clustering/storage/cleanup",
             axum::routing::post(s::cleanup),
+        )
+        .route(
+            "/api/v1/clustering/storage/reencrypt",
+            axum::routing::post(s::reencrypt),
         )
         .route("/api/v1/clustering/storage/jobs/{job_id}", get(s::job))
         .route(
@@ -133,7 +199,34 @@ pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
             get(u::get_maintenance).post(u::set_maintenance),
         )
         .route("/api/v1/clustering/audit", get(u::audit))
+        .route("/api/v1/clustering/audit/verify", get(u::audit_verify))
         .route("/api/v1/events", get(u::events))
+        .route("/api/v1/events/ticket", get(u::events_ticket))
+        .route("/api/v1/clustering/alerts", get(alerts))
+}
+
+/// Active alerts (newest raised first) and recently resolved ones (newest
+/// resolved first, at most `limit`, 1-1000, default 100); every node
+/// derives the same alerts from gossiped and replicated facts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clustering/alerts",
+    params(crate::update_routes::LimitQuery),
+    responses((status = 200, body = crate::model::AlertList), (status = 400, body = ErrorBody))
+)]
+pub(crate) async fn alerts(
+    State(state): State<ApiState>,
+    q: Result<
+        axum::extract::Query<crate::update_routes::LimitQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Json<crate::model::AlertList>, ApiError> {
+    let limit = crate::update_routes::parse_limit(
+        q,
+        crate::rules::ALERTS_LIMIT,
+        crate::rules::ALERTS_LIMIT_DEFAULT,
+    )?;
+    state.cluster.alerts(limit).await.map(Json)
 }
 
 /// Liveness of the answering node. Needs no token.
@@ -146,8 +239,8 @@ pub(crate) async fn liveness(State(state): State<ApiState>) -> Json<Liveness> {
     })
 }
 
-/// Metrics in the Prometheus/OpenMetrics text format. Needs no token.
-#[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+/// Metrics in the Prometheus/OpenMetrics text format (read token).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &state.registry) {
@@ -168,8 +261,31 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
     }
 }
 
-pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// This document (read token).
+#[utoipa::path(get, path = "/api/v1/openapi.json", responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+pub(crate) async fn openapi(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(crate::schema::document(&crate::schema::DocLimits {
+        max_replication_factor: state.storage.max_replication_factor(),
+        max_object_bytes: state.storage.max_object_bytes(),
+    }))
+}
+
+/// The token the request came with: its name and role (the panel shows
+/// action buttons only to an admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/whoami",
+    responses((status = 200, body = crate::model::WhoAmI))
+)]
+pub(crate) async fn whoami(
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+) -> Result<Json<crate::model::WhoAmI>, ApiError> {
+    // Auth runs before every protected route, so a caller is always set.
+    let axum::Extension(c) = caller.ok_or_else(ApiError::unauthorized)?;
+    Ok(Json(crate::model::WhoAmI {
+        name: c.name,
+        role: c.role,
+    }))
 }
 
 /// Every known node with its membership status.
@@ -199,8 +315,9 @@ pub(crate) async fn list_nodes(State(state): State<ApiState>) -> Json<NodeList> 
 )]
 pub(crate) async fn node_health(
     State(state): State<ApiState>,
-    Path(node_id): Path<String>,
+    ApiPath(node_id): ApiPath<String>,
 ) -> Result<Json<HealthReport>, ApiError> {
+    crate::rules::NODE_ID.check(&node_id)?;
     state.cluster.node_health(&node_id).await.map(Json)
 }
 
@@ -230,7 +347,7 @@ pub(crate) async fn publish_release(
     caller: Option<axum::Extension<crate::auth::Caller>>,
     body: Result<Json<crate::model::SignedRelease>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<crate::model::ReleaseView>), ApiError> {
-    let Json(signed) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let signed = crate::update_routes::json_body(body)?;
     let actor = caller.map(|axum::Extension(c)| c.name).unwrap_or_default();
     let view = state.updates.publish_release(signed, &actor).await?;
     Ok((StatusCode::CREATED, Json(view)))

@@ -1,11 +1,12 @@
 //! The storage endpoints: PUT, GET, DELETE and info of an object through
 //! any node (input validated here into a [`PutRequest`]; the node
 //! coordinates), and the cluster's overview, nodes, distribution,
-//! rebalance and cleanup jobs.
+//! rebalance, cleanup and re-encryption jobs.
 
+use crate::extract::{ApiPath, ApiQuery};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -14,11 +15,12 @@ use serde::Deserialize;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{DataInfo, PutRequest, PutResult};
-use crate::ApiState;
+use crate::{rules, ApiState};
 use plexi_util::types::{Consistency, JobKind};
 
 /// Query of `PUT .../data/{data_id}`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PutQuery {
     /// Free-form type stored with the object (default `application/octet-stream`).
     pub data_type: Option<String>,
@@ -30,20 +32,14 @@ pub struct PutQuery {
 
 /// Query of `GET .../data/{data_id}`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GetQuery {
     pub consistency: Option<String>,
 }
 
-use plexi_util::limits::{MAX_DATA_ID_BYTES, MAX_DATA_TYPE_BYTES};
-
+/// 400 `invalid_data_id` unless `id` keeps [`rules::DATA_ID`].
 pub fn validate_data_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > MAX_DATA_ID_BYTES || id.chars().any(|c| c.is_control()) {
-        return Err(ApiError::bad_request(
-            "invalid_data_id",
-            format!("data_id must be 1-{MAX_DATA_ID_BYTES} bytes without control characters"),
-        ));
-    }
-    Ok(())
+    rules::DATA_ID.check(id)
 }
 
 /// The `consistency` query parameter as the shared type (400 when unknown).
@@ -72,8 +68,8 @@ fn parse_consistency(c: &Option<String>) -> Result<Option<Consistency>, ApiError
 )]
 pub(crate) async fn put_data(
     State(state): State<ApiState>,
-    Path(data_id): Path<String>,
-    Query(q): Query<PutQuery>,
+    ApiPath(data_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PutQuery>,
     caller: Option<Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<PutResult>), ApiError> {
@@ -94,27 +90,20 @@ pub(crate) async fn put_data(
         }
     })?;
     let consistency = parse_consistency(&q.consistency)?;
-    let replication_factor = match q.replication_factor.as_deref() {
-        None => None,
-        Some(s) => Some(s.parse::<u32>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_replication_factor",
-                format!("replication_factor {s:?} is not a whole number"),
-            )
-        })?),
-    };
+    let replication_factor = q
+        .replication_factor
+        .as_deref()
+        .map(|raw| {
+            rules::REPLICATION_FACTOR
+                .up_to(u64::from(storage.max_replication_factor()))
+                .parse(raw)
+                .map(|n| n as u32)
+        })
+        .transpose()?;
     let data_type = q
         .data_type
         .unwrap_or_else(|| "application/octet-stream".into());
-    if data_type.is_empty()
-        || data_type.len() > MAX_DATA_TYPE_BYTES
-        || data_type.chars().any(|c| c.is_control())
-    {
-        return Err(ApiError::bad_request(
-            "invalid_data_type",
-            format!("data_type must be 1-{MAX_DATA_TYPE_BYTES} bytes without control characters"),
-        ));
-    }
+    rules::DATA_TYPE.check(&data_type)?;
     let req = PutRequest {
         data_id,
         data_type,
@@ -125,6 +114,50 @@ pub(crate) async fn put_data(
     };
     let res = storage.put(req).await?;
     Ok((StatusCode::CREATED, Json(res)))
+}
+
+/// Query of `GET .../storage/data` (the listing).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only ids starting with this (default: every id).
+    pub prefix: Option<String>,
+    /// Only ids sorting after this one: a page's `next_after`.
+    pub after: Option<String>,
+    /// Objects in the page (default 100).
+    pub limit: Option<u32>,
+}
+
+/// Objects in a listing page when the query names no limit.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+
+/// One page of the cluster's live objects in byte order of their ids, from
+/// every reachable member (deleted objects are not listed). Not refused
+/// while this node drains: it reads metadata only and serves no object
+/// bytes, so the panel and `plexi ls` keep working through an update.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clustering/storage/data",
+    params(ListQuery),
+    responses(
+        (status = 200, body = crate::model::ObjectList),
+        (status = 400, description = "invalid_query: prefix or after too long or with control characters, limit outside 1..=1000", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_data(
+    State(state): State<ApiState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<crate::model::ObjectList>, ApiError> {
+    for v in [&q.prefix, &q.after].into_iter().flatten() {
+        rules::LIST_PREFIX.check(v)?;
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    rules::LIST_LIMIT.check(u64::from(limit))?;
+    state
+        .storage
+        .list(q.prefix.as_deref().unwrap_or(""), q.after, limit)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(
@@ -139,8 +172,8 @@ pub(crate) async fn put_data(
 )]
 pub(crate) async fn get_data(
     State(state): State<ApiState>,
-    Path(data_id): Path<String>,
-    Query(q): Query<GetQuery>,
+    ApiPath(data_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<GetQuery>,
 ) -> Result<Response, ApiError> {
     let storage = &state.storage;
     validate_data_id(&data_id)?;
@@ -171,8 +204,8 @@ pub(crate) async fn get_data(
 )]
 pub(crate) async fn delete_data(
     State(state): State<ApiState>,
-    Path(data_id): Path<String>,
-    Query(q): Query<GetQuery>,
+    ApiPath(data_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<GetQuery>,
 ) -> Result<StatusCode, ApiError> {
     let storage = &state.storage;
     validate_data_id(&data_id)?;
@@ -189,7 +222,7 @@ pub(crate) async fn delete_data(
 )]
 pub(crate) async fn data_info(
     State(state): State<ApiState>,
-    Path(data_id): Path<String>,
+    ApiPath(data_id): ApiPath<String>,
 ) -> Result<Json<DataInfo>, ApiError> {
     let storage = &state.storage;
     validate_data_id(&data_id)?;
@@ -249,10 +282,26 @@ pub(crate) async fn cleanup(
     Ok((StatusCode::ACCEPTED, Json(job)))
 }
 
+/// Starts a cluster-wide re-encryption (after a data key rotation): every
+/// node rewrites each value not sealed under its current data key. Follow
+/// it with `GET /api/v1/clustering/storage/jobs/{job_id}`.
+#[utoipa::path(post, path = "/api/v1/clustering/storage/reencrypt", responses((status = 202, body = crate::model::Job), (status = 403, body = ErrorBody)))]
+pub(crate) async fn reencrypt(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+) -> Result<(StatusCode, Json<crate::model::Job>), ApiError> {
+    let job = state
+        .storage
+        .start_job(JobKind::Reencrypt, &actor(caller))
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
 #[utoipa::path(get, path = "/api/v1/clustering/storage/jobs/{job_id}", params(("job_id" = String, Path)), responses((status = 200, body = crate::model::Job), (status = 404, body = ErrorBody)))]
 pub(crate) async fn job(
     State(state): State<ApiState>,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<crate::model::Job>, ApiError> {
+    rules::JOB_ID.check(&job_id)?;
     state.storage.job(&job_id).await.map(Json)
 }

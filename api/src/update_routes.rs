@@ -18,53 +18,40 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{
-    AuditList, ClusterEvent, Maintenance, MaintenanceRequest, PlanRequest, UpdateList,
-    UpdateOperation,
+    AuditList, AuditVerifyReport, ClusterEvent, EventTicket, Maintenance, MaintenanceRequest,
+    PlanRequest, UpdateList, UpdateOperation,
 };
-use crate::ApiState;
+use crate::{rules, ApiState};
 
-/// `limit` of `GET .../updates/history`: default and largest accepted.
-pub const HISTORY_LIMIT: (usize, usize) = (10, 1000);
-/// `limit` of `GET .../audit`: default and largest accepted.
-pub const AUDIT_LIMIT: (usize, usize) = (100, 10_000);
-/// Longest accepted operation id (a uuid is 36).
-pub const MAX_OPERATION_ID_BYTES: usize = 64;
-/// Longest accepted maintenance reason.
-pub const MAX_REASON_BYTES: usize = 1024;
-/// Longest accepted maintenance timeout (30 days).
-pub const MAX_MAINTENANCE_TIMEOUT_SECONDS: u64 = 30 * 24 * 3600;
 /// Keep-alive comment period of the event stream.
 pub const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Query with an optional `limit`, parsed here so a bad value gets the JSON
 /// error shape.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LimitQuery {
     /// How many entries, newest first.
     pub limit: Option<String>,
 }
 
-fn parse_limit(
+/// The `limit` query parameter under `rule`, `default` when absent.
+pub(crate) fn parse_limit(
     q: Result<Query<LimitQuery>, QueryRejection>,
-    (default, max): (usize, usize),
+    rule: rules::IntRule,
+    default: u64,
 ) -> Result<usize, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let Some(raw) = q.limit else {
-        return Ok(default);
-    };
-    match raw.trim().parse::<usize>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit {raw:?} is not a whole number from 1 to {max}"),
-        )),
+    match q.limit {
+        None => Ok(default as usize),
+        Some(raw) => Ok(rule.parse(&raw)? as usize),
     }
 }
 
 /// A JSON body, or the JSON error shape: 415 without a JSON content type,
 /// 413 past the body limit, 400 for anything else (syntax, wrong types,
 /// unknown fields).
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     match body {
         Ok(Json(v)) => Ok(v),
         Err(JsonRejection::MissingJsonContentType(e)) => Err(ApiError::new(
@@ -84,17 +71,7 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 fn operation_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(id) =
         path.map_err(|e| ApiError::bad_request("invalid_operation_id", e.body_text()))?;
-    if id.is_empty()
-        || id.len() > MAX_OPERATION_ID_BYTES
-        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return Err(ApiError::bad_request(
-            "invalid_operation_id",
-            format!(
-                "operation_id must be 1-{MAX_OPERATION_ID_BYTES} letters, digits or dashes (a uuid)"
-            ),
-        ));
-    }
+    rules::OPERATION_ID.check(&id)?;
     Ok(id)
 }
 
@@ -146,13 +123,7 @@ fn one_of<T: std::str::FromStr>(
 }
 
 fn check_plan(body: PlanBody) -> Result<PlanRequest, ApiError> {
-    let v = body.target_version.trim();
-    if v.is_empty() || v.len() > 64 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::bad_request(
-            "invalid_target_version",
-            "target_version must be a version such as 1.2.3",
-        ));
-    }
+    rules::VERSION.check(&body.target_version)?;
     let update_type = one_of(
         "invalid_update_type",
         "update_type",
@@ -165,15 +136,8 @@ fn check_plan(body: PlanBody) -> Result<PlanRequest, ApiError> {
         &body.strategy,
         UpdateStrategy::NAMES,
     )?;
-    if let Some(bad) = body
-        .target_nodes
-        .iter()
-        .find(|n| n.is_empty() || n.len() > 128 || n.chars().any(|c| c.is_control()))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_target_nodes",
-            format!("{bad:?} is not a node name"),
-        ));
+    for node in &body.target_nodes {
+        rules::TARGET_NODE.check(node)?;
     }
     Ok(PlanRequest {
         target_version: body.target_version,
@@ -289,7 +253,7 @@ pub(crate) async fn update_history(
     State(state): State<ApiState>,
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> Result<Json<UpdateList>, ApiError> {
-    let limit = parse_limit(q, HISTORY_LIMIT)?;
+    let limit = parse_limit(q, rules::HISTORY_LIMIT, rules::HISTORY_LIMIT_DEFAULT)?;
     state.updates.history(limit).await.map(Json)
 }
 
@@ -320,22 +284,10 @@ pub(crate) async fn set_maintenance(
 ) -> Result<Json<Maintenance>, ApiError> {
     let req = json_body(body)?;
     if let Some(t) = req.timeout_seconds {
-        if !(1..=MAX_MAINTENANCE_TIMEOUT_SECONDS).contains(&t) {
-            return Err(ApiError::bad_request(
-                "invalid_timeout",
-                format!("timeout_seconds must be from 1 to {MAX_MAINTENANCE_TIMEOUT_SECONDS}"),
-            ));
-        }
+        rules::MAINTENANCE_TIMEOUT.check(t)?;
     }
     if let Some(r) = &req.reason {
-        if r.len() > MAX_REASON_BYTES || r.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(ApiError::bad_request(
-                "invalid_reason",
-                format!(
-                    "reason must be at most {MAX_REASON_BYTES} bytes without control characters"
-                ),
-            ));
-        }
+        rules::REASON.check(r)?;
     }
     state
         .updates
@@ -356,8 +308,23 @@ pub(crate) async fn audit(
     State(state): State<ApiState>,
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> Result<Json<AuditList>, ApiError> {
-    let limit = parse_limit(q, AUDIT_LIMIT)?;
+    let limit = parse_limit(q, rules::AUDIT_LIMIT, rules::AUDIT_LIMIT_DEFAULT)?;
     state.updates.audit(limit).await.map(Json)
+}
+
+/// Checks every audit chain the answering node holds from its first entry:
+/// hash, link, seq continuity, signature, signer = chain owner, and the end
+/// against the highest head its owner signed. One report per chain, with
+/// the first bad entry; `ok` is false when any chain failed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clustering/audit/verify",
+    responses((status = 200, body = AuditVerifyReport), (status = 503, body = ErrorBody))
+)]
+pub(crate) async fn audit_verify(
+    State(state): State<ApiState>,
+) -> Result<Json<AuditVerifyReport>, ApiError> {
+    state.updates.audit_verify().await.map(Json)
 }
 
 /// An SSE event name: the event's kind when it is a plain token, else `message`.
@@ -402,20 +369,72 @@ pub fn event_stream(
     futures::StreamExt::chain(hello, events)
 }
 
+/// Query of `GET /events`.
+#[derive(Debug, Default, Deserialize)]
+pub struct TicketQuery {
+    pub ticket: Option<String>,
+}
+
 /// Server-sent events: `event: <kind>` with the JSON of a ClusterEvent
-/// (update.progress, update.status, maintenance, audit, member, ...);
-/// `event: lagged` when this client fell behind and events were skipped.
+/// (update.progress, update.status, maintenance, audit, member,
+/// alert.raised, alert.resolved, ...); `event: lagged` when this client
+/// fell behind and events were skipped. A browser, whose EventSource cannot
+/// send an Authorization header, opens it with `?ticket=` from
+/// `GET /events/ticket` instead (this node's ticket, unexpired).
 #[utoipa::path(
     get,
     path = "/api/v1/events",
+    params(("ticket" = Option<String>, Query, description = "A ticket from GET /api/v1/events/ticket of this node, used instead of the Authorization header; valid for 60 s to open a stream (only this route accepts one)")),
     responses(
         (status = 200, body = ClusterEvent, content_type = "text/event-stream", description = "One `event: <kind>` with the ClusterEvent as JSON data per event; keep-alive comments every 15 s"),
-        (status = 401, body = ErrorBody),
+        (status = 400, body = ErrorBody, description = "invalid_ticket: the ticket breaks its schema"),
+        (status = 401, body = ErrorBody, description = "No valid token, or the ticket is expired, forged or from another node"),
+        (status = 503, body = ErrorBody, description = "Too many event streams open on this node (overloaded)"),
     )
 )]
 pub(crate) async fn events(
     State(state): State<ApiState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    Sse::new(event_stream(state.updates.events()))
-        .keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE))
+    crate::extract::ApiQuery(q): crate::extract::ApiQuery<TicketQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Verified by the auth layer when it stood in for a token; here only
+    // its shape, so a bad one is refused even beside a bearer token.
+    if let Some(t) = &q.ticket {
+        rules::TICKET.check(t)?;
+    }
+    let Some(permit) = state.limiter.admit_stream() else {
+        let max = state.limiter.limits().max_event_streams;
+        return Err(ApiError::unavailable(
+            "overloaded",
+            format!("this node has its maximum of {max} event streams open; use another node or retry later"),
+        ));
+    };
+    // The stream holds the permit until the client goes away.
+    let stream = futures::StreamExt::map(event_stream(state.updates.events()), move |e| {
+        let _held = &permit;
+        e
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE)))
+}
+
+/// A ticket that opens `GET /events?ticket=...` on this node without an
+/// Authorization header, for 60 s, as the calling token (its name and
+/// role). Any valid token may ask; a stream opened stays open after the
+/// ticket expires.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/ticket",
+    responses((status = 200, body = EventTicket))
+)]
+pub(crate) async fn events_ticket(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+) -> Result<Json<EventTicket>, ApiError> {
+    let Some(Extension(caller)) = caller else {
+        return Err(ApiError::unauthorized());
+    };
+    let (ticket, expires_ms) = state.tickets.issue(&caller, plexi_util::clock::wall_ms());
+    Ok(Json(EventTicket {
+        ticket,
+        expires_at: plexi_util::clock::rfc3339_ms(expires_ms),
+    }))
 }

@@ -13,7 +13,8 @@ use futures::StreamExt;
 use plexi_api::model::PutRequest;
 use plexi_api::model::*;
 use plexi_api::{
-    ApiError, ApiMetrics, ApiState, Cluster, InFlight, Role, Storage, TokenEntry, TokenSet, Updates,
+    ApiError, ApiLimits, ApiMetrics, ApiState, Caller, Cluster, EventTickets, InFlight, Limiter,
+    Role, Storage, TokenEntry, TokenSet, Updates,
 };
 use plexi_util::types::{OperationStatus, UpdateStrategy, UpdateType};
 use serde_json::{json, Value};
@@ -22,6 +23,8 @@ use tower::ServiceExt;
 
 const ADMIN: &str = "admin-secret";
 const READ: &str = "read-secret";
+/// The fixture's ticket key (a node draws a random one).
+const TICKET_KEY: [u8; 32] = [42; 32];
 
 struct StubCluster;
 
@@ -37,6 +40,9 @@ impl Cluster for StubCluster {
         vec![]
     }
     async fn node_health(&self, _: &str) -> Result<HealthReport, ApiError> {
+        Err(ApiError::not_found("stub"))
+    }
+    async fn alerts(&self, _: usize) -> Result<plexi_api::model::AlertList, ApiError> {
         Err(ApiError::not_found("stub"))
     }
 }
@@ -57,6 +63,9 @@ fn stub_err() -> ApiError {
 impl Storage for StubStorage {
     fn max_object_bytes(&self) -> usize {
         1 << 20
+    }
+    fn max_replication_factor(&self) -> u32 {
+        5
     }
     async fn put(&self, _: PutRequest) -> Result<PutResult, ApiError> {
         Err(stub_err())
@@ -82,6 +91,19 @@ impl Storage for StubStorage {
     }
     async fn info(&self, _: &str) -> Result<DataInfo, ApiError> {
         Err(stub_err())
+    }
+    async fn list(
+        &self,
+        _: &str,
+        _: Option<String>,
+        _: u32,
+    ) -> Result<plexi_api::model::ObjectList, ApiError> {
+        Ok(plexi_api::model::ObjectList {
+            objects: Vec::new(),
+            next_after: None,
+            complete: true,
+            unreachable_nodes: Vec::new(),
+        })
     }
     async fn overview(&self) -> Result<StorageOverview, ApiError> {
         Err(stub_err())
@@ -208,6 +230,14 @@ impl Updates for StubUpdates {
             chains_verified: true,
         })
     }
+    async fn audit_verify(&self) -> Result<AuditVerifyReport, ApiError> {
+        self.record("audit verify".into());
+        Ok(AuditVerifyReport {
+            node_id: "n1".to_string().into(),
+            ok: true,
+            chains: vec![],
+        })
+    }
     fn events(&self) -> broadcast::Receiver<ClusterEvent> {
         self.events.subscribe()
     }
@@ -227,6 +257,10 @@ struct Fixture {
 }
 
 fn fixture(event_capacity: usize) -> Fixture {
+    fixture_with(event_capacity, ApiLimits::default())
+}
+
+fn fixture_with(event_capacity: usize, limits: ApiLimits) -> Fixture {
     let updates = Arc::new(StubUpdates {
         draining: AtomicU64::new(0),
         calls: Mutex::new(vec![]),
@@ -255,6 +289,8 @@ fn fixture(event_capacity: usize) -> Fixture {
         registry: Arc::new(registry),
         metrics,
         in_flight: in_flight.clone(),
+        limiter: Limiter::new(limits),
+        tickets: Arc::new(plexi_api::EventTickets::new(TICKET_KEY)),
     };
     Fixture {
         app: plexi_api::router(state),
@@ -287,6 +323,25 @@ async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
     let v = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| panic!("{status}: not JSON: {:?}", String::from_utf8_lossy(&bytes)));
     (status, v)
+}
+
+/// A data GET that the stub storage holds inside its handler; returns once
+/// the request is in there.
+async fn held_get(f: &Fixture) -> tokio::task::JoinHandle<axum::response::Response> {
+    f.storage.hold.store(true, Ordering::SeqCst);
+    let app = f.app.clone();
+    let task = tokio::spawn(async move {
+        app.oneshot(request(
+            Method::GET,
+            "/api/v1/clustering/storage/data/k1",
+            Some(READ),
+            None,
+        ))
+        .await
+        .unwrap()
+    });
+    f.storage.entered.notified().await;
+    task
 }
 
 const OP: &str = "/api/v1/clustering/updates/3f2b1c9e-0000-4000-8000-000000000001";
@@ -379,6 +434,53 @@ async fn read_token_reads_admin_token_changes() {
         "maintenance true Some(\"disk swap\") Some(60) by ops".into(),
     ] {
         assert!(calls.contains(&want), "{want} not in {calls:?}");
+    }
+}
+
+/// Found by the `api_request` fuzz target: axum's own extractors answer a
+/// path segment that is not UTF-8 once percent-decoded, or a query that
+/// does not parse, with plain text; ours answer with the JSON error shape.
+#[tokio::test]
+async fn bad_paths_and_queries_get_the_json_error_shape() {
+    let f = fixture(16);
+    for (method, path, code) in [
+        (
+            Method::GET,
+            "/api/v1/clustering/storage/data/%FF%FE",
+            "invalid_path",
+        ),
+        (
+            Method::GET,
+            "/api/v1/clustering/storage/data/%FF/info",
+            "invalid_path",
+        ),
+        (
+            Method::GET,
+            "/api/v1/clustering/nodes/%C3%28/health",
+            "invalid_path",
+        ),
+        (
+            Method::GET,
+            "/api/v1/clustering/storage/jobs/%FF",
+            "invalid_path",
+        ),
+        // Found by the api_request fuzz target: a panel asset name that
+        // is not UTF-8 (served without a token, so none is sent below).
+        (Method::GET, "/panel/%FFapp.js", "invalid_path"),
+        (
+            Method::GET,
+            "/api/v1/clustering/storage/data/x?consistency=sometimes",
+            "invalid_consistency",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/clustering/storage/data/x?consistency=weak&consistency=strong",
+            "invalid_query",
+        ),
+    ] {
+        let (s, v) = send(&f.app, request(method, path, Some(ADMIN), None)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {v}");
+        assert_eq!(v["error"]["code"], code, "{path}: {v}");
     }
 }
 
@@ -668,6 +770,8 @@ async fn draining_refuses_data_requests_only() {
         "/api/v1/clustering/maintenance",
         "/api/v1/clustering/audit",
         "/api/v1/openapi.json",
+        // The listing reads metadata only: deliberately not drained.
+        "/api/v1/clustering/storage/data?prefix=a&limit=5",
     ] {
         let res = f
             .app
@@ -683,19 +787,7 @@ async fn draining_refuses_data_requests_only() {
 #[tokio::test]
 async fn requests_admitted_before_the_drain_finish_and_are_counted() {
     let f = fixture(16);
-    f.storage.hold.store(true, Ordering::SeqCst);
-    let app = f.app.clone();
-    let task = tokio::spawn(async move {
-        app.oneshot(request(
-            Method::GET,
-            "/api/v1/clustering/storage/data/k1",
-            Some(READ),
-            None,
-        ))
-        .await
-        .unwrap()
-    });
-    f.storage.entered.notified().await;
+    let task = held_get(&f).await;
     assert_eq!(f.in_flight.count(), 1);
     assert!(!f.in_flight.wait_idle(Duration::from_millis(50)).await);
     // The drain begins while the request is inside the handler.
@@ -737,7 +829,7 @@ async fn openapi_names_the_update_paths() {
     let f = fixture(16);
     let (s, doc) = send(
         &f.app,
-        request(Method::GET, "/api/v1/openapi.json", None, None),
+        request(Method::GET, "/api/v1/openapi.json", Some(READ), None),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
@@ -764,4 +856,263 @@ async fn openapi_names_the_update_paths() {
     ] {
         assert!(doc["components"]["schemas"].get(s).is_some(), "schema {s}");
     }
+}
+
+/// Past the concurrency bound a request is refused at once with 503
+/// `overloaded`, Retry-After and the JSON shape; /health still answers; the
+/// bound frees as requests finish.
+#[tokio::test]
+async fn requests_past_the_concurrency_bound_get_503() {
+    let f = fixture_with(
+        16,
+        ApiLimits {
+            max_concurrent_requests: 1,
+            ..ApiLimits::default()
+        },
+    );
+    let held = held_get(&f).await;
+    let res = f
+        .app
+        .clone()
+        .oneshot(request(
+            Method::GET,
+            "/api/v1/clustering/nodes",
+            Some(READ),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "overloaded");
+    // Unauthenticated floods are bounded by the same gate.
+    let (s, v) = send(
+        &f.app,
+        request(Method::GET, "/api/v1/clustering/nodes", None, None),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded"))
+    );
+    let (s, _) = send(&f.app, request(Method::GET, "/health", None, None)).await;
+    assert_eq!(s, StatusCode::OK);
+    f.storage.release.notify_one();
+    assert_eq!(held.await.unwrap().status(), StatusCode::OK);
+    let (s, _) = send(
+        &f.app,
+        request(Method::GET, "/api/v1/clustering/nodes", Some(READ), None),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// A token over its rate gets 429 `rate_limited` with Retry-After and the
+/// JSON shape naming the token by name, never by value; other tokens keep
+/// their own budget.
+#[tokio::test]
+async fn a_token_over_its_rate_gets_429() {
+    let f = fixture_with(
+        16,
+        ApiLimits {
+            token_requests_per_second: 1,
+            token_burst: 3,
+            ..ApiLimits::default()
+        },
+    );
+    let path = "/api/v1/clustering/nodes";
+    for _ in 0..3 {
+        let (s, _) = send(&f.app, request(Method::GET, path, Some(READ), None)).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let res = f
+        .app
+        .clone()
+        .oneshot(request(Method::GET, path, Some(READ), None))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "rate_limited");
+    assert!(text.contains("viewer") && !text.contains(READ), "{text}");
+    let (s, _) = send(&f.app, request(Method::GET, path, Some(ADMIN), None)).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// Every JSON route refuses a body over the cap with 413 and the JSON shape.
+#[tokio::test]
+async fn json_bodies_over_the_cap_get_413() {
+    let f = fixture(16);
+    let big = format!(
+        "{{\"notes\": \"{}\"}}",
+        "x".repeat(plexi_api::limits::MAX_JSON_BODY_BYTES)
+    );
+    for path in [
+        "/api/v1/clustering/updates/plan",
+        "/api/v1/clustering/maintenance",
+        "/api/v1/clustering/updates/releases",
+    ] {
+        let (s, v) = send(&f.app, request(Method::POST, path, Some(ADMIN), Some(&big))).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "payload_too_large", "{path}");
+    }
+}
+
+/// Event streams are bounded per node: past the bound 503 `overloaded`;
+/// a closed stream frees its place.
+#[tokio::test]
+async fn event_streams_are_bounded() {
+    let f = fixture_with(
+        16,
+        ApiLimits {
+            max_event_streams: 1,
+            ..ApiLimits::default()
+        },
+    );
+    let open = || request(Method::GET, "/api/v1/events", Some(READ), None);
+    let first = f.app.clone().oneshot(open()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let (s, v) = send(&f.app, open()).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded"))
+    );
+    drop(first);
+    let again = f.app.clone().oneshot(open()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}
+
+/// A browser's EventSource sends no header: a ticket from
+/// `GET /events/ticket` opens the stream instead, on that route only; a
+/// forged, foreign or expired ticket gets 401 with the JSON error body.
+#[tokio::test]
+async fn event_tickets_open_the_stream_without_a_header() {
+    let f = fixture(16);
+    let (s, v) = send(
+        &f.app,
+        request(Method::GET, "/api/v1/events/ticket", None, None),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, v) = send(
+        &f.app,
+        request(Method::GET, "/api/v1/events/ticket", Some(READ), None),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ticket = v["ticket"].as_str().unwrap().to_string();
+    assert!(v["expires_at"].as_str().unwrap().ends_with('Z'), "{v}");
+
+    let res = f
+        .app
+        .clone()
+        .oneshot(request(
+            Method::GET,
+            &format!("/api/v1/events?ticket={ticket}"),
+            None,
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    f.updates.events.send(event("alert.raised", 1)).unwrap();
+    let got = sse_events(res.into_body(), 1).await;
+    assert_eq!(got[0].0, "alert.raised");
+
+    // Refused: on another route, altered, from another node's key, expired.
+    let viewer = Caller {
+        name: "viewer".into(),
+        role: Role::Read,
+    };
+    let foreign = EventTickets::new([1; 32])
+        .issue(&viewer, plexi_util::clock::wall_ms())
+        .0;
+    let expired = EventTickets::new(TICKET_KEY)
+        .issue(&viewer, plexi_util::clock::wall_ms() - 61_000)
+        .0;
+    let altered = ticket.replace(".read.", ".admin.");
+    for (path, why) in [
+        (
+            format!("/api/v1/clustering/maintenance?ticket={ticket}"),
+            "another route",
+        ),
+        (
+            format!("/api/v1/events/ticket?ticket={ticket}"),
+            "the ticket route",
+        ),
+        (format!("/api/v1/events?ticket={altered}"), "altered"),
+        (format!("/api/v1/events?ticket={foreign}"), "another node"),
+        (format!("/api/v1/events?ticket={expired}"), "expired"),
+        ("/api/v1/events?ticket=".to_string(), "empty"),
+    ] {
+        let (s, v) = send(&f.app, request(Method::GET, &path, None, None)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{why}: {v}");
+        assert_eq!(v["error"]["code"], "unauthorized", "{why}: {v}");
+    }
+    let (_, v) = send(
+        &f.app,
+        request(
+            Method::GET,
+            &format!("/api/v1/events?ticket={expired}"),
+            None,
+            None,
+        ),
+    )
+    .await;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
+}
+
+/// Ticket holders are held to their token's rate, by the token's name.
+#[tokio::test]
+async fn ticket_users_share_their_tokens_rate() {
+    let f = fixture_with(
+        16,
+        ApiLimits {
+            token_requests_per_second: 1,
+            token_burst: 2,
+            ..ApiLimits::default()
+        },
+    );
+    let (s, v) = send(
+        &f.app,
+        request(Method::GET, "/api/v1/events/ticket", Some(READ), None),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ticket = v["ticket"].as_str().unwrap().to_string();
+    let first = f
+        .app
+        .clone()
+        .oneshot(request(
+            Method::GET,
+            &format!("/api/v1/events?ticket={ticket}"),
+            None,
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let (s, v) = send(
+        &f.app,
+        request(
+            Method::GET,
+            &format!("/api/v1/events?ticket={ticket}"),
+            None,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
 }

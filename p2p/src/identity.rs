@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use libp2p::identity::Keypair;
+use libp2p::identity::{Keypair, PublicKey};
+use libp2p::PeerId;
 
 use crate::P2pError;
 
@@ -38,6 +39,24 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, P2pError> {
     Ok(key)
 }
 
+/// Multihash code of an identity hash: an ed25519 peer id embeds its
+/// public key (36 bytes of protobuf) instead of hashing it.
+const IDENTITY_MULTIHASH: u64 = 0x00;
+
+/// Whether `signature` over `msg` verifies under the public key that `peer`
+/// embeds (ed25519 peer ids do). False for a peer id that does not embed
+/// its key, so nothing signed can be pinned on a peer id without its key.
+pub fn verify_signed_by(peer: &PeerId, msg: &[u8], signature: &[u8]) -> bool {
+    let hash = peer.as_ref();
+    if hash.code() != IDENTITY_MULTIHASH {
+        return false;
+    }
+    match PublicKey::try_decode_protobuf(hash.digest()) {
+        Ok(key) => PeerId::from_public_key(&key) == *peer && key.verify(msg, signature),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +71,18 @@ mod tests {
         let b = load_or_create(&path).unwrap();
         assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn signatures_verify_only_under_the_signer() {
+        let a = Keypair::generate_ed25519();
+        let b = Keypair::generate_ed25519();
+        let sig = a.sign(b"msg").unwrap();
+        let pa = a.public().to_peer_id();
+        assert!(verify_signed_by(&pa, b"msg", &sig));
+        assert!(!verify_signed_by(&pa, b"other", &sig));
+        assert!(!verify_signed_by(&b.public().to_peer_id(), b"msg", &sig));
+        assert!(!verify_signed_by(&PeerId::random(), b"msg", &sig));
+        assert!(!verify_signed_by(&pa, b"msg", b"short"));
     }
 }

@@ -1,7 +1,7 @@
 //! The membership table and failure detector: a pure state machine.
 //!
 //! Each member is known by its latest signed record. Records of one peer are
-//! ordered by `(incarnation, heartbeat)` (ties broken by signature bytes, so
+//! ordered by `(incarnation, left, heartbeat)` (ties broken by signature bytes, so
 //! merging is commutative, associative and idempotent). Liveness is judged
 //! locally from when a member's record last *advanced*, on the caller's
 //! monotonic clock (`now_ms`): silent for `suspect_after_ms` is suspect, for
@@ -81,7 +81,7 @@ pub struct Membership {
 
 /// Whether `a` supersedes `b` (same peer).
 fn supersedes(a: &VerifiedRecord, b: &VerifiedRecord) -> bool {
-    match a.state.version().cmp(&b.state.version()) {
+    match a.state.precedence().cmp(&b.state.precedence()) {
         std::cmp::Ordering::Greater => true,
         std::cmp::Ordering::Less => false,
         // Equal versions with different bodies only happen if the owner
@@ -149,7 +149,7 @@ impl Membership {
                 if !supersedes(&record, &member.record) {
                     return MergeOutcome::Stale;
                 }
-                let progressed = record.state.version() > member.record.state.version();
+                let progressed = record.state.precedence() > member.record.state.precedence();
                 member.record = record;
                 if progressed {
                     member.last_progress_ms = member.last_progress_ms.max(seen_at);
@@ -165,7 +165,7 @@ impl Membership {
     pub fn is_news(&self, state: &crate::record::NodeState, signature: &[u8]) -> bool {
         match self.members.get(&state.peer_id) {
             None => true,
-            Some(m) => match state.version().cmp(&m.record.state.version()) {
+            Some(m) => match state.precedence().cmp(&m.record.state.precedence()) {
                 std::cmp::Ordering::Greater => true,
                 std::cmp::Ordering::Less => false,
                 std::cmp::Ordering::Equal => signature > m.record.signed.signature.as_slice(),
@@ -348,6 +348,25 @@ mod tests {
         // An older alive record relayed late changes nothing.
         m.merge(rec(&other, 1, 1), 0, 200);
         assert_eq!(status(&m, &other, 200), MemberStatus::Left);
+    }
+
+    #[test]
+    fn a_later_heartbeat_of_the_same_incarnation_does_not_undo_left() {
+        let (me, other) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let mut st = state_for(&other, 1, 2);
+        st.status = SelfStatus::Left;
+        let left = SignedRecord::sign(&other, &st).unwrap();
+        let later = rec(&other, 1, 50);
+        // In either order, the left record wins; a new incarnation rejoins.
+        for order in [[left.clone(), later.clone()], [later, left]] {
+            let mut m = table(&me);
+            for r in order {
+                m.merge(r, 0, 100);
+            }
+            assert_eq!(status(&m, &other, 100), MemberStatus::Left);
+            assert_eq!(m.merge(rec(&other, 2, 0), 0, 200), MergeOutcome::Advanced);
+            assert_eq!(status(&m, &other, 200), MemberStatus::Alive);
+        }
     }
 
     #[test]

@@ -55,16 +55,53 @@ pub struct NodeState {
     #[serde(default)]
     pub unplanned_restarts: u64,
     pub healthy: bool,
+    /// What the node found about its replicas (alerts on every node read
+    /// it). Absent in records of older versions.
+    #[serde(default)]
+    pub replica_counts: ReplicaCounts,
     /// The node's REST API address (`host:port`).
     pub api_address: String,
     /// libp2p multiaddrs the node listens on.
     pub listen_addresses: Vec<String>,
+    /// Where the node stands (`node.location`); absent in records of older
+    /// versions and of nodes without one.
+    #[serde(default)]
+    pub location: Option<plexi_util::types::GeoLocation>,
+}
+
+/// A node's own findings about the replicas it holds, gossiped so that
+/// every node derives the same alerts from them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaCounts {
+    /// Objects with fewer current live replicas than their replication
+    /// factor that this node counted in its last pass (each object is
+    /// counted by one node only: its first current holder in placement order).
+    #[serde(default)]
+    pub under_replicated_objects: u64,
+    /// Corrupt local replicas found (scrub or reads) since this node started.
+    #[serde(default)]
+    pub corrupt_replicas: u64,
+    /// Wall-clock ms of the last one found (0: none).
+    #[serde(default)]
+    pub corrupt_found_at_ms: u64,
 }
 
 impl NodeState {
     /// The order in which records of one peer supersede each other.
     pub fn version(&self) -> (u64, u64) {
         (self.incarnation, self.heartbeat)
+    }
+
+    /// The order in which records of one peer supersede each other:
+    /// incarnation, then `left` above any active record of the same
+    /// incarnation (leaving is final for it: a later heartbeat of that
+    /// incarnation cannot undo it), then heartbeat.
+    pub fn precedence(&self) -> (u64, bool, u64) {
+        (
+            self.incarnation,
+            self.status == SelfStatus::Left,
+            self.heartbeat,
+        )
     }
 }
 
@@ -145,6 +182,28 @@ impl SignedRecord {
 pub(crate) mod tests {
     use super::*;
 
+    /// A record of a version before replica health (and unplanned
+    /// restarts) decodes, with zeros for what it lacks; a newer record
+    /// keeps them.
+    #[test]
+    fn records_without_replica_counts_decode() {
+        let key = Keypair::generate_ed25519();
+        let mut state = state_for(&key, 1, 1);
+        let mut value = ciborium::Value::serialized(&state).unwrap();
+        if let ciborium::Value::Map(fields) = &mut value {
+            fields.retain(|(k, _)| {
+                !matches!(k.as_text(), Some("replica_counts" | "unplanned_restarts"))
+            });
+        }
+        let mut old = Vec::new();
+        ciborium::ser::into_writer(&value, &mut old).unwrap();
+        let decoded: NodeState = decode_cbor(&old).unwrap();
+        assert_eq!(decoded, state);
+        state.replica_counts.under_replicated_objects = 3;
+        let decoded: NodeState = decode_cbor(&encode_cbor(&state).unwrap()).unwrap();
+        assert_eq!(decoded.replica_counts.under_replicated_objects, 3);
+    }
+
     pub fn state_for(key: &Keypair, incarnation: u64, heartbeat: u64) -> NodeState {
         NodeState {
             peer_id: key.public().to_peer_id().to_string(),
@@ -161,9 +220,32 @@ pub(crate) mod tests {
             store_latency_us: 0,
             unplanned_restarts: 0,
             healthy: true,
+            replica_counts: Default::default(),
             api_address: "127.0.0.1:1".into(),
             listen_addresses: vec![],
+            location: None,
         }
+    }
+
+    #[test]
+    fn location_is_carried_and_optional() {
+        let key = Keypair::generate_ed25519();
+        let mut state = state_for(&key, 1, 2);
+        state.location = Some(plexi_util::types::GeoLocation {
+            lat: 48.86,
+            lon: 2.35,
+        });
+        let rec = SignedRecord::sign(&key, &state).unwrap();
+        assert_eq!(rec.signed.clone().verify().unwrap().state, state);
+        // A record of an older version has no location field.
+        let mut older = ciborium::Value::serialized(&state_for(&key, 1, 2)).unwrap();
+        if let ciborium::Value::Map(fields) = &mut older {
+            fields.retain(|(k, _)| k.as_text() != Some("location"));
+        }
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&older, &mut bytes).unwrap();
+        let back: NodeState = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(back.location, None);
     }
 
     #[test]

@@ -1,33 +1,52 @@
-//! The audit log: who did what to the cluster, kept append-only and
-//! hash-chained on every node, with no coordinator.
+//! The audit log: who did what to the cluster, kept append-only, hash-
+//! chained and signed on every node, with no coordinator.
 //!
-//! This module owns the `audit` sled tree and the `audit` p2p service.
+//! This module owns the `audit`, `audit.signed_heads` and `audit.legacy`
+//! sled trees and the `audit` p2p service; [`chain`] holds the rules of one
+//! chain (hash, signature, the verifier).
 //!
-//! - Every node keeps its **own chain** of the entries it authored: seq 1, 2,
-//!   3…, each entry's `hash` is blake3 of the canonical CBOR of every other
-//!   field, and `prev_hash` is the hash of the node's previous entry (64 zeros
-//!   for seq 1). An append is flushed before it returns.
-//! - Every node also stores **every other node's chain** (the cluster's view).
-//!   New local entries are pushed to every alive member at once; a sync task
-//!   every 2 s sends our heads (last seq per chain) to one random alive member
-//!   and merges the entries it lacks, then pushes back what that member lacks,
-//!   so the view converges when pushes are lost.
-//! - A remote entry is accepted only if it links to what we hold (next seq,
-//!   `prev_hash` equal to our last hash, hash recomputes). A different entry
-//!   at a seq we already hold is a fork: refused, logged, counted. Nothing is
-//!   ever deleted; chains stop at 10 million entries, the tree at 4096 chains.
+//! - Every node keeps its **own chain** of the entries it authored, keyed by
+//!   its **peer id**: seq 1, 2, 3…, each entry's `hash` is blake3 of the
+//!   canonical CBOR of every other field, `prev_hash` is the hash of the
+//!   node's previous entry (64 zeros for seq 1), and `signature` is the
+//!   node's libp2p ed25519 signature over (peer id, seq, hash). An append is
+//!   flushed before it returns.
+//! - Every node also stores **every other node's chain**. New local entries
+//!   are pushed to every alive member at once; a sync task every 2 s sends
+//!   our heads (last seq per chain) to one random alive member and merges
+//!   the entries it lacks, then pushes back what that member lacks.
+//! - A remote entry is accepted only if its signature verifies under the
+//!   key of the peer id whose chain it is in, and it links to what we hold
+//!   (next seq, `prev_hash` equal to our last hash, hash recomputes). A
+//!   different entry at a seq we already hold is a fork: refused, logged,
+//!   counted. Nothing is ever deleted; chains stop at 10 million entries,
+//!   the tree at 4096 chains.
+//! - **Signed heads**: since every entry's signature covers (peer id, seq,
+//!   hash), the last entry of a chain is its owner's signed head. Each node
+//!   keeps the highest signed head it has seen per chain apart from the
+//!   chain (`audit.signed_heads`) and the sync spreads them (each side sends
+//!   the heads the other holds lower), so a copy that lost its last entries
+//!   (truncated) fails verification against it.
+//! - **Legacy entries** (written before chains were signed: keyed by node
+//!   name, no peer id, no signature) are moved at open, once, into
+//!   `audit.legacy`: listed as before, verified for their hash links, and
+//!   reported by `verify` as `legacy_unsigned`. They are not replicated.
 //!
-//! Keys: `node_id` bytes, 0x00, seq as big-endian u64 (a chain is one
-//! contiguous, ordered range). Values: CBOR of the `AuditEntry`.
+//! Keys: chain bytes (a peer id), 0x00, seq as big-endian u64. Values: CBOR
+//! of the `AuditEntry`.
+
+pub mod chain;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use plexi_api::model::{AuditEntry, AuditList};
+use plexi_api::model::{
+    AuditChainReport, AuditChainStatus, AuditEntry, AuditList, AuditVerifyReport,
+};
 use plexi_p2p::codec::{decode_cbor, encode_cbor};
-use plexi_p2p::{CallError, P2pHandle, PeerId};
+use plexi_p2p::{CallError, Keypair, P2pHandle, PeerId};
 use plexi_store::NodeStore;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -38,21 +57,33 @@ use tokio::sync::{broadcast, mpsc};
 
 use plexi_util::clock::{rfc3339_ms, wall_ms};
 
+use chain::{check_chain, key, prefix, sign_head, Head, SignedHead};
+pub use chain::{entry_hash, ZERO_HASH};
+
 /// The p2p service name.
 pub const SERVICE: &str = "audit";
-
-/// `prev_hash` of a chain's first entry.
-pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The tree of chains (signed, keyed by peer id).
+const TREE: &str = "audit";
+/// The highest signed head seen per chain: chain -> CBOR `SignedHead`.
+const SIGNED_HEADS_TREE: &str = "audit.signed_heads";
+/// Chains written before signing (keyed by node name), moved here at open.
+const LEGACY_TREE: &str = "audit.legacy";
+/// API token names this node has audited: name -> role and a fingerprint
+/// of the token's hash (so a rotation is noticed; never the token).
+const TOKENS_TREE: &str = "audit.tokens";
+/// Length of a hex ed25519 signature.
+const SIGNATURE_HEX_LEN: usize = 128;
 /// Longest chain accepted (local or remote).
 const MAX_SEQ: u64 = 10_000_000;
 /// Most chains (authoring nodes) the tree holds.
 const MAX_CHAINS: usize = 4096;
 /// Largest encoded entry accepted.
 const MAX_ENTRY_BYTES: usize = 64 * 1024;
-/// Bounds on one reply to `Heads` and on one `Push`.
+/// Bounds on one reply to `Heads` and on one `Push` (entries; signed heads
+/// are bounded by [`MAX_CHAINS`]).
 const MAX_BATCH_ENTRIES: usize = 256;
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
-/// Longest node id / actor / action / operation id.
+/// Longest node id / peer id / actor / action / operation id.
 const MAX_FIELD_BYTES: usize = 256;
 /// While the tree holds at most this many entries, `list` re-verifies every
 /// chain from seq 1; past it, only what was not verified before.
@@ -65,6 +96,19 @@ const MAX_SYNC_ROUNDS: usize = 16;
 const PUSH_CONCURRENCY: usize = 8;
 /// Local entries waiting to be pushed (dropped past it; sync delivers them).
 const PUSH_QUEUE: usize = 1024;
+/// [`AuditLog::append_limited`]: at most one entry per (action, subject)
+/// per window; the ones in between are counted into the next entry.
+const LIMITED_WINDOW: Duration = Duration::from_secs(60);
+/// (action, subject) pairs tracked by `append_limited`; past it, new
+/// subjects share one overflow subject (`*`).
+const MAX_LIMITED_SUBJECTS: usize = 4096;
+/// After start, appends wait (at most this long) for a first sync with a
+/// peer, so a node whose store was restored from a snapshot (an update
+/// rolled back) takes back the later entries of its own chain that peers
+/// hold before it appends, instead of forking its chain.
+const CATCHUP_MAX_WAIT: Duration = Duration::from_secs(3);
+/// Retry period of the sync until that first sync succeeded.
+const CATCHUP_RETRY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -86,9 +130,19 @@ fn store_err<E: std::fmt::Display>(e: E) -> AuditError {
 #[derive(Debug, Serialize, Deserialize)]
 enum AuditCall {
     /// The caller's last seq per chain; the answer is what it lacks.
-    Heads { heads: BTreeMap<String, u64> },
+    Heads {
+        heads: BTreeMap<String, u64>,
+        /// The seq of the caller's highest signed head per chain.
+        #[serde(default)]
+        signed: BTreeMap<String, u64>,
+    },
     /// Entries to merge (new local entries, or what a sync found missing).
-    Push { entries: Vec<AuditEntry> },
+    Push {
+        entries: Vec<AuditEntry>,
+        /// Signed heads the receiver holds lower (or not at all).
+        #[serde(default)]
+        signed_heads: Vec<SignedHead>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -99,6 +153,12 @@ enum AuditReply {
         heads: BTreeMap<String, u64>,
         /// More were left out by the bounds; ask again.
         more: bool,
+        /// Signed heads the caller holds lower (or not at all).
+        #[serde(default)]
+        signed_heads: Vec<SignedHead>,
+        /// The answering node's signed head seqs, so the caller can push back.
+        #[serde(default)]
+        signed: BTreeMap<String, u64>,
     },
     Ack {
         accepted: u64,
@@ -127,7 +187,7 @@ impl Metrics {
         );
         registry.register(
             "plexi_audit_rejected_entries",
-            "Audit entries from peers refused, by reason (gap, unlinked, bad_hash, fork, invalid, full)",
+            "Audit entries from peers refused, by reason (gap, unlinked, bad_hash, bad_signature, unsigned, fork, invalid, full)",
             m.rejected.clone(),
         );
         m
@@ -138,17 +198,21 @@ impl Metrics {
     }
 }
 
-/// The last entry of one chain.
-#[derive(Clone, Debug, PartialEq)]
-struct Head {
-    seq: u64,
-    hash: String,
-}
-
 /// What `AuditLog` shares with its blocking tasks.
 struct Shared {
     tree: sled::Tree,
-    node_id: String,
+    /// Highest signed head seen per chain (see the module doc).
+    signed_heads: sled::Tree,
+    /// Chains from before signing, read-only.
+    legacy: sled::Tree,
+    /// Token names audited (see [`AuditLog::record_tokens`]).
+    tokens: sled::Tree,
+    /// This node's libp2p key: signs its entries.
+    keypair: Keypair,
+    /// This node's chain: its peer id.
+    chain_id: String,
+    /// This node's name, shown in its entries.
+    node_name: String,
     /// Last entry per chain; the lock serialises every insert.
     heads: Mutex<BTreeMap<String, Head>>,
     /// Verified prefix per chain (`list` continues from it).
@@ -159,72 +223,14 @@ struct Shared {
 /// The audit log of one node (see the module doc).
 pub struct AuditLog {
     shared: Arc<Shared>,
+    /// `append_limited` windows: (action, subject) -> (window start, entries
+    /// suppressed in it).
+    limited: Mutex<std::collections::HashMap<(String, String), (std::time::Instant, u64)>>,
     events: broadcast::Sender<AuditEntry>,
     push: OnceLock<mpsc::Sender<AuditEntry>>,
-}
-
-fn key(node_id: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(node_id.len() + 9);
-    k.extend_from_slice(node_id.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn prefix(node_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(node_id.len() + 1);
-    k.extend_from_slice(node_id.as_bytes());
-    k.push(0);
-    k
-}
-
-/// JSON as CBOR with object keys sorted, so the same detail always encodes
-/// to the same bytes whatever map order serde_json was built with.
-fn canonical(v: &serde_json::Value) -> ciborium::Value {
-    use ciborium::Value as C;
-    match v {
-        serde_json::Value::Null => C::Null,
-        serde_json::Value::Bool(b) => C::Bool(*b),
-        serde_json::Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                C::Integer(u.into())
-            } else if let Some(i) = n.as_i64() {
-                C::Integer(i.into())
-            } else {
-                C::Float(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        serde_json::Value::String(s) => C::Text(s.clone()),
-        serde_json::Value::Array(a) => C::Array(a.iter().map(canonical).collect()),
-        serde_json::Value::Object(m) => {
-            let sorted: BTreeMap<&String, &serde_json::Value> = m.iter().collect();
-            C::Map(
-                sorted
-                    .into_iter()
-                    .map(|(k, v)| (C::Text(k.clone()), canonical(v)))
-                    .collect(),
-            )
-        }
-    }
-}
-
-/// blake3 (hex) of the canonical CBOR of every field but `hash`.
-pub fn entry_hash(e: &AuditEntry) -> String {
-    use ciborium::Value as C;
-    let body = C::Array(vec![
-        C::Text("plexi-audit-1".into()),
-        C::Text(e.node_id.to_string()),
-        C::Integer(e.seq.into()),
-        C::Text(e.at.clone()),
-        C::Text(e.actor.clone()),
-        C::Text(e.action.clone()),
-        e.operation_id.clone().map(C::Text).unwrap_or(C::Null),
-        canonical(&e.detail),
-        C::Text(e.prev_hash.clone()),
-    ]);
-    let mut bytes = Vec::new();
-    ciborium::ser::into_writer(&body, &mut bytes).expect("a CBOR value encodes into a Vec");
-    blake3::hash(&bytes).to_hex().to_string()
+    /// False from `spawn_sync` until the first sync with a peer (or
+    /// [`CATCHUP_MAX_WAIT`]); appends wait for it.
+    caught_up: tokio::sync::watch::Sender<bool>,
 }
 
 fn is_hex64(s: &str) -> bool {
@@ -233,13 +239,25 @@ fn is_hex64(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn valid_node_id(id: &str) -> bool {
+fn valid_name(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_FIELD_BYTES && !id.contains('\0')
 }
 
-/// Checks an entry's shape (not its place in a chain); the encoded size on Ok.
+/// Checks a signed entry's shape (not its place in a chain or its
+/// signature); the encoded bytes on Ok.
 fn check_shape(e: &AuditEntry) -> Result<Vec<u8>, &'static str> {
-    if !valid_node_id(e.node_id.as_str())
+    let Some(peer) = e.peer_id.as_deref() else {
+        return Err("unsigned");
+    };
+    if e.signature.is_none() {
+        return Err("unsigned");
+    }
+    if !valid_name(e.node_id.as_str())
+        || !valid_name(peer)
+        || peer.parse::<PeerId>().is_err()
+        || e.signature
+            .as_ref()
+            .is_some_and(|s| s.len() != SIGNATURE_HEX_LEN)
         || e.actor.len() > MAX_FIELD_BYTES
         || e.action.len() > MAX_FIELD_BYTES
         || e.at.len() > 64
@@ -261,10 +279,56 @@ fn check_shape(e: &AuditEntry) -> Result<Vec<u8>, &'static str> {
     Ok(bytes)
 }
 
-/// Last entry of every chain in the tree, found by jumping from chain to
-/// chain (one seek per chain, not a scan).
-fn load_heads(tree: &sled::Tree) -> Result<BTreeMap<String, Head>, AuditError> {
-    let mut heads = BTreeMap::new();
+/// The checks an entry from a peer passes on its own, before its place in
+/// a chain is looked at: shape, hash, and a signature by the chain's owner.
+/// The encoded entry and its signed head on Ok; the refusal reason else.
+fn check_standalone(e: &AuditEntry) -> Result<(Vec<u8>, SignedHead), &'static str> {
+    let bytes = check_shape(e)?;
+    if entry_hash(e) != e.hash {
+        return Err("bad_hash");
+    }
+    // Only the chain's owner can have signed it.
+    let head = SignedHead::of(e)
+        .filter(SignedHead::verifies)
+        .ok_or("bad_signature")?;
+    Ok((bytes, head))
+}
+
+/// What a peer's `audit` body goes through before anything is stored: the
+/// decoders of the call and of the reply, and for every entry and signed
+/// head inside, the shape check, the hash and the signature check. Returns
+/// how many entries would pass those checks (a chain link is checked only
+/// against a stored chain). The fuzz target's entry; never panics.
+pub fn check_peer_body(body: &[u8]) -> usize {
+    let (entries, heads) = match decode_cbor::<AuditCall>(body) {
+        Ok(AuditCall::Push {
+            entries,
+            signed_heads,
+        }) => (entries, signed_heads),
+        Ok(AuditCall::Heads { .. }) => (Vec::new(), Vec::new()),
+        Err(_) => match decode_cbor::<AuditReply>(body) {
+            Ok(AuditReply::Entries {
+                entries,
+                signed_heads,
+                ..
+            }) => (entries, signed_heads),
+            _ => (Vec::new(), Vec::new()),
+        },
+    };
+    for h in &heads {
+        let _ = h.verifies();
+    }
+    entries
+        .iter()
+        .filter(|e| check_standalone(e).is_ok())
+        .count()
+}
+
+/// Every chain in `tree`, found by jumping from chain to chain (one seek
+/// per chain, not a scan). Keys without a separator or a UTF-8 chain name
+/// are logged and skipped.
+fn chain_names(tree: &sled::Tree) -> Result<Vec<String>, AuditError> {
+    let mut out = Vec::new();
     let mut from: Vec<u8> = Vec::new();
     while let Some(item) = tree.range(from.clone()..).next() {
         let (k, _) = item.map_err(store_err)?;
@@ -274,42 +338,154 @@ fn load_heads(tree: &sled::Tree) -> Result<BTreeMap<String, Head>, AuditError> {
             from.push(0);
             continue;
         };
-        let chain_prefix = k[..=nul].to_vec();
-        let mut next = k[..nul].to_vec();
-        next.push(1);
-        let last = tree.scan_prefix(&chain_prefix).next_back();
-        from = next;
-        let Ok(node_id) = std::str::from_utf8(&k[..nul]) else {
-            tracing::error!(key = ?k, "audit chain with a non-UTF-8 name skipped");
+        from = k[..nul].to_vec();
+        from.push(1);
+        match std::str::from_utf8(&k[..nul]) {
+            Ok(name) => out.push(name.to_string()),
+            Err(_) => tracing::error!(key = ?k, "audit chain with a non-UTF-8 name skipped"),
+        }
+    }
+    Ok(out)
+}
+
+/// Last entry of every chain in the tree.
+fn load_heads(tree: &sled::Tree) -> Result<BTreeMap<String, Head>, AuditError> {
+    let mut heads = BTreeMap::new();
+    for chain in chain_names(tree)? {
+        let Some(last) = tree.scan_prefix(prefix(&chain)).next_back() else {
             continue;
         };
-        let Some(last) = last else { continue };
         let (lk, lv) = last.map_err(store_err)?;
-        let seq = match <[u8; 8]>::try_from(&lk[nul + 1..]) {
-            Ok(b) => u64::from_be_bytes(b),
-            Err(_) => {
-                tracing::error!(
-                    chain = node_id,
-                    "audit key with a malformed seq; chain skipped"
-                );
-                continue;
-            }
+        let Some(seq) = chain::key_seq(&chain, &lk) else {
+            tracing::error!(chain, "audit key with a malformed seq; chain skipped");
+            continue;
         };
         let hash = match decode_cbor::<AuditEntry>(&lv) {
             Ok(e) => e.hash,
             Err(e) => {
-                tracing::error!(chain = node_id, seq, error = %e, "last audit entry is undecodable");
+                tracing::error!(chain, seq, error = %e, "last audit entry is undecodable");
                 ZERO_HASH.to_string()
             }
         };
-        heads.insert(node_id.to_string(), Head { seq, hash });
+        heads.insert(chain, Head { seq, hash });
     }
     Ok(heads)
 }
 
+/// Moves every chain not keyed by a peer id (written before chains were
+/// signed) from `tree` into `legacy`, once; returns how many entries moved.
+fn migrate_legacy(tree: &sled::Tree, legacy: &sled::Tree) -> Result<u64, AuditError> {
+    let mut moved = 0u64;
+    for chain in chain_names(tree)? {
+        if chain.parse::<PeerId>().is_ok() {
+            continue;
+        }
+        for item in tree.scan_prefix(prefix(&chain)) {
+            let (k, v) = item.map_err(store_err)?;
+            legacy.insert(&k, v).map_err(store_err)?;
+            moved += 1;
+        }
+        legacy.flush().map_err(store_err)?;
+        for item in tree.scan_prefix(prefix(&chain)).keys() {
+            tree.remove(item.map_err(store_err)?).map_err(store_err)?;
+        }
+    }
+    if moved > 0 {
+        tree.flush().map_err(store_err)?;
+    }
+    Ok(moved)
+}
+
 impl Shared {
     fn flush(&self) -> Result<(), AuditError> {
-        self.tree.flush().map(|_| ()).map_err(store_err)
+        self.tree.flush().map(|_| ()).map_err(store_err)?;
+        self.signed_heads.flush().map(|_| ()).map_err(store_err)
+    }
+
+    fn signed_head(&self, chain: &str) -> Option<SignedHead> {
+        match self.signed_heads.get(chain.as_bytes()) {
+            Ok(Some(v)) => decode_cbor(&v).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(chain, error = %e, "signed head unreadable");
+                None
+            }
+        }
+    }
+
+    /// Keeps `h` as the chain's highest signed head if it verifies and is
+    /// higher than the one held; true when kept.
+    fn raise_signed_head(&self, h: &SignedHead) -> bool {
+        if !h.verifies() {
+            self.metrics.reject("bad_signature");
+            return false;
+        }
+        if self
+            .signed_head(&h.peer_id)
+            .is_some_and(|old| old.seq >= h.seq)
+        {
+            return false;
+        }
+        let known = self.heads.lock().expect("audit heads lock").len();
+        if self.signed_head(&h.peer_id).is_none() && known >= MAX_CHAINS {
+            self.metrics.reject("full");
+            return false;
+        }
+        match encode_cbor(h) {
+            Ok(bytes) => match self.signed_heads.insert(h.peer_id.as_bytes(), bytes) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "signed head not stored");
+                    false
+                }
+            },
+            Err(_) => false,
+        }
+    }
+
+    fn signed_seqs(&self) -> BTreeMap<String, u64> {
+        self.signed_heads
+            .iter()
+            .filter_map(|i| i.ok())
+            .filter_map(|(k, v)| {
+                let h: SignedHead = decode_cbor(&v).ok()?;
+                Some((String::from_utf8(k.to_vec()).ok()?, h.seq))
+            })
+            .take(MAX_CHAINS)
+            .collect()
+    }
+
+    /// Our signed heads that are higher than `theirs` (bounded).
+    fn signed_missing(&self, theirs: &BTreeMap<String, u64>) -> Vec<SignedHead> {
+        self.signed_heads
+            .iter()
+            .filter_map(|i| i.ok())
+            .filter_map(|(_, v)| decode_cbor::<SignedHead>(&v).ok())
+            .filter(|h| theirs.get(&h.peer_id).is_none_or(|&s| s < h.seq))
+            .take(MAX_CHAINS)
+            .collect()
+    }
+
+    /// Signed heads from a peer; returns how many raised ours.
+    fn merge_signed_heads(&self, heads: Vec<SignedHead>, from: &str) -> u64 {
+        let mut raised = 0;
+        for h in heads.into_iter().take(MAX_CHAINS) {
+            if self.raise_signed_head(&h) {
+                raised += 1;
+                if h.peer_id == self.chain_id {
+                    let held = self.head_seqs().get(&self.chain_id).copied().unwrap_or(0);
+                    if held < h.seq {
+                        tracing::error!(peer = from, held, signed = h.seq, "our own audit chain is behind a head we signed: it was truncated here (the sync restores what links)");
+                    }
+                }
+            }
+        }
+        if raised > 0 {
+            if let Err(e) = self.flush() {
+                tracing::error!(error = %e, "audit flush after signed heads failed");
+            }
+        }
+        raised
     }
 
     fn append(
@@ -320,18 +496,16 @@ impl Shared {
         detail: serde_json::Value,
     ) -> Result<AuditEntry, AuditError> {
         let mut heads = self.heads.lock().expect("audit heads lock");
-        let head = heads.get(&self.node_id).cloned().unwrap_or(Head {
-            seq: 0,
-            hash: ZERO_HASH.into(),
-        });
+        let head = heads.get(&self.chain_id).cloned().unwrap_or(Head::zero());
         if head.seq >= MAX_SEQ {
-            return Err(AuditError::Full(self.node_id.clone()));
+            return Err(AuditError::Full(self.node_name.clone()));
         }
-        if !heads.contains_key(&self.node_id) && heads.len() >= MAX_CHAINS {
+        if !heads.contains_key(&self.chain_id) && heads.len() >= MAX_CHAINS {
             return Err(AuditError::Full(format!("the tree ({MAX_CHAINS} chains)")));
         }
         let mut entry = AuditEntry {
-            node_id: self.node_id.clone().into(),
+            node_id: self.node_name.clone().into(),
+            peer_id: Some(self.chain_id.clone()),
             seq: head.seq + 1,
             at: rfc3339_ms(wall_ms()),
             actor: actor.to_string(),
@@ -340,20 +514,35 @@ impl Shared {
             detail,
             prev_hash: head.hash,
             hash: String::new(),
+            signature: None,
         };
         entry.hash = entry_hash(&entry);
+        entry.signature = Some(sign_head(
+            &self.keypair,
+            &self.chain_id,
+            entry.seq,
+            &entry.hash,
+        )?);
         let bytes = check_shape(&entry).map_err(|_| {
             AuditError::Invalid(format!(
                 "fields over {MAX_FIELD_BYTES} bytes or entry over {MAX_ENTRY_BYTES} bytes"
             ))
         })?;
         self.tree
-            .insert(key(entry.node_id.as_str(), entry.seq), bytes)
+            .insert(key(&self.chain_id, entry.seq), bytes)
             .map_err(store_err)?;
+        if let Some(h) = SignedHead::of(&entry) {
+            self.signed_heads
+                .insert(
+                    self.chain_id.as_bytes(),
+                    encode_cbor(&h).map_err(store_err)?,
+                )
+                .map_err(store_err)?;
+        }
         // Durable before anyone (caller or peer) sees it.
         self.flush()?;
         heads.insert(
-            entry.node_id.to_string(),
+            self.chain_id.clone(),
             Head {
                 seq: entry.seq,
                 hash: entry.hash.clone(),
@@ -366,39 +555,35 @@ impl Shared {
     /// Merges remote entries; returns the ones stored (in order) and how
     /// many were refused. Duplicates are neither.
     fn merge(&self, mut entries: Vec<AuditEntry>, from: &str) -> (Vec<AuditEntry>, u64) {
-        entries.sort_by(|a, b| a.node_id.cmp(&b.node_id).then(a.seq.cmp(&b.seq)));
+        entries.sort_by(|a, b| a.peer_id.cmp(&b.peer_id).then(a.seq.cmp(&b.seq)));
         let mut accepted = Vec::new();
         let mut rejected = 0u64;
         let mut heads = self.heads.lock().expect("audit heads lock");
         for e in entries {
+            let chain = e.peer_id.clone().unwrap_or_default();
             let reject = |reason: &'static str| {
                 self.metrics.reject(reason);
                 if reason == "fork" {
-                    tracing::error!(peer = from, chain = %e.node_id, seq = e.seq, hash = %e.hash, "audit fork: a different entry at a seq already held; refused");
+                    tracing::error!(peer = from, chain = %chain, node = %e.node_id, seq = e.seq, hash = %e.hash, "audit fork: a different entry at a seq already held; refused");
                 } else {
-                    tracing::debug!(peer = from, chain = %e.node_id, seq = e.seq, reason, "audit entry refused");
+                    tracing::debug!(peer = from, chain = %chain, seq = e.seq, reason, "audit entry refused");
                 }
             };
-            let bytes = match check_shape(&e) {
-                Ok(b) => b,
+            let (bytes, head_sig) = match check_standalone(&e) {
+                Ok(checked) => checked,
                 Err(reason) => {
                     reject(reason);
                     rejected += 1;
                     continue;
                 }
             };
-            if entry_hash(&e) != e.hash {
-                reject("bad_hash");
-                rejected += 1;
-                continue;
-            }
-            let head = heads.get(e.node_id.as_str()).cloned();
+            let head = heads.get(&chain).cloned();
             let (head_seq, head_hash) = head
                 .as_ref()
                 .map(|h| (h.seq, h.hash.as_str()))
                 .unwrap_or((0, ZERO_HASH));
             if e.seq <= head_seq {
-                match self.tree.get(key(e.node_id.as_str(), e.seq)) {
+                match self.tree.get(key(&chain, e.seq)) {
                     Ok(Some(v)) => match decode_cbor::<AuditEntry>(&v) {
                         Ok(held) if held.hash == e.hash => {} // already held
                         _ => {
@@ -432,26 +617,30 @@ impl Shared {
                 rejected += 1;
                 continue;
             }
-            if let Err(err) = self.tree.insert(key(e.node_id.as_str(), e.seq), bytes) {
+            if let Err(err) = self.tree.insert(key(&chain, e.seq), bytes) {
                 tracing::error!(error = %err, "audit store write failed during merge");
                 rejected += 1;
                 continue;
             }
             heads.insert(
-                e.node_id.to_string(),
+                chain.clone(),
                 Head {
                     seq: e.seq,
                     hash: e.hash.clone(),
                 },
             );
-            accepted.push(e);
+            accepted.push((e, head_sig));
+        }
+        drop(heads);
+        for (_, h) in &accepted {
+            self.raise_signed_head(h);
         }
         if !accepted.is_empty() {
             if let Err(e) = self.flush() {
                 tracing::error!(error = %e, "audit flush after merge failed");
             }
         }
-        (accepted, rejected)
+        (accepted.into_iter().map(|(e, _)| e).collect(), rejected)
     }
 
     fn head_seqs(&self) -> BTreeMap<String, u64> {
@@ -498,66 +687,43 @@ impl Shared {
         Ok((out, false))
     }
 
-    /// Verifies every chain from seq 1 (or from its verified prefix once
-    /// the tree is large); true when all link and hash correctly.
-    fn verify(&self) -> Result<bool, AuditError> {
+    /// Checks every chain (signed ones from seq 1, or from their verified
+    /// prefix when `incremental` and the tree is large) and every legacy
+    /// chain, one report per chain.
+    fn check_all(&self, incremental: bool) -> Result<Vec<AuditChainReport>, AuditError> {
         let heads = self.heads.lock().expect("audit heads lock").clone();
         let total: u64 = heads.values().map(|h| h.seq).sum();
-        let mut verified = self.verified.lock().expect("audit verified lock");
-        let mut all_ok = true;
-        for (chain, head) in &heads {
-            let start = match verified.get(chain) {
-                Some(v) if total > FULL_VERIFY_MAX && v.seq <= head.seq => v.clone(),
-                _ => Head {
-                    seq: 0,
-                    hash: ZERO_HASH.into(),
-                },
-            };
-            let (good, ok) = self.verify_chain(chain, start, head)?;
-            verified.insert(chain.clone(), good);
-            all_ok &= ok;
-        }
-        Ok(all_ok)
-    }
-
-    /// Walks `chain` from after `from` to `head`; returns the last good
-    /// entry and whether the chain was good to its head.
-    fn verify_chain(
-        &self,
-        chain: &str,
-        from: Head,
-        head: &Head,
-    ) -> Result<(Head, bool), AuditError> {
-        let mut good = from;
-        let mut it = self.tree.range(key(chain, good.seq + 1)..);
-        while good.seq < head.seq {
-            let Some(item) = it.next() else {
-                return Ok((good, false));
-            };
-            let (k, v) = item.map_err(store_err)?;
-            let next = good.seq + 1;
-            let expected_key = key(chain, next);
-            let entry = decode_cbor::<AuditEntry>(&v).ok().filter(|e| {
-                k.as_ref() == expected_key.as_slice()
-                    && e.node_id == chain
-                    && e.seq == next
-                    && e.prev_hash == good.hash
-                    && entry_hash(e) == e.hash
-            });
-            match entry {
-                Some(e) => {
-                    good = Head {
-                        seq: next,
-                        hash: e.hash,
-                    }
-                }
-                None => {
-                    tracing::error!(chain, seq = next, "audit chain does not verify");
-                    return Ok((good, false));
-                }
+        let mut chains: Vec<String> = heads.keys().cloned().collect();
+        for name in self
+            .signed_heads
+            .iter()
+            .keys()
+            .filter_map(|k| String::from_utf8(k.ok()?.to_vec()).ok())
+        {
+            if !heads.contains_key(&name) {
+                chains.push(name); // a signed head without a chain: truncated
             }
         }
-        Ok((good.clone(), good.hash == head.hash))
+        let mut verified = self.verified.lock().expect("audit verified lock");
+        let mut out = Vec::new();
+        for chain in &chains {
+            let start = match verified.get(chain) {
+                Some(v) if incremental && total > FULL_VERIFY_MAX => v.clone(),
+                _ => Head::zero(),
+            };
+            let signed = self.signed_head(chain);
+            let check = check_chain(&self.tree, chain, start, signed.as_ref(), false)?;
+            if let Some(p) = &check.problem {
+                tracing::error!(chain, seq = p.seq, fault = ?p.fault, "audit chain does not verify");
+            }
+            verified.insert(chain.clone(), check.good.clone());
+            out.push(report(chain, check, signed.map(|h| h.seq)));
+        }
+        for chain in chain_names(&self.legacy)? {
+            let check = check_chain(&self.legacy, &chain, Head::zero(), None, true)?;
+            out.push(report(&chain, check, None));
+        }
+        Ok(out)
     }
 
     fn list(&self, limit: usize) -> Result<AuditList, AuditError> {
@@ -570,8 +736,8 @@ impl Shared {
             .cloned()
             .collect();
         let mut entries = Vec::new();
-        for chain in &chains {
-            for item in self.tree.scan_prefix(prefix(chain)).rev().take(limit) {
+        let mut take = |tree: &sled::Tree, chain: &str| -> Result<(), AuditError> {
+            for item in tree.scan_prefix(prefix(chain)).rev().take(limit) {
                 let (_, v) = item.map_err(store_err)?;
                 match decode_cbor::<AuditEntry>(&v) {
                     Ok(e) => entries.push(e),
@@ -580,6 +746,13 @@ impl Shared {
                     }
                 }
             }
+            Ok(())
+        };
+        for chain in &chains {
+            take(&self.tree, chain)?;
+        }
+        for chain in chain_names(&self.legacy)? {
+            take(&self.legacy, &chain)?;
         }
         entries.sort_by(|a, b| {
             b.at.cmp(&a.at)
@@ -587,40 +760,122 @@ impl Shared {
                 .then(b.seq.cmp(&a.seq))
         });
         entries.truncate(limit);
+        let chains_verified = self
+            .check_all(true)?
+            .iter()
+            .all(|c| c.status != AuditChainStatus::Failed);
         Ok(AuditList {
             entries,
-            chains_verified: self.verify()?,
+            chains_verified,
         })
     }
 }
 
+fn report(chain: &str, check: chain::ChainCheck, signed_head_seq: Option<u64>) -> AuditChainReport {
+    AuditChainReport {
+        chain: chain.to_string(),
+        node_id: check.node_name.map(Into::into),
+        status: check.status,
+        entries: check.entries,
+        head_seq: check.head_seq,
+        signed_head_seq,
+        problem: check.problem,
+    }
+}
+
 impl AuditLog {
-    /// Opens the `audit` tree of `store` for the node named `node_id`.
+    /// Opens the audit trees of `store` for the node whose libp2p key is
+    /// `keypair` (its chain is its peer id) and whose name is `node_name`.
+    /// Moves legacy (unsigned) chains aside first, once.
     pub fn open(
         store: &NodeStore,
-        node_id: String,
+        keypair: Keypair,
+        node_name: String,
         registry: &mut Registry,
     ) -> Result<Arc<Self>, AuditError> {
-        if !valid_node_id(&node_id) {
-            return Err(AuditError::Invalid(format!("node id {node_id:?}")));
+        if !valid_name(&node_name) {
+            return Err(AuditError::Invalid(format!("node name {node_name:?}")));
         }
-        let tree = store.tree("audit").map_err(store_err)?;
+        let tree = store.tree(TREE).map_err(store_err)?;
+        let legacy = store.tree(LEGACY_TREE).map_err(store_err)?;
+        let moved = migrate_legacy(&tree, &legacy)?;
+        if moved > 0 {
+            tracing::warn!(entries = moved, tree = LEGACY_TREE, "unsigned audit entries from before signed chains moved aside: still listed, verified as legacy_unsigned, not replicated");
+        }
         let heads = load_heads(&tree)?;
+        let chain_id = keypair.public().to_peer_id().to_string();
+        let shared = Shared {
+            tree,
+            signed_heads: store.tree(SIGNED_HEADS_TREE).map_err(store_err)?,
+            legacy,
+            tokens: store.tree(TOKENS_TREE).map_err(store_err)?,
+            keypair,
+            chain_id,
+            node_name,
+            heads: Mutex::new(heads),
+            verified: Mutex::new(BTreeMap::new()),
+            metrics: Metrics::register(registry),
+        };
+        let held = shared
+            .head_seqs()
+            .get(&shared.chain_id)
+            .copied()
+            .unwrap_or(0);
+        if let Some(h) = shared
+            .signed_head(&shared.chain_id)
+            .filter(|h| h.seq > held)
+        {
+            tracing::error!(
+                held,
+                signed = h.seq,
+                "our own audit chain ends before the last head we signed: it was truncated"
+            );
+        }
         Ok(Arc::new(AuditLog {
-            shared: Arc::new(Shared {
-                tree,
-                node_id,
-                heads: Mutex::new(heads),
-                verified: Mutex::new(BTreeMap::new()),
-                metrics: Metrics::register(registry),
-            }),
+            shared: Arc::new(shared),
+            limited: Mutex::default(),
             events: broadcast::channel(1024).0,
             push: OnceLock::new(),
+            caught_up: tokio::sync::watch::channel(true).0,
         }))
     }
 
-    /// Appends to this node's chain; durable when it returns. Pushed to
-    /// every alive member in the background once `spawn_sync` ran.
+    /// Appends `token.added` for every token name this node has not seen
+    /// in its config before, and `token.changed` for a name whose role or
+    /// token changed (a rotation): name and role only, never the token or
+    /// its hash. `tokens`: (name, role, the token's blake3 hash).
+    pub async fn record_tokens(
+        &self,
+        actor: &str,
+        tokens: Vec<(String, &'static str, [u8; 32])>,
+    ) -> Result<u64, AuditError> {
+        let tree = &self.shared.tokens;
+        let mut appended = 0;
+        for (name, role, hash) in tokens {
+            let seen = format!("{role}:{}", &blake3::hash(&hash).to_hex()[..16]);
+            let before = tree.get(name.as_bytes()).map_err(store_err)?;
+            let action = match &before {
+                None => "token.added",
+                Some(v) if v.as_ref() == seen.as_bytes() => continue,
+                Some(_) => "token.changed",
+            };
+            let detail = serde_json::json!({ "name": name, "role": role });
+            self.append(actor, action, None, detail).await?;
+            tree.insert(name.as_bytes(), seen.as_bytes())
+                .map_err(store_err)?;
+            tree.flush().map_err(store_err)?;
+            appended += 1;
+        }
+        Ok(appended)
+    }
+
+    /// This node's chain: its peer id.
+    pub fn chain_id(&self) -> &str {
+        &self.shared.chain_id
+    }
+
+    /// Appends to this node's chain, signed; durable when it returns.
+    /// Pushed to every alive member in the background once `spawn_sync` ran.
     pub async fn append(
         &self,
         actor: &str,
@@ -628,6 +883,10 @@ impl AuditLog {
         operation_id: Option<&str>,
         detail: serde_json::Value,
     ) -> Result<AuditEntry, AuditError> {
+        let mut caught_up = self.caught_up.subscribe();
+        if !*caught_up.borrow() {
+            let _ = tokio::time::timeout(CATCHUP_MAX_WAIT, caught_up.wait_for(|c| *c)).await;
+        }
         let shared = self.shared.clone();
         let (actor, action, op) = (
             actor.to_string(),
@@ -652,6 +911,57 @@ impl AuditLog {
         Ok(entry)
     }
 
+    /// [`Self::append`] for high-volume actions (refused peer calls, join
+    /// attempts): at most one entry per (`action`, `subject`) per
+    /// [`LIMITED_WINDOW`]. The ones in between are not written but counted,
+    /// and the next entry for that pair carries the count as
+    /// `suppressed_before` in its detail. None when this one was counted.
+    pub async fn append_limited(
+        &self,
+        subject: &str,
+        actor: &str,
+        action: &str,
+        operation_id: Option<&str>,
+        detail: serde_json::Value,
+    ) -> Result<Option<AuditEntry>, AuditError> {
+        let suppressed = {
+            let now = std::time::Instant::now();
+            let mut windows = self.limited.lock().expect("audit limiter lock");
+            let mut k = (action.to_string(), subject.to_string());
+            if !windows.contains_key(&k) && windows.len() >= MAX_LIMITED_SUBJECTS {
+                windows.retain(|_, (since, _)| now.duration_since(*since) < LIMITED_WINDOW);
+                if windows.len() >= MAX_LIMITED_SUBJECTS {
+                    k.1 = "*".into();
+                }
+            }
+            match windows.get_mut(&k) {
+                Some((since, n)) if now.duration_since(*since) < LIMITED_WINDOW => {
+                    *n += 1;
+                    return Ok(None);
+                }
+                Some((since, n)) => {
+                    *since = now;
+                    std::mem::take(n)
+                }
+                None => {
+                    windows.insert(k, (now, 0));
+                    0
+                }
+            }
+        };
+        let detail = match (detail, suppressed) {
+            (d, 0) => d,
+            (serde_json::Value::Object(mut m), n) => {
+                m.insert("suppressed_before".into(), n.into());
+                serde_json::Value::Object(m)
+            }
+            (d, n) => serde_json::json!({ "detail": d, "suppressed_before": n }),
+        };
+        self.append(actor, action, operation_id, detail)
+            .await
+            .map(Some)
+    }
+
     /// Newest first across every chain (by `at`, then node id), at most
     /// `limit` (1..=10 000), and whether every stored chain verifies.
     /// Blocking (sled reads): call it from a blocking task.
@@ -659,20 +969,41 @@ impl AuditLog {
         self.shared.list(limit)
     }
 
+    /// Checks every chain this node holds from seq 1: hash, link, seq
+    /// continuity, signature, signer = chain owner, and the end against
+    /// the highest signed head seen. Blocking: call it from a blocking task.
+    pub fn verify(&self) -> Result<AuditVerifyReport, AuditError> {
+        let chains = self.shared.check_all(false)?;
+        Ok(AuditVerifyReport {
+            node_id: self.shared.node_name.clone().into(),
+            ok: chains.iter().all(|c| c.status != AuditChainStatus::Failed),
+            chains,
+        })
+    }
+
     /// New entries, local or merged from peers.
     pub fn subscribe(&self) -> broadcast::Receiver<AuditEntry> {
         self.events.subscribe()
     }
 
-    async fn merge(&self, entries: Vec<AuditEntry>, from: String) -> Result<(u64, u64), String> {
-        if entries.is_empty() {
+    async fn merge(
+        &self,
+        entries: Vec<AuditEntry>,
+        signed_heads: Vec<SignedHead>,
+        from: String,
+    ) -> Result<(u64, u64), String> {
+        if entries.is_empty() && signed_heads.is_empty() {
             return Ok((0, 0));
         }
         let shared = self.shared.clone();
-        let (accepted, rejected) =
-            tokio::task::spawn_blocking(move || shared.merge(entries, &from))
-                .await
-                .map_err(|e| e.to_string())?;
+        let (accepted, rejected) = tokio::task::spawn_blocking(move || {
+            // Entries first, so heads they raise are not reported truncated.
+            let merged = shared.merge(entries, &from);
+            shared.merge_signed_heads(signed_heads, &from);
+            merged
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         for e in &accepted {
             let _ = self.events.send(e.clone());
         }
@@ -682,12 +1013,16 @@ impl AuditLog {
     async fn missing(
         &self,
         theirs: BTreeMap<String, u64>,
-    ) -> Result<(Vec<AuditEntry>, bool), String> {
+        their_signed: BTreeMap<String, u64>,
+    ) -> Result<(Vec<AuditEntry>, bool, Vec<SignedHead>), String> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.missing(&theirs))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        tokio::task::spawn_blocking(move || {
+            let (entries, more) = shared.missing(&theirs)?;
+            Ok::<_, AuditError>((entries, more, shared.signed_missing(&their_signed)))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
     }
 
     /// Serves a peer's `audit` call.
@@ -697,23 +1032,35 @@ impl AuditLog {
             CallError::malformed(e)
         })?;
         let reply = match call {
-            AuditCall::Heads { heads } => {
-                let (entries, more) = self.missing(heads).await.map_err(CallError::failed)?;
+            AuditCall::Heads { heads, signed } => {
+                if heads.len() > MAX_CHAINS || signed.len() > MAX_CHAINS {
+                    tracing::warn!(%peer, "oversized audit heads dropped");
+                    return Err(CallError::refused(format!("at most {MAX_CHAINS} chains")));
+                }
+                let (entries, more, signed_heads) = self
+                    .missing(heads, signed)
+                    .await
+                    .map_err(CallError::failed)?;
                 AuditReply::Entries {
                     entries,
                     heads: self.shared.head_seqs(),
                     more,
+                    signed_heads,
+                    signed: self.shared.signed_seqs(),
                 }
             }
-            AuditCall::Push { entries } => {
-                if entries.len() > MAX_BATCH_ENTRIES {
+            AuditCall::Push {
+                entries,
+                signed_heads,
+            } => {
+                if entries.len() > MAX_BATCH_ENTRIES || signed_heads.len() > MAX_CHAINS {
                     tracing::warn!(%peer, n = entries.len(), "oversized audit push dropped");
                     return Err(CallError::refused(format!(
-                        "at most {MAX_BATCH_ENTRIES} entries per push"
+                        "at most {MAX_BATCH_ENTRIES} entries and {MAX_CHAINS} signed heads per push"
                     )));
                 }
                 let (accepted, rejected) = self
-                    .merge(entries, peer.to_string())
+                    .merge(entries, signed_heads, peer.to_string())
                     .await
                     .map_err(CallError::failed)?;
                 AuditReply::Ack { accepted, rejected }
@@ -727,6 +1074,7 @@ impl AuditLog {
     async fn sync_once(&self, p2p: &P2pHandle, peer: PeerId) -> Result<bool, String> {
         let call = encode_cbor(&AuditCall::Heads {
             heads: self.shared.head_seqs(),
+            signed: self.shared.signed_seqs(),
         })
         .map_err(|e| e.to_string())?;
         let bytes = p2p
@@ -737,29 +1085,37 @@ impl AuditLog {
             entries,
             heads,
             more,
+            signed_heads,
+            signed,
         } = decode_cbor(&bytes).map_err(|e| e.to_string())?
         else {
             return Err("unexpected audit reply".into());
         };
-        if entries.len() > MAX_BATCH_ENTRIES {
+        if entries.len() > MAX_BATCH_ENTRIES
+            || signed_heads.len() > MAX_CHAINS
+            || heads.len() > MAX_CHAINS
+            || signed.len() > MAX_CHAINS
+        {
             return Err("oversized audit reply".into());
         }
-        let (accepted, rejected) = self.merge(entries, peer.to_string()).await?;
+        let (accepted, rejected) = self.merge(entries, signed_heads, peer.to_string()).await?;
         if accepted > 0 || rejected > 0 {
             tracing::debug!(%peer, accepted, rejected, "audit entries pulled");
         }
         // Push back what the peer lacks (one bounded batch per round).
-        let (theirs, _) = self.missing(heads).await?;
-        if !theirs.is_empty() {
-            let body =
-                encode_cbor(&AuditCall::Push { entries: theirs }).map_err(|e| e.to_string())?;
+        let (theirs, _, their_heads) = self.missing(heads, signed).await?;
+        if !theirs.is_empty() || !their_heads.is_empty() {
+            let body = encode_cbor(&AuditCall::Push {
+                entries: theirs,
+                signed_heads: their_heads,
+            })
+            .map_err(|e| e.to_string())?;
             p2p.request(peer, SERVICE, body)
                 .await
                 .map_err(|e| e.to_string())?;
         }
         Ok(more && accepted > 0)
     }
-
     /// Starts the background tasks: pushing local entries to every alive
     /// member, and the periodic pull from one random alive member.
     pub fn spawn_sync(self: &Arc<Self>, p2p: P2pHandle) {
@@ -780,7 +1136,10 @@ impl AuditLog {
                             Err(_) => break,
                         }
                     }
-                    let body = match encode_cbor(&AuditCall::Push { entries: batch }) {
+                    let body = match encode_cbor(&AuditCall::Push {
+                        entries: batch,
+                        signed_heads: Vec::new(),
+                    }) {
                         Ok(b) => b,
                         Err(e) => {
                             tracing::error!(error = %e, "audit push not encodable");
@@ -801,13 +1160,23 @@ impl AuditLog {
                 }
             });
         }
+        self.caught_up.send_replace(false);
+        let started = tokio::time::Instant::now();
         let log = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SYNC_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                let catching_up = log.upgrade().is_some_and(|l| !*l.caught_up.borrow());
+                if catching_up {
+                    tokio::time::sleep(CATCHUP_RETRY).await;
+                } else {
+                    tick.tick().await;
+                }
                 let Some(log) = log.upgrade() else { break };
+                if catching_up && started.elapsed() >= CATCHUP_MAX_WAIT {
+                    log.caught_up.send_replace(true);
+                }
                 let peer = {
                     use rand::seq::SliceRandom;
                     p2p.alive_peers().choose(&mut rand::thread_rng()).copied()
@@ -816,7 +1185,10 @@ impl AuditLog {
                 for _ in 0..MAX_SYNC_ROUNDS {
                     match log.sync_once(&p2p, peer).await {
                         Ok(true) => continue,
-                        Ok(false) => break,
+                        Ok(false) => {
+                            log.caught_up.send_replace(true);
+                            break;
+                        }
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "audit sync failed");
                             break;
@@ -835,22 +1207,58 @@ mod tests {
 
     fn open(dir: &std::path::Path, name: &str) -> (Arc<NodeStore>, Arc<AuditLog>) {
         let store = Arc::new(NodeStore::open(&dir.join(name)).unwrap());
-        let log = AuditLog::open(&store, name.into(), &mut Registry::default()).unwrap();
+        let keypair =
+            plexi_p2p::identity::load_or_create(&dir.join(format!("{name}.key"))).unwrap();
+        let log = AuditLog::open(&store, keypair, name.into(), &mut Registry::default()).unwrap();
         (store, log)
     }
 
-    fn chain(log: &AuditLog, node: &str) -> Vec<AuditEntry> {
+    fn chain(log: &AuditLog, chain: &str) -> Vec<AuditEntry> {
         log.shared
             .tree
-            .scan_prefix(prefix(node))
+            .scan_prefix(prefix(chain))
             .map(|i| decode_cbor(&i.unwrap().1).unwrap())
             .collect()
     }
 
+    fn rejected(log: &AuditLog, reason: &'static str) -> u64 {
+        log.shared
+            .metrics
+            .rejected
+            .get_or_create(&ReasonLabels { reason })
+            .get()
+    }
+
     #[tokio::test]
-    async fn appends_link_into_a_chain() {
+    async fn peer_bodies_pass_the_checks_only_when_signed_and_intact() {
         let dir = tempfile::tempdir().unwrap();
         let (_s, log) = open(dir.path(), "a");
+        let e = log.append("admin", "x", None, json!({})).await.unwrap();
+        let push = |entries: Vec<AuditEntry>| {
+            encode_cbor(&AuditCall::Push {
+                entries,
+                signed_heads: Vec::new(),
+            })
+            .unwrap()
+        };
+        assert_eq!(check_peer_body(&push(vec![e.clone()])), 1);
+        let mut forged = e.clone();
+        forged.action = "y".into();
+        assert_eq!(check_peer_body(&push(vec![forged.clone()])), 0);
+        forged.hash = entry_hash(&forged);
+        assert_eq!(
+            check_peer_body(&push(vec![forged])),
+            0,
+            "re-hashed, not re-signed"
+        );
+        assert_eq!(check_peer_body(b"\xff\x00garbage"), 0);
+    }
+
+    #[tokio::test]
+    async fn appends_link_into_a_signed_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_s, log) = open(dir.path(), "a");
+        let id = log.chain_id().to_string();
         let mut events = log.subscribe();
         let e1 = log
             .append(
@@ -874,11 +1282,15 @@ mod tests {
         assert_eq!(e1.prev_hash, ZERO_HASH);
         assert_eq!(e2.prev_hash, e1.hash);
         assert_eq!(entry_hash(&e2), e2.hash);
+        assert_eq!(e2.peer_id.as_deref(), Some(id.as_str()));
+        assert_eq!(e2.node_id.as_str(), "a");
+        assert!(SignedHead::of(&e2).unwrap().verifies());
         assert_eq!(events.recv().await.unwrap(), e1);
-        assert_eq!(chain(&log, "a"), vec![e1.clone(), e2.clone()]);
+        assert_eq!(chain(&log, &id), vec![e1.clone(), e2.clone()]);
         let list = log.list(100).unwrap();
         assert!(list.chains_verified);
         assert_eq!(list.entries, vec![e2.clone(), e1.clone()]);
+        assert_eq!(log.shared.signed_head(&id).unwrap().seq, 2);
 
         // Reopened, the chain continues where it stopped.
         drop(log);
@@ -886,44 +1298,54 @@ mod tests {
         let (_s, log) = open(dir.path(), "a");
         let e3 = log.append("admin", "x", None, json!(null)).await.unwrap();
         assert_eq!((e3.seq, e3.prev_hash.as_str()), (3, e2.hash.as_str()));
-        assert!(log.list(10).unwrap().chains_verified);
+        let report = log.verify().unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.chains.len(), 1);
+        assert_eq!(report.chains[0].status, AuditChainStatus::Ok);
+        assert_eq!(report.chains[0].head_seq, 3);
+        assert_eq!(report.chains[0].signed_head_seq, Some(3));
     }
 
     #[tokio::test]
-    async fn tampered_bytes_fail_verification() {
+    async fn tampering_and_truncation_fail_verification() {
+        use plexi_api::model::AuditFault;
         let dir = tempfile::tempdir().unwrap();
         let (_s, log) = open(dir.path(), "a");
-        for i in 0..3 {
+        let id = log.chain_id().to_string();
+        for i in 0..4 {
             log.append("admin", "act", None, json!({ "i": i }))
                 .await
                 .unwrap();
         }
         assert!(log.list(10).unwrap().chains_verified);
-        let k = key("a", 2);
-        let mut e: AuditEntry = decode_cbor(&log.shared.tree.get(&k).unwrap().unwrap()).unwrap();
-        e.actor = "someone-else".into();
-        log.shared
-            .tree
-            .insert(&k, encode_cbor(&e).unwrap())
-            .unwrap();
-        assert!(!log.list(10).unwrap().chains_verified);
-
-        // Raw byte damage too.
-        let (_s, log) = open(dir.path(), "b");
-        log.append("admin", "act", None, json!(1)).await.unwrap();
-        let k = key("b", 1);
-        let mut raw = log.shared.tree.get(&k).unwrap().unwrap().to_vec();
-        let n = raw.len();
-        raw[n - 3] ^= 0x01;
+        let k = key(&id, 2);
+        let good = log.shared.tree.get(&k).unwrap().unwrap();
+        // One byte of the actor's name (a signature byte would be a
+        // bad_signature).
+        let mut raw = good.to_vec();
+        let at = raw.windows(5).position(|w| w == b"admin").unwrap();
+        raw[at] = b'e';
         log.shared.tree.insert(&k, raw).unwrap();
         assert!(!log.list(10).unwrap().chains_verified);
+        let report = log.verify().unwrap();
+        assert!(!report.ok);
+        let p = report.chains[0].problem.clone().unwrap();
+        assert_eq!((p.seq, p.fault), (2, AuditFault::Modified));
+        log.shared.tree.insert(&k, good).unwrap();
+        assert!(log.verify().unwrap().ok);
+        // The last entry dropped: caught against the signed head.
+        log.shared.tree.remove(key(&id, 4)).unwrap();
+        let p = log.verify().unwrap().chains[0].problem.clone().unwrap();
+        assert_eq!((p.seq, p.fault), (4, AuditFault::Truncated));
     }
 
     #[tokio::test]
-    async fn merge_accepts_links_and_refuses_the_rest() {
+    async fn merge_accepts_signed_links_and_refuses_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let (_sa, a) = open(dir.path(), "a");
         let (_sb, b) = open(dir.path(), "b");
+        let (_sm, mallory) = open(dir.path(), "m");
+        let ida = a.chain_id().to_string();
         let mut src = Vec::new();
         for i in 0..4 {
             src.push(
@@ -932,73 +1354,137 @@ mod tests {
                     .unwrap(),
             );
         }
-        let rejected = |log: &AuditLog, reason: &'static str| {
-            log.shared
-                .metrics
-                .rejected
-                .get_or_create(&ReasonLabels { reason })
-                .get()
+        let merge = |log: &Arc<AuditLog>, entries: Vec<AuditEntry>| {
+            let log = log.clone();
+            async move { log.merge(entries, vec![], "x".into()).await.unwrap() }
         };
 
         // A gap (seq 2 before seq 1) is refused.
-        assert_eq!(
-            b.merge(vec![src[1].clone()], "a".into()).await.unwrap(),
-            (0, 1)
-        );
+        assert_eq!(merge(&b, vec![src[1].clone()]).await, (0, 1));
         assert_eq!(rejected(&b, "gap"), 1);
         // In order (even given out of order in one batch) it links.
         assert_eq!(
-            b.merge(vec![src[1].clone(), src[0].clone()], "a".into())
-                .await
-                .unwrap(),
+            merge(&b, vec![src[1].clone(), src[0].clone()]).await,
             (2, 0)
         );
         // Already held with the same hash: a no-op.
-        assert_eq!(
-            b.merge(vec![src[0].clone()], "a".into()).await.unwrap(),
-            (0, 0)
-        );
+        assert_eq!(merge(&b, vec![src[0].clone()]).await, (0, 0));
 
-        // A forged hash is refused.
+        // A changed entry is refused (hash), and re-hashed it is refused
+        // (signature): only a's key can sign into a's chain.
         let mut forged = src[2].clone();
         forged.actor = "mallory".into();
-        assert_eq!(
-            b.merge(vec![forged.clone()], "x".into()).await.unwrap(),
-            (0, 1)
-        );
+        assert_eq!(merge(&b, vec![forged.clone()]).await, (0, 1));
         assert_eq!(rejected(&b, "bad_hash"), 1);
-        // Re-hashed, it no longer links to what b holds... once b holds seq 3.
         forged.hash = entry_hash(&forged);
-        assert_eq!(
-            b.merge(vec![src[2].clone()], "a".into()).await.unwrap(),
-            (1, 0)
-        );
-        // ...and a different entry at a held seq is a fork.
-        assert_eq!(
-            b.merge(vec![forged.clone()], "x".into()).await.unwrap(),
-            (0, 1)
-        );
-        assert_eq!(rejected(&b, "fork"), 1);
-        // A seq 4 that does not link to b's seq 3 is refused.
+        assert_eq!(merge(&b, vec![forged.clone()]).await, (0, 1));
+        assert_eq!(rejected(&b, "bad_signature"), 1);
+        // Signed by mallory's key but claiming a's chain: refused.
+        forged.signature = Some(sign_head(&mallory.shared.keypair, &ida, 3, &forged.hash).unwrap());
+        assert_eq!(merge(&b, vec![forged.clone()]).await, (0, 1));
+        assert_eq!(rejected(&b, "bad_signature"), 2);
+        // Unsigned (a legacy entry): refused.
+        let mut unsigned = src[2].clone();
+        unsigned.signature = None;
+        assert_eq!(merge(&b, vec![unsigned]).await, (0, 1));
+        assert_eq!(rejected(&b, "unsigned"), 1);
+        // Mallory's own entries go in mallory's chain, whatever name they show.
+        let mut m1 = mallory
+            .append("admin", "act", None, json!(1))
+            .await
+            .unwrap();
+        assert_eq!(merge(&b, vec![m1.clone()]).await, (1, 0));
+        m1.node_id = "a".to_string().into();
+        assert_eq!(merge(&b, vec![m1]).await, (0, 1));
+
+        assert_eq!(merge(&b, vec![src[2].clone()]).await, (1, 0));
+        // A seq 4 that does not link to b's seq 3 is refused even signed.
         let mut unlinked = src[3].clone();
-        unlinked.prev_hash = forged.hash.clone();
+        unlinked.prev_hash = src[0].hash.clone();
         unlinked.hash = entry_hash(&unlinked);
-        assert_eq!(b.merge(vec![unlinked], "x".into()).await.unwrap(), (0, 1));
+        unlinked.signature = Some(sign_head(&a.shared.keypair, &ida, 4, &unlinked.hash).unwrap());
+        assert_eq!(merge(&b, vec![unlinked.clone()]).await, (0, 1));
         assert_eq!(rejected(&b, "unlinked"), 1);
+        // A different signed entry at a held seq is a fork.
+        let mut fork = unlinked.clone();
+        fork.seq = 3;
+        fork.prev_hash = src[1].hash.clone();
+        fork.hash = entry_hash(&fork);
+        fork.signature = Some(sign_head(&a.shared.keypair, &ida, 3, &fork.hash).unwrap());
+        assert_eq!(merge(&b, vec![fork]).await, (0, 1));
+        assert_eq!(rejected(&b, "fork"), 1);
         // Garbage never panics.
         let mut junk = src[3].clone();
-        junk.node_id = "a\0b".into();
+        junk.peer_id = Some("a\0b".into());
         junk.seq = 0;
-        assert_eq!(b.merge(vec![junk], "x".into()).await.unwrap(), (0, 1));
+        assert_eq!(merge(&b, vec![junk]).await, (0, 1));
         assert!(b.serve(PeerId::random(), b"\xff\x00garbage").await.is_err());
 
-        assert_eq!(chain(&b, "a"), src[..3].to_vec());
-        let list = b.list(100).unwrap();
-        assert!(list.chains_verified);
-        assert_eq!(list.entries.len(), 3);
-        // b's own chain starts at 1 beside the merged one.
+        assert_eq!(chain(&b, &ida), src[..3].to_vec());
+        let report = b.verify().unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.chains.len(), 2);
+        // b's own chain starts at 1 beside the merged ones.
         let own = b.append("admin", "act", None, json!(null)).await.unwrap();
         assert_eq!((own.seq, own.prev_hash.as_str()), (1, ZERO_HASH));
+    }
+
+    #[tokio::test]
+    async fn signed_heads_spread_and_catch_a_truncated_copy() {
+        use plexi_api::model::AuditFault;
+        let dir = tempfile::tempdir().unwrap();
+        let (_sa, a) = open(dir.path(), "a");
+        let (_sb, b) = open(dir.path(), "b");
+        let ida = a.chain_id().to_string();
+        let mut src = Vec::new();
+        for i in 0..3 {
+            src.push(a.append("admin", "act", None, json!(i)).await.unwrap());
+        }
+        // b got only the first two entries, then a's signed head at seq 3.
+        b.merge(src[..2].to_vec(), vec![], "a".into())
+            .await
+            .unwrap();
+        let heads = a.shared.signed_missing(&b.shared.signed_seqs());
+        assert_eq!(heads.len(), 1);
+        assert_eq!(heads[0].seq, 3);
+        // A forged head is ignored.
+        let mut forged = heads[0].clone();
+        forged.seq = 99;
+        b.merge(vec![], vec![forged], "x".into()).await.unwrap();
+        assert_eq!(b.shared.signed_seqs().get(&ida), Some(&2));
+        b.merge(vec![], heads, "a".into()).await.unwrap();
+        assert_eq!(b.shared.signed_seqs().get(&ida), Some(&3));
+        let c = b.verify().unwrap();
+        let ch = c.chains.iter().find(|c| c.chain == ida).unwrap();
+        assert_eq!(ch.problem.as_ref().unwrap().fault, AuditFault::Truncated);
+        // The sync brings the entry and the chain verifies again.
+        b.merge(vec![src[2].clone()], vec![], "a".into())
+            .await
+            .unwrap();
+        assert!(b.verify().unwrap().ok);
+        // Nothing more to send either way.
+        assert!(a.shared.signed_missing(&b.shared.signed_seqs()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn legacy_chains_move_aside_and_stay_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(NodeStore::open(&dir.path().join("old")).unwrap());
+        // What the previous version wrote: keyed by name, unsigned.
+        let tree = store.tree(TREE).unwrap();
+        chain::write_legacy_chain(&tree, "old", 2);
+        let keypair = Keypair::generate_ed25519();
+        let log = AuditLog::open(&store, keypair, "old".into(), &mut Registry::default()).unwrap();
+        assert_eq!(chain_names(&log.shared.tree).unwrap(), Vec::<String>::new());
+        log.append("admin", "y", None, json!(null)).await.unwrap();
+        let list = log.list(10).unwrap();
+        assert_eq!(list.entries.len(), 3);
+        assert!(list.chains_verified);
+        let report = log.verify().unwrap();
+        assert!(report.ok);
+        let legacy = report.chains.iter().find(|c| c.chain == "old").unwrap();
+        assert_eq!(legacy.status, AuditChainStatus::LegacyUnsigned);
+        assert_eq!(legacy.entries, 2);
     }
 
     #[tokio::test]
@@ -1010,35 +1496,50 @@ mod tests {
             a.append("admin", "act", None, json!(i)).await.unwrap();
         }
         b.append("admin", "act", None, json!("b")).await.unwrap();
-        let ask = |heads: BTreeMap<String, u64>| encode_cbor(&AuditCall::Heads { heads }).unwrap();
+        let ida = a.chain_id().to_string();
+        let ask = |heads: BTreeMap<String, u64>, signed: BTreeMap<String, u64>| {
+            encode_cbor(&AuditCall::Heads { heads, signed }).unwrap()
+        };
         let mut rounds = 0;
         loop {
             rounds += 1;
             let reply = a
-                .serve(PeerId::random(), &ask(b.shared.head_seqs()))
+                .serve(
+                    PeerId::random(),
+                    &ask(b.shared.head_seqs(), b.shared.signed_seqs()),
+                )
                 .await
                 .unwrap();
             let AuditReply::Entries {
                 entries,
                 heads,
                 more,
+                signed_heads,
+                ..
             } = decode_cbor(&reply).unwrap()
             else {
                 panic!("not entries")
             };
             assert!(entries.len() <= MAX_BATCH_ENTRIES);
-            assert_eq!(heads.get("a"), Some(&300));
-            b.merge(entries, "a".into()).await.unwrap();
+            assert_eq!(heads.get(&ida), Some(&300));
+            b.merge(entries, signed_heads, "a".into()).await.unwrap();
             if !more {
                 break;
             }
         }
         assert_eq!(rounds, 2);
-        assert_eq!(b.shared.head_seqs().get("a"), Some(&300));
+        assert_eq!(b.shared.head_seqs().get(&ida), Some(&300));
         // a lacks b's chain: pushed back.
-        let (back, more) = b.missing(a.shared.head_seqs()).await.unwrap();
-        assert_eq!((back.len(), more), (1, false));
-        let push = encode_cbor(&AuditCall::Push { entries: back }).unwrap();
+        let (back, more, heads) = b
+            .missing(a.shared.head_seqs(), a.shared.signed_seqs())
+            .await
+            .unwrap();
+        assert_eq!((back.len(), more, heads.len()), (1, false, 1));
+        let push = encode_cbor(&AuditCall::Push {
+            entries: back,
+            signed_heads: heads,
+        })
+        .unwrap();
         let AuditReply::Ack { accepted, rejected } =
             decode_cbor(&a.serve(PeerId::random(), &push).await.unwrap()).unwrap()
         else {
@@ -1046,6 +1547,72 @@ mod tests {
         };
         assert_eq!((accepted, rejected), (1, 0));
         assert_eq!(a.list(10_000).unwrap(), b.list(10_000).unwrap());
+        assert_eq!(a.shared.signed_seqs(), b.shared.signed_seqs());
+    }
+
+    #[tokio::test]
+    async fn token_names_are_audited_once_and_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_s, log) = open(dir.path(), "a");
+        let h = |t: &str| *blake3::hash(t.as_bytes()).as_bytes();
+        let set = vec![
+            ("ops".to_string(), "admin", h("tok-1")),
+            ("ci".to_string(), "read", h("tok-2")),
+        ];
+        assert_eq!(log.record_tokens("node:a", set.clone()).await.unwrap(), 2);
+        assert_eq!(log.record_tokens("node:a", set).await.unwrap(), 0);
+        let rotated = vec![
+            ("ops".to_string(), "admin", h("tok-3")),
+            ("ci".to_string(), "read", h("tok-2")),
+        ];
+        assert_eq!(log.record_tokens("node:a", rotated).await.unwrap(), 1);
+        let list = log.list(10).unwrap();
+        let actions: Vec<&str> = list.entries.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions.iter().filter(|a| **a == "token.added").count(), 2);
+        assert_eq!(list.entries[0].action, "token.changed");
+        assert_eq!(
+            list.entries[0].detail,
+            json!({"name": "ops", "role": "admin"})
+        );
+        let text = serde_json::to_string(&list).unwrap();
+        for t in ["tok-1", "tok-3"] {
+            assert!(!text.contains(t));
+            assert!(!text.contains(blake3::hash(t.as_bytes()).to_hex().as_str()));
+        }
+    }
+
+    #[tokio::test]
+    async fn limited_appends_write_one_entry_per_window_and_count_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_s, log) = open(dir.path(), "a");
+        let call = |subject: &'static str| {
+            let log = log.clone();
+            async move {
+                log.append_limited(
+                    subject,
+                    "node:a",
+                    "peer.refused",
+                    None,
+                    json!({"peer": subject}),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        assert!(call("p1").await.is_some());
+        for _ in 0..5 {
+            assert!(call("p1").await.is_none());
+        }
+        assert!(call("p2").await.is_some());
+        // The window passed: the next entry carries the count.
+        {
+            let mut w = log.limited.lock().unwrap();
+            let e = w.get_mut(&("peer.refused".into(), "p1".into())).unwrap();
+            e.0 = e.0.checked_sub(LIMITED_WINDOW).unwrap();
+        }
+        let e = call("p1").await.unwrap();
+        assert_eq!(e.detail, json!({"peer": "p1", "suppressed_before": 5}));
+        assert_eq!(log.list(100).unwrap().entries.len(), 3);
     }
 
     #[tokio::test]
@@ -1059,8 +1626,10 @@ mod tests {
             all.push(log.append("admin", "act", None, json!(i)).await.unwrap());
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
-        let from_b = chain(&b, "b");
-        b.merge(chain(&a, "a"), "a".into()).await.unwrap();
+        let from_b = chain(&b, b.chain_id());
+        b.merge(chain(&a, a.chain_id()), vec![], "a".into())
+            .await
+            .unwrap();
         assert_eq!(from_b.len(), 2);
         let list = b.list(100).unwrap();
         assert!(list.chains_verified);
@@ -1068,73 +1637,5 @@ mod tests {
         assert_eq!(list.entries, all);
         assert_eq!(b.list(2).unwrap().entries, all[..2].to_vec());
         assert_eq!(b.list(0).unwrap().entries.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn verification_continues_from_the_verified_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_s, log) = open(dir.path(), "a");
-        let mut all = Vec::new();
-        for i in 0..5 {
-            all.push(log.append("admin", "act", None, json!(i)).await.unwrap());
-        }
-        let head = Head {
-            seq: 5,
-            hash: all[4].hash.clone(),
-        };
-        let zero = Head {
-            seq: 0,
-            hash: ZERO_HASH.into(),
-        };
-        let at3 = Head {
-            seq: 3,
-            hash: all[2].hash.clone(),
-        };
-        assert_eq!(
-            log.shared.verify_chain("a", zero.clone(), &head).unwrap(),
-            (head.clone(), true)
-        );
-        assert_eq!(
-            log.shared.verify_chain("a", at3.clone(), &head).unwrap(),
-            (head.clone(), true)
-        );
-        // Damage after the prefix is found; the good prefix is kept.
-        let mut e = all[3].clone();
-        e.detail = json!("changed");
-        log.shared
-            .tree
-            .insert(key("a", 4), encode_cbor(&e).unwrap())
-            .unwrap();
-        assert_eq!(
-            log.shared.verify_chain("a", at3.clone(), &head).unwrap(),
-            (at3, false)
-        );
-        // A prefix that does not match what is stored fails too.
-        let wrong = Head {
-            seq: 3,
-            hash: all[1].hash.clone(),
-        };
-        assert!(!log.shared.verify_chain("a", wrong, &head).unwrap().1);
-    }
-
-    #[test]
-    fn hash_ignores_json_key_order() {
-        let mut e = AuditEntry {
-            node_id: "a".into(),
-            seq: 1,
-            at: rfc3339_ms(0),
-            actor: "x".into(),
-            action: "y".into(),
-            operation_id: None,
-            detail: serde_json::from_str(r#"{"b":1,"a":{"d":2,"c":-3}}"#).unwrap(),
-            prev_hash: ZERO_HASH.into(),
-            hash: String::new(),
-        };
-        let h = entry_hash(&e);
-        e.detail = serde_json::from_str(r#"{"a":{"c":-3,"d":2},"b":1}"#).unwrap();
-        assert_eq!(entry_hash(&e), h);
-        e.detail = json!({"a": {"c": -3, "d": 2}, "b": 2});
-        assert_ne!(entry_hash(&e), h);
-        assert!(is_hex64(&h));
     }
 }

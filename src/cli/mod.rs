@@ -10,10 +10,13 @@
 //! | `storage overview/nodes/distribution/rebalance/cleanup` | `storage.rs` |
 //! | `update plan/execute/status/rollback/active/history` | `update.rs` |
 //! | `maintenance on/off/status`               | `maintenance.rs` |
-//! | `audit`                                   | `audit.rs`       |
+//! | `audit`, `audit verify`                   | `audit.rs`       |
+//! | `alerts [--all]`                          | `alerts.rs`      |
+//! | `token create` (offline)                  | `token.rs`       |
 //! | `release keygen/publish/list`             | `release.rs`     |
 //! | `bench`                                   | `bench.rs`       |
 
+pub mod alerts;
 pub mod audit;
 pub mod bench;
 pub mod client;
@@ -23,6 +26,7 @@ pub mod objects;
 pub mod release;
 pub mod storage;
 pub mod table;
+pub mod token;
 pub mod update;
 
 pub use client::ApiArgs;

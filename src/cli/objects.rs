@@ -1,6 +1,7 @@
-//! `plexi put`, `get`, `rm` and `info`: storing, reading (blake3 checked
-//! against the ETag before anything is written), deleting and describing
-//! one object through any node.
+//! `plexi put`, `get`, `rm`, `info` and `ls`: storing, reading (blake3
+//! checked against the ETag before anything is written), deleting and
+//! describing one object through any node, and listing the cluster's
+//! objects page by page.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -8,11 +9,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
 use clap::Args;
-use plexi_api::model::{DataInfo, PutResult};
+use plexi_api::model::{DataInfo, ObjectList, PutResult};
 use reqwest::Method;
 
 use super::client::{data_path, parse_consistency, ApiArgs, Consistency};
-use super::table::{dash, yes_no, Left, Table};
+use super::table::{dash, human_bytes, yes_no, Left, Right, Table};
 
 #[derive(Args, Debug)]
 pub struct PutArgs {
@@ -211,5 +212,86 @@ pub async fn info(api: &ApiArgs, data_id: &str, json: bool) -> Result<()> {
         ]);
     }
     t.print();
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Only ids starting with this.
+    pub prefix: Option<String>,
+    /// Objects per request (1..=1000); every page is fetched.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+/// Most pages `plexi ls` fetches (with 1000 objects a page: 10M objects).
+const MAX_LS_PAGES: usize = 10_000;
+
+pub async fn ls(api: &ApiArgs, a: &LsArgs) -> Result<()> {
+    let mut t = Table::new(&[
+        ("DATA_ID", Left),
+        ("SIZE", Right),
+        ("TYPE", Left),
+        ("VERSION", Left),
+        ("REPLICAS", Left),
+    ]);
+    let mut after: Option<String> = None;
+    let mut unreachable: Vec<String> = Vec::new();
+    let mut complete = true;
+    let mut count = 0usize;
+    for _ in 0..MAX_LS_PAGES {
+        let mut query = vec![("limit", a.limit.to_string())];
+        if let Some(p) = &a.prefix {
+            query.push(("prefix", p.clone()));
+        }
+        if let Some(k) = &after {
+            query.push(("after", k.clone()));
+        }
+        let page: ObjectList = api
+            .call(Method::GET, "/api/v1/clustering/storage/data", &query, None)
+            .await?;
+        for o in &page.objects {
+            t.row([
+                o.data_id.clone(),
+                human_bytes(o.size_bytes),
+                o.data_type.clone(),
+                o.version.clone(),
+                format!(
+                    "{}/{} {}",
+                    o.replicas_found, o.replication_factor, o.replica_health
+                ),
+            ]);
+        }
+        count += page.objects.len();
+        complete &= page.complete;
+        for n in page.unreachable_nodes {
+            if !unreachable.contains(&n) {
+                unreachable.push(n);
+            }
+        }
+        match page.next_after {
+            Some(k) => after = Some(k),
+            None => {
+                after = None;
+                break;
+            }
+        }
+    }
+    t.print();
+    println!("{count} objects");
+    if after.is_some() {
+        eprintln!("stopped after {MAX_LS_PAGES} pages; more objects follow");
+    }
+    if !complete {
+        bail!(
+            "the listing is incomplete: {} unreachable, and objects held only there are not listed",
+            unreachable.join(", ")
+        );
+    } else if !unreachable.is_empty() {
+        eprintln!(
+            "note: {} unreachable; every object still has a reachable replica",
+            unreachable.join(", ")
+        );
+    }
     Ok(())
 }

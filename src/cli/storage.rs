@@ -1,6 +1,6 @@
 //! `plexi storage ...`: the cluster-wide overview, the storage nodes, the
-//! replica distribution (per node, region and zone), and the rebalance and
-//! cleanup jobs, followed with a progress bar to the end.
+//! replica distribution (per node, region and zone), and the rebalance,
+//! cleanup and re-encryption jobs, followed with a progress bar to the end.
 
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub enum StorageCmd {
     Rebalance(JobArgs),
     /// Start a cluster-wide cleanup and follow it to the end.
     Cleanup(JobArgs),
+    /// After a data key rotation: rewrite every value not sealed under the
+    /// current data key, on every node, and follow it to the end.
+    Reencrypt(JobArgs),
 }
 
 #[derive(Args, Debug)]
@@ -56,6 +59,7 @@ pub async fn storage(api: &ApiArgs, cmd: &StorageCmd) -> Result<()> {
         StorageCmd::Distribution { json } => distribution(api, *json).await,
         StorageCmd::Rebalance(a) => job(api, JobKind::Rebalance, a).await,
         StorageCmd::Cleanup(a) => job(api, JobKind::Cleanup, a).await,
+        StorageCmd::Reencrypt(a) => job(api, JobKind::Reencrypt, a).await,
     }
 }
 
@@ -203,6 +207,12 @@ async fn distribution(api: &ApiArgs, json: bool) -> Result<()> {
 
 /// The running counts of a job, short enough for the progress line.
 fn job_short(j: &Job) -> String {
+    if j.kind == JobKind::Reencrypt {
+        return format!(
+            "examined {}/{}, re-encrypted {}, repaired {}",
+            j.examined_objects, j.total_objects, j.reencrypted_objects, j.repaired_replicas
+        );
+    }
     format!(
         "moved {} ({}), removed {}, repaired {}",
         j.moved_objects,
@@ -213,6 +223,12 @@ fn job_short(j: &Job) -> String {
 }
 
 fn job_counts(j: &Job) -> String {
+    if j.kind == JobKind::Reencrypt {
+        return format!(
+            "{} of {} entries examined, {} values re-encrypted, {} replaced from other replicas",
+            j.examined_objects, j.total_objects, j.reencrypted_objects, j.repaired_replicas
+        );
+    }
     format!(
         "moved {} objects ({}), removed {} replicas, repaired {}",
         j.moved_objects,

@@ -47,7 +47,11 @@ pub fn open(config: &Config) -> Result<DataDir, NodeError> {
     let keypair = plexi_p2p::identity::load_or_create(&path.join("identity.key"))
         .map_err(startup("identity"))?;
     let peer_id = keypair.public().to_peer_id();
-    let store = Arc::new(NodeStore::open(&path.join("store")).map_err(startup("store"))?);
+    // Object bytes are sealed at rest under the data key, if one is set.
+    let keys = crate::switch::sealed::DataKeys::resolve(config).map_err(startup("data key"))?;
+    let keyring = || plexi_store::sealing::Keyring::new(keys.current.clone(), keys.retired.clone());
+    let store =
+        Arc::new(NodeStore::open_sealed(&path.join("store"), keyring).map_err(startup("store"))?);
     if let Some(aside) = store.quarantined() {
         tracing::error!(quarantine = %aside.display(), "the store was quarantined at start; anti-entropy refills it from replicas");
     }

@@ -6,17 +6,21 @@
 //!
 //! Submodules: [`data_dir`] (what the node keeps in its data dir),
 //! [`record`] (its gossiped record and runtime files), [`services`]
-//! (starting the services), [`rpc`] (peer calls to services), [`api`] (the
+//! (starting the services), [`rpc`] (peer calls to services), [`fault_file`]
+//! (the test-only fault file, debug builds), [`api`] (the
 //! REST API's traits over the services: the one place service errors become
 //! HTTP), [`health`] (local checks), [`tokens`] (API tokens).
 
 mod api;
 mod data_dir;
+mod fault;
+mod fault_file;
 mod health;
 mod record;
 mod rpc;
 mod services;
 mod tokens;
+mod watchdog;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,11 +37,13 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, Overrides};
+use crate::keys;
 use crate::storage::Storage;
 use api::{NodeApi, StorageApi, UpdatesApi};
 use data_dir::DataDir;
 use health::{disk_check, fs_space, GIB};
-use plexi_util::clock::rfc3339;
+use plexi_util::clock::{rfc3339, wall_time};
+use plexi_util::secret::SecretKey;
 use plexi_util::version::{BUILD_FAULT, VERSION};
 
 /// The application service name for health calls between nodes.
@@ -65,6 +71,8 @@ fn startup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> NodeError + '_
 pub struct Node {
     name: String,
     peer_id: PeerId,
+    /// The libp2p identity: it also signs this node's audit chain.
+    keypair: plexi_p2p::Keypair,
     store: Arc<NodeStore>,
     data_dir: PathBuf,
     started: Instant,
@@ -73,6 +81,7 @@ pub struct Node {
     audit: OnceLock<Arc<crate::audit::AuditLog>>,
     granter: OnceLock<Arc<crate::updates::leases::Granter>>,
     updates: OnceLock<Arc<crate::updates::state::UpdateState>>,
+    alerts: OnceLock<Arc<crate::alerts::Alerts>>,
     /// EWMA of the local store probe, µs.
     store_latency_us: std::sync::atomic::AtomicU64,
     /// What `peers.json` holds now.
@@ -149,11 +158,13 @@ impl Node {
             detail: format!("{alive} of {expected} other members alive"),
         };
         let mut checks = vec![store_check, disk, peers];
-        if BUILD_FAULT == "unhealthy" {
+        if BUILD_FAULT == "unhealthy" || fault::migrates() {
             checks.push(HealthCheck {
                 name: "build".into(),
                 ok: false,
-                detail: "this build fails its health check (PLEXI_BUILD_FAULT=unhealthy)".into(),
+                detail: format!(
+                    "this build fails its health check (PLEXI_BUILD_FAULT={BUILD_FAULT})"
+                ),
             });
         }
         HealthReport {
@@ -164,7 +175,7 @@ impl Node {
             healthy: checks.iter().all(|c| c.ok),
             checks,
             uptime_seconds: self.started.elapsed().as_secs(),
-            checked_at: rfc3339(SystemTime::now()),
+            checked_at: rfc3339(wall_time()),
             source: HealthSource::Local,
         }
     }
@@ -228,7 +239,7 @@ fn gb(bytes: u64) -> f64 {
 
 pub(crate) fn node_view(m: &MemberView, local: &str) -> NodeView {
     let s = &m.record.state;
-    let seen = SystemTime::now()
+    let seen = wall_time()
         .checked_sub(Duration::from_millis(m.silent_ms))
         .unwrap_or(SystemTime::UNIX_EPOCH);
     NodeView {
@@ -248,6 +259,8 @@ pub(crate) fn node_view(m: &MemberView, local: &str) -> NodeView {
         object_count: s.object_count,
         is_healthy: s.healthy && m.status == MemberStatus::Alive,
         is_local: s.peer_id == local,
+        // A peer's out-of-range (or NaN) coordinates are dropped, not shown.
+        location: s.location.filter(|l| l.is_valid()),
     }
 }
 
@@ -260,7 +273,21 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         ));
     }
     let (config, config_file) = Config::load(config_path.as_deref(), &overrides)?;
+    let faults_path = config.node.data_dir.join(plexi_util::faults::FILE_NAME);
+    if let Some(message) = plexi_util::faults::release_refusal(
+        faults_path.exists(),
+        &faults_path.display().to_string(),
+    ) {
+        return Err(NodeError::Config(ConfigError {
+            file: config_file,
+            message,
+        }));
+    }
+    let cluster_key = cluster_key(&config, &config_file)?;
     let dir = data_dir::open(&config)?;
+    // Before any service writes: a restarted worker starts with its faults.
+    fault_file::start(&dir.path);
+    fault::migrate(&dir.store, config_path.as_deref());
     let listener = bind_api(&config).await?;
     let api_bound = listener.local_addr().map_err(startup("API address"))?;
     let mut registry = Registry::default();
@@ -279,8 +306,12 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
     );
 
     let restarts = dir.restarts.clone();
-    let (node, tokens, p2p, info_tx) = start_p2p(dir, &config, api_bound, &mut registry).await?;
+    let (node, tokens, p2p, info_tx) =
+        start_p2p(dir, &config, cluster_key, api_bound, &mut registry).await?;
+    rpc::spawn_refusal_audit(node.clone(), &p2p);
     let services = services::start(&node, &config, config_path, api_bound, &p2p, &mut registry)?;
+    watchdog::spawn(services.storage.clone());
+    tokens::spawn_audit(services.audit.clone(), &tokens, &node.name);
     record::spawn_incarnation_persistence(p2p.incarnation(), node.store.clone());
     record::spawn_refresh(
         node.clone(),
@@ -302,6 +333,9 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         registry: Arc::new(registry),
         metrics: api_metrics,
         in_flight: services.in_flight.clone(),
+        limiter: plexi_api::Limiter::new(plexi_api::ApiLimits::default()),
+        // A fresh random key per process: tickets open streams on this node only.
+        tickets: Arc::new(plexi_api::EventTickets::new(rand::random())),
     };
     let (stop_tx, server) = serve_api(listener, state);
     let code = wait_for_exit(&p2p, services.exit).await;
@@ -345,10 +379,51 @@ fn record_interval(config: &Config) -> Duration {
         .min(MAX_RECORD_INTERVAL)
 }
 
+/// The cluster key for this start (see [`keys::find_cluster_key`]). A node
+/// that joins (bootstrap addresses, or peers remembered from an earlier run)
+/// and has none cannot start: a configuration error (exit 2) that says
+/// which key it needs. A first node with none creates `DATA_DIR/cluster.key`
+/// (0600) and logs its path and fingerprint, never the key.
+fn cluster_key(config: &Config, config_file: &str) -> Result<SecretKey, NodeError> {
+    let data_dir = &config.node.data_dir;
+    let found = keys::find_cluster_key(
+        std::env::var(keys::CLUSTER_KEY_ENV).ok(),
+        config.node.cluster_key_file.as_deref(),
+        data_dir,
+    )
+    .map_err(|e| ConfigError {
+        file: config_file.to_string(),
+        message: format!("cluster key: {e}"),
+    })?;
+    if let Some((key, source)) = found {
+        tracing::info!(fingerprint = %key.fingerprint(), source = %source, "cluster key");
+        return Ok(key);
+    }
+    let joining = !config.node.bootstrap.is_empty() || !data_dir::known_peers(data_dir).is_empty();
+    if joining {
+        return Err(NodeError::Config(ConfigError {
+            file: config_file.to_string(),
+            message: keys::missing_cluster_key(data_dir),
+        }));
+    }
+    crate::files::create_private_dir(data_dir)
+        .map_err(startup(&format!("data dir {}", data_dir.display())))?;
+    let path = data_dir.join(keys::CLUSTER_KEY_FILE);
+    let key = keys::create_key_file(&path).map_err(startup("cluster key"))?;
+    tracing::info!(
+        path = %path.display(),
+        fingerprint = %key.fingerprint(),
+        "no cluster key configured; created one in this file: every node that joins needs it \
+         (PLEXI_CLUSTER_KEY or node.cluster_key_file)"
+    );
+    Ok(key)
+}
+
 /// Builds the [`Node`] and starts the swarm with the node's first record.
 async fn start_p2p(
     dir: DataDir,
     config: &Config,
+    cluster_key: SecretKey,
     api_bound: SocketAddr,
     registry: &mut Registry,
 ) -> Result<
@@ -374,6 +449,7 @@ async fn start_p2p(
     let node = Arc::new(Node {
         name: dir.name.clone(),
         peer_id: dir.peer_id,
+        keypair: dir.keypair.clone(),
         store: dir.store.clone(),
         data_dir: dir.path.clone(),
         started: Instant::now(),
@@ -382,6 +458,7 @@ async fn start_p2p(
         audit: OnceLock::new(),
         granter: OnceLock::new(),
         updates: OnceLock::new(),
+        alerts: OnceLock::new(),
         store_latency_us: std::sync::atomic::AtomicU64::new(0),
         known_peers: std::sync::Mutex::new(Vec::new()),
     });
@@ -396,7 +473,9 @@ async fn start_p2p(
         store_latency_us: 0,
         unplanned_restarts: dir.unplanned_restarts,
         healthy: true,
+        replica_counts: Default::default(),
         api_address: api_bound.to_string(),
+        location: n.location,
     };
     let (info_tx, info_rx) = watch::channel(first_info);
     let m = &config.membership;
@@ -413,6 +492,7 @@ async fn start_p2p(
         heartbeat_interval: Duration::from_millis(m.heartbeat_interval_ms),
         exchange_interval: Duration::from_millis(m.exchange_interval_ms),
         request_timeout: Duration::from_millis(m.request_timeout_ms),
+        cluster_key,
     };
     let (p2p, _swarm_task) = plexi_p2p::spawn(
         p2p_config,

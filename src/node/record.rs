@@ -69,6 +69,11 @@ pub fn spawn_refresh(
                     .store_latency_us
                     .load(std::sync::atomic::Ordering::Relaxed),
                 healthy: report.healthy,
+                replica_counts: node
+                    .storage
+                    .get()
+                    .map(|s| s.metrics.replica_counts())
+                    .unwrap_or_default(),
                 ..first.clone()
             };
             info_tx.send_if_modified(|cur| {

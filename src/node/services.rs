@@ -1,7 +1,7 @@
 //! The node's services, started in dependency order over the store and the
 //! swarm: storage (and its repair loops), the audit log, the update lease
-//! granter, the replicated update state and the update engine; and the
-//! cluster event stream they feed.
+//! granter, the replicated update state, the alerts derived from what they
+//! replicate, and the update engine; and the cluster event stream they feed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +30,7 @@ const EVENT_BUFFER: usize = 1024;
 /// What the API and the signal handling need from the started services.
 pub struct Services {
     pub storage: Arc<Storage>,
+    pub audit: Arc<AuditLog>,
     pub engine: Arc<Engine>,
     pub events: broadcast::Sender<ClusterEvent>,
     /// Data requests in flight; the update pipeline waits on it to drain.
@@ -57,10 +58,17 @@ pub fn start(
     );
     node.storage.set(storage.clone()).ok().expect("set once");
     crate::storage::repair::spawn(storage.clone());
+    crate::storage::report::spawn_census_gauges(storage.clone());
+    registry.register_collector(Box::new(crate::storage::gauges::StorageGauges(
+        storage.clone(),
+    )));
 
-    let audit = AuditLog::open(store, node.name.clone(), registry).map_err(startup("audit log"))?;
+    let audit = AuditLog::open(store, node.keypair.clone(), node.name.clone(), registry)
+        .map_err(startup("audit log"))?;
     node.audit.set(audit.clone()).ok().expect("set once");
     audit.spawn_sync(p2p.clone());
+
+    audit_storage_jobs(&storage, &audit, &node.name);
 
     let events = broadcast::channel(EVENT_BUFFER).0;
     forward_audit_events(&audit, events.clone());
@@ -78,6 +86,21 @@ pub fn start(
         .ok()
         .expect("set once");
     crate::updates::state::spawn_sync(update_state.clone(), p2p.clone());
+    registry.register_collector(Box::new(crate::updates::engine::OperationGauges(
+        update_state.clone(),
+    )));
+
+    let s = &config.distributed_storage;
+    let alerts = crate::alerts::Alerts::new(
+        crate::alerts::rules::Thresholds {
+            warn_node_usage_percentage: s.warn_node_usage_percentage,
+            max_node_usage_percentage: s.max_node_usage_percentage,
+        },
+        events.clone(),
+        registry,
+    );
+    node.alerts.set(alerts.clone()).ok().expect("set once");
+    crate::alerts::spawn(alerts, p2p.clone(), update_state.clone());
 
     let in_flight = InFlight::default();
     let (exit_tx, exit) = watch::channel(None::<i32>);
@@ -108,11 +131,60 @@ pub fn start(
     engine.spawn();
     Ok(Services {
         storage,
+        audit,
         engine,
         events,
         in_flight,
         exit,
     })
+}
+
+/// Appends storage job starts (with the caller) and each node's part ending
+/// (with its counts) to the audit log.
+fn audit_storage_jobs(storage: &Arc<Storage>, audit: &Arc<AuditLog>, node_name: &str) {
+    use crate::storage::jobs::JobEvent;
+    let audit = audit.clone();
+    let node_actor = format!("node:{node_name}");
+    storage.jobs.on_event(Box::new(move |event| {
+        let audit = audit.clone();
+        let (actor, action, job_id, detail) = match event {
+            JobEvent::Started {
+                job_id,
+                kind,
+                actor,
+            } => (
+                actor,
+                format!("storage.{kind}.started"),
+                job_id,
+                serde_json::json!({ "kind": kind }),
+            ),
+            JobEvent::PartFinished {
+                job_id,
+                kind,
+                status,
+            } => (
+                node_actor.clone(),
+                format!("storage.{kind}.part_finished"),
+                job_id,
+                serde_json::json!({
+                    "kind": kind,
+                    "status": status.status,
+                    "examined": status.examined,
+                    "total": status.total,
+                    "reencrypted": status.reencrypted,
+                    "moved_objects": status.moved_objects,
+                    "removed": status.removed,
+                    "repaired": status.repaired,
+                    "error": status.error,
+                }),
+            ),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = audit.append(&actor, &action, Some(&job_id), detail).await {
+                tracing::warn!(error = %e, %job_id, "cannot audit a storage job event");
+            }
+        });
+    }));
 }
 
 /// Bound on the engine's request to this node's own API.

@@ -2,12 +2,15 @@
 //! `PLEXI_READ_TOKEN` from the environment, named tokens (blake3 hashes) from
 //! `node.tokens`, and, when no admin token is configured, a generated one in
 //! `DATA_DIR/admin.token` (mode 0600). The token itself is never logged.
+//! At start, a token name not seen before (or whose role or token changed)
+//! is audited, by name and role only.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use plexi_api::{Role, TokenEntry, TokenSet};
 
+use crate::audit::AuditLog;
 use crate::config::{Config, TokenRole};
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -63,6 +66,24 @@ pub fn resolve(
     Ok((TokenSet::new(entries), generated))
 }
 
+/// Audits, in the background, the token names new to this node (see
+/// `AuditLog::record_tokens`).
+pub fn spawn_audit(audit: Arc<AuditLog>, tokens: &TokenSet, node_name: &str) {
+    let list: Vec<(String, &'static str, [u8; 32])> = tokens
+        .entries()
+        .iter()
+        .map(|e| (e.name.clone(), e.role.as_str(), *e.hash.as_bytes()))
+        .collect();
+    let actor = format!("node:{node_name}");
+    tokio::spawn(async move {
+        match audit.record_tokens(&actor, list).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tokens = n, "new or changed API tokens audited"),
+            Err(e) => tracing::error!(error = %e, "API token configuration not audited"),
+        }
+    });
+}
+
 fn load_or_create(path: &Path) -> Result<String, TokenError> {
     let err = |message: String| TokenError {
         path: path.display().to_string(),
@@ -81,16 +102,8 @@ fn load_or_create(path: &Path) -> Result<String, TokenError> {
     let mut bytes = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
     let token = hex::encode(bytes);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-    writeln!(f, "{token}").map_err(|e| err(e.to_string()))?;
-    f.sync_all().map_err(|e| err(e.to_string()))?;
+    crate::files::create_private_file(path, format!("{token}\n").as_bytes())
+        .map_err(|e| err(e.to_string()))?;
     Ok(token)
 }
 

@@ -1,4 +1,4 @@
-//! Cluster-wide storage jobs (rebalance, cleanup). The node that receives the
+//! Cluster-wide storage jobs (rebalance, cleanup, re-encryption). The node that receives the
 //! POST starts its own part and asks every reachable node to start theirs;
 //! any node answers a job's status by asking every node for its part.
 //! Parts live in memory on each node, the newest [`MAX_JOBS`] kept.
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{FuturesUnordered, StreamExt};
 use plexi_api::model::{Job, JobPart};
 
+use super::reencrypt;
 use super::repair::{self, Progress};
 use super::wire::{JobPartStatus, StoreCall, StoreReply};
 use super::{Storage, StorageError};
@@ -51,16 +52,51 @@ impl LocalJob {
             removed: self.progress.removed.load(Ordering::Relaxed),
             repaired: self.progress.repaired.load(Ordering::Relaxed),
             error,
+            examined,
+            total: self.progress.total.load(Ordering::Relaxed),
+            reencrypted: self.progress.reencrypted.load(Ordering::Relaxed),
         }
     }
 }
 
+/// A job event for the node's audit log: a cluster job started here (by
+/// `actor`), or this node's part of one ended.
+#[derive(Clone, Debug)]
+pub enum JobEvent {
+    Started {
+        job_id: String,
+        kind: JobKind,
+        actor: String,
+    },
+    PartFinished {
+        job_id: String,
+        kind: JobKind,
+        status: JobPartStatus,
+    },
+}
+
+/// Called for every [`JobEvent`]; set once by the node (it appends to the
+/// audit log). Must not block.
+pub type JobHook = Box<dyn Fn(JobEvent) + Send + Sync>;
+
 #[derive(Default)]
 pub struct Jobs {
     parts: Mutex<BTreeMap<String, Arc<LocalJob>>>,
+    hook: std::sync::OnceLock<JobHook>,
 }
 
 impl Jobs {
+    /// Sets the hook job events go to (once; false if already set).
+    pub fn on_event(&self, hook: JobHook) -> bool {
+        self.hook.set(hook).is_ok()
+    }
+
+    fn emit(&self, event: JobEvent) {
+        if let Some(h) = self.hook.get() {
+            h(event);
+        }
+    }
+
     pub fn status(&self, job_id: &str) -> Option<JobPartStatus> {
         self.parts
             .lock()
@@ -99,9 +135,15 @@ impl Jobs {
             let res = match job.kind {
                 JobKind::Rebalance => repair::rebalance(&storage, &job.progress).await,
                 JobKind::Cleanup => repair::cleanup(&storage, &job.progress).await,
+                JobKind::Reencrypt => reencrypt::run(&storage, &job.progress).await,
             };
             tracing::info!(%job_id, kind = %job.kind, ok = res.is_ok(), "storage job part finished");
             *job.outcome.lock().expect("job lock") = Some((wall_ms(), res));
+            storage.jobs.emit(JobEvent::PartFinished {
+                job_id,
+                kind: job.kind,
+                status: job.status(),
+            });
         });
     }
 }
@@ -115,6 +157,11 @@ pub async fn start_cluster_job(
     let job_id = uuid::Uuid::new_v4().to_string();
     s.jobs.start(s, &job_id, kind);
     tracing::info!(%job_id, %kind, actor, "storage job started");
+    s.jobs.emit(JobEvent::Started {
+        job_id: job_id.clone(),
+        kind,
+        actor: actor.to_string(),
+    });
     let peers: Vec<_> = s.peers();
     let mut calls: FuturesUnordered<_> = peers
         .iter()
@@ -186,6 +233,9 @@ pub async fn job_status(s: &Arc<Storage>, job_id: &str) -> Result<Job, StorageEr
         moved_bytes: parts.iter().map(|(_, p)| p.moved_bytes).sum(),
         removed_replicas: parts.iter().map(|(_, p)| p.removed).sum(),
         repaired_replicas: parts.iter().map(|(_, p)| p.repaired).sum(),
+        examined_objects: parts.iter().map(|(_, p)| p.examined).sum(),
+        total_objects: parts.iter().map(|(_, p)| p.total).sum(),
+        reencrypted_objects: parts.iter().map(|(_, p)| p.reencrypted).sum(),
         error: parts
             .iter()
             .find_map(|(n, p)| p.error.as_ref().map(|e| format!("{n}: {e}"))),

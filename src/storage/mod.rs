@@ -9,9 +9,12 @@
 //! live in `repair.rs`.
 
 mod error;
+pub mod gauges;
 pub mod jobs;
+pub mod listing;
 pub mod quorum;
 pub mod rebalance;
+pub mod reencrypt;
 pub mod repair;
 pub mod report;
 pub mod restarts;
@@ -70,6 +73,11 @@ pub struct Member {
     pub unplanned_restarts: u64,
 }
 
+/// What a survey found: the candidates asked (the placement at `max_rf`,
+/// then the nominal owners it lacks), the nominal owners at `max_rf`, and
+/// each answer in placement order.
+type Survey<T> = (Vec<Member>, Vec<Member>, Vec<(Member, T)>);
+
 impl Member {
     pub fn reachable(&self) -> bool {
         matches!(self.status, MemberStatus::Alive | MemberStatus::Suspect)
@@ -98,6 +106,11 @@ pub struct PeerStats {
     pub write_latency_ms: Option<f64>,
 }
 
+/// How a replica says it holds an object it cannot serve (corrupt bytes, or
+/// sealed under a data key it lacks); readers then answer `ReadFailed`, not
+/// `NotFound`, when no other replica serves it.
+pub const BAD_REPLICA: &str = "replica cannot serve";
+
 pub struct Storage {
     /// The `distributed_storage` section of the config, as written.
     pub config: DistributedStorage,
@@ -121,11 +134,58 @@ pub struct Storage {
 
 /// Bound on object bytes (MiB) a coordinator holds for replica writes in flight.
 const MAX_INFLIGHT_MIB: u32 = 256;
+/// How a replica still catching up after a (re)start refuses a plain read
+/// (the reader tries another replica; see `StoreCall::Read::newest`).
+const CATCHING_UP: &str = "replica is catching up";
+
 /// Bound on background read repairs in flight; past it an eventual read
 /// starts none (anti-entropy repairs the object anyway) and counts the skip.
 const MAX_READ_REPAIRS: usize = 32;
 
-#[derive(Clone, Default)]
+/// Upper bounds (seconds) of the request latency histogram's buckets:
+/// 1 ms to 10 s, about three per decade.
+pub const REQUEST_DURATION_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn request_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(REQUEST_DURATION_BUCKETS)
+}
+
+/// Where a repair's bytes came from (the `source` label of
+/// `plexi_storage_repair_bytes`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RepairSource {
+    /// A read found a stale or missing replica.
+    ReadRepair,
+    /// Hinted handoff: a write a replica missed while unreachable.
+    Hint,
+    /// The digest exchange: stale replicas, re-replication of a dead
+    /// node's objects, catch-up after a restart, and rebalancing moves.
+    AntiEntropy,
+    /// Scrub replaced a corrupt replica.
+    Scrub,
+}
+
+impl RepairSource {
+    pub const ALL: [RepairSource; 4] = [
+        RepairSource::ReadRepair,
+        RepairSource::Hint,
+        RepairSource::AntiEntropy,
+        RepairSource::Scrub,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RepairSource::ReadRepair => "read_repair",
+            RepairSource::Hint => "hint",
+            RepairSource::AntiEntropy => "anti_entropy",
+            RepairSource::Scrub => "scrub",
+        }
+    }
+}
+
+#[derive(Clone)]
 pub struct StorageMetrics {
     pub ops: prometheus_client::metrics::family::Family<
         OpLabels,
@@ -135,12 +195,65 @@ pub struct StorageMetrics {
     pub corrupt: prometheus_client::metrics::counter::Counter,
     /// Read repairs not started because [`MAX_READ_REPAIRS`] were in flight.
     pub read_repair_skipped: prometheus_client::metrics::counter::Counter,
+    /// Seconds the coordinator took for put/get/delete, by op and consistency.
+    pub request_duration: prometheus_client::metrics::family::Family<
+        RequestLabels,
+        prometheus_client::metrics::histogram::Histogram,
+        fn() -> prometheus_client::metrics::histogram::Histogram,
+    >,
+    /// Object bytes written by repair, by [`RepairSource`].
+    pub repair_bytes: prometheus_client::metrics::family::Family<
+        SourceLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// From the last census (see `report::census`): live objects in the
+    /// cluster, their current replicas, and replication efficiency.
+    pub census_objects: prometheus_client::metrics::gauge::Gauge,
+    pub census_replicas: prometheus_client::metrics::gauge::Gauge,
+    pub replication_efficiency:
+        prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// This node's count of under-replicated objects (last pass of
+    /// `repair::count_under_replicated`), gossiped in its record.
+    pub under_replicated: prometheus_client::metrics::gauge::Gauge,
+    /// Wall-clock ms of the last corrupt replica found (0: none yet).
+    pub corrupt_found_at_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for StorageMetrics {
+    fn default() -> Self {
+        StorageMetrics {
+            ops: Default::default(),
+            repaired: Default::default(),
+            corrupt: Default::default(),
+            read_repair_skipped: Default::default(),
+            request_duration: prometheus_client::metrics::family::Family::new_with_constructor(
+                request_histogram,
+            ),
+            repair_bytes: Default::default(),
+            census_objects: Default::default(),
+            census_replicas: Default::default(),
+            replication_efficiency: Default::default(),
+            under_replicated: Default::default(),
+            corrupt_found_at_ms: Default::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct OpLabels {
     pub op: &'static str,
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RequestLabels {
+    pub op: &'static str,
+    pub consistency: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
 }
 
 impl StorageMetrics {
@@ -166,11 +279,100 @@ impl StorageMetrics {
             "Background read repairs not started because the bound on repairs in flight was reached",
             m.read_repair_skipped.clone(),
         );
+        // Every series exists from the start (at 0), so rates and the
+        // dashboard see them before the first request or repair.
+        for op in ["put", "get", "delete"] {
+            for c in Consistency::ALL {
+                let _ = m.request_duration.get_or_create(&RequestLabels {
+                    op,
+                    consistency: c.as_str(),
+                });
+            }
+            for outcome in ["ok", "error"] {
+                let _ = m.ops.get_or_create(&OpLabels { op, outcome });
+            }
+        }
+        let _ = m.ops.get_or_create(&OpLabels {
+            op: "get",
+            outcome: "not_found",
+        });
+        for source in RepairSource::ALL {
+            let _ = m.repair_bytes.get_or_create(&SourceLabels {
+                source: source.as_str(),
+            });
+        }
+        registry.register(
+            "plexi_storage_request_duration_seconds",
+            "Seconds this node took to coordinate a put, get or delete, by op and consistency level (its _count is the request count)",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "plexi_storage_repair_bytes",
+            "Object bytes written by repair (read_repair, hint, anti_entropy, scrub)",
+            m.repair_bytes.clone(),
+        );
+        registry.register(
+            "plexi_storage_cluster_objects",
+            "Live objects in the cluster, from this node's last census",
+            m.census_objects.clone(),
+        );
+        registry.register(
+            "plexi_storage_cluster_replicas",
+            "Current replicas of the live objects in the cluster, from this node's last census",
+            m.census_replicas.clone(),
+        );
+        registry.register(
+            "plexi_storage_replication_efficiency",
+            "Current replicas over wanted replicas (each object capped at its factor), 0..1, from this node's last census",
+            m.replication_efficiency.clone(),
+        );
+        registry.register(
+            "plexi_storage_under_replicated_objects",
+            "Objects this node counted with fewer current live replicas than their replication factor (each object counted by one node)",
+            m.under_replicated.clone(),
+        );
         m
+    }
+
+    /// Counts a corrupt (or unreadable) local replica and when it was found.
+    pub fn corrupt_found(&self) {
+        self.corrupt.inc();
+        self.corrupt_found_at_ms
+            .store(wall_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What this node's record says about its replicas.
+    pub fn replica_counts(&self) -> plexi_p2p::ReplicaCounts {
+        plexi_p2p::ReplicaCounts {
+            under_replicated_objects: self.under_replicated.get().max(0) as u64,
+            corrupt_replicas: self.corrupt.get(),
+            corrupt_found_at_ms: self
+                .corrupt_found_at_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     fn op(&self, op: &'static str, outcome: &'static str) {
         self.ops.get_or_create(&OpLabels { op, outcome }).inc();
+    }
+
+    fn observe(&self, op: &'static str, consistency: Consistency, started: Instant) {
+        self.request_duration
+            .get_or_create(&RequestLabels {
+                op,
+                consistency: consistency.as_str(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts one repaired replica of `bytes` object bytes.
+    pub fn repaired(&self, source: RepairSource, bytes: u64) {
+        self.repaired.inc();
+        self.repair_bytes
+            .get_or_create(&SourceLabels {
+                source: source.as_str(),
+            })
+            .inc_by(bytes);
     }
 }
 
@@ -222,6 +424,24 @@ impl Storage {
 
     pub fn peer_stats(&self) -> HashMap<String, PeerStats> {
         self.stats.lock().expect("stats lock").clone()
+    }
+
+    /// The members a cluster-wide question (census, listing) goes to: the
+    /// reachable ones, and the names of those that are not (left members
+    /// are neither).
+    /// How long the store's current flush has been running (None when
+    /// idle): see `node::watchdog`.
+    pub fn flush_stalled_for(&self) -> Option<Duration> {
+        self.commit.stalled_for()
+    }
+
+    pub fn members_to_ask(&self) -> (Vec<Member>, Vec<String>) {
+        let (asked, silent): (Vec<Member>, Vec<Member>) = self
+            .members()
+            .into_iter()
+            .filter(|m| m.status != MemberStatus::Left)
+            .partition(|m| m.reachable());
+        (asked, silent.into_iter().map(|m| m.name).collect())
     }
 
     /// Every known member, from the membership table.
@@ -299,6 +519,26 @@ impl Storage {
         .into_iter()
         .map(|i| members[i].clone())
         .collect()
+    }
+
+    /// The nominal owners of `data_id` at `rf`: its placement over every
+    /// member that has not left (see `quorum`), what strong reads and
+    /// writes count their majority of.
+    pub fn nominal_replicas(&self, data_id: &str, rf: usize) -> Vec<Member> {
+        self.owner_sets(data_id, rf).1
+    }
+
+    /// The placement ([`Self::replicas_for`]) and the nominal owners of
+    /// `data_id` at `rf`, from one read of the membership table.
+    fn owner_sets(&self, data_id: &str, rf: usize) -> (Vec<Member>, Vec<Member>) {
+        let members = self.members();
+        let not_left: Vec<Member> = members
+            .iter()
+            .filter(|m| m.status != MemberStatus::Left)
+            .cloned()
+            .collect();
+        let placement = self.replicas_among(data_id, rf, &self.placement_members(&members));
+        (placement, self.replicas_among(data_id, rf, &not_left))
     }
 
     pub fn replicas_for(&self, data_id: &str, rf: usize) -> Vec<Member> {
@@ -396,6 +636,17 @@ impl Storage {
         peer: &str,
         data_id: &str,
     ) -> Result<Option<(ObjectMeta, Vec<u8>)>, String> {
+        self.fetch_object_at(peer, data_id, None).await
+    }
+
+    /// [`Storage::fetch_object`] of a version a strong read's quorum found
+    /// newest (`newest`), which a replica still catching up may serve.
+    pub async fn fetch_object_at(
+        self: &Arc<Self>,
+        peer: &str,
+        data_id: &str,
+        newest: Option<plexi_util::hlc::Version>,
+    ) -> Result<Option<(ObjectMeta, Vec<u8>)>, String> {
         let first = self
             .call(
                 peer,
@@ -403,6 +654,7 @@ impl Storage {
                     data_id: data_id.to_string(),
                     offset: 0,
                     len: READ_CHUNK_BYTES,
+                    newest,
                 },
             )
             .await?;
@@ -425,6 +677,7 @@ impl Storage {
                         data_id: data_id.to_string(),
                         offset: data.len() as u64,
                         len: READ_CHUNK_BYTES,
+                        newest,
                     },
                 )
                 .await?;
@@ -443,6 +696,11 @@ impl Storage {
             return Err(format!("bytes from {peer} fail their checksum"));
         }
         Ok(Some((meta, data)))
+    }
+
+    /// Hints waiting for their replica (a counter, no scan).
+    pub fn pending_hints(&self) -> u64 {
+        self.store.hint_count()
     }
 
     pub fn hinted_peers(&self) -> Result<Vec<String>, StoreError> {
@@ -492,12 +750,17 @@ impl Storage {
         data: Arc<Vec<u8>>,
     ) -> Result<(Vec<String>, Vec<String>, bool), StorageError> {
         let rf = meta.replication_factor as usize;
-        let replicas = self.replicas_for(&meta.data_id, rf);
+        let (replicas, nominal) = self.owner_sets(&meta.data_id, rf);
         let names: Vec<String> = replicas.iter().map(|m| m.name.clone()).collect();
         let (live, down): (Vec<Member>, Vec<Member>) =
             replicas.into_iter().partition(|m| m.reachable());
         let consistency = meta.consistency_level;
         quorum::check_reachable(consistency, rf, live.len())?;
+        if consistency == Consistency::Strong {
+            let nominal: Vec<&str> = nominal.iter().map(|m| m.peer_id.as_str()).collect();
+            let live: Vec<&str> = live.iter().map(|m| m.peer_id.as_str()).collect();
+            quorum::check_strong_write(&nominal, &live)?;
+        }
         for m in &down {
             self.hint(&m.peer_id, &meta.data_id);
         }
@@ -579,6 +842,7 @@ impl Storage {
     }
 
     pub async fn put(self: &Arc<Self>, req: PutRequest) -> Result<PutResult, StorageError> {
+        let started = Instant::now();
         let rf = self.resolve_rf(req.replication_factor)?;
         let consistency = self.resolve_consistency(req.consistency);
         if req.bytes.len() > self.config.max_object_bytes() {
@@ -603,6 +867,7 @@ impl Storage {
         let res = self.write(meta.clone(), data).await;
         self.metrics
             .op("put", if res.is_ok() { "ok" } else { "error" });
+        self.metrics.observe("put", consistency, started);
         let (replicas, acknowledged_by, under_replicated) = res?;
         Ok(PutResult {
             data_id: meta.data_id.clone(),
@@ -621,27 +886,29 @@ impl Storage {
     /// The newest metadata among the candidate replicas that answer, with who
     /// answered what. Candidates: the placement at `max_rf` (the object's
     /// replicas are a prefix of it whatever its factor).
-    async fn survey(
-        self: &Arc<Self>,
-        data_id: &str,
-    ) -> (Vec<Member>, Vec<(Member, Option<ObjectMeta>)>) {
-        let (candidates, answers) = self.survey_with_access(data_id).await;
+    async fn survey(self: &Arc<Self>, data_id: &str) -> Survey<Option<ObjectMeta>> {
+        let (candidates, nominal, answers) = self.survey_with_access(data_id).await;
         let answers = answers
             .into_iter()
             .map(|(m, found)| (m, found.map(|(meta, _)| meta)))
             .collect();
-        (candidates, answers)
+        (candidates, nominal, answers)
     }
 
     /// [`Self::survey`] with each replica's local access statistics.
     async fn survey_with_access(
         self: &Arc<Self>,
         data_id: &str,
-    ) -> (
-        Vec<Member>,
-        Vec<(Member, Option<(ObjectMeta, AccessStats)>)>,
-    ) {
-        let candidates = self.replicas_for(data_id, self.config.max_replication_factor as usize);
+    ) -> Survey<Option<(ObjectMeta, AccessStats)>> {
+        let max_rf = self.config.max_replication_factor as usize;
+        let (mut candidates, nominal) = self.owner_sets(data_id, max_rf);
+        // And the nominal owners the placement lost (dead past the delay,
+        // full): a strong read counts its majority of them.
+        for m in nominal.iter().cloned() {
+            if !candidates.iter().any(|c| c.peer_id == m.peer_id) {
+                candidates.push(m);
+            }
+        }
         let mut asks: FuturesUnordered<_> = candidates
             .iter()
             .filter(|m| m.reachable())
@@ -667,7 +934,7 @@ impl Storage {
         // In placement order, whatever order they arrived in: quorum ties
         // go to the replica placement ranks first.
         answers.sort_by_key(|(m, _)| candidates.iter().position(|c| c.peer_id == m.peer_id));
-        (candidates, answers)
+        (candidates, nominal, answers)
     }
 
     pub async fn get(
@@ -676,6 +943,7 @@ impl Storage {
         consistency: Option<Consistency>,
     ) -> Result<DataObject, StorageError> {
         let consistency = self.resolve_consistency(consistency);
+        let started = Instant::now();
         let res = match consistency {
             Consistency::Strong => self.get_strong(data_id).await,
             _ => self.get_first(data_id).await,
@@ -687,6 +955,7 @@ impl Storage {
                 Err(e) => e.outcome(),
             },
         );
+        self.metrics.observe("get", consistency, started);
         let (meta, bytes) = res?;
         Ok(DataObject {
             data_type: meta.data_type.clone(),
@@ -708,16 +977,29 @@ impl Storage {
         self: &Arc<Self>,
         data_id: &str,
     ) -> Result<(ObjectMeta, Vec<u8>), StorageError> {
-        match self.get_any(data_id).await {
-            Some((meta, _)) if meta.tombstone => Err(Self::not_found(data_id)),
-            Some(found) => Ok(found),
-            None => Err(Self::not_found(data_id)),
+        match self.get_any_counting(data_id).await {
+            (Some((meta, _)), _) if meta.tombstone => Err(Self::not_found(data_id)),
+            (Some(found), _) => Ok(found),
+            // Some replica holds it but could not serve it (corrupt, or
+            // sealed under a data key it lacks): not a "no such object".
+            (None, failed) if failed > 0 => Err(StorageError::ReadFailed),
+            (None, _) => Err(Self::not_found(data_id)),
         }
     }
 
     /// The first copy (object or tombstone) any replica, or failing them any
     /// member, has.
     pub async fn get_any(self: &Arc<Self>, data_id: &str) -> Option<(ObjectMeta, Vec<u8>)> {
+        self.get_any_counting(data_id).await.0
+    }
+
+    /// [`Storage::get_any`], and how many members hold the object but could
+    /// not serve it (their answer says [`BAD_REPLICA`]).
+    async fn get_any_counting(
+        self: &Arc<Self>,
+        data_id: &str,
+    ) -> (Option<(ObjectMeta, Vec<u8>)>, usize) {
+        let mut failed = 0;
         let mut order = self.replicas_for(data_id, self.config.max_replication_factor as usize);
         order.retain(|m| m.reachable());
         // Local first (stable order otherwise), unless this node is still
@@ -725,15 +1007,21 @@ impl Storage {
         let local_first = self.caught_up();
         order.sort_by_key(|m| (m.peer_id == self.local_peer) != local_first);
         let mut tried: Vec<String> = Vec::new();
+        // Replicas that sent us away because they are still catching up.
+        let mut catching_up: Vec<String> = Vec::new();
         for m in &order {
             tried.push(m.peer_id.clone());
             match self.fetch_object(&m.peer_id, data_id).await {
                 Ok(Some((meta, data))) => {
                     self.read_repair_in_background(data_id.to_string(), meta.clone(), data.clone());
-                    return Some((meta, data));
+                    return (Some((meta, data)), failed);
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    failed += usize::from(e.contains(BAD_REPLICA));
+                    if e.contains(CATCHING_UP) {
+                        catching_up.push(m.peer_id.clone());
+                    }
                     tracing::debug!(node_id = %m.name, data_id, error = %e, "replica read failed")
                 }
             }
@@ -744,11 +1032,27 @@ impl Storage {
             .into_iter()
             .filter(|m| m.reachable() && !tried.contains(&m.peer_id))
         {
-            if let Ok(Some(found)) = self.fetch_object(&m.peer_id, data_id).await {
-                return Some(found);
+            match self.fetch_object(&m.peer_id, data_id).await {
+                Ok(Some(found)) => return (Some(found), failed),
+                Ok(None) => {}
+                Err(e) => {
+                    failed += usize::from(e.contains(BAD_REPLICA));
+                    if e.contains(CATCHING_UP) {
+                        catching_up.push(m.peer_id.clone());
+                    }
+                }
             }
         }
-        None
+        // Last resort, rather than a false "not found": whatever copy a
+        // replica still catching up holds (an eventual or weak read may be
+        // stale; the background repair and anti-entropy converge it).
+        for peer in &catching_up {
+            let any = Some(plexi_util::hlc::Version::default());
+            if let Ok(Some(found)) = self.fetch_object_at(peer, data_id, any).await {
+                return (Some(found), failed);
+            }
+        }
+        (None, failed)
     }
 
     /// strong: a majority of the object's replicas must answer; the newest
@@ -757,30 +1061,42 @@ impl Storage {
         self: &Arc<Self>,
         data_id: &str,
     ) -> Result<(ObjectMeta, Vec<u8>), StorageError> {
-        let (candidates, answers) = self.survey(data_id).await;
+        let (candidates, nominal, answers) = self.survey(data_id).await;
         let votes = quorum_answers(&answers);
         let newest = quorum::newest(&votes);
         let newest_meta = newest
             .as_ref()
             .and_then(|n| answers[n.holders[0]].1.as_ref());
+        // The majority is of the nominal owners, whatever this node's view
+        // (see `quorum`); repairs go to those and to the placement's owners.
         let rf = quorum::strong_read_rf(
             newest_meta.map(|m| m.replication_factor as usize),
             self.config.default_replication_factor as usize,
-            candidates.len(),
+            nominal.len(),
         );
-        let owners: Vec<&str> = candidates
+        let mut owners: Vec<&str> = nominal
             .iter()
             .take(rf)
             .map(|m| m.peer_id.as_str())
             .collect();
         quorum::check_strong_read(&owners, &votes)?;
+        // The placement at rf is the prefix of the placement at max rf.
+        for m in candidates.iter().take(rf) {
+            if !owners.contains(&m.peer_id.as_str()) {
+                owners.push(m.peer_id.as_str());
+            }
+        }
         let Some(newest) = newest else {
             return Err(Self::not_found(data_id));
         };
         // Fetch the bytes from a replica holding the newest version.
         let mut got = None;
         for &i in &newest.holders {
-            match self.fetch_object(&answers[i].0.peer_id, data_id).await {
+            let at = Some(newest.version);
+            match self
+                .fetch_object_at(&answers[i].0.peer_id, data_id, at)
+                .await
+            {
                 // A write may have landed since the survey: newer is fine.
                 Ok(Some((meta, data))) if meta.version >= newest.version => {
                     got = Some((meta, data));
@@ -795,7 +1111,8 @@ impl Storage {
         // Repair stale owners before answering, so the next strong read agrees.
         for peer in quorum::repair_targets(&owners, &votes, meta.version) {
             if self.send_object(peer, &meta, &data).await.is_ok() {
-                self.metrics.repaired.inc();
+                self.metrics
+                    .repaired(RepairSource::ReadRepair, data.len() as u64);
             }
         }
         if meta.tombstone {
@@ -823,7 +1140,7 @@ impl Storage {
         let this = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (candidates, answers) = this.survey(&data_id).await;
+            let (candidates, _, answers) = this.survey(&data_id).await;
             let votes = quorum_answers(&answers);
             if quorum::newest(&votes).is_some_and(|n| n.version > meta.version) {
                 return; // we served a stale copy; the holder of the newest repairs
@@ -835,7 +1152,8 @@ impl Storage {
                 .collect();
             for peer in quorum::repair_targets(&owners, &votes, meta.version) {
                 if this.send_object(peer, &meta, &data).await.is_ok() {
-                    this.metrics.repaired.inc();
+                    this.metrics
+                        .repaired(RepairSource::ReadRepair, data.len() as u64);
                     tracing::debug!(peer, %data_id, "read repair");
                 }
             }
@@ -848,7 +1166,8 @@ impl Storage {
         consistency: Option<Consistency>,
     ) -> Result<(), StorageError> {
         let consistency = self.resolve_consistency(consistency);
-        let (_, answers) = self.survey(data_id).await;
+        let started = Instant::now();
+        let (_, _, answers) = self.survey(data_id).await;
         let rf = answers
             .iter()
             .filter_map(|(_, m)| m.as_ref().map(|m| m.replication_factor as u32))
@@ -870,11 +1189,12 @@ impl Storage {
         let res = self.write(meta, Arc::new(Vec::new())).await;
         self.metrics
             .op("delete", if res.is_ok() { "ok" } else { "error" });
+        self.metrics.observe("delete", consistency, started);
         res.map(|_| ())
     }
 
     pub async fn info(self: &Arc<Self>, data_id: &str) -> Result<DataInfo, StorageError> {
-        let (candidates, answers) = self.survey_with_access(data_id).await;
+        let (candidates, _, answers) = self.survey_with_access(data_id).await;
         let all = self.members();
         let found: HashMap<String, Option<(ObjectMeta, AccessStats)>> = answers
             .into_iter()
@@ -978,17 +1298,27 @@ impl Storage {
                 data_id,
                 offset,
                 len,
+                newest,
             } => {
-                if !self.caught_up() && from != self.local_peer {
+                let catching_up = !self.caught_up() && from != self.local_peer;
+                if catching_up && newest.is_none() {
                     // A replica that just came back may hold stale copies:
                     // send the reader to another replica until it has synced.
-                    return Err("replica is catching up".into());
+                    return Err(CATCHING_UP.into());
                 }
                 let engine = self.engine.clone();
                 let res =
                     tokio::task::spawn_blocking(move || engine.get(&data_id).map(|r| (data_id, r)))
                         .await
                         .map_err(|e| e.to_string())?;
+                // Still catching up: only a copy the reader's quorum vouches for.
+                if catching_up {
+                    let vouched =
+                        matches!(&res, Ok((_, Some((meta, _)))) if Some(meta.version) >= newest);
+                    if !vouched {
+                        return Err(CATCHING_UP.into());
+                    }
+                }
                 match res {
                     Ok((_, None)) => Ok(StoreReply::Read {
                         meta: None,
@@ -1007,9 +1337,11 @@ impl Storage {
                             data: data[start..end].to_vec(),
                         })
                     }
-                    Err(StoreError::Corrupt { key, .. }) => {
-                        self.metrics.corrupt.inc();
-                        Err(format!("replica of {key} is corrupt"))
+                    Err(e @ (StoreError::Corrupt { .. } | StoreError::UnknownKey { .. })) => {
+                        // Sealed under a key this node lacks counts as a
+                        // bad replica too: the reader asks another one.
+                        self.metrics.corrupt_found();
+                        Err(format!("{BAD_REPLICA}: {e}"))
                     }
                     Err(e) => Err(e.to_string()),
                 }
@@ -1049,6 +1381,18 @@ impl Storage {
                 tokio::task::spawn_blocking(move || report::local_census(&this))
                     .await
                     .map_err(|e| e.to_string())?
+            }
+            StoreCall::List {
+                prefix,
+                after,
+                limit,
+            } => {
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    listing::local_list(&this, &prefix, after.as_deref(), limit)
+                })
+                .await
+                .map_err(|e| e.to_string())?
             }
             StoreCall::StartJob { job_id, kind } => {
                 if job_id.len() > 64 {

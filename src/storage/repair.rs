@@ -17,6 +17,13 @@
 //!   (re-hashes every local object and replaces corrupt ones from a healthy
 //!   replica).
 //!
+//! - under-replication count (every [`COUNT_EVERY`] anti-entropy ticks):
+//!   of the live objects this node owns, how many have fewer current live
+//!   replicas than their factor; each object is counted by one node only,
+//!   its first current holder in placement order ([`counts_object`]). The
+//!   count is gossiped in the node's record and shown as
+//!   `plexi_storage_under_replicated_objects`.
+//!
 //! All traffic is throttled to `repair_mib_per_second` and every pass is
 //! bounded in partitions and objects.
 
@@ -43,6 +50,10 @@ const HANDOFF_EVERY: usize = 12;
 const MAX_SYNC_PASSES: usize = 2 * PARTITIONS as usize / MAX_PARTITIONS_PER_PASS;
 /// Most hints replayed per peer per pass.
 const MAX_HINTS_PER_PASS: usize = 256;
+/// Every this many anti-entropy ticks, recount under-replicated objects.
+const COUNT_EVERY: usize = 4;
+/// Most local objects one under-replication count examines.
+const MAX_COUNTED_OBJECTS: usize = 100_000;
 
 /// Progress of a running or finished background job (rebalance, cleanup).
 #[derive(Debug, Default)]
@@ -53,17 +64,19 @@ pub struct Progress {
     pub moved_bytes: AtomicU64,
     pub removed: AtomicU64,
     pub repaired: AtomicU64,
+    /// Values rewritten under the current data key (re-encryption).
+    pub reencrypted: AtomicU64,
 }
 
 /// Sleeps as needed to keep `bytes` over the pass under the throttle.
-struct Throttle {
+pub(super) struct Throttle {
     started: Instant,
     bytes: u64,
     per_second: u64,
 }
 
 impl Throttle {
-    fn new(per_second: u64) -> Self {
+    pub(super) fn new(per_second: u64) -> Self {
         Throttle {
             started: Instant::now(),
             bytes: 0,
@@ -71,7 +84,7 @@ impl Throttle {
         }
     }
 
-    async fn spend(&mut self, bytes: u64) {
+    pub(super) async fn spend(&mut self, bytes: u64) {
         self.bytes += bytes;
         let due = Duration::from_secs_f64(self.bytes as f64 / self.per_second as f64);
         let elapsed = self.started.elapsed();
@@ -129,6 +142,14 @@ pub fn spawn(storage: Arc<Storage>) {
         loop {
             tick.tick().await;
             replay_hints(&s).await;
+            if round.is_multiple_of(COUNT_EVERY) {
+                match count_under_replicated(&s).await {
+                    Ok(n) => {
+                        s.metrics.under_replicated.set(n as i64);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "under-replication count failed"),
+                }
+            }
             if round % HANDOFF_EVERY == HANDOFF_EVERY - 1 {
                 let p = Progress::default();
                 if let Err(e) = cleanup_pass(&s, &p, false, moves).await {
@@ -217,7 +238,8 @@ async fn replay_hints(s: &Arc<Storage>) {
                 Some((meta, data)) => {
                     let ok = s.send_object(&peer, &meta, &data).await.is_ok();
                     if ok {
-                        s.metrics.repaired.inc();
+                        s.metrics
+                            .repaired(super::RepairSource::Hint, data.len() as u64);
                         throttle.spend(data.len() as u64).await;
                     }
                     ok
@@ -327,7 +349,8 @@ async fn exchange(
                 continue;
             };
             if s.send_object(&peer.peer_id, &meta, &data).await.is_ok() {
-                s.metrics.repaired.inc();
+                s.metrics
+                    .repaired(super::RepairSource::AntiEntropy, data.len() as u64);
                 progress.moved_objects.fetch_add(1, Ordering::Relaxed);
                 progress
                     .moved_bytes
@@ -388,7 +411,7 @@ async fn exchange(
                 if let Ok(Some((meta, data))) = s.fetch_object(&peer.peer_id, &meta.data_id).await {
                     let len = data.len() as u64;
                     if s.apply_durably(meta, data).await.is_ok() {
-                        s.metrics.repaired.inc();
+                        s.metrics.repaired(super::RepairSource::AntiEntropy, len);
                         progress.moved_objects.fetch_add(1, Ordering::Relaxed);
                         progress.moved_bytes.fetch_add(len, Ordering::Relaxed);
                         throttle.spend(len).await;
@@ -618,8 +641,99 @@ async fn cleanup_pass(
     Ok(())
 }
 
+/// What one owner of an object holds, as a count pass sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct OwnerCopy {
+    /// This node.
+    pub me: bool,
+    /// Alive or suspect: its copy counts as live.
+    pub reachable: bool,
+    /// Its version and tombstone flag, if it holds one (unknown = none).
+    pub held: Option<(plexi_util::hlc::Version, bool)>,
+}
+
+/// Whether this node counts an object as under-replicated: its owners (in
+/// placement order) hold fewer current live copies than `rf`, the current
+/// version is not a tombstone, and this node is the first owner holding
+/// it, so that exactly one node counts each object.
+pub(super) fn counts_object(rf: usize, owners: &[OwnerCopy]) -> bool {
+    let live = || owners.iter().filter(|o| o.reachable);
+    let Some((newest, tombstone)) = live().filter_map(|o| o.held).max() else {
+        return false;
+    };
+    if tombstone {
+        return false;
+    }
+    let current: Vec<&OwnerCopy> = live()
+        .filter(|o| o.held.map(|h| h.0) == Some(newest))
+        .collect();
+    current.len() < rf && current.first().is_some_and(|o| o.me)
+}
+
+/// Counts the objects this node must count as under-replicated (see
+/// [`counts_object`]): asks every other live owner of its objects for their
+/// versions, in batches of [`MAX_BATCH`]. An owner that does not answer
+/// holds no live copy as far as this count goes.
+async fn count_under_replicated(s: &Arc<Storage>) -> Result<u64, String> {
+    let placement = s.placement_members(&s.members());
+    let me = s.local_peer().to_string();
+    let metas = s
+        .engine()
+        .census(MAX_COUNTED_OBJECTS)
+        .map_err(|e| e.to_string())?;
+    let mut asks: HashMap<String, Vec<String>> = HashMap::new();
+    let mut mine = Vec::new();
+    for m in metas.into_iter().filter(|m| !m.tombstone) {
+        let owners = owners(s, &m, &placement);
+        if !owners.iter().any(|o| o.peer_id == me) {
+            continue; // a copy this node does not own: its owners count it
+        }
+        for o in owners.iter().filter(|o| o.peer_id != me && o.reachable()) {
+            asks.entry(o.peer_id.clone())
+                .or_default()
+                .push(m.data_id.clone());
+        }
+        mine.push((m, owners));
+    }
+    let mut held: HashMap<(String, String), (plexi_util::hlc::Version, bool)> = HashMap::new();
+    for (peer, ids) in asks {
+        for chunk in ids.chunks(MAX_BATCH) {
+            let call = StoreCall::Metas {
+                data_ids: chunk.to_vec(),
+            };
+            let Ok(StoreReply::Metas(answers)) = s.call(&peer, call).await else {
+                break; // unreachable: none of its copies count
+            };
+            for (id, a) in chunk.iter().zip(answers) {
+                if let Some((om, _)) = a {
+                    held.insert((peer.clone(), id.clone()), (om.version, om.tombstone));
+                }
+            }
+        }
+    }
+    let count = mine
+        .iter()
+        .filter(|(m, owners)| {
+            let copies: Vec<OwnerCopy> = owners
+                .iter()
+                .map(|o| OwnerCopy {
+                    me: o.peer_id == me,
+                    reachable: o.peer_id == me || o.reachable(),
+                    held: if o.peer_id == me {
+                        Some((m.version, m.tombstone))
+                    } else {
+                        held.get(&(o.peer_id.clone(), m.data_id.clone())).copied()
+                    },
+                })
+                .collect();
+            counts_object(m.replication_factor as usize, &copies)
+        })
+        .count();
+    Ok(count as u64)
+}
+
 /// Re-hashes one local object; a corrupt replica is replaced from another.
-async fn scrub_one(
+pub(super) async fn scrub_one(
     s: &Arc<Storage>,
     id: &str,
     meta: &ObjectMeta,
@@ -628,20 +742,21 @@ async fn scrub_one(
 ) {
     match s.engine().get(id) {
         Ok(_) => {}
-        Err(StoreError::Corrupt { .. }) => {
-            s.metrics.corrupt.inc();
-            tracing::warn!(data_id = id, "scrub found a corrupt replica; replacing it");
+        Err(e) if e.is_bad_replica() => {
+            s.metrics.corrupt_found();
+            tracing::warn!(data_id = id, error = %e, "scrub found a replica it cannot serve; replacing it");
             for o in owners
                 .iter()
                 .filter(|o| o.peer_id != s.local_peer() && o.reachable())
             {
                 if let Ok(Some((good, data))) = s.fetch_object(&o.peer_id, id).await {
+                    let len = data.len() as u64;
                     if good.version >= meta.version
                         && s.engine().remove_if(id, meta.version).is_ok()
                         && s.apply_durably(good, data).await.is_ok()
                     {
                         progress.repaired.fetch_add(1, Ordering::Relaxed);
-                        s.metrics.repaired.inc();
+                        s.metrics.repaired(super::RepairSource::Scrub, len);
                         return;
                     }
                 }
@@ -658,6 +773,107 @@ async fn scrub_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plexi_util::hlc::Version;
+
+    fn v(ms: u64) -> Version {
+        Version {
+            physical_ms: ms,
+            logical: 0,
+            node: 0,
+        }
+    }
+
+    /// The same owners as seen by owner `i`.
+    fn seen_by(i: usize, owners: &[OwnerCopy]) -> Vec<OwnerCopy> {
+        owners
+            .iter()
+            .enumerate()
+            .map(|(j, o)| OwnerCopy { me: i == j, ..*o })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_current_live_holder_counts_a_short_object() {
+        let copy = |reachable, held: Option<u64>| OwnerCopy {
+            me: false,
+            reachable,
+            held: held.map(|ms| (v(ms), false)),
+        };
+        // Three owners, one dead: two live copies of three.
+        let owners = [
+            copy(false, Some(5)),
+            copy(true, Some(5)),
+            copy(true, Some(5)),
+        ];
+        let counters: Vec<bool> = (0..3)
+            .map(|i| counts_object(3, &seen_by(i, &owners)))
+            .collect();
+        assert_eq!(counters, [false, true, false]);
+        // Fully replicated: nobody counts it.
+        let full = [
+            copy(true, Some(5)),
+            copy(true, Some(5)),
+            copy(true, Some(5)),
+        ];
+        assert!((0..3).all(|i| !counts_object(3, &seen_by(i, &full))));
+        // A stale first owner: the current copies are two, counted by the second.
+        let stale = [
+            copy(true, Some(4)),
+            copy(true, Some(5)),
+            copy(true, Some(5)),
+        ];
+        let counters: Vec<bool> = (0..3)
+            .map(|i| counts_object(3, &seen_by(i, &stale)))
+            .collect();
+        assert_eq!(counters, [false, true, false]);
+        // A deleted object (newest is a tombstone) is not counted.
+        let mut gone = stale;
+        gone[2].held = Some((v(6), true));
+        assert!((0..3).all(|i| !counts_object(3, &seen_by(i, &gone))));
+        // Fewer owners than the factor (a small cluster).
+        let small = [copy(true, Some(5)), copy(true, Some(5))];
+        assert!(counts_object(3, &seen_by(0, &small)));
+    }
+
+    proptest::proptest! {
+        /// Every owner judging the same view: exactly one counts an object
+        /// with fewer current live copies than its factor, none counts any
+        /// other.
+        #[test]
+        fn exactly_one_owner_counts_each_short_object(
+            rf in 1usize..5,
+            owners in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::option::of((0u64..3, proptest::bool::ANY))),
+                1..6,
+            ),
+        ) {
+            let owners: Vec<OwnerCopy> = owners
+                .into_iter()
+                .map(|(reachable, held)| OwnerCopy {
+                    me: false,
+                    reachable,
+                    held: held.map(|(ms, t)| (v(ms), t)),
+                })
+                .collect();
+            let newest = owners.iter().filter(|o| o.reachable).filter_map(|o| o.held).max();
+            let short = match newest {
+                Some((n, false)) => {
+                    owners
+                        .iter()
+                        .filter(|o| o.reachable && o.held.map(|h| h.0) == Some(n))
+                        .count()
+                        < rf
+                }
+                _ => false,
+            };
+            // Only owners holding a copy run the count.
+            let counting = (0..owners.len())
+                .filter(|&i| owners[i].held.is_some() && owners[i].reachable)
+                .filter(|&i| counts_object(rf, &seen_by(i, &owners)))
+                .count();
+            proptest::prop_assert_eq!(counting, usize::from(short));
+        }
+    }
 
     /// Digests differing in `parts` (in no particular order).
     fn digests_differing_in(parts: &[u16]) -> (Vec<[u8; 32]>, Vec<[u8; 32]>) {

@@ -51,19 +51,9 @@ impl Census {
 }
 
 async fn census(s: &Arc<Storage>) -> Census {
-    let members: Vec<Member> = s
-        .members()
-        .into_iter()
-        .filter(|m| m.status != MemberStatus::Left)
-        .collect();
-    let mut unreachable: Vec<String> = members
+    let (asked, mut unreachable) = s.members_to_ask();
+    let mut asks: FuturesUnordered<_> = asked
         .iter()
-        .filter(|m| !m.reachable())
-        .map(|m| m.name.clone())
-        .collect();
-    let mut asks: FuturesUnordered<_> = members
-        .iter()
-        .filter(|m| m.reachable())
         .map(|m| {
             let (s, m) = (s.clone(), m.clone());
             async move {
@@ -105,11 +95,52 @@ async fn census(s: &Arc<Storage>) -> Census {
         }
     }
     unreachable.sort();
-    Census {
+    let c = Census {
         answers,
         unreachable,
         objects,
+    };
+    let live: Vec<&ObjectTally> = c.live().collect();
+    s.metrics.census_objects.set(live.len() as i64);
+    s.metrics
+        .census_replicas
+        .set(live.iter().map(|t| t.current_holders as i64).sum());
+    s.metrics
+        .replication_efficiency
+        .set(replication_efficiency(&live));
+    c
+}
+
+/// The distribution report's replication efficiency: current replicas of
+/// live objects over the replicas their factors want, at most 1 (1 for an
+/// empty cluster), rounded to 0.001.
+fn replication_efficiency(live: &[&ObjectTally]) -> f64 {
+    let target: u64 = live.iter().map(|t| t.rf as u64).sum();
+    let replicas: u64 = live.iter().map(|t| t.current_holders as u64).sum();
+    if target == 0 {
+        1.0
+    } else {
+        ((replicas.min(target) as f64 / target as f64) * 1000.0).round() / 1000.0
     }
+}
+
+/// How often every node runs a census for its census gauges
+/// (`plexi_storage_cluster_objects`, `plexi_storage_cluster_replicas`,
+/// `plexi_storage_replication_efficiency`); every report's census (overview,
+/// distribution) sets them too. One census asks each member for at most
+/// [`MAX_CENSUS`] entries.
+pub const CENSUS_GAUGES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keeps the census gauges fresh: a census every [`CENSUS_GAUGES_INTERVAL`].
+pub fn spawn_census_gauges(s: Arc<Storage>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CENSUS_GAUGES_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            census(&s).await;
+        }
+    });
 }
 
 /// Ids of live objects (newest version not a tombstone) that start with
@@ -252,7 +283,6 @@ pub async fn distribution(s: &Arc<Storage>) -> Result<Distribution, StorageError
         *histogram.entry(t.current_holders.to_string()).or_default() += 1;
     }
     let replicas: u64 = live.iter().map(|t| t.current_holders as u64).sum();
-    let target: u64 = live.iter().map(|t| t.rf as u64).sum();
     let n = live.len() as u64;
     Ok(Distribution {
         nodes,
@@ -269,11 +299,7 @@ pub async fn distribution(s: &Arc<Storage>) -> Result<Distribution, StorageError
         } else {
             (replicas as f64 / n as f64 * 100.0).round() / 100.0
         },
-        replication_efficiency: if target == 0 {
-            1.0
-        } else {
-            ((replicas.min(target) as f64 / target as f64) * 1000.0).round() / 1000.0
-        },
+        replication_efficiency: replication_efficiency(&live),
         unreachable_nodes: c.unreachable,
     })
 }

@@ -49,7 +49,9 @@ pub(super) async fn lone_node(config: DistributedStorage) -> Lone {
         store_latency_us: 0,
         unplanned_restarts: 0,
         healthy: true,
+        replica_counts: Default::default(),
         api_address: "127.0.0.1:1".into(),
+        location: None,
     });
     let mut registry = prometheus_client::registry::Registry::default();
     let (p2p, _task) = plexi_p2p::spawn(
@@ -62,6 +64,7 @@ pub(super) async fn lone_node(config: DistributedStorage) -> Lone {
             heartbeat_interval: Duration::from_millis(200),
             exchange_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
+            cluster_key: plexi_p2p::SecretKey::from_bytes([7; 32]),
         },
         info_rx,
         Arc::new(NoCalls),

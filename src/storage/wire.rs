@@ -38,6 +38,12 @@ pub enum StoreCall {
         data_id: String,
         offset: u64,
         len: u64,
+        /// Set by a strong read: the version the coordinator's majority
+        /// survey found newest. A replica still catching up serves a copy
+        /// at least that new (the quorum vouches for it); without it, such
+        /// a replica sends the reader elsewhere. Absent from older peers.
+        #[serde(default)]
+        newest: Option<Version>,
     },
     /// Metadata (and local access stats) of several objects.
     Metas { data_ids: Vec<String> },
@@ -47,11 +53,24 @@ pub enum StoreCall {
     Entries { partition: u16 },
     /// Every entry this replica holds (bounded by [`MAX_CENSUS`]).
     Census,
+    /// Up to `limit` (at most [`MAX_LIST`]) local entries, tombstones
+    /// included, whose id starts with `prefix` and sorts after `after`, in
+    /// byte order of the id (the object listing).
+    List {
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    },
     /// Starts this node's part of a cluster-wide job.
     StartJob { job_id: String, kind: JobKind },
     /// This node's part of a job, if it has one.
     JobStatus { job_id: String },
 }
+
+/// Most entries one `List` answer carries: the API's page bound (their
+/// metadata fits the 8 MiB response frame many times over: ids are at most
+/// 512 bytes).
+pub use plexi_util::limits::MAX_LIST_OBJECTS as MAX_LIST;
 
 /// Most entries one census answer carries.
 pub const MAX_CENSUS: usize = 100_000;
@@ -77,6 +96,14 @@ pub struct JobPartStatus {
     pub removed: u64,
     pub repaired: u64,
     pub error: Option<String>,
+    /// Local entries examined so far, of `total` (re-encryption counts).
+    #[serde(default)]
+    pub examined: u64,
+    #[serde(default)]
+    pub total: u64,
+    /// Values rewritten under the current data key.
+    #[serde(default)]
+    pub reencrypted: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -99,4 +126,9 @@ pub enum StoreReply {
     },
     JobStarted,
     Job(Option<JobPartStatus>),
+    /// The entries of a `List`, and whether more follow the last one.
+    List {
+        entries: Vec<ObjectMeta>,
+        more: bool,
+    },
 }

@@ -100,8 +100,28 @@ pub fn run(
     overrides: Overrides,
     worker_args: Vec<OsString>,
 ) -> Result<(), SupervisorError> {
-    let (config, _) = Config::load(config_path.as_deref(), &overrides)?;
+    let (config, file) = Config::load(config_path.as_deref(), &overrides)?;
+    let faults_path = config.node.data_dir.join(plexi_util::faults::FILE_NAME);
+    if let Some(message) = plexi_util::faults::release_refusal(
+        faults_path.exists(),
+        &faults_path.display().to_string(),
+    ) {
+        return Err(SupervisorError::Config(ConfigError { file, message }));
+    }
+    check_cluster_key(&config, &file)?;
+    // The same keys as the worker's: snapshots are sealed under the data key.
+    // A data key that cannot be read is a configuration error (exit 2).
+    let data_keys = sealed::DataKeys::resolve(&config).map_err(|e| {
+        SupervisorError::Config(ConfigError {
+            file: file.clone(),
+            message: format!("data key: {e}"),
+        })
+    })?;
     let data_dir = config.node.data_dir;
+    // The file a failed switch's restore writes the config copy back to:
+    // the one this node runs with (the worker gets the same arguments).
+    let config_file = config_path
+        .or_else(|| Some(PathBuf::from(crate::config::DEFAULT_PATH)).filter(|p| p.is_file()));
     // PR_SET_PDEATHSIG follows the thread that forks: every spawn happens
     // here, on the main thread, which lives as long as the process.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -118,9 +138,42 @@ pub fn run(
             data_dir,
             worker_args,
             signals,
+            data_keys,
+            config_file,
         };
         sup.supervise().await
     })
+}
+
+/// A node that joins (`--bootstrap`, `node.bootstrap`, or peers its worker
+/// remembered in `DATA_DIR/peers.json`) without a cluster key stops here,
+/// before any worker runs: a configuration error (exit 2) naming the key it
+/// needs. So does a key that does not parse. A first node without one goes
+/// on: its worker creates `DATA_DIR/cluster.key`. (The worker applies the
+/// same rule; checking here makes the exit the supervisor's, not a restart
+/// loop.)
+fn check_cluster_key(config: &Config, file: &str) -> Result<(), SupervisorError> {
+    let config_error = |message: String| {
+        SupervisorError::Config(ConfigError {
+            file: file.to_string(),
+            message,
+        })
+    };
+    let found = crate::keys::find_cluster_key(
+        std::env::var(crate::keys::CLUSTER_KEY_ENV).ok(),
+        config.node.cluster_key_file.as_deref(),
+        &config.node.data_dir,
+    )
+    .map_err(|e| config_error(format!("cluster key: {e}")))?;
+    let remembered: Vec<String> =
+        crate::files::read_json(&config.node.data_dir.join("peers.json")).unwrap_or_default();
+    let joining = !config.node.bootstrap.is_empty() || !remembered.is_empty();
+    if found.is_none() && joining {
+        return Err(config_error(crate::keys::missing_cluster_key(
+            &config.node.data_dir,
+        )));
+    }
+    Ok(())
 }
 
 struct Signals {
@@ -161,6 +214,10 @@ struct Supervisor {
     releases: PathBuf,
     worker_args: Vec<OsString>,
     signals: Signals,
+    /// Seals store snapshots (current key) and opens them (any key).
+    data_keys: sealed::DataKeys,
+    /// The config file a restore writes back (`--config` or the default).
+    config_file: Option<PathBuf>,
 }
 
 impl Supervisor {
@@ -170,6 +227,7 @@ impl Supervisor {
         // Held until we exit (the fd is close-on-exec: the worker lacks it).
         let _lock = lock_releases(&self.releases)?;
         self.ensure_installed()?;
+        self.resume_restore().await;
         self.recover_interrupted_switch().await;
         let mut failures = 0u32;
         let mut next: Option<Worker> = None;
@@ -329,10 +387,13 @@ impl Supervisor {
             let _ = remove_file_synced(&path);
             return;
         }
-        let snapshot = self
-            .backup_dir(&req)
-            .map(|b| b.join("store"))
-            .filter(|s| s.is_dir());
+        // A complete snapshot, sealed (with a data key) or not.
+        let snapshot = self.backup_dir(&req).and_then(|b| {
+            [SEALED_SNAPSHOT, "store"]
+                .into_iter()
+                .map(|name| b.join(name))
+                .find(|s| s.is_dir())
+        });
         self.roll_back(
             &req,
             "supervisor restarted during the switch".into(),
@@ -388,10 +449,12 @@ impl Supervisor {
         if let Some(backup_dir) = self.backup_dir(&req) {
             let data_dir = self.data_dir.clone();
             let b = backup_dir.clone();
-            let res = tokio::task::spawn_blocking(move || snapshot_store(&data_dir, &b))
-                .await
-                .map_err(io::Error::other)
-                .and_then(|r| r);
+            let seal = self.data_keys.current.clone();
+            let res =
+                tokio::task::spawn_blocking(move || snapshot_store(&data_dir, &b, seal.as_ref()))
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|r| r);
             match res {
                 Ok(s) => {
                     tracing::info!(path = %s.display(), "store snapshotted");
@@ -491,16 +554,7 @@ impl Supervisor {
             );
         }
         if let (true, Some(snapshot)) = (req.restore_data_on_failure, snapshot) {
-            let data_dir = self.data_dir.clone();
-            let s = snapshot.clone();
-            let res = tokio::task::spawn_blocking(move || restore_store(&data_dir, &s))
-                .await
-                .map_err(io::Error::other)
-                .and_then(|r| r);
-            match res {
-                Ok(()) => tracing::info!(from = %snapshot.display(), "store restored"),
-                Err(e) => tracing::error!(error = %e, "cannot restore the store snapshot"),
-            }
+            self.restore(req, snapshot).await;
         }
         let result = SwitchResult {
             operation_id: req.operation_id.clone(),
@@ -512,6 +566,60 @@ impl Supervisor {
             attempted_pid,
         };
         self.decide(&result);
+    }
+
+    /// Complete restoration after a failed switch: the pre-update store
+    /// snapshot and the config copy of the request's backup dir go back in
+    /// place ([`restore`], journalled), unless this operation's restore
+    /// already finished (a rollback repeated after a crash). The old worker
+    /// then catches up from its replicas like after any restart.
+    async fn restore(&self, req: &SwitchRequest, snapshot: PathBuf) {
+        if restore::restored(&self.data_dir, &req.operation_id) {
+            tracing::info!(op = %req.operation_id, "already restored");
+            return;
+        }
+        let Some(backup_dir) = self.backup_dir(req) else {
+            return;
+        };
+        let mut journal = restore::RestoreJournal::for_backup(
+            &req.operation_id,
+            &backup_dir,
+            self.config_file.as_deref(),
+        );
+        journal.snapshot = Some(snapshot);
+        self.run_restore(journal).await;
+    }
+
+    /// Finishes a restore a crash interrupted (`releases/restore.json` not
+    /// at `done`), before anything else runs.
+    async fn resume_restore(&self) {
+        let Some(journal) = restore::journal(&self.data_dir) else {
+            return;
+        };
+        if journal.step != restore::RestoreStep::Done {
+            tracing::warn!(op = %journal.operation_id, step = ?journal.step, "finishing an interrupted restore");
+            self.run_restore(journal).await;
+        }
+    }
+
+    async fn run_restore(&self, journal: restore::RestoreJournal) {
+        let data_dir = self.data_dir.clone();
+        let keys = self.data_keys.all();
+        let op = journal.operation_id.clone();
+        let (snapshot, config) = (journal.snapshot.clone(), journal.config_copy.clone());
+        let res = tokio::task::spawn_blocking(move || restore::run(&data_dir, journal, &keys))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+        match res {
+            Ok(()) => tracing::info!(
+                %op,
+                store_from = ?snapshot,
+                config_from = ?config,
+                "store and config restored to their pre-update state"
+            ),
+            Err(e) => tracing::error!(%op, error = %e, "cannot restore the pre-update state"),
+        }
     }
 
     /// Writes the result, then drops the request (that order: a result
@@ -664,14 +772,53 @@ mod tests {
         fs::create_dir_all(d.join("store/sub")).unwrap();
         fs::write(d.join("store/a"), "before").unwrap();
         fs::write(d.join("store/sub/b"), "b").unwrap();
-        let snap = snapshot_store(d, &d.join("backups/op1")).unwrap();
+        let snap = snapshot_store(d, &d.join("backups/op1"), None).unwrap();
         assert_eq!(fs::read_to_string(snap.join("sub/b")).unwrap(), "b");
         fs::write(d.join("store/a"), "after").unwrap();
         fs::write(d.join("store/c"), "new").unwrap();
-        restore_store(d, &snap).unwrap();
+        restore_store(d, &snap, &[]).unwrap();
         assert_eq!(fs::read_to_string(d.join("store/a")).unwrap(), "before");
         assert!(!d.join("store/c").exists());
         assert!(!d.join("store.replaced").exists());
         assert!(snap.join("a").is_file(), "the snapshot is kept");
+    }
+
+    /// With a data key the snapshot holds no plaintext byte, another key
+    /// cannot restore it, and the key restores byte-identical files.
+    #[test]
+    fn sealed_snapshot_restores_only_with_its_key() {
+        use plexi_util::secret::SecretKey;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let marker = b"SNAPSHOT-MARKER-5be1";
+        let big: Vec<u8> = marker.iter().cycle().take(300_000).copied().collect();
+        fs::create_dir_all(d.join("store/blobs")).unwrap();
+        fs::write(d.join("store/db"), marker).unwrap();
+        fs::write(d.join("store/blobs/7"), &big).unwrap();
+        fs::write(d.join("store/empty"), b"").unwrap();
+        let key = SecretKey::from_bytes([5; 32]);
+        let other = SecretKey::from_bytes([6; 32]);
+        let snap = snapshot_store(d, &d.join("backups/op1"), Some(&key)).unwrap();
+        assert!(snap.ends_with(SEALED_SNAPSHOT));
+        for f in ["db", "blobs/7", "empty"] {
+            let bytes = fs::read(snap.join(f)).unwrap();
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker),
+                "{f} holds plaintext"
+            );
+        }
+        fs::write(d.join("store/db"), "after").unwrap();
+        let e = restore_store(d, &snap, std::slice::from_ref(&other)).unwrap_err();
+        assert!(e.to_string().contains(&key.fingerprint()), "{e}");
+        assert_eq!(
+            fs::read(d.join("store/db")).unwrap(),
+            b"after",
+            "left as it was"
+        );
+        assert!(!d.join("store.restoring").exists());
+        restore_store(d, &snap, &[other, key]).unwrap();
+        assert_eq!(fs::read(d.join("store/db")).unwrap(), marker);
+        assert_eq!(fs::read(d.join("store/blobs/7")).unwrap(), big);
+        assert_eq!(fs::read(d.join("store/empty")).unwrap(), b"");
     }
 }

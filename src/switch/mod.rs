@@ -10,7 +10,12 @@
 //! releases/switch.json         SwitchRequest (worker -> supervisor)
 //! releases/switch-result.json  SwitchResult (supervisor -> worker)
 //! backups/<op>/store           snapshot of store/ taken for a switch
+//! backups/<op>/store.sealed    the same, every file sealed (with a data key)
+//! releases/restore.json        the restore journal after a failed switch ([`restore`])
 //! ```
+//!
+//! With a data key every snapshot file is sealed ([`sealed`]) and the
+//! restore opens them: no snapshot byte is readable without the key.
 //!
 //! Every file is written tmp + fsync + rename + fsync dir; `current` is
 //! flipped by renaming a temp symlink over it. The result is written before
@@ -25,6 +30,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::files::{copy_dir, fsync_dir, remove_dir_if_exists};
+use plexi_util::secret::SecretKey;
+
+pub mod restore;
+pub mod sealed;
 pub use crate::files::{read_json, write_json_atomic};
 
 /// Worker exit code meaning "switch to the version in `releases/switch.json`".
@@ -226,18 +235,31 @@ pub fn file_blake3(path: &Path) -> io::Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
-/// Copies `DATA_DIR/store` to `backup_dir/store` (through `store.partial`,
-/// so a complete snapshot is the only thing named `store`).
-pub fn snapshot_store(data_dir: &Path, backup_dir: &Path) -> io::Result<PathBuf> {
+/// Name of a snapshot whose files are sealed.
+pub const SEALED_SNAPSHOT: &str = "store.sealed";
+
+/// Copies `DATA_DIR/store` to `backup_dir/store`, or with `seal` (the data
+/// key) seals every file into `backup_dir/store.sealed` (through a
+/// `.partial` name, so a complete snapshot is the only thing so named).
+pub fn snapshot_store(
+    data_dir: &Path,
+    backup_dir: &Path,
+    seal: Option<&SecretKey>,
+) -> io::Result<PathBuf> {
     fs::create_dir_all(backup_dir)?;
-    let partial = backup_dir.join("store.partial");
-    let dst = backup_dir.join("store");
+    let name = if seal.is_some() {
+        SEALED_SNAPSHOT
+    } else {
+        "store"
+    };
+    let partial = backup_dir.join(format!("{name}.partial"));
+    let dst = backup_dir.join(name);
     remove_dir_if_exists(&partial)?;
     let store = data_dir.join("store");
-    if store.exists() {
-        copy_dir(&store, &partial)?;
-    } else {
-        fs::create_dir(&partial)?;
+    match (store.exists(), seal) {
+        (true, Some(key)) => sealed::seal_dir(&store, &partial, key)?,
+        (true, None) => copy_dir(&store, &partial)?,
+        (false, _) => fs::create_dir(&partial)?,
     }
     remove_dir_if_exists(&dst)?;
     fs::rename(&partial, &dst)?;
@@ -245,20 +267,19 @@ pub fn snapshot_store(data_dir: &Path, backup_dir: &Path) -> io::Result<PathBuf>
     Ok(dst)
 }
 
-/// Replaces `DATA_DIR/store` by a copy of `snapshot`.
-pub fn restore_store(data_dir: &Path, snapshot: &Path) -> io::Result<()> {
-    let store = data_dir.join("store");
-    let incoming = data_dir.join("store.restoring");
-    let replaced = data_dir.join("store.replaced");
-    remove_dir_if_exists(&incoming)?;
-    copy_dir(snapshot, &incoming)?;
-    remove_dir_if_exists(&replaced)?;
-    if store.exists() {
-        fs::rename(&store, &replaced)?;
-    }
-    fs::rename(&incoming, &store)?;
-    fsync_dir(data_dir)?;
-    remove_dir_if_exists(&replaced)
+/// Replaces `DATA_DIR/store` by a copy of `snapshot` through the
+/// journalled [`restore`] steps (store only); a sealed snapshot
+/// ([`SEALED_SNAPSHOT`]) is opened with whichever of `keys` sealed it, and
+/// the store is left as it was if any file fails to open.
+pub fn restore_store(data_dir: &Path, snapshot: &Path, keys: &[SecretKey]) -> io::Result<()> {
+    let journal = restore::RestoreJournal {
+        operation_id: String::new(),
+        snapshot: Some(snapshot.to_path_buf()),
+        config_copy: None,
+        config_file: None,
+        step: restore::RestoreStep::Stage,
+    };
+    restore::run(data_dir, journal, keys)
 }
 
 /// The versions to delete: all but `keep` and the `extra` newest others.

@@ -44,6 +44,12 @@ const MAINTENANCE_ARRIVAL_MS: u64 = 5_000;
 const POST_CHECK_SAMPLE: usize = 20;
 /// Objects the pre-check examines (the census bound).
 const PRE_CHECK_MAX_OBJECTS: usize = 100_000;
+/// Attempts at the pre-check before the node's update fails: a peer that
+/// times out once (a lost message, a slow disk) is not a reason to halt
+/// the whole operation, a peer that keeps failing is. The lease is renewed
+/// before each retry.
+const PRE_CHECK_ATTEMPTS: usize = 3;
+const PRE_CHECK_RETRY: Duration = Duration::from_secs(2);
 
 /// Live (not deleted) objects this node holds, with their factor.
 fn live_objects(s: &Storage, limit: usize) -> Result<Vec<(String, usize)>, String> {
@@ -65,6 +71,53 @@ struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
     cause: String,
+}
+
+/// `plexi_update_operations{status}`: the update operations this node
+/// keeps (at most 256, replicated to every node), by their status now;
+/// computed at scrape time from the replicated state (no I/O). Success rate
+/// and rollback frequency over the kept history come from it.
+pub struct OperationGauges(pub Arc<UpdateState>);
+
+impl std::fmt::Debug for OperationGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OperationGauges")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+impl prometheus_client::collector::Collector for OperationGauges {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use plexi_util::types::OperationStatus;
+        use prometheus_client::encoding::EncodeMetric;
+        let now = wall_ms();
+        let mut counts: std::collections::BTreeMap<OperationStatus, i64> =
+            OperationStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        for rec in self.0.all() {
+            *counts.entry(rec.status(now)).or_default() += 1;
+        }
+        let mut m = encoder.encode_descriptor(
+            "plexi_update_operations",
+            "Update operations this node keeps (the replicated history), by status",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (status, n) in counts {
+            let labels = StatusLabels {
+                status: status.as_str(),
+            };
+            prometheus_client::metrics::gauge::ConstGauge::new(n)
+                .encode(m.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -94,6 +147,21 @@ impl UpdateMetrics {
             "Seconds from lease to post-check for this node's completed updates",
             durations.clone(),
         );
+        // Every series exists from the start (at 0).
+        for status in [
+            NodeUpdateStatus::Completed,
+            NodeUpdateStatus::Failed,
+            NodeUpdateStatus::RolledBack,
+        ] {
+            let _ = outcomes.get_or_create(&OutcomeLabels {
+                outcome: status.as_str().into(),
+            });
+        }
+        for cause in ["requested", "failure"] {
+            let _ = rollbacks.get_or_create(&CauseLabels {
+                cause: cause.into(),
+            });
+        }
         UpdateMetrics {
             outcomes,
             rollbacks,
@@ -587,7 +655,7 @@ impl Engine {
         self.progress(id, |p| p.lease = Some(hold)).await;
 
         self.enter_phase(id, UpdatePhase::PreCheck).await;
-        self.pre_check().await?;
+        self.pre_check_with_retries(id).await?;
         if self.halted(id) {
             return Err(StepError(
                 "operation halted before this node's update".into(),
@@ -643,8 +711,11 @@ impl Engine {
             to_version: target.to_string(),
             to_blake3: plan.target_blake3.clone(),
             deadline_seconds: plan.settings.health_check_timeout_seconds,
+            // A failed or crashed target may have migrated the store and
+            // config: the supervisor puts the backup back (see
+            // `switch::restore`); writes since are caught up from replicas.
+            restore_data_on_failure: backup_dir.is_some(),
             backup_dir,
-            restore_data_on_failure: false,
         })
         .await
     }
@@ -744,6 +815,24 @@ impl Engine {
         }
     }
 
+    /// [`Self::pre_check`], up to [`PRE_CHECK_ATTEMPTS`] times while the
+    /// operation runs.
+    async fn pre_check_with_retries(&self, id: &str) -> Result<(), StepError> {
+        let mut attempt = 1;
+        loop {
+            match self.pre_check().await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < PRE_CHECK_ATTEMPTS && !self.halted(id) => {
+                    tracing::warn!(operation_id = id, attempt, error = %e.0, "pre-check failed; retrying");
+                    tokio::time::sleep(PRE_CHECK_RETRY).await;
+                    self.renew(id).await?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The node is healthy, has disk space, and every object it holds has
     /// another live replica.
     async fn pre_check(&self) -> Result<(), StepError> {
@@ -820,6 +909,9 @@ impl Engine {
             .collect()
     }
 
+    /// Writes `backups/<ms>-<op>/`: the running binary, the config copy
+    /// (sealed as [`switch::sealed::SEALED_CONFIG`] under the data key when there is one)
+    /// and `backup.json`.
     fn backup(&self, id: &str) -> Result<PathBuf, StepError> {
         let dir = self
             .data_dir
@@ -833,9 +925,22 @@ impl Engine {
             std::env::current_exe()?
         };
         std::fs::copy(&exe, dir.join("plexi"))?;
+        // With a data key the config copy is sealed under it (the binary
+        // is a public release): `switch::sealed::open_file` opens it.
+        let data_key = self.storage.engine().keyring().current_key().cloned();
         if let Some(cfg) = &self.config_file {
             if cfg.is_file() {
-                std::fs::copy(cfg, dir.join("clustering.yml"))?;
+                match &data_key {
+                    Some(key) => switch::sealed::seal_file(
+                        cfg,
+                        &dir.join(switch::sealed::SEALED_CONFIG),
+                        key,
+                        switch::sealed::SEALED_CONFIG,
+                    )?,
+                    None => {
+                        std::fs::copy(cfg, dir.join("clustering.yml"))?;
+                    }
+                }
             }
         }
         let meta = serde_json::json!({
@@ -844,6 +949,7 @@ impl Engine {
             "config_file": self.config_file.as_ref().map(|p| p.display().to_string()),
             "at_ms": wall_ms(),
             "data": "store/ is snapshotted by the supervisor while the worker is stopped",
+            "sealed_under_data_key": data_key.as_ref().map(|k| k.fingerprint()),
         });
         std::fs::write(dir.join("backup.json"), serde_json::to_vec_pretty(&meta)?)?;
         Ok(dir)
@@ -918,7 +1024,8 @@ impl Engine {
     }
 
     /// At start: finish a switch this worker is the target of (post-check,
-    /// then ready), or report a switch the supervisor undid.
+    /// then ready), or report a switch the supervisor undid, or fail an
+    /// update of this node that a crash interrupted before its switch.
     async fn resume_after_restart(self: &Arc<Self>) {
         if let Some(pending) = switch::pending_switch(&self.data_dir) {
             if pending.to_version == self.version.to_string() {
@@ -932,6 +1039,38 @@ impl Engine {
             return;
         }
         self.report_switch_result().await;
+        self.fail_interrupted().await;
+    }
+
+    /// This node's part of an unfinished operation still says `updating`,
+    /// but this worker just started and has no switch to finish: the worker
+    /// that was doing it died between taking its lease and handing over to
+    /// the supervisor (chaos: a kill during the pre-check). Nobody would
+    /// ever move it on (the engine starts a node's part only from
+    /// `pending`, and the dead-holder watch needs the node dead), so the
+    /// operation hung. It is this node's failure: the operation halts, and
+    /// rolls back when configured.
+    async fn fail_interrupted(&self) {
+        let now = wall_ms();
+        for rec in self.state.all() {
+            if rec.is_final(now) || rec.rolling_back() {
+                continue;
+            }
+            let Some(p) = rec.nodes.get(&self.node_id) else {
+                continue;
+            };
+            if p.status != NodeUpdateStatus::Updating {
+                continue;
+            }
+            let phase = p.phase;
+            let id = rec.plan.operation_id.clone();
+            tracing::warn!(operation_id = %id, ?phase, "this node's update was interrupted by a restart before its switch");
+            self.fail(
+                &id,
+                &format!("the node restarted during its update ({phase:?} phase) before switching"),
+            )
+            .await;
+        }
     }
 
     async fn report_switch_result(&self) {

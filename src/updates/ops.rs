@@ -1328,6 +1328,14 @@ mod tests {
     }
 
     proptest! {
+        /// The record as peers exchange it (CBOR) decodes to itself.
+        #[test]
+        fn record_cbor_round_trip(a in arb_record()) {
+            let bytes = plexi_p2p::codec::encode_cbor(&a).unwrap();
+            let back: OpRecord = plexi_p2p::codec::decode_cbor(&bytes).unwrap();
+            prop_assert_eq!(back, a);
+        }
+
         #[test]
         fn merge_is_commutative_and_idempotent(a in arb_record(), b in arb_record(), c in arb_record()) {
             let mut ab = a.clone();

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use plexi_api::model::{
-    AuditList, ClusterEvent, Maintenance, MaintenanceRequest, PlanRequest, PutRequest, ReleaseList,
-    ReleaseView, SignedRelease, UpdateList, UpdateOperation,
+    AuditList, AuditVerifyReport, ClusterEvent, Maintenance, MaintenanceRequest, PlanRequest,
+    PutRequest, ReleaseList, ReleaseView, SignedRelease, UpdateList, UpdateOperation,
 };
 use plexi_util::clock::{rfc3339_ms, wall_ms};
 use plexi_util::types::{Consistency, NodeId, OperationStatus, UpdateStrategy};
@@ -27,7 +27,7 @@ use crate::storage::{report, StorageError};
 
 /// Longest maintenance mode an operator may ask for (7 days, as
 /// `maintenance_mode_timeout_seconds`).
-pub const MAX_MAINTENANCE_SECONDS: u64 = 7 * 86_400;
+pub use plexi_util::limits::MAX_MAINTENANCE_SECONDS;
 
 pub struct UpdateService {
     /// This node's engine: its storage, trusted keys, audit log, replicated
@@ -476,6 +476,18 @@ impl UpdateService {
         };
         let audit = self.engine.audit.clone();
         tokio::task::spawn_blocking(move || audit.list(limit))
+            .await
+            .map_err(|e| unavailable(&e))?
+            .map_err(|e| unavailable(&e))
+    }
+
+    /// Every audit chain this node holds, checked from seq 1.
+    pub async fn audit_verify(&self) -> Result<AuditVerifyReport, UpdateError> {
+        let unavailable = |e: &dyn std::fmt::Display| UpdateError::AuditUnavailable {
+            reason: e.to_string(),
+        };
+        let audit = self.engine.audit.clone();
+        tokio::task::spawn_blocking(move || audit.verify())
             .await
             .map_err(|e| unavailable(&e))?
             .map_err(|e| unavailable(&e))

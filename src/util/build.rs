@@ -15,8 +15,15 @@ fn main() {
     // Test-only faults for the update path; empty in every real build.
     println!("cargo:rerun-if-env-changed=PLEXI_BUILD_FAULT");
     let fault = std::env::var("PLEXI_BUILD_FAULT").unwrap_or_default();
-    if !matches!(fault.as_str(), "" | "exit-at-start" | "unhealthy") {
-        panic!("PLEXI_BUILD_FAULT={fault:?} is not empty, exit-at-start or unhealthy");
+    let known = [
+        "",
+        "exit-at-start",
+        "unhealthy",
+        "migrate-unhealthy",
+        "migrate-crash",
+    ];
+    if !known.contains(&fault.as_str()) {
+        panic!("PLEXI_BUILD_FAULT={fault:?} is not one of {known:?}");
     }
     println!("cargo:rustc-env=PLEXI_BUILD_FAULT={fault}");
 }

@@ -1,15 +1,27 @@
 //! The wall clock, in milliseconds since the Unix epoch, and its RFC 3339
 //! text. Protocol code takes the time as an argument; only the glue reads
-//! the clock, through here.
+//! the clock, through here. In debug builds the test-only fault file's
+//! `clock_offset_ms` moves it (see [`crate::faults`]); monotonic clocks are
+//! never moved.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn wall_ms() -> u64 {
-    SystemTime::now()
+    let real = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis().min(u64::MAX as u128) as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    if !cfg!(debug_assertions) {
+        return real;
+    }
+    crate::faults::offset_clock(real, crate::faults::current().clock_offset_ms)
+}
+
+/// [`wall_ms`] as a `SystemTime` (for timestamps shown or compared by the
+/// protocol; file times and log lines use the real clock).
+pub fn wall_time() -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(wall_ms())
 }
 
 /// `ms` as RFC 3339 UTC with milliseconds, e.g. `2026-12-01T12:00:00.000Z`.

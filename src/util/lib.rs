@@ -2,8 +2,15 @@
 //! reading the wall clock.
 //!
 //! - [`clock`]: the wall clock in milliseconds and its RFC 3339 text.
+//! - [`faults`]: the test-only fault file (`DATA_DIR/test-faults.json`):
+//!   its validation, the faults in force, the pure decisions; debug builds
+//!   only.
 //! - [`hlc`]: the hybrid logical clock and object versions (pure).
 //! - [`limits`]: the bounds that cross layers.
+//! - [`sealed_stream`]: the sealed backup format (XChaCha20-Poly1305
+//!   STREAM in 64 KiB chunks).
+//! - [`secret`]: 32-byte secret keys (cluster key, data key) and their
+//!   fingerprints.
 //! - [`types`]: the shared vocabulary (consistency level, storage strategy,
 //!   member status, update strategy, type, phase and statuses, node id):
 //!   one type per concept, used alike by config, state machines, wire and
@@ -16,8 +23,11 @@
 //! the library crates (`p2p`, `store`, `api`) need it as much as the binary.
 
 pub mod clock;
+pub mod faults;
 pub mod hlc;
 pub mod limits;
+pub mod sealed_stream;
+pub mod secret;
 pub mod types;
 pub mod units;
 pub mod version;

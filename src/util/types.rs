@@ -223,6 +223,8 @@ vocabulary! {
         Rebalance = "rebalance",
         /// Drops copies no owner needs, purges old tombstones, scrubs.
         Cleanup = "cleanup",
+        /// Rewrites every local value not sealed under the current data key.
+        Reencrypt = "reencrypt",
     }
 }
 
@@ -232,6 +234,19 @@ vocabulary! {
         Running = "running",
         Completed = "completed",
         Failed = "failed",
+    }
+}
+
+vocabulary! {
+    /// How well an object's current version is replicated, as a listing
+    /// finds it on the members that answered. A listed object always has
+    /// at least one current copy (else it could not be listed).
+    ReplicaHealth ("replica health") {
+        /// At least `replication_factor` current copies.
+        Healthy = "healthy",
+        /// Fewer current copies than its `replication_factor` (a replica is
+        /// down, stale or missing; repair will catch up).
+        UnderReplicated = "under_replicated",
     }
 }
 
@@ -251,6 +266,69 @@ vocabulary! {
     /// What `GET /health` says when the node answers at all.
     LivenessStatus ("liveness status") {
         Ok = "ok",
+    }
+}
+
+vocabulary! {
+    /// How urgent an alert is.
+    AlertSeverity ("alert severity") {
+        Critical = "critical",
+        Warning = "warning",
+        Info = "info",
+    }
+}
+
+vocabulary! {
+    /// Where an alert is in its lifecycle.
+    AlertState ("alert state") {
+        /// Raised and still true.
+        Active = "active",
+        /// No longer true (or its bounded time as news has passed).
+        Resolved = "resolved",
+    }
+}
+
+vocabulary! {
+    /// What an alert is about; each kind has one severity ([`AlertKind::severity`]).
+    AlertKind ("alert kind") {
+        /// A member missed its heartbeats (this node's failure detector).
+        MemberSuspect = "member_suspect",
+        /// A member is judged dead; resolved when it is alive again.
+        MemberDead = "member_dead",
+        /// A node above `distributed_storage.max_node_usage_percentage`.
+        NodeUsageHigh = "node_usage_high",
+        /// A node above `distributed_storage.warn_node_usage_percentage`.
+        NodeUsageWarning = "node_usage_warning",
+        /// Objects with fewer live replicas than their replication factor.
+        UnderReplicated = "under_replicated",
+        /// A node whose store latency is well above the cluster median.
+        PerformanceDegraded = "performance_degraded",
+        /// Scrub or a read found a corrupt local replica on a node.
+        CorruptionFound = "corruption_found",
+        /// An update operation is running.
+        UpdateStarted = "update_started",
+        /// A node failed its part of an update operation.
+        UpdateNodeFailed = "update_node_failed",
+        UpdateCompleted = "update_completed",
+        UpdateFailed = "update_failed",
+        UpdateRolledBack = "update_rolled_back",
+        /// The cluster is in maintenance mode.
+        MaintenanceOn = "maintenance_on",
+    }
+}
+
+impl AlertKind {
+    /// The one severity of this kind.
+    pub fn severity(self) -> AlertSeverity {
+        use AlertKind::*;
+        match self {
+            MemberDead | NodeUsageHigh | CorruptionFound | UpdateNodeFailed | UpdateFailed => {
+                AlertSeverity::Critical
+            }
+            MemberSuspect | NodeUsageWarning | UnderReplicated | PerformanceDegraded
+            | UpdateRolledBack | MaintenanceOn => AlertSeverity::Warning,
+            UpdateStarted | UpdateCompleted => AlertSeverity::Info,
+        }
     }
 }
 
@@ -351,8 +429,12 @@ mod tests {
         agree(UpdatePhase::ALL);
         agree(JobKind::ALL);
         agree(JobStatus::ALL);
+        agree(ReplicaHealth::ALL);
         agree(HealthSource::ALL);
         agree(LivenessStatus::ALL);
+        agree(AlertSeverity::ALL);
+        agree(AlertState::ALL);
+        agree(AlertKind::ALL);
     }
 
     #[test]
@@ -378,5 +460,23 @@ mod tests {
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"node-1\"");
         assert!(NodeId::is_valid("node-1.a_b"));
         assert!(!NodeId::is_valid("") && !NodeId::is_valid("a b"));
+    }
+}
+
+/// Where a node stands on the map (`node.location`): degrees, latitude
+/// -90..=90, longitude -180..=180. Gossiped in the node's record and shown
+/// by the panel's geographic view.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GeoLocation {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+impl GeoLocation {
+    /// Whether both coordinates are finite and in range.
+    pub fn is_valid(&self) -> bool {
+        (-90.0..=90.0).contains(&self.lat) && (-180.0..=180.0).contains(&self.lon)
     }
 }

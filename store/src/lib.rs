@@ -4,6 +4,9 @@
 //! - [`NodeStore`]: the database; node metadata (incarnation) and, through
 //!   [`objects`], the object engine. A store that fails to open is moved aside
 //!   (quarantined) and a fresh one is opened, to be refilled from replicas.
+//! - [`sealing`]: encryption at rest of object bytes (the data keys and the
+//!   stored value format). The `hints` tree holds only peer and object ids
+//!   (no object bytes), so it needs no sealing.
 //! - [`placement`]: partitions and replica sets (pure).
 //! - Object versions are `plexi_util::hlc::Version` (the HLC lives there).
 
@@ -11,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub mod objects;
 pub mod placement;
+pub mod sealing;
 
 use std::sync::Arc;
 
@@ -34,6 +38,26 @@ pub enum StoreError {
     ChecksumMismatch { data_id: String },
     #[error("flush failed: {0}")]
     Flush(String),
+    /// The value is sealed under a data key this node does not hold (a key
+    /// lost or not configured as retired): treated as a bad local replica.
+    #[error("object {data_id}: sealed under data key {key_id}, which this node does not hold")]
+    UnknownKey { data_id: String, key_id: String },
+    /// Another open of the same store (another process, or one in this
+    /// process still closing) holds its lock past [`LOCK_WAIT`]. Never a
+    /// reason to quarantine: the store is fine, only busy.
+    #[error("store at {path} is in use by another open (its lock was held for {waited_ms} ms)")]
+    Locked { path: String, waited_ms: u64 },
+}
+
+impl StoreError {
+    /// True when the local replica of an object cannot be served (corrupt,
+    /// or sealed under a key this node lacks): read elsewhere, repair it.
+    pub fn is_bad_replica(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. } | StoreError::UnknownKey { .. }
+        )
+    }
 }
 
 /// The node's local database.
@@ -47,6 +71,37 @@ pub struct NodeStore {
     quarantined: Option<PathBuf>,
 }
 
+/// How long an open waits for the store's lock: sled's background threads
+/// may hold it for a moment after the last handle of an earlier open in the
+/// same process is dropped.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// True when sled refused to open because another open holds the store's
+/// file lock (sled reports it only as an `Other` I/O error with this text;
+/// a test pins it).
+fn is_lock_held(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sled { source: sled::Error::Io(io), .. }
+        if io.to_string().contains("could not acquire lock"))
+}
+
+/// The I/O error the test-only fault file's `store_write_error_percent`
+/// asks for on this write (debug builds; see [`plexi_util::faults`]), or
+/// `None`. Checked before anything is written.
+pub(crate) fn injected_write_error(path: &str) -> Option<StoreError> {
+    use rand::Rng;
+    let percent = plexi_util::faults::current().store_write_error_percent;
+    if percent == 0 {
+        return None;
+    }
+    let roll = rand::thread_rng().gen_range(0..100u8);
+    plexi_util::faults::should_fail(percent, roll).then(|| StoreError::Sled {
+        path: path.to_string(),
+        source: sled::Error::Io(std::io::Error::other(
+            "write error injected by the test-only fault file (store_write_error_percent)",
+        )),
+    })
+}
+
 /// Bound on stored hints; past it new hints are dropped (anti-entropy still
 /// repairs those replicas, only later).
 pub const MAX_HINTS: u64 = 1_000_000;
@@ -55,9 +110,21 @@ impl NodeStore {
     /// Opens the store; if it cannot be opened, moves it aside to
     /// `<path>.quarantine-<unix-ms>` and opens a fresh one (the caller then
     /// refills it from replicas). Fails only if the fresh one fails too.
+    /// Object bytes are written plain (no data key).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        match Self::open_exact(path) {
+        Self::open_sealed(path, sealing::Keyring::none)
+    }
+
+    /// [`NodeStore::open`] with object bytes sealed and opened with the
+    /// keyring `keys` makes (called again for the fresh store after a
+    /// quarantine).
+    pub fn open_sealed(
+        path: &Path,
+        keys: impl Fn() -> sealing::Keyring,
+    ) -> Result<Self, StoreError> {
+        match Self::open_waiting(path, &keys) {
             Ok(s) => Ok(s),
+            Err(e @ StoreError::Locked { .. }) => Err(e),
             Err(e) if path.exists() => {
                 let ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -69,7 +136,7 @@ impl NodeStore {
                     path: path.display().to_string(),
                     source: sled::Error::Io(io),
                 })?;
-                let mut s = Self::open_exact(path)?;
+                let mut s = Self::open_waiting(path, &keys)?;
                 s.quarantined = Some(aside);
                 Ok(s)
             }
@@ -77,7 +144,27 @@ impl NodeStore {
         }
     }
 
-    fn open_exact(path: &Path) -> Result<Self, StoreError> {
+    /// [`NodeStore::open_exact`], waiting up to [`LOCK_WAIT`] while another
+    /// open holds the lock; then [`StoreError::Locked`].
+    fn open_waiting(path: &Path, keys: &impl Fn() -> sealing::Keyring) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
+        loop {
+            match Self::open_exact(path, keys()) {
+                Err(e) if is_lock_held(&e) => {
+                    if started.elapsed() >= LOCK_WAIT {
+                        return Err(StoreError::Locked {
+                            path: path.display().to_string(),
+                            waited_ms: started.elapsed().as_millis() as u64,
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_exact(path: &Path, keyring: sealing::Keyring) -> Result<Self, StoreError> {
         let wrap = |source| StoreError::Sled {
             path: path.display().to_string(),
             source,
@@ -91,6 +178,7 @@ impl NodeStore {
         let objects = Arc::new(objects::SledObjects::open(
             &db,
             &path.display().to_string(),
+            keyring,
         )?);
         let hints = db.open_tree(HINTS_TREE).map_err(wrap)?;
         let hint_count = std::sync::atomic::AtomicU64::new(hints.len() as u64);
@@ -114,6 +202,9 @@ impl NodeStore {
     /// Returns false when the hint table is full.
     pub fn add_hint(&self, peer: &str, data_id: &str) -> Result<bool, StoreError> {
         use std::sync::atomic::Ordering;
+        if let Some(e) = injected_write_error(&self.path.display().to_string()) {
+            return Err(e);
+        }
         if self.hint_count.load(Ordering::Relaxed) >= MAX_HINTS {
             return Ok(false);
         }
@@ -300,6 +391,24 @@ mod tests {
         assert_eq!(s.raise_incarnation(10).unwrap(), 10);
         assert_eq!(s.raise_incarnation(5).unwrap(), 10);
         s.probe().unwrap();
+    }
+
+    #[test]
+    fn a_store_open_elsewhere_is_reported_locked_never_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let held = NodeStore::open(&path).unwrap();
+        held.next_incarnation().unwrap();
+        let e = NodeStore::open_exact(&path, sealing::Keyring::none())
+            .err()
+            .expect("a second open must fail while the first holds the lock");
+        assert!(is_lock_held(&e), "sled's lock error changed: {e}");
+        drop(held);
+        // Whatever sled's threads still hold is let go within LOCK_WAIT;
+        // the data is the same store's, not a fresh one.
+        let s = NodeStore::open(&path).unwrap();
+        assert!(s.quarantined().is_none());
+        assert_eq!(s.incarnation().unwrap(), 1);
     }
 
     #[test]

@@ -10,6 +10,18 @@
 //! [`ObjectStore::flush`] returns; [`GroupCommit`] batches flushes across
 //! concurrent writers. Reads re-hash the bytes and never return bytes whose
 //! blake3 does not match the metadata.
+//!
+//! With a data key the bytes are sealed before they reach sled and opened
+//! after (see [`crate::sealing`]): nothing of an object's bytes is on disk in
+//! the clear, and [`SledObjects::reseal`] rewrites one value under the
+//! current key (the re-encryption job).
+//!
+//! In debug builds the test-only fault file reaches every write here
+//! ([`plexi_util::faults`]): `store_write_error_percent` fails a write with an
+//! I/O error before anything is written, and `store_torn_write` stores the
+//! next object's payload cut to half under its full metadata and checksum,
+//! flushes it and aborts the process, as a power cut mid-write would leave
+//! it; the read path's blake3 check then refuses those bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +32,7 @@ use sled::Transactional;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::placement::partition_of;
+use crate::sealing::{self, Keyring, OpenError, ValueKind};
 use crate::StoreError;
 use plexi_util::hlc::Version;
 
@@ -134,11 +147,25 @@ pub struct SledObjects {
     blobs_synced_at: std::sync::Mutex<std::time::SystemTime>,
     /// Blob files fsynced by flushes so far.
     blobs_fsynced: AtomicU64,
+    /// The data keys values are sealed and opened with.
+    keyring: Keyring,
+}
+
+/// What [`SledObjects::reseal`] did to one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resealed {
+    /// Rewritten under the current key.
+    Rewritten,
+    /// Already under the current key (or a tombstone, or gone).
+    Unchanged,
+    /// A newer write replaced it meanwhile (that write is sealed already).
+    Superseded,
 }
 
 impl SledObjects {
-    /// Opens the engine's trees in `db` and counts what they hold.
-    pub fn open(db: &sled::Db, path: &str) -> Result<Self, StoreError> {
+    /// Opens the engine's trees in `db` and counts what they hold; values
+    /// are sealed and opened with `keyring`.
+    pub fn open(db: &sled::Db, path: &str, keyring: Keyring) -> Result<Self, StoreError> {
         let wrap = |source| StoreError::Sled {
             path: path.to_string(),
             source,
@@ -155,6 +182,7 @@ impl SledObjects {
             path: path.to_string(),
             blobs_synced_at: std::sync::Mutex::new(std::time::UNIX_EPOCH),
             blobs_fsynced: AtomicU64::new(0),
+            keyring,
         };
         let (mut n, mut bytes) = (0, 0);
         for item in s.meta.iter() {
@@ -177,11 +205,192 @@ impl SledObjects {
         self.blobs_fsynced.load(Ordering::Relaxed)
     }
 
+    /// The data keys this engine seals and opens with.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
     fn err(&self, source: sled::Error) -> StoreError {
         StoreError::Sled {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// The object's bytes from its stored value, checked against the
+    /// metadata's size and blake3.
+    fn open_value(&self, meta: &ObjectMeta, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let data_id = meta.data_id.as_str();
+        let data = match self
+            .keyring
+            .open(data_id, &meta.version, meta.size_bytes, stored)
+        {
+            Ok(d) => d,
+            Err(OpenError::UnknownKey(id)) => {
+                tracing::error!(data_id, key_id = %id, "stored value sealed under a data key this node does not hold; not served");
+                return Err(StoreError::UnknownKey {
+                    data_id: data_id.to_string(),
+                    key_id: id.to_string(),
+                });
+            }
+            Err(OpenError::Invalid) => {
+                tracing::error!(data_id, "stored value fails to open; not served");
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    key: data_id.to_string(),
+                });
+            }
+        };
+        if data.len() as u64 != meta.size_bytes || *blake3::hash(&data).as_bytes() != meta.checksum
+        {
+            tracing::error!(data_id, "stored bytes fail their checksum; not served");
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                key: data_id.to_string(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Entries (objects and tombstones) this replica holds.
+    pub fn entry_count(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// How the value of `data_id` is kept (`None`: no live value).
+    pub fn value_kind(&self, data_id: &str) -> Result<Option<ValueKind>, StoreError> {
+        let key = object_key(data_id);
+        let Some(meta) = self.meta(data_id)? else {
+            return Ok(None);
+        };
+        if meta.tombstone {
+            return Ok(None);
+        }
+        let stored = self.data.get(&key).map_err(|e| self.err(e))?;
+        Ok(stored.and_then(|v| sealing::kind_of(&v, meta.size_bytes)))
+    }
+
+    /// Rewrites the value of `data_id` under the current data key if it is
+    /// plain or under another key (same metadata, version and digest). A
+    /// value that fails to open is left alone and reported (scrub replaces
+    /// it from another replica).
+    pub fn reseal(&self, data_id: &str) -> Result<Resealed, StoreError> {
+        if let Some(e) = crate::injected_write_error(&self.path) {
+            return Err(e);
+        }
+        let Some(current) = self.keyring.current_id() else {
+            return Ok(Resealed::Unchanged);
+        };
+        let Some((meta, data)) = self.get(data_id)? else {
+            return Ok(Resealed::Unchanged);
+        };
+        if meta.tombstone {
+            return Ok(Resealed::Unchanged);
+        }
+        if self.value_kind(data_id)? == Some(ValueKind::Sealed(current)) {
+            return Ok(Resealed::Unchanged);
+        }
+        let key = object_key(data_id);
+        let sealed = self.keyring.seal(data_id, &meta.version, &data);
+        let res = (&self.meta, &self.data).transaction(|(m, d)| {
+            let now = m.get(&key)?.and_then(|v| decode_meta(&v));
+            if now.as_ref().map(|n| n.version) != Some(meta.version) {
+                return Ok(Resealed::Superseded);
+            }
+            d.insert(key.as_slice(), sealed.as_slice())?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(Resealed::Rewritten)
+        });
+        res.map_err(|e| self.tx_err(e))
+    }
+
+    /// Up to `limit` data ids after `after` (exclusive; `None`: from the
+    /// start), in key order, tombstones included, and the cursor to go on
+    /// from (`None` at the end).
+    pub fn ids_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<Vec<u8>>), StoreError> {
+        let range = match after {
+            Some(a) => self
+                .meta
+                .range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.meta.iter(),
+        };
+        let mut ids = Vec::new();
+        let mut last = None;
+        let mut taken = 0;
+        for item in range.take(limit) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            taken += 1;
+            if let Some(m) = decode_meta(&v) {
+                ids.push(m.data_id);
+            }
+            last = Some(k.to_vec());
+        }
+        Ok((ids, if taken < limit { None } else { last }))
+    }
+
+    /// Up to `limit` entries (objects and tombstones) whose data id starts
+    /// with `prefix` and sorts after `after` (exclusive), in byte order of
+    /// the data id: a k-way merge of one lazy range scan per partition, so
+    /// it reads at most `PARTITIONS + limit` keys whatever the store holds.
+    pub fn list_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        use std::ops::Bound;
+        // The first id to consider: `prefix` itself, or just past `after`
+        // when that sorts at or beyond the prefix.
+        let (start, exclusive): (&[u8], bool) = match after {
+            Some(a) if a >= prefix => (a, true),
+            _ => (prefix, false),
+        };
+        let mut scans = Vec::with_capacity(crate::placement::PARTITIONS as usize);
+        let mut heap = BinaryHeap::new();
+        for p in 0..crate::placement::PARTITIONS {
+            let mut from = p.to_be_bytes().to_vec();
+            from.extend_from_slice(start);
+            let lower = if exclusive {
+                Bound::Excluded(from)
+            } else {
+                Bound::Included(from)
+            };
+            let upper = match p.checked_add(1) {
+                Some(n) if n < crate::placement::PARTITIONS => {
+                    Bound::Excluded(n.to_be_bytes().to_vec())
+                }
+                _ => Bound::Unbounded,
+            };
+            let mut scan = self.meta.range::<Vec<u8>, _>((lower, upper));
+            if let Some(item) = scan.next() {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                if k[2..].starts_with(prefix) {
+                    heap.push(Reverse((k[2..].to_vec(), scans.len(), v)));
+                    scans.push(scan);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(Reverse((_, i, v))) = heap.pop() else {
+                break;
+            };
+            if let Some(m) = decode_meta(&v) {
+                out.push(m);
+            }
+            if let Some(item) = scans[i].next() {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                if k[2..].starts_with(prefix) {
+                    heap.push(Reverse((k[2..].to_vec(), i, v)));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn tx_err(&self, e: TransactionError<StoreError>) -> StoreError {
@@ -241,8 +450,29 @@ impl SledObjects {
     }
 }
 
-impl ObjectStore for SledObjects {
-    fn apply(&self, meta: &ObjectMeta, data: &[u8]) -> Result<Applied, StoreError> {
+/// The stored value of a torn write: the first half of what a whole write
+/// would have stored.
+fn torn_payload(stored: &[u8]) -> Vec<u8> {
+    stored[..stored.len() / 2].to_vec()
+}
+
+impl SledObjects {
+    /// Flushes the torn write just stored and aborts the process (the
+    /// test-only `store_torn_write`: a power cut right after the write).
+    fn crash_after_torn_write(&self, data_id: &str) -> ! {
+        let flushed = self.flush();
+        tracing::error!(
+            data_id,
+            flushed = ?flushed.map_err(|e| e.to_string()),
+            "test-only fault file: torn write stored and flushed (store_torn_write); aborting the process"
+        );
+        plexi_util::faults::torn_write_done();
+        std::process::abort();
+    }
+
+    /// [`ObjectStore::apply`] without the fault file: `torn` stores the
+    /// payload cut to half under the full value's metadata and checksum.
+    fn write(&self, meta: &ObjectMeta, data: &[u8], torn: bool) -> Result<Applied, StoreError> {
         if !meta.tombstone
             && (data.len() as u64 != meta.size_bytes
                 || *blake3::hash(data).as_bytes() != meta.checksum)
@@ -255,6 +485,13 @@ impl ObjectStore for SledObjects {
         let partition = partition_of(&meta.data_id).to_be_bytes();
         let encoded = encode(meta);
         let new_hash = entry_hash(&meta.data_id, &meta.version);
+        let stored = if meta.tombstone {
+            Vec::new()
+        } else if torn {
+            torn_payload(&self.keyring.seal(&meta.data_id, &meta.version, data))
+        } else {
+            self.keyring.seal(&meta.data_id, &meta.version, data)
+        };
         let res = (&self.meta, &self.data, &self.digests).transaction(|(m, d, g)| {
             let old = m.get(&key)?.and_then(|v| decode_meta(&v));
             if let Some(old) = &old {
@@ -266,7 +503,7 @@ impl ObjectStore for SledObjects {
             if meta.tombstone {
                 d.remove(key.as_slice())?;
             } else {
-                d.insert(key.as_slice(), data)?;
+                d.insert(key.as_slice(), stored.as_slice())?;
             }
             let mut digest = [0u8; 32];
             if let Some(cur) = g.get(partition)? {
@@ -298,6 +535,27 @@ impl ObjectStore for SledObjects {
         }
         Ok(applied)
     }
+}
+
+impl ObjectStore for SledObjects {
+    fn apply(&self, meta: &ObjectMeta, data: &[u8]) -> Result<Applied, StoreError> {
+        if let Some(e) = crate::injected_write_error(&self.path) {
+            return Err(e);
+        }
+        let torn = !meta.tombstone && plexi_util::faults::torn_write_armed();
+        let applied = self.write(meta, data, torn)?;
+        if torn && applied == Applied::Stored {
+            if plexi_util::faults::take_torn_write() {
+                self.crash_after_torn_write(&meta.data_id);
+            }
+            // Another write claimed the torn write and is aborting the
+            // process: this one is torn too and must not be acknowledged.
+            return Err(StoreError::Flush(
+                "torn by the test-only fault file; the process is aborting".into(),
+            ));
+        }
+        Ok(applied)
+    }
 
     fn get(&self, data_id: &str) -> Result<Option<(ObjectMeta, Vec<u8>)>, StoreError> {
         let key = object_key(data_id);
@@ -320,15 +578,8 @@ impl ObjectStore for SledObjects {
         if meta.tombstone {
             return Ok(Some((meta, Vec::new())));
         }
-        let data = data.map(|d| d.to_vec()).unwrap_or_default();
-        if data.len() as u64 != meta.size_bytes || *blake3::hash(&data).as_bytes() != meta.checksum
-        {
-            tracing::error!(data_id, "stored bytes fail their checksum; not served");
-            return Err(StoreError::Corrupt {
-                path: self.path.clone(),
-                key: data_id.to_string(),
-            });
-        }
+        let stored = data.map(|d| d.to_vec()).unwrap_or_default();
+        let data = self.open_value(&meta, &stored)?;
         Ok(Some((meta, data)))
     }
 
@@ -349,6 +600,9 @@ impl ObjectStore for SledObjects {
     }
 
     fn remove_if(&self, data_id: &str, version: Version) -> Result<bool, StoreError> {
+        if let Some(e) = crate::injected_write_error(&self.path) {
+            return Err(e);
+        }
         let key = object_key(data_id);
         let partition = partition_of(data_id).to_be_bytes();
         let res = (&self.meta, &self.data, &self.digests).transaction(|(m, d, g)| {
@@ -455,6 +709,11 @@ impl ObjectStore for SledObjects {
 pub struct GroupCommit {
     waiters: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
     flushes: Arc<AtomicU64>,
+    /// When the flush now running began (ms since `base`), 0 when idle:
+    /// a flush that never returns (sled after a failed write on a full
+    /// disk) shows as a growing [`GroupCommit::stalled_for`].
+    running_since: Arc<AtomicU64>,
+    base: std::time::Instant,
 }
 
 /// Bound on writers waiting for the next flush.
@@ -465,6 +724,9 @@ impl GroupCommit {
         let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(MAX_FLUSH_WAITERS);
         let flushes = Arc::new(AtomicU64::new(0));
         let count = flushes.clone();
+        let base = std::time::Instant::now();
+        let running_since = Arc::new(AtomicU64::new(0));
+        let running = running_since.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -472,6 +734,7 @@ impl GroupCommit {
                     batch.push(more);
                 }
                 let s = store.clone();
+                running.store(base.elapsed().as_millis() as u64 + 1, Ordering::SeqCst);
                 let res = tokio::task::spawn_blocking(move || s.flush())
                     .await
                     .map_err(|e| e.to_string())
@@ -480,6 +743,7 @@ impl GroupCommit {
                     // A flush error is fatal for this node's durability.
                     tracing::error!(error = %e, "store flush failed");
                 }
+                running.store(0, Ordering::SeqCst);
                 count.fetch_add(1, Ordering::Relaxed);
                 for w in batch {
                     let _ = w.send(res.clone());
@@ -489,7 +753,18 @@ impl GroupCommit {
         GroupCommit {
             waiters: tx,
             flushes,
+            running_since,
+            base,
         }
+    }
+
+    /// How long the flush now running has been running (None when idle).
+    pub fn stalled_for(&self) -> Option<std::time::Duration> {
+        let since = self.running_since.load(Ordering::SeqCst);
+        (since > 0).then(|| {
+            let now = self.base.elapsed().as_millis() as u64 + 1;
+            std::time::Duration::from_millis(now.saturating_sub(since))
+        })
     }
 
     /// Returns once every write applied before the call is durable.
@@ -535,7 +810,7 @@ mod tests {
     fn open() -> (tempfile::TempDir, SledObjects) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let s = SledObjects::open(&db, &dir.path().display().to_string()).unwrap();
+        let s = SledObjects::open(&db, &dir.path().display().to_string(), Keyring::none()).unwrap();
         (dir, s)
     }
 
@@ -565,6 +840,62 @@ mod tests {
     }
 
     #[test]
+    fn list_page_is_in_id_order_across_partitions() {
+        let (_d, s) = open();
+        let mut ids: Vec<String> = (0..300).map(|i| format!("a/{i:03}")).collect();
+        ids.extend((0..50).map(|i| format!("b/{i:02}")));
+        ids.push("a".into());
+        for (n, id) in ids.iter().enumerate() {
+            s.apply(&meta(id, id.as_bytes(), 1000 + n as u64), id.as_bytes())
+                .unwrap();
+        }
+        let mut tomb = meta("a/007", b"", 9_000);
+        tomb.tombstone = true;
+        tomb.size_bytes = 0;
+        tomb.checksum = *blake3::hash(b"").as_bytes();
+        s.apply(&tomb, b"").unwrap();
+        ids.sort();
+        let got = |prefix: &str, after: Option<&str>, limit| -> Vec<String> {
+            s.list_page(prefix.as_bytes(), after.map(str::as_bytes), limit)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.data_id)
+                .collect()
+        };
+        // Everything, in byte order, tombstones included.
+        assert_eq!(got("", None, 1000), ids);
+        // Pages follow on exactly.
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = got("", after.as_deref(), 7);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().cloned();
+            paged.extend(page);
+        }
+        assert_eq!(paged, ids);
+        // Prefix filter, and an `after` before, inside and past the prefix.
+        let b: Vec<String> = ids
+            .iter()
+            .filter(|i| i.starts_with("b/"))
+            .cloned()
+            .collect();
+        assert_eq!(got("b/", None, 1000), b);
+        assert_eq!(got("b/", Some("a/5"), 1000), b);
+        assert_eq!(got("b/", Some("b/09"), 3), b[10..13].to_vec());
+        assert!(got("b/", Some("c"), 10).is_empty());
+        assert_eq!(
+            got("a", None, 2),
+            vec!["a".to_string(), "a/000".to_string()]
+        );
+        let t = s.list_page(b"a/007", None, 5).unwrap();
+        assert_eq!(t.len(), 1);
+        assert!(t[0].tombstone);
+    }
+
+    #[test]
     fn checksum_mismatch_is_refused() {
         let (_d, s) = open();
         assert!(s.apply(&meta("a", b"one", 10), b"two").is_err());
@@ -579,6 +910,37 @@ mod tests {
         // Flip the stored bytes behind the engine's back.
         s.data.insert(object_key("a"), &b"evil bytes"[..]).unwrap();
         assert!(matches!(s.get("a"), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_torn_write_survives_a_reopen_and_is_never_served() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let ring = |sealed: bool| {
+            if sealed {
+                Keyring::new(Some(key(3)), vec![])
+            } else {
+                Keyring::none()
+            }
+        };
+        for sealed in [false, true] {
+            for (id, bytes) in [("small", &data[..64]), ("big", &data[..])] {
+                let dir = tempfile::tempdir().unwrap();
+                {
+                    let s = open_at(dir.path(), ring(sealed));
+                    let m = meta(id, bytes, 10);
+                    assert_eq!(s.write(&m, bytes, true).unwrap(), Applied::Stored);
+                    s.flush().unwrap();
+                }
+                // After the "power cut": metadata and digest say the whole
+                // value is there, its bytes are half of it.
+                let s = open_at(dir.path(), ring(sealed));
+                assert_eq!(s.meta(id).unwrap().unwrap().size_bytes, bytes.len() as u64);
+                assert!(matches!(s.get(id), Err(StoreError::Corrupt { .. })), "{id}");
+                // A whole newer copy (repair from a replica) replaces it.
+                s.apply(&meta(id, bytes, 11), bytes).unwrap();
+                assert_eq!(s.get(id).unwrap().unwrap().1, bytes);
+            }
+        }
     }
 
     #[test]
@@ -641,6 +1003,148 @@ mod tests {
             assert_eq!(s.get("big").unwrap().unwrap().1, data);
         }
         assert!(std::path::Path::new(&s.path).join("blobs").exists());
+    }
+
+    fn key(b: u8) -> plexi_util::secret::SecretKey {
+        plexi_util::secret::SecretKey::from_bytes([b; 32])
+    }
+
+    fn open_at(dir: &std::path::Path, keyring: Keyring) -> SledObjects {
+        let db = sled::open(dir).unwrap();
+        SledObjects::open(&db, &dir.display().to_string(), keyring).unwrap()
+    }
+
+    /// Every file under `dir` (recursively) that contains `marker`.
+    fn files_containing(dir: &std::path::Path, marker: &[u8]) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if std::fs::read(&p)
+                    .unwrap()
+                    .windows(marker.len())
+                    .any(|w| w == marker)
+                {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn sealed_engine_keeps_no_plaintext_on_disk() {
+        let marker = b"MARKER-3f9a1c77e0b2-at-rest";
+        let small: Vec<u8> = marker.iter().chain(b" small").copied().collect();
+        let big: Vec<u8> = marker.iter().cycle().take(200_000).copied().collect();
+        for (sealed, expect_found) in [(true, false), (false, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let ring = if sealed {
+                Keyring::new(Some(key(1)), vec![])
+            } else {
+                Keyring::none()
+            };
+            {
+                let s = open_at(dir.path(), ring);
+                s.apply(&meta("small", &small, 10), &small).unwrap();
+                s.apply(&meta("big", &big, 10), &big).unwrap();
+                s.flush().unwrap();
+                assert_eq!(s.get("small").unwrap().unwrap().1, small);
+                assert_eq!(s.get("big").unwrap().unwrap().1, big);
+            }
+            let found = files_containing(dir.path(), marker);
+            assert_eq!(
+                !found.is_empty(),
+                expect_found,
+                "sealed={sealed}: files holding the marker: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_key_is_unknown_key_and_tamper_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open_at(dir.path(), Keyring::new(Some(key(1)), vec![]));
+            s.apply(&meta("a", b"secret bytes", 10), b"secret bytes")
+                .unwrap();
+            s.flush().unwrap();
+            // Flip one ciphertext byte behind the engine's back.
+            let k = object_key("a");
+            let mut v = s.data.get(&k).unwrap().unwrap().to_vec();
+            let last = v.len() - 1;
+            v[last] ^= 1;
+            s.apply(&meta("b", b"other bytes!", 10), b"other bytes!")
+                .unwrap();
+            s.data.insert(object_key("b"), v).unwrap();
+            assert!(matches!(s.get("b"), Err(StoreError::Corrupt { .. })));
+            s.flush().unwrap();
+        }
+        let s = open_at(dir.path(), Keyring::new(Some(key(2)), vec![]));
+        match s.get("a") {
+            Err(e @ StoreError::UnknownKey { .. }) => {
+                assert!(e.is_bad_replica());
+                assert!(e.to_string().contains(&key(1).fingerprint()), "{e}");
+            }
+            other => panic!("expected UnknownKey, got {other:?}"),
+        }
+        // Metadata stays readable: the node knows what it should hold.
+        assert!(s.meta("a").unwrap().is_some());
+        assert_eq!(
+            s.reseal("a").map_err(|e| e.is_bad_replica()),
+            Err(true),
+            "an unopenable value is not rewritten"
+        );
+    }
+
+    #[test]
+    fn plaintext_store_then_key_added_then_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        {
+            let s = open_at(dir.path(), Keyring::none());
+            s.apply(&meta("old", &data, 10), &data).unwrap();
+            s.flush().unwrap();
+            assert_eq!(s.value_kind("old").unwrap(), Some(ValueKind::Plain));
+        }
+        // A key is added: the plain value stays readable, new writes sealed.
+        let k1 = crate::sealing::KeyId::of(&key(1));
+        {
+            let s = open_at(dir.path(), Keyring::new(Some(key(1)), vec![]));
+            assert_eq!(s.get("old").unwrap().unwrap().1, data);
+            s.apply(&meta("new", &data, 11), &data).unwrap();
+            assert_eq!(s.value_kind("new").unwrap(), Some(ValueKind::Sealed(k1)));
+            let digests = s.digests().unwrap();
+            assert_eq!(s.reseal("old").unwrap(), Resealed::Rewritten);
+            assert_eq!(s.reseal("old").unwrap(), Resealed::Unchanged);
+            assert_eq!(s.value_kind("old").unwrap(), Some(ValueKind::Sealed(k1)));
+            assert_eq!(s.digests().unwrap(), digests, "resealing changes no digest");
+            assert_eq!(s.get("old").unwrap().unwrap().1, data);
+            s.flush().unwrap();
+        }
+        // Rotation: key 2 current, key 1 retired; reseal moves everything.
+        let k2 = crate::sealing::KeyId::of(&key(2));
+        {
+            let s = open_at(dir.path(), Keyring::new(Some(key(2)), vec![key(1)]));
+            assert_eq!(s.get("old").unwrap().unwrap().1, data);
+            let (ids, next) = s.ids_page(None, 1).unwrap();
+            assert_eq!(ids.len(), 1);
+            let (rest, end) = s.ids_page(next.as_deref(), 10).unwrap();
+            assert_eq!(rest.len(), 1);
+            assert!(end.is_none());
+            for id in ids.iter().chain(&rest) {
+                assert_eq!(s.reseal(id).unwrap(), Resealed::Rewritten);
+                assert_eq!(s.value_kind(id).unwrap(), Some(ValueKind::Sealed(k2)));
+            }
+            s.flush().unwrap();
+        }
+        // Only the new key now: everything reads.
+        let s = open_at(dir.path(), Keyring::new(Some(key(2)), vec![]));
+        assert_eq!(s.get("old").unwrap().unwrap().1, data);
+        assert_eq!(s.get("new").unwrap().unwrap().1, data);
     }
 
     /// An engine that records, for every flush, how many applies had

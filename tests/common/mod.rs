@@ -1,6 +1,11 @@
 //! Harness for process-level tests: real `plexi node` processes on loopback
 //! (ports chosen by the OS), each in its own temp data dir, killed on drop.
 //! Conditions are polled with deadlines, never waited for with fixed sleeps.
+//!
+//! Every node of one test root gets the same cluster key
+//! (`PLEXI_CLUSTER_KEY`, derived from the root's path, so nodes of
+//! different tests never mix); [`TestNode::spawn_keyed`] starts one with
+//! another key or none.
 
 #![allow(dead_code)]
 
@@ -28,6 +33,26 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// Which cluster key a test node gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterKey {
+    /// The key of its test root ([`root_key`]).
+    Root,
+    /// This key (64 hex) in `PLEXI_CLUSTER_KEY`.
+    Hex(String),
+    /// None: `PLEXI_CLUSTER_KEY` unset.
+    Unset,
+}
+
+/// The cluster key every node under `root` shares (64 hex): derived from
+/// the root's path, so each test root is its own cluster.
+pub fn root_key(root: &Path) -> String {
+    blake3::derive_key("plexi tests cluster key", root.to_string_lossy().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub struct TestNode {
     pub name: String,
     pub dir: PathBuf,
@@ -38,6 +63,7 @@ pub struct TestNode {
     config: Option<PathBuf>,
     region: String,
     zone: String,
+    key: ClusterKey,
 }
 
 pub struct NodeSpec<'a> {
@@ -61,7 +87,7 @@ impl<'a> NodeSpec<'a> {
     }
 }
 
-fn start(dir: &Path, spec: &NodeSpec, config: Option<&Path>, api: &str) -> Child {
+fn start(dir: &Path, spec: &NodeSpec, config: Option<&Path>, api: &str, key: &ClusterKey) -> Child {
     let log = std::fs::File::create(dir.join("node.log")).expect("log file");
     let mut cmd = Command::new(BIN);
     cmd.arg("node")
@@ -82,6 +108,18 @@ fn start(dir: &Path, spec: &NodeSpec, config: Option<&Path>, api: &str) -> Child
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
+    match key {
+        ClusterKey::Root => {
+            let root = dir.parent().expect("a node dir is under its test root");
+            cmd.env("PLEXI_CLUSTER_KEY", root_key(root));
+        }
+        ClusterKey::Hex(hex) => {
+            cmd.env("PLEXI_CLUSTER_KEY", hex);
+        }
+        ClusterKey::Unset => {
+            cmd.env_remove("PLEXI_CLUSTER_KEY");
+        }
+    }
     cmd.env("PLEXI_ADMIN_TOKEN", ADMIN)
         .env("PLEXI_READ_TOKEN", READ)
         .env("PLEXI_LOG", "info,plexi_p2p=debug,libp2p=warn")
@@ -94,6 +132,12 @@ fn start(dir: &Path, spec: &NodeSpec, config: Option<&Path>, api: &str) -> Child
 impl TestNode {
     /// Starts a node in a fresh directory under `root` and waits until it serves.
     pub fn spawn(root: &Path, spec: NodeSpec) -> TestNode {
+        Self::spawn_keyed(root, spec, ClusterKey::Root)
+    }
+
+    /// Starts a node whose process has not yet served (or never will):
+    /// the caller polls its log, its exit code or node.json itself.
+    pub fn start_keyed(root: &Path, spec: NodeSpec, key: ClusterKey) -> TestNode {
         let dir = root.join(spec.name);
         std::fs::create_dir_all(&dir).unwrap();
         let config = spec.config.map(|text| {
@@ -101,8 +145,8 @@ impl TestNode {
             std::fs::write(&p, text).unwrap();
             p
         });
-        let child = start(&dir, &spec, config.as_deref(), "127.0.0.1:0");
-        let mut node = TestNode {
+        let child = start(&dir, &spec, config.as_deref(), "127.0.0.1:0", &key);
+        TestNode {
             name: spec.name.to_string(),
             dir,
             child: Some(child),
@@ -112,14 +156,25 @@ impl TestNode {
             config,
             region: spec.region.to_string(),
             zone: spec.zone.to_string(),
-        };
+            key,
+        }
+    }
+
+    /// Starts a node with the cluster key `key` and waits until it serves.
+    pub fn spawn_keyed(root: &Path, spec: NodeSpec, key: ClusterKey) -> TestNode {
+        let mut node = Self::start_keyed(root, spec, key);
         node.await_serving(None);
         node
     }
 
+    /// The whole log of the node.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
     /// Waits for a node.json newer than `after` (a restart rewrites it) and
     /// for /health to answer.
-    fn await_serving(&mut self, old_pid: Option<u32>) {
+    pub fn await_serving(&mut self, old_pid: Option<u32>) {
         let path = self.dir.join("data").join("node.json");
         let pid = self.pid();
         let info: Value = wait_for(Duration::from_secs(20), || {
@@ -207,6 +262,7 @@ impl TestNode {
             &spec,
             self.config.as_deref(),
             "127.0.0.1:0",
+            &self.key,
         ));
         self.await_serving(old);
     }
@@ -226,6 +282,12 @@ impl TestNode {
             req = req.bearer_auth(t);
         }
         req.send().expect("request")
+    }
+
+    /// `GET path` as JSON with the read token, or `None` while the node
+    /// does not answer it (restarting, refusing).
+    pub fn try_get_json(&self, path: &str) -> Option<Value> {
+        get_json_at(&self.api, path)
     }
 
     pub fn get_json(&self, path: &str) -> Value {
@@ -428,4 +490,80 @@ pub fn build_version(version: &str, fault: &str) -> PathBuf {
     std::fs::rename(&tmp, &out).unwrap();
     drop(lock);
     out
+}
+
+/// `plexi release keygen` into `dir/release.key`; the public key (hex).
+pub fn release_keygen(dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["release", "keygen", "--out"])
+        .arg(dir.join("release.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `plexi release publish` of `binary` as `version`, signed with
+/// `dir/release.key`, with `extra` flags (e.g. `--breaking`).
+pub fn release_publish(api: &str, dir: &Path, binary: &Path, version: &str, extra: &[&str]) {
+    let out = Command::new(BIN)
+        .args(["release", "publish", "--binary"])
+        .arg(binary)
+        .args(["--version", version, "--key"])
+        .arg(dir.join("release.key"))
+        .args(extra)
+        .args(["--api", api, "--token", ADMIN])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "publish {version}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The API address (`http://host:port`) the node in `dir` serves now, from
+/// its `data/node.json` (a restarted or switched worker may bind anew).
+pub fn api_of(dir: &Path) -> Option<String> {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("data/node.json")).ok()?).ok()?;
+    Some(format!("http://{}", v["api_address"].as_str()?))
+}
+
+fn polling_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// `GET api+path` as JSON with the read token; `None` while the node does
+/// not answer it with a success.
+pub fn get_json_at(api: &str, path: &str) -> Option<Value> {
+    let r = polling_client()
+        .get(format!("{api}{path}"))
+        .bearer_auth(READ)
+        .send()
+        .ok()?;
+    r.status().is_success().then(|| r.json().ok()).flatten()
+}
+
+/// The bytes of object `key` read through `api` (default consistency);
+/// `None` unless it answers them.
+pub fn read_object_at(api: &str, key: &str) -> Option<Vec<u8>> {
+    let r = polling_client()
+        .get(format!("{api}/api/v1/clustering/storage/data/{key}"))
+        .bearer_auth(READ)
+        .send()
+        .ok()?;
+    r.status()
+        .is_success()
+        .then(|| r.bytes().ok().map(|b| b.to_vec()))
+        .flatten()
 }

@@ -1,10 +1,10 @@
-//! The API's view of the node itself: members, and any member's health
-//! (asked of that member over the `health` service when it is not us).
+//! The API's view of the node itself: members, any member's health
+//! (asked of that member over the `health` service when it is not us), and
+//! the cluster's alerts.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use plexi_api::model::{HealthCheck, HealthReport, NodeView};
+use plexi_api::model::{AlertList, HealthCheck, HealthReport, NodeView};
 use plexi_api::{ApiError, Cluster};
 use plexi_p2p::codec::decode_cbor;
 use plexi_p2p::{MemberStatus, PeerId};
@@ -26,6 +26,16 @@ impl std::ops::Deref for NodeApi {
 
 #[async_trait::async_trait]
 impl Cluster for NodeApi {
+    async fn alerts(&self, limit: usize) -> Result<AlertList, ApiError> {
+        match self.alerts.get() {
+            Some(a) => Ok(a.list(limit)),
+            None => Err(ApiError::unavailable(
+                "starting",
+                "this node is still starting; retry shortly",
+            )),
+        }
+    }
+
     fn local_node_id(&self) -> String {
         self.name.clone()
     }
@@ -66,7 +76,7 @@ impl Cluster for NodeApi {
                 detail,
             }],
             uptime_seconds: 0,
-            checked_at: rfc3339(SystemTime::now()),
+            checked_at: rfc3339(plexi_util::clock::wall_time()),
             source: HealthSource::Membership,
         };
         if matches!(member.status, MemberStatus::Dead | MemberStatus::Left) {

@@ -1,16 +1,19 @@
 //! The API's view of storage: the `plexi_api::Storage` trait over the
 //! storage service, and the one mapping of [`StorageError`] to HTTP.
+//! (Cluster-wide jobs are audited by the job machinery's event hook, see
+//! `node/services.rs`.)
 
 use std::sync::Arc;
 
 use axum::http::StatusCode;
 use plexi_api::model::{
-    DataInfo, DataObject, Distribution, Job, PutRequest, PutResult, StorageNodes, StorageOverview,
+    DataInfo, DataObject, Distribution, Job, ObjectList, PutRequest, PutResult, StorageNodes,
+    StorageOverview,
 };
 use plexi_api::ApiError;
 use plexi_util::types::{Consistency, JobKind};
 
-use crate::storage::{jobs, report, Storage, StorageError};
+use crate::storage::{jobs, listing, report, Storage, StorageError};
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
@@ -44,6 +47,9 @@ impl plexi_api::Storage for StorageApi {
     fn max_object_bytes(&self) -> usize {
         self.0.config.max_object_bytes()
     }
+    fn max_replication_factor(&self) -> u32 {
+        self.0.config.max_replication_factor
+    }
     async fn put(&self, req: PutRequest) -> Result<PutResult, ApiError> {
         Ok(self.0.put(req).await?)
     }
@@ -63,6 +69,14 @@ impl plexi_api::Storage for StorageApi {
     }
     async fn info(&self, data_id: &str) -> Result<DataInfo, ApiError> {
         Ok(self.0.info(data_id).await?)
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<ObjectList, ApiError> {
+        Ok(listing::list(&self.0, prefix, after, limit).await)
     }
     async fn overview(&self) -> Result<StorageOverview, ApiError> {
         Ok(report::overview(&self.0).await?)

@@ -3,8 +3,8 @@
 
 use axum::http::StatusCode;
 use plexi_api::model::{
-    AuditList, ClusterEvent, Maintenance, MaintenanceRequest, PlanRequest, ReleaseList,
-    ReleaseView, SignedRelease, UpdateList, UpdateOperation,
+    AuditList, AuditVerifyReport, ClusterEvent, Maintenance, MaintenanceRequest, PlanRequest,
+    ReleaseList, ReleaseView, SignedRelease, UpdateList, UpdateOperation,
 };
 use plexi_api::ApiError;
 
@@ -87,6 +87,9 @@ impl plexi_api::Updates for UpdatesApi {
     }
     async fn audit(&self, limit: usize) -> Result<AuditList, ApiError> {
         Ok(self.0.audit_log(limit).await?)
+    }
+    async fn audit_verify(&self) -> Result<AuditVerifyReport, ApiError> {
+        Ok(self.0.audit_verify().await?)
     }
     fn events(&self) -> tokio::sync::broadcast::Receiver<ClusterEvent> {
         self.0.events()

@@ -27,7 +27,7 @@ const NAMESPACE: &str = "updates";
 /// Subtracted from the holder's view of its lease (clock rate drift, delays).
 const DRIFT_MARGIN_MS: u64 = 2_000;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum LeaseCall {
     Acquire {
         slot: u32,
@@ -43,7 +43,7 @@ pub enum LeaseCall {
     },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum LeaseReply {
     Granted,
     Denied {
@@ -329,6 +329,9 @@ pub async fn acquire(
     }
     let mut denied_by = None;
     use futures::StreamExt;
+    // Stop early only when held. A lost round waits for every answer (each
+    // bounded by the request timeout): a request dropped here may still be
+    // granted there, and that grant would block the slot for its whole ttl.
     while let Some((m, reply)) = calls.next().await {
         match reply {
             Some(LeaseReply::Granted) => acq.answer(&m, true),
@@ -336,9 +339,9 @@ pub async fn acquire(
                 denied_by = Some(holder);
                 acq.answer(&m, false)
             }
-            _ => acq.answer(&m, false),
+            _ => acq.no_answer(&m),
         }
-        if !matches!(acq.outcome(), Outcome::Pending) {
+        if matches!(acq.outcome(), Outcome::Held { .. }) {
             break;
         }
     }
@@ -349,20 +352,27 @@ pub async fn acquire(
             valid_until_ms: sent_wall + valid_until_ms,
         }),
         _ => {
-            let granted: Vec<String> = acq.granted_by().cloned().collect();
+            let granted = acq.granted_by().count();
+            let to_release = acq.to_release();
             drop(calls);
-            release_from(p2p, granter, &granted, holder, slot, epoch).await;
+            release_from(p2p, granter, &to_release, holder, slot, epoch).await;
             Err(match denied_by {
                 Some(h) => LeaseError::Held { slot, holder: h },
                 None => LeaseError::NoMajority {
                     members: members.len(),
-                    granted: granted.len(),
+                    granted,
                 },
             })
         }
     }
 }
 
+/// Attempts at releasing where a member did not answer (then its grant
+/// expires by itself).
+const RELEASE_ATTEMPTS: usize = 3;
+const RELEASE_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Releases at `peers`, retrying those that did not answer.
 async fn release_from(
     p2p: &P2pHandle,
     granter: &Arc<Granter>,
@@ -371,22 +381,35 @@ async fn release_from(
     slot: u32,
     epoch: u64,
 ) {
-    let calls = peers.iter().map(|m| {
-        ask(
-            p2p,
-            granter,
-            m,
-            LeaseCall::Release {
+    let mut pending: Vec<String> = peers.to_vec();
+    for attempt in 0..RELEASE_ATTEMPTS {
+        if pending.is_empty() {
+            return;
+        }
+        if attempt > 0 {
+            tokio::time::sleep(RELEASE_RETRY_DELAY).await;
+        }
+        let calls = pending.iter().map(|m| async move {
+            let call = LeaseCall::Release {
                 slot,
                 holder: holder.into(),
                 epoch,
-            },
-        )
-    });
-    futures::future::join_all(calls).await;
+            };
+            (m.clone(), ask(p2p, granter, m, call).await.is_some())
+        });
+        pending = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter(|(_, answered)| !answered)
+            .map(|(m, _)| m)
+            .collect();
+    }
+    if !pending.is_empty() {
+        tracing::info!(slot, epoch, peers = ?pending, "lease release unanswered; those grants expire by themselves");
+    }
 }
 
-/// Releases `slot` at every member (best effort; unanswered grants expire).
+/// Releases `slot` at every member (unanswered grants expire).
 pub async fn release(
     p2p: &P2pHandle,
     granter: &Arc<Granter>,
