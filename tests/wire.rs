@@ -90,6 +90,8 @@ fn store_call() -> impl Strategy<Value = StoreCall> {
         prop::collection::vec(text(), 0..4).prop_map(|data_ids| StoreCall::Metas { data_ids }),
         Just(StoreCall::Digests),
         any::<u16>().prop_map(|partition| StoreCall::Entries { partition }),
+        prop::collection::vec(any::<u16>(), 0..17)
+            .prop_map(|partitions| StoreCall::EntriesOf { partitions }),
         Just(StoreCall::Census),
         (text(), prop::sample::select(JobKind::ALL))
             .prop_map(|(job_id, kind)| StoreCall::StartJob { job_id, kind }),
@@ -149,6 +151,8 @@ fn store_reply() -> impl Strategy<Value = StoreReply> {
         prop::collection::vec(prop::option::of((meta(), access)), 0..3).prop_map(StoreReply::Metas),
         prop::collection::vec(any::<[u8; 32]>(), 0..3).prop_map(StoreReply::Digests),
         prop::collection::vec((text(), version()), 0..3).prop_map(StoreReply::Entries),
+        prop::collection::vec(prop::collection::vec((text(), version()), 0..3), 0..4)
+            .prop_map(StoreReply::EntriesOf),
         (prop::collection::vec(census, 0..3), any::<bool>())
             .prop_map(|(entries, truncated)| StoreReply::Census { entries, truncated }),
         Just(StoreReply::JobStarted),

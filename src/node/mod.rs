@@ -379,6 +379,12 @@ fn record_interval(config: &Config) -> Duration {
         .min(MAX_RECORD_INTERVAL)
 }
 
+/// Whether this start joins a cluster (bootstrap addresses, or peers
+/// remembered from an earlier run) rather than founds one.
+fn joins_a_cluster(config: &Config) -> bool {
+    !config.node.bootstrap.is_empty() || !data_dir::known_peers(&config.node.data_dir).is_empty()
+}
+
 /// The cluster key for this start (see [`keys::find_cluster_key`]). A node
 /// that joins (bootstrap addresses, or peers remembered from an earlier run)
 /// and has none cannot start: a configuration error (exit 2) that says
@@ -399,8 +405,7 @@ fn cluster_key(config: &Config, config_file: &str) -> Result<SecretKey, NodeErro
         tracing::info!(fingerprint = %key.fingerprint(), source = %source, "cluster key");
         return Ok(key);
     }
-    let joining = !config.node.bootstrap.is_empty() || !data_dir::known_peers(data_dir).is_empty();
-    if joining {
+    if joins_a_cluster(config) {
         return Err(NodeError::Config(ConfigError {
             file: config_file.to_string(),
             message: keys::missing_cluster_key(data_dir),

@@ -35,6 +35,8 @@ pub enum StorageError {
     },
     #[error("no replica holding the newest version could serve it")]
     ReadFailed,
+    #[error("this node started moments ago and is still learning the cluster; strong operations wait for that")]
+    LearningCluster,
     #[error("no job {job_id:?} on any reachable node")]
     NoSuchJob { job_id: String },
 }

@@ -130,7 +130,30 @@ pub struct Storage {
     inflight: Arc<tokio::sync::Semaphore>,
     /// One permit per background read repair in flight.
     read_repairs: Arc<tokio::sync::Semaphore>,
+    /// Eventual and weak reads served, for [`READ_REPAIR_EVERY`].
+    reads_served: std::sync::atomic::AtomicU64,
+    /// True once this node has learned the cluster after its start (see
+    /// `repair::catch_up`); strong operations wait for it.
+    view_ready: tokio::sync::watch::Sender<bool>,
+    /// Peers that answered `EntriesOf` as a malformed call (a version
+    /// before it): asked one partition at a time from then on, so that
+    /// anti-entropy does not keep earning us their strikes.
+    pub(crate) entries_one_by_one: Mutex<std::collections::HashSet<String>>,
 }
+
+/// How long a strong operation waits, right after this node started, for
+/// it to learn the cluster; past it the operation answers
+/// [`StorageError::LearningCluster`].
+const STRONG_VIEW_WAIT: Duration = Duration::from_secs(5);
+
+/// Ranks below the replica sets that a read of an object not found on its
+/// replicas also asks (see [`Storage::previous_owners`]).
+const MOVE_SPARE_RANKS: usize = 2;
+
+/// An eventual or weak read surveys the object's owners for a read repair
+/// only one time in this many (anti-entropy's digests find the rest),
+/// unless the read itself showed a replica lacking the object.
+const READ_REPAIR_EVERY: u64 = 16;
 
 /// Bound on object bytes (MiB) a coordinator holds for replica writes in flight.
 const MAX_INFLIGHT_MIB: u32 = 256;
@@ -195,6 +218,8 @@ pub struct StorageMetrics {
     pub corrupt: prometheus_client::metrics::counter::Counter,
     /// Read repairs not started because [`MAX_READ_REPAIRS`] were in flight.
     pub read_repair_skipped: prometheus_client::metrics::counter::Counter,
+    /// Read repairs started (each a survey of the object's owners).
+    pub read_repair_surveys: prometheus_client::metrics::counter::Counter,
     /// Seconds the coordinator took for put/get/delete, by op and consistency.
     pub request_duration: prometheus_client::metrics::family::Family<
         RequestLabels,
@@ -226,6 +251,7 @@ impl Default for StorageMetrics {
             repaired: Default::default(),
             corrupt: Default::default(),
             read_repair_skipped: Default::default(),
+            read_repair_surveys: Default::default(),
             request_duration: prometheus_client::metrics::family::Family::new_with_constructor(
                 request_histogram,
             ),
@@ -278,6 +304,11 @@ impl StorageMetrics {
             "plexi_storage_read_repair_skipped",
             "Background read repairs not started because the bound on repairs in flight was reached",
             m.read_repair_skipped.clone(),
+        );
+        registry.register(
+            "plexi_storage_read_repair_surveys",
+            "Background read repairs started after an eventual or weak read (a sample of the reads, and every read that met a replica lacking the object)",
+            m.read_repair_surveys.clone(),
         );
         // Every series exists from the start (at 0), so rates and the
         // dashboard see them before the first request or repair.
@@ -402,7 +433,32 @@ impl Storage {
             caught_up: std::sync::atomic::AtomicBool::new(false),
             inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_MIB as usize)),
             read_repairs: Arc::new(tokio::sync::Semaphore::new(MAX_READ_REPAIRS)),
+            reads_served: std::sync::atomic::AtomicU64::new(0),
+            view_ready: tokio::sync::watch::channel(false).0,
+            entries_one_by_one: Mutex::new(Default::default()),
         })
+    }
+
+    /// This node has learned the cluster after its start: its view holds
+    /// the members a strong majority is counted over.
+    pub fn set_view_ready(&self) {
+        self.view_ready.send_replace(true);
+    }
+
+    /// Waits (at most [`STRONG_VIEW_WAIT`]) until [`Self::set_view_ready`].
+    /// A restarted node knows only itself until membership brings the
+    /// others back; a strong read or write counted over that view would
+    /// take its own copy (or its absence) for a majority.
+    async fn await_view(&self) -> Result<(), StorageError> {
+        let mut ready = self.view_ready.subscribe();
+        let learned = tokio::time::timeout(STRONG_VIEW_WAIT, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if learned {
+            Ok(())
+        } else {
+            Err(StorageError::LearningCluster)
+        }
     }
 
     pub fn caught_up(&self) -> bool {
@@ -497,6 +553,12 @@ impl Storage {
     /// The replica set of `data_id` at factor `rf` over `members` (already
     /// filtered by [`Self::placement_members`]), primary first.
     pub fn replicas_among(&self, data_id: &str, rf: usize, members: &[Member]) -> Vec<Member> {
+        self.partition_replicas(placement::partition_of(data_id), rf, members)
+    }
+
+    /// [`Self::replicas_among`] for every object of `partition` (placement
+    /// is per partition; an object's factor takes a prefix).
+    pub fn partition_replicas(&self, partition: u16, rf: usize, members: &[Member]) -> Vec<Member> {
         // Only gossiped figures go into placement, so that every node
         // computes the same replica sets.
         let candidates: Vec<Candidate> = members
@@ -510,15 +572,10 @@ impl Storage {
                 reliability: scores::reliability(m.unplanned_restarts),
             })
             .collect();
-        placement::replicas(
-            placement::partition_of(data_id),
-            &candidates,
-            self.config.storage_strategy,
-            rf,
-        )
-        .into_iter()
-        .map(|i| members[i].clone())
-        .collect()
+        placement::replicas(partition, &candidates, self.config.storage_strategy, rf)
+            .into_iter()
+            .map(|i| members[i].clone())
+            .collect()
     }
 
     /// The nominal owners of `data_id` at `rf`: its placement over every
@@ -749,6 +806,9 @@ impl Storage {
         meta: ObjectMeta,
         data: Arc<Vec<u8>>,
     ) -> Result<(Vec<String>, Vec<String>, bool), StorageError> {
+        if meta.consistency_level == Consistency::Strong {
+            self.await_view().await?;
+        }
         let rf = meta.replication_factor as usize;
         let (replicas, nominal) = self.owner_sets(&meta.data_id, rf);
         let names: Vec<String> = replicas.iter().map(|m| m.name.clone()).collect();
@@ -972,7 +1032,9 @@ impl Storage {
     }
 
     /// eventual / weak: the first replica that has the object answers, local
-    /// first; stale replicas are repaired in the background.
+    /// first; stale replicas are repaired in the background after a read
+    /// that met one lacking it, and on a sample of the others
+    /// ([`READ_REPAIR_EVERY`]).
     async fn get_first(
         self: &Arc<Self>,
         data_id: &str,
@@ -987,8 +1049,8 @@ impl Storage {
         }
     }
 
-    /// The first copy (object or tombstone) any replica, or failing them any
-    /// member, has.
+    /// The first copy (object or tombstone) any replica, or failing them a
+    /// previous owner ([`Self::previous_owners`]), has.
     pub async fn get_any(self: &Arc<Self>, data_id: &str) -> Option<(ObjectMeta, Vec<u8>)> {
         self.get_any_counting(data_id).await.0
     }
@@ -1009,14 +1071,25 @@ impl Storage {
         let mut tried: Vec<String> = Vec::new();
         // Replicas that sent us away because they are still catching up.
         let mut catching_up: Vec<String> = Vec::new();
+        // A replica asked before the one that served lacked the object.
+        let mut lacking = false;
         for m in &order {
             tried.push(m.peer_id.clone());
             match self.fetch_object(&m.peer_id, data_id).await {
                 Ok(Some((meta, data))) => {
-                    self.read_repair_in_background(data_id.to_string(), meta.clone(), data.clone());
+                    let served = self
+                        .reads_served
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if lacking || served.is_multiple_of(READ_REPAIR_EVERY) {
+                        self.read_repair_in_background(
+                            data_id.to_string(),
+                            meta.clone(),
+                            data.clone(),
+                        );
+                    }
                     return (Some((meta, data)), failed);
                 }
-                Ok(None) => {}
+                Ok(None) => lacking = true,
                 Err(e) => {
                     failed += usize::from(e.contains(BAD_REPLICA));
                     if e.contains(CATCHING_UP) {
@@ -1026,9 +1099,10 @@ impl Storage {
                 }
             }
         }
-        // During a rebalance the object may still sit on its old owners.
+        // During a rebalance the object may still sit on its old owners:
+        // the nodes a joiner displaced rank just below the replicas.
         for m in self
-            .members()
+            .previous_owners(data_id)
             .into_iter()
             .filter(|m| m.reachable() && !tried.contains(&m.peer_id))
         {
@@ -1055,12 +1129,30 @@ impl Storage {
         (None, failed)
     }
 
+    /// Where an object may still sit while its partition moves: with
+    /// `auto_rebalance`, the next [`MOVE_SPARE_RANKS`] nodes of its
+    /// partition's ranking after the largest replica set (a node that joins
+    /// pushes the last owner one rank down, so these are the owners before
+    /// up to that many joins; a read of a missing key asks no one else).
+    /// Without it, objects stay where they were until a rebalance job: every
+    /// member.
+    fn previous_owners(&self, data_id: &str) -> Vec<Member> {
+        let members = self.members();
+        if !self.config.auto_rebalance {
+            return members;
+        }
+        let placement = self.placement_members(&members);
+        let rf = self.config.max_replication_factor as usize + MOVE_SPARE_RANKS;
+        self.replicas_among(data_id, rf, &placement)
+    }
+
     /// strong: a majority of the object's replicas must answer; the newest
     /// version wins and stale replicas are repaired before answering.
     async fn get_strong(
         self: &Arc<Self>,
         data_id: &str,
     ) -> Result<(ObjectMeta, Vec<u8>), StorageError> {
+        self.await_view().await?;
         let (candidates, nominal, answers) = self.survey(data_id).await;
         let votes = quorum_answers(&answers);
         let newest = quorum::newest(&votes);
@@ -1137,6 +1229,7 @@ impl Storage {
             self.metrics.read_repair_skipped.inc();
             return;
         };
+        self.metrics.read_repair_surveys.inc();
         let this = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -1375,6 +1468,24 @@ impl Storage {
                     .entries(partition)
                     .map(StoreReply::Entries)
                     .map_err(|e| e.to_string())
+            }
+            StoreCall::EntriesOf { partitions } => {
+                if partitions.len() > wire::MAX_ENTRIES_PARTITIONS
+                    || partitions.iter().any(|p| *p >= placement::PARTITIONS)
+                {
+                    return Err("bad partition list".into());
+                }
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    partitions
+                        .into_iter()
+                        .map(|p| this.engine.entries(p))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map(StoreReply::EntriesOf)
+                .map_err(|e| e.to_string())
             }
             StoreCall::Census => {
                 let this = self.clone();

@@ -37,7 +37,7 @@ use plexi_store::placement::PARTITIONS;
 use plexi_store::StoreError;
 
 use super::rebalance::{self, Held, Moves, Transfer};
-use super::wire::{StoreCall, StoreReply, MAX_BATCH};
+use super::wire::{StoreCall, StoreReply, MAX_BATCH, MAX_ENTRIES_PARTITIONS};
 use super::{Member, Storage};
 use plexi_util::clock::wall_ms;
 
@@ -97,13 +97,26 @@ impl Throttle {
 /// Bound on the start-up catch-up: after this the node serves reads anyway.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 
-/// Start-up: sync with every reachable peer once (hints they hold for us
-/// arrive meanwhile), then serve reads as a replica.
-async fn catch_up(s: &Arc<Storage>) {
+/// How long a node that joins a cluster waits, at start, for its first
+/// peer (the membership exchange with it brings the whole member list).
+const CATCH_UP_VIEW_WAIT: Duration = Duration::from_secs(15);
+
+/// Start-up: learn the cluster, then serve strong operations as a
+/// coordinator (before, this node's view may hold itself alone, and a
+/// strong majority counted over it would be a majority of one: see
+/// [`Storage::set_view_ready`]); sync with every reachable peer once (hints
+/// they hold for us arrive meanwhile), then serve reads as a replica.
+async fn catch_up(s: &Arc<Storage>, joins: bool) {
     let moves = Moves::automatic(s.config.auto_rebalance);
     let started = Instant::now();
     // Give membership a moment to learn the cluster before judging it empty.
     tokio::time::sleep(s.config.anti_entropy_interval().min(Duration::from_secs(2))).await;
+    if joins {
+        while s.peers().is_empty() && started.elapsed() < CATCH_UP_VIEW_WAIT {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    s.set_view_ready();
     let peers: Vec<Member> = s.peers();
     let progress = Progress::default();
     for peer in &peers {
@@ -124,11 +137,12 @@ async fn catch_up(s: &Arc<Storage>) {
     );
 }
 
-/// Starts the background loops.
-pub fn spawn(storage: Arc<Storage>) {
+/// Starts the background loops; `joins`: this start joins a cluster (see
+/// [`catch_up`]).
+pub fn spawn(storage: Arc<Storage>, joins: bool) {
     let s = storage.clone();
     tokio::spawn(async move {
-        catch_up(&s).await;
+        catch_up(&s, joins).await;
         let mut tick = tokio::time::interval(s.config.anti_entropy_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round = 0usize;
@@ -292,135 +306,199 @@ async fn exchange(
         _ => return Err("bad digests reply".into()),
     };
     let mine = s.engine().digests().map_err(|e| e.to_string())?;
-    let (examined, next) = differing_partitions(&mine, &theirs, start, MAX_PARTITIONS_PER_PASS);
+    let members = s.members();
+    let placement = s.placement_members(&members);
+    // Only partitions where the exchange could move something: digests of
+    // two nodes differ for good where one of them owns nothing.
+    let max_rf = s.config.max_replication_factor as usize;
+    let worth = |p: u16| {
+        let (mine, theirs) = (&mine[p as usize], &theirs[p as usize]);
+        if mine == theirs {
+            return false;
+        }
+        let owners = s.partition_replicas(p, max_rf, &placement);
+        let owns = |id: &str| owners.iter().any(|o| o.peer_id == id);
+        worth_exchanging(
+            *mine != EMPTY_DIGEST,
+            *theirs != EMPTY_DIGEST,
+            owns(s.local_peer()),
+            owns(&peer.peer_id),
+        )
+    };
+    let worth: Vec<bool> = (0..PARTITIONS).map(worth).collect();
+    let (examined, next) = partitions_from(&worth, start, MAX_PARTITIONS_PER_PASS);
     let pass = Pass {
         examined: examined.len(),
-        differing: (0..PARTITIONS as usize)
-            .filter(|&p| mine[p] != theirs[p])
-            .count(),
+        differing: worth.iter().filter(|w| **w).count(),
         next,
     };
     if examined.is_empty() {
         return Ok(pass);
     }
-    let members = s.members();
-    let placement = s.placement_members(&members);
     let mut throttle = Throttle::new(s.config.repair_bytes_per_second());
-    for p in examined {
-        let their_entries = match s
-            .call(&peer.peer_id, StoreCall::Entries { partition: p })
-            .await?
-        {
-            StoreReply::Entries(e) => e,
-            _ => return Err("bad entries reply".into()),
-        };
-        let their: HashMap<String, plexi_util::hlc::Version> = their_entries.into_iter().collect();
-        let my_entries = s.engine().entries(p).map_err(|e| e.to_string())?;
-        // Push: ours is newer or theirs is missing, and they own it.
-        let mut push = Vec::new();
-        for (id, v) in &my_entries {
-            let held = match their.get(id) {
-                Some(tv) if tv >= v => continue,
-                Some(_) => Held::Older,
-                None => Held::Nothing,
-            };
-            let Ok(Some(meta)) = s.engine().meta(id) else {
-                continue;
-            };
-            if owners(s, &meta, &placement)
-                .iter()
-                .any(|o| o.peer_id == peer.peer_id)
-            {
-                push.push((meta, held));
+    for chunk in examined.chunks(MAX_ENTRIES_PARTITIONS) {
+        let theirs_by_partition = their_entries(s, peer, chunk).await?;
+        for (&p, their_entries) in chunk.iter().zip(theirs_by_partition) {
+            let their: HashMap<String, plexi_util::hlc::Version> =
+                their_entries.into_iter().collect();
+            let my_entries = s.engine().entries(p).map_err(|e| e.to_string())?;
+            // Push: ours is newer or theirs is missing, and they own it.
+            let mut push = Vec::new();
+            for (id, v) in &my_entries {
+                let held = match their.get(id) {
+                    Some(tv) if tv >= v => continue,
+                    Some(_) => Held::Older,
+                    None => Held::Nothing,
+                };
+                let Ok(Some(meta)) = s.engine().meta(id) else {
+                    continue;
+                };
+                if owners(s, &meta, &placement)
+                    .iter()
+                    .any(|o| o.peer_id == peer.peer_id)
+                {
+                    push.push((meta, held));
+                }
             }
-        }
-        let push = allowed(
-            s,
-            moves,
-            &members,
-            &placement,
-            &peer.peer_id,
-            s.local_peer(),
-            push,
-        )
-        .await;
-        for meta in push {
-            let Ok(Some((meta, data))) = local_object(s, &meta.data_id) else {
-                continue;
-            };
-            if s.send_object(&peer.peer_id, &meta, &data).await.is_ok() {
-                s.metrics
-                    .repaired(super::RepairSource::AntiEntropy, data.len() as u64);
-                progress.moved_objects.fetch_add(1, Ordering::Relaxed);
-                progress
-                    .moved_bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                throttle.spend(data.len() as u64).await;
-            }
-        }
-        // Pull: theirs is newer or ours is missing, and we own it.
-        let mine_map: HashMap<&str, plexi_util::hlc::Version> =
-            my_entries.iter().map(|(id, v)| (id.as_str(), *v)).collect();
-        let wanted: Vec<String> = their
-            .iter()
-            .filter(|(id, tv)| mine_map.get(id.as_str()).is_none_or(|mv| mv < *tv))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for batch in wanted.chunks(MAX_BATCH) {
-            let metas = match s
-                .call(
-                    &peer.peer_id,
-                    StoreCall::Metas {
-                        data_ids: batch.to_vec(),
-                    },
-                )
-                .await?
-            {
-                StoreReply::Metas(m) => m,
-                _ => return Err("bad metas reply".into()),
-            };
-            let pull: Vec<(ObjectMeta, Held)> = metas
-                .into_iter()
-                .flatten()
-                .map(|(meta, _)| meta)
-                .filter(|meta| {
-                    owners(s, meta, &placement)
-                        .iter()
-                        .any(|o| o.peer_id == s.local_peer())
-                })
-                .map(|meta| {
-                    let held = if mine_map.contains_key(meta.data_id.as_str()) {
-                        Held::Older
-                    } else {
-                        Held::Nothing
-                    };
-                    (meta, held)
-                })
-                .collect();
-            let pull = allowed(
+            let push = allowed(
                 s,
                 moves,
                 &members,
                 &placement,
-                s.local_peer(),
                 &peer.peer_id,
-                pull,
+                s.local_peer(),
+                push,
             )
             .await;
-            for meta in pull {
-                if let Ok(Some((meta, data))) = s.fetch_object(&peer.peer_id, &meta.data_id).await {
-                    let len = data.len() as u64;
-                    if s.apply_durably(meta, data).await.is_ok() {
-                        s.metrics.repaired(super::RepairSource::AntiEntropy, len);
-                        progress.moved_objects.fetch_add(1, Ordering::Relaxed);
-                        progress.moved_bytes.fetch_add(len, Ordering::Relaxed);
-                        throttle.spend(len).await;
+            for meta in push {
+                let Ok(Some((meta, data))) = local_object(s, &meta.data_id) else {
+                    continue;
+                };
+                if s.send_object(&peer.peer_id, &meta, &data).await.is_ok() {
+                    s.metrics
+                        .repaired(super::RepairSource::AntiEntropy, data.len() as u64);
+                    progress.moved_objects.fetch_add(1, Ordering::Relaxed);
+                    progress
+                        .moved_bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    throttle.spend(data.len() as u64).await;
+                }
+            }
+            // Pull: theirs is newer or ours is missing, and we own it.
+            let mine_map: HashMap<&str, plexi_util::hlc::Version> =
+                my_entries.iter().map(|(id, v)| (id.as_str(), *v)).collect();
+            let wanted: Vec<String> = their
+                .iter()
+                .filter(|(id, tv)| mine_map.get(id.as_str()).is_none_or(|mv| mv < *tv))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for batch in wanted.chunks(MAX_BATCH) {
+                let metas = match s
+                    .call(
+                        &peer.peer_id,
+                        StoreCall::Metas {
+                            data_ids: batch.to_vec(),
+                        },
+                    )
+                    .await?
+                {
+                    StoreReply::Metas(m) => m,
+                    _ => return Err("bad metas reply".into()),
+                };
+                let pull: Vec<(ObjectMeta, Held)> = metas
+                    .into_iter()
+                    .flatten()
+                    .map(|(meta, _)| meta)
+                    .filter(|meta| {
+                        owners(s, meta, &placement)
+                            .iter()
+                            .any(|o| o.peer_id == s.local_peer())
+                    })
+                    .map(|meta| {
+                        let held = if mine_map.contains_key(meta.data_id.as_str()) {
+                            Held::Older
+                        } else {
+                            Held::Nothing
+                        };
+                        (meta, held)
+                    })
+                    .collect();
+                let pull = allowed(
+                    s,
+                    moves,
+                    &members,
+                    &placement,
+                    s.local_peer(),
+                    &peer.peer_id,
+                    pull,
+                )
+                .await;
+                for meta in pull {
+                    if let Ok(Some((meta, data))) =
+                        s.fetch_object(&peer.peer_id, &meta.data_id).await
+                    {
+                        let len = data.len() as u64;
+                        if s.apply_durably(meta, data).await.is_ok() {
+                            s.metrics.repaired(super::RepairSource::AntiEntropy, len);
+                            progress.moved_objects.fetch_add(1, Ordering::Relaxed);
+                            progress.moved_bytes.fetch_add(len, Ordering::Relaxed);
+                            throttle.spend(len).await;
+                        }
                     }
                 }
             }
         }
     }
     Ok(pass)
+}
+
+/// The peer's entries of `partitions` (at most [`MAX_ENTRIES_PARTITIONS`]),
+/// in their order: one call, or one per partition with a peer that does
+/// not know the batched call (a version before it, during a roll).
+async fn their_entries(
+    s: &Arc<Storage>,
+    peer: &Member,
+    partitions: &[u16],
+) -> Result<Vec<Vec<(String, plexi_util::hlc::Version)>>, String> {
+    let one_by_one = |s: &Storage| {
+        s.entries_one_by_one
+            .lock()
+            .expect("entries_one_by_one lock")
+            .contains(&peer.peer_id)
+    };
+    if !one_by_one(s) {
+        let batched = s
+            .call(
+                &peer.peer_id,
+                StoreCall::EntriesOf {
+                    partitions: partitions.to_vec(),
+                },
+            )
+            .await;
+        match batched {
+            Ok(StoreReply::EntriesOf(e)) if e.len() == partitions.len() => return Ok(e),
+            Ok(_) => return Err("bad entries reply".into()),
+            Err(e) if !e.contains(MALFORMED_CALL) => return Err(e),
+            Err(_) => {
+                tracing::info!(node_id = %peer.name, "peer does not know batched entries; asking per partition");
+                s.entries_one_by_one
+                    .lock()
+                    .expect("entries_one_by_one lock")
+                    .insert(peer.peer_id.clone());
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(partitions.len());
+    for &partition in partitions {
+        match s
+            .call(&peer.peer_id, StoreCall::Entries { partition })
+            .await?
+        {
+            StoreReply::Entries(e) => out.push(e),
+            _ => return Err("bad entries reply".into()),
+        }
+    }
+    Ok(out)
 }
 
 /// The objects of one partition that `moves` lets anti-entropy move from
@@ -499,19 +577,31 @@ async fn allowed(
         .collect()
 }
 
-/// Up to `max` partitions whose digests differ, scanning from `start` and
+/// How a peer's refusal of a call it could not decode reads
+/// (`plexi_p2p::CallError::Malformed`).
+const MALFORMED_CALL: &str = "malformed request";
+
+/// The digest of a partition holding nothing (an XOR over no entries).
+const EMPTY_DIGEST: [u8; 32] = [0; 32];
+
+/// Whether a partition whose digests differ between this node and a peer
+/// is worth an exchange: a push needs the peer to own it and this node to
+/// hold something in it, a pull the reverse. Anything else (a partition
+/// only one side owns, the other holding nothing) would be examined on
+/// every pass and never move anything. Ownership is the placement at the
+/// largest factor, which contains every object's owners.
+fn worth_exchanging(mine_holds: bool, theirs_holds: bool, i_own: bool, peer_owns: bool) -> bool {
+    (peer_owns && mine_holds) || (i_own && theirs_holds)
+}
+
+/// Up to `max` partitions marked in `worth`, scanning from `start` and
 /// wrapping around; and where the next scan should start: after the last
 /// one taken when the bound cut the scan short, else at `start` again.
-fn differing_partitions(
-    mine: &[[u8; 32]],
-    theirs: &[[u8; 32]],
-    start: u16,
-    max: usize,
-) -> (Vec<u16>, u16) {
+fn partitions_from(worth: &[bool], start: u16, max: usize) -> (Vec<u16>, u16) {
     let start = start % PARTITIONS;
     let differing: Vec<u16> = (0..PARTITIONS)
         .map(|i| (start + i) % PARTITIONS)
-        .filter(|&p| mine[p as usize] != theirs[p as usize])
+        .filter(|&p| worth[p as usize])
         .take(max + 1)
         .collect();
     if differing.len() <= max {
@@ -875,14 +965,45 @@ mod tests {
         }
     }
 
-    /// Digests differing in `parts` (in no particular order).
-    fn digests_differing_in(parts: &[u16]) -> (Vec<[u8; 32]>, Vec<[u8; 32]>) {
-        let mine = vec![[0u8; 32]; PARTITIONS as usize];
-        let mut theirs = mine.clone();
+    /// Partitions marked in `parts` (in no particular order).
+    fn marked(parts: &[u16]) -> Vec<bool> {
+        let mut worth = vec![false; PARTITIONS as usize];
         for &p in parts {
-            theirs[p as usize] = [1u8; 32];
+            worth[p as usize] = true;
         }
-        (mine, theirs)
+        worth
+    }
+
+    /// A partition only one side owns, the other holding nothing, is never
+    /// worth an exchange (it would be examined on every pass); one where a
+    /// side that holds something meets an owner is.
+    #[test]
+    fn only_partitions_an_exchange_could_move_are_examined() {
+        // (mine holds, theirs holds, I own, peer owns)
+        assert!(
+            !worth_exchanging(true, false, true, false),
+            "only I own it, the peer holds nothing"
+        );
+        assert!(
+            !worth_exchanging(false, true, false, true),
+            "only the peer owns it, I hold nothing"
+        );
+        assert!(
+            !worth_exchanging(true, true, false, false),
+            "neither owns it (both old owners)"
+        );
+        assert!(
+            worth_exchanging(true, false, false, true),
+            "a push: I hold, the peer owns"
+        );
+        assert!(
+            worth_exchanging(false, true, true, false),
+            "a pull: the peer holds, I own"
+        );
+        assert!(
+            worth_exchanging(true, true, true, true),
+            "both own, and they differ"
+        );
     }
 
     /// Two nodes' digests differ for good in every partition only one of
@@ -891,13 +1012,13 @@ mod tests {
     #[test]
     fn successive_passes_examine_every_differing_partition() {
         let parts: Vec<u16> = (0..PARTITIONS).filter(|p| p % 3 != 1).collect();
-        let (mine, theirs) = digests_differing_in(&parts);
+        let worth = marked(&parts);
         let max = 128;
         let passes = parts.len().div_ceil(max);
         let mut seen = std::collections::BTreeSet::new();
         let mut start = 0;
         for _ in 0..passes {
-            let (taken, next) = differing_partitions(&mine, &theirs, start, max);
+            let (taken, next) = partitions_from(&worth, start, max);
             assert!(taken.len() <= max);
             assert!(taken.iter().all(|p| parts.contains(p)));
             seen.extend(taken);
@@ -906,11 +1027,9 @@ mod tests {
         assert_eq!(seen.len(), parts.len(), "partitions never examined");
         // Fewer differing than the bound: one pass takes them all, and the
         // next starts where this one did.
-        let (mine, theirs) = digests_differing_in(&[3, 1000, 512]);
-        let (taken, next) = differing_partitions(&mine, &theirs, 700, max);
+        let (taken, next) = partitions_from(&marked(&[3, 1000, 512]), 700, max);
         assert_eq!(taken, vec![1000, 3, 512]);
         assert_eq!(next, 700);
-        let (mine, theirs) = digests_differing_in(&[]);
-        assert_eq!(differing_partitions(&mine, &theirs, 5, max), (vec![], 5));
+        assert_eq!(partitions_from(&marked(&[]), 5, max), (vec![], 5));
     }
 }

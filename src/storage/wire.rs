@@ -65,7 +65,15 @@ pub enum StoreCall {
     StartJob { job_id: String, kind: JobKind },
     /// This node's part of a job, if it has one.
     JobStatus { job_id: String },
+    /// `Entries` of up to [`MAX_ENTRIES_PARTITIONS`] partitions at once
+    /// (anti-entropy: one round trip where it took one per partition).
+    EntriesOf { partitions: Vec<u16> },
 }
+
+/// Most partitions one `EntriesOf` asks for: 16 partitions of a node
+/// holding a million objects are about 16,000 entries, well inside the
+/// response frame.
+pub const MAX_ENTRIES_PARTITIONS: usize = 16;
 
 /// Most entries one `List` answer carries: the API's page bound (their
 /// metadata fits the 8 MiB response frame many times over: ids are at most
@@ -131,4 +139,6 @@ pub enum StoreReply {
         entries: Vec<ObjectMeta>,
         more: bool,
     },
+    /// The entries of each partition an `EntriesOf` named, in its order.
+    EntriesOf(Vec<Vec<(String, Version)>>),
 }

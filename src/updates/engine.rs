@@ -834,47 +834,55 @@ impl Engine {
     }
 
     /// The node is healthy, has disk space, and every object it holds has
-    /// another live replica.
+    /// another live replica that is current: one this node just synced
+    /// with. Syncs with the peers run at once and cost a digest comparison
+    /// where replicas agree (anti-entropy examines only the partitions that
+    /// differ and that one side owns). A peer that fails its sync (killed,
+    /// cut off) does not fail the check by itself; it just counts for none
+    /// of the objects. A peer out of service for an update (a batch-mate of
+    /// a parallel update restarting) is not asked: it catches up by itself
+    /// when it is back.
     async fn pre_check(&self) -> Result<(), StepError> {
         self.checks
             .healthy()
             .await
             .map_err(|e| StepError(format!("pre-check: node unhealthy: {e}")))?;
-        // Push anything peers own and lack, so our copies exist elsewhere.
-        // A peer out of service for an update (a batch-mate of a parallel
-        // update restarting) is skipped, also when it went out during the
-        // sync: it catches up by itself when it is back.
         let out = self.out_of_service();
-        for peer in self.storage.peers() {
-            if out.contains(peer.name.as_str()) {
-                continue;
-            }
-            let synced = crate::storage::repair::anti_entropy_with(
+        let peers: Vec<_> = self
+            .storage
+            .peers()
+            .into_iter()
+            .filter(|p| !out.contains(p.name.as_str()))
+            .collect();
+        let syncs = peers.iter().map(|peer| async move {
+            let r = crate::storage::repair::anti_entropy_with(
                 &self.storage,
-                &peer,
+                peer,
                 &crate::storage::repair::Progress::default(),
             )
             .await;
-            if let Err(e) = synced {
-                if self.out_of_service().contains(peer.name.as_str()) {
-                    tracing::info!(node_id = %peer.name, error = %e, "pre-check: peer went out of service during the sync; skipped");
-                    continue;
+            (peer, r)
+        });
+        let mut current = std::collections::BTreeSet::new();
+        let mut failures = Vec::new();
+        for (peer, r) in futures::future::join_all(syncs).await {
+            match r {
+                Ok(()) => {
+                    current.insert(peer.peer_id.clone());
                 }
-                return Err(StepError(format!(
-                    "pre-check: sync with {}: {e}",
-                    peer.name
-                )));
+                Err(e) => {
+                    tracing::info!(node_id = %peer.name, error = %e, "pre-check: sync failed; the peer counts as no current replica");
+                    failures.push(format!("{}: {e}", peer.name));
+                }
             }
         }
         let s = self.storage.clone();
         let lonely = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
             let members = s.members();
-            let alive: std::collections::BTreeSet<String> =
-                s.peers().into_iter().map(|m| m.peer_id.clone()).collect();
             let mut lonely = Vec::new();
             for (id, rf) in live_objects(&s, PRE_CHECK_MAX_OBJECTS)? {
                 let owners = s.replicas_among(&id, rf, &members);
-                if !owners.iter().any(|o| alive.contains(&o.peer_id)) {
+                if !owners.iter().any(|o| current.contains(&o.peer_id)) {
                     lonely.push(id);
                     if lonely.len() >= 5 {
                         break;
@@ -888,8 +896,13 @@ impl Engine {
         .map_err(StepError)?;
         if !lonely.is_empty() {
             return Err(StepError(format!(
-                "pre-check: objects with no other live replica: {}",
-                lonely.join(", ")
+                "pre-check: objects with no other live, current replica: {}{}",
+                lonely.join(", "),
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (syncs failed: {})", failures.join("; "))
+                }
             )));
         }
         Ok(())

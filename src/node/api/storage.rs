@@ -33,6 +33,7 @@ impl From<StorageError> for ApiError {
             }
             StorageError::NoQuorum { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
             StorageError::ReadFailed => (StatusCode::SERVICE_UNAVAILABLE, "read_failed"),
+            StorageError::LearningCluster => (StatusCode::SERVICE_UNAVAILABLE, "learning_cluster"),
             StorageError::NoSuchJob { .. } => (StatusCode::NOT_FOUND, "not_found"),
         };
         ApiError::new(status, code, e.to_string())

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use plexi_chaos::net::NetMode;
 use plexi_chaos::runner::{kinds_for, run, RunSpec};
+use plexi_chaos::{cluster, runner, update};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Profile {
@@ -64,11 +65,20 @@ struct Args {
     concurrency: Option<usize>,
 }
 
-/// What a run may take beyond its time under faults: start, the update's
-/// end (`update::FINAL_TIMEOUT` from its plan), heal, repair and the final
-/// reads. The short profile's whole run thus stays within 5 minutes.
-const RUN_OVERHEAD_SHORT: Duration = Duration::from_secs(240);
-const RUN_OVERHEAD_LONG: Duration = Duration::from_secs(600);
+/// What a run may take beyond its time under faults, the sum of the
+/// bounds of its other phases: the start ([`cluster::SERVE_TIMEOUT`] and
+/// as much again for publishing the release), the update's end
+/// ([`update::FINAL_TIMEOUT`]), heal and repair ([`runner::HEAL_TIMEOUT`],
+/// [`runner::REPAIR_TIMEOUT`]) and the final reads
+/// ([`runner::FINAL_READS_ALLOWANCE`]). The update binary is built before
+/// this clock starts (a compile is not the harness hanging).
+const RUN_OVERHEAD: Duration = Duration::from_secs(
+    2 * cluster::SERVE_TIMEOUT.as_secs()
+        + update::FINAL_TIMEOUT.as_secs()
+        + runner::HEAL_TIMEOUT.as_secs()
+        + runner::REPAIR_TIMEOUT.as_secs()
+        + runner::FINAL_READS_ALLOWANCE.as_secs(),
+);
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let s = s.trim_end_matches('s');
@@ -145,6 +155,18 @@ fn main() -> std::process::ExitCode {
         .out
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("plexi-chaos-{seed}")));
+    // Built (or found up to date) before the run and its watchdog start.
+    let update_binary = match (&args.update_binary, args.no_update) {
+        (Some(b), _) => Some(b.clone()),
+        (None, true) => None,
+        (None, false) => match plexi_chaos::update::target_binary() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("the update workload's binary: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
     let spec = RunSpec {
         seed,
         profile: profile.to_string(),
@@ -156,7 +178,7 @@ fn main() -> std::process::ExitCode {
         plexi,
         out: out.clone(),
         update: !args.no_update,
-        update_binary: args.update_binary.clone(),
+        update_binary,
         net,
         kinds: kinds_for(net),
         concurrency: args.concurrency.unwrap_or(concurrency).max(1),
@@ -174,11 +196,7 @@ fn main() -> std::process::ExitCode {
     };
     rt.spawn(plexi_chaos::teardown::on_signal());
     // A harness that hangs is a failure too, not a CI job that never ends.
-    let budget = duration
-        + match args.profile {
-            Profile::Short => RUN_OVERHEAD_SHORT,
-            Profile::Long => RUN_OVERHEAD_LONG,
-        };
+    let budget = duration + RUN_OVERHEAD;
     let outcome = rt.block_on(async { tokio::time::timeout(budget, run(spec)).await });
     let Ok(outcome) = outcome else {
         eprintln!("run did not end within {budget:?} (seed {seed}): the harness hung; history so far in {}", out.display());

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::apply;
 use crate::cluster::{Cluster, POLL};
@@ -25,6 +25,9 @@ pub const HEAL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const REPAIR_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts of one final read through one node.
 pub const FINAL_READ_ATTEMPTS: usize = 20;
+/// How long all the final reads together may take (5 nodes, 3 levels, the
+/// registers); beyond it the run fails as hung rather than reports.
+pub const FINAL_READS_ALLOWANCE: Duration = Duration::from_secs(90);
 
 /// What one run does.
 #[derive(Clone, Debug)]
@@ -317,7 +320,16 @@ pub async fn run(spec: RunSpec) -> Result<Summary> {
     }
     eprintln!("final phase: heal, repair, read everything through every node");
     let repaired = final_heal(&cluster, &rec).await?;
-    final_reads(&cluster, &rec, spec.seed, spec.clients).await;
+    if tokio::time::timeout(
+        FINAL_READS_ALLOWANCE,
+        final_reads(&cluster, &rec, spec.seed, spec.clients),
+    )
+    .await
+    .is_err()
+    {
+        cluster.shutdown().await;
+        bail!("the final reads did not end within {FINAL_READS_ALLOWANCE:?}");
+    }
     rec.flush()?;
     cluster.shutdown().await;
     let summary = summarize(

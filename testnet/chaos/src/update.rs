@@ -62,7 +62,7 @@ fn alt_dir() -> PathBuf {
 /// `target/alt/bins/plexi-VERSION`, built from the current sources (a
 /// no-op for cargo when `tests/updates.rs` just built it; the target
 /// version must carry the fixes under test too).
-fn target_binary() -> Result<PathBuf> {
+pub fn target_binary() -> Result<PathBuf> {
     use std::os::unix::io::AsRawFd;
     let alt = alt_dir();
     let out = alt.join("bins").join(format!("plexi-{TARGET_VERSION}"));
