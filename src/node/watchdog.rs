@@ -7,7 +7,15 @@
 //! wedged store cannot make anything durable, so the node stops; the
 //! supervisor restarts the worker (an unplanned restart) and the reopened
 //! store recovers from its log, then catches up from its replicas.
+//!
+//! The same when flushes keep failing although the disk has room again
+//! ([`poisoned`]): sled 0.34 keeps the first write error and returns it
+//! from every later flush (the CI run of chaos seed 3: "No space left on
+//! device" for 80 s after the full disk was healed, and 307 objects
+//! under-replicated at the end). On a disk that is still full the node
+//! stays up (reads go on) and the watchdog waits for space.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,17 +29,43 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// The worker's exit code when it stops for a wedged store.
 pub const EXIT_STORE_WEDGED: i32 = 75;
 
+/// Flushes failing this long, with [`ROOM_BYTES`] free, mean the store is
+/// poisoned.
+pub const FLUSH_FAILING_LIMIT: Duration = Duration::from_secs(10);
+/// Free space on the data dir's file system that makes a failing store a
+/// poisoned one rather than one on a full disk.
+pub const ROOM_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Whether flushes failing for `failing` with `free` bytes free on the
+/// data dir's file system (None: unknown) mean the store is poisoned.
+pub fn poisoned(failing: Option<Duration>, free: Option<u64>) -> bool {
+    failing.is_some_and(|d| d >= FLUSH_FAILING_LIMIT) && free.is_some_and(|f| f >= ROOM_BYTES)
+}
+
 /// Whether a flush running for `running` means the store is wedged.
 pub fn wedged(running: Option<Duration>) -> bool {
     running.is_some_and(|d| d >= FLUSH_STALL_LIMIT)
 }
 
-/// Starts the watchdog thread.
-pub fn spawn(storage: Arc<Storage>) {
+/// Starts the watchdog thread; `data_dir` is where the store lives.
+pub fn spawn(storage: Arc<Storage>, data_dir: PathBuf) {
     let spawned = std::thread::Builder::new()
         .name("store-watchdog".into())
         .spawn(move || loop {
             std::thread::sleep(CHECK_EVERY);
+            let failing = storage.flush_failing_for();
+            if failing.is_some() {
+                let free = super::health::fs_space(&data_dir).ok().map(|(_, free)| free);
+                if poisoned(failing, free) {
+                    tracing::error!(
+                        failing_s = failing.unwrap_or_default().as_secs(),
+                        free_bytes = free.unwrap_or_default(),
+                        exit_code = EXIT_STORE_WEDGED,
+                        "store flushes keep failing although the disk has room: the store is poisoned by an earlier write error; exiting so the supervisor reopens it"
+                    );
+                    std::process::exit(EXIT_STORE_WEDGED);
+                }
+            }
             let running = storage.flush_stalled_for();
             if wedged(running) {
                 tracing::error!(
@@ -50,6 +84,28 @@ pub fn spawn(storage: Arc<Storage>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_flushes_failing_long_with_room_on_disk_are_a_poisoned_store() {
+        let long = Some(FLUSH_FAILING_LIMIT);
+        assert!(poisoned(long, Some(ROOM_BYTES)));
+        assert!(
+            !poisoned(None, Some(ROOM_BYTES)),
+            "the last flush succeeded"
+        );
+        assert!(
+            !poisoned(
+                Some(FLUSH_FAILING_LIMIT - Duration::from_millis(1)),
+                Some(1 << 40)
+            ),
+            "not failing long enough"
+        );
+        assert!(
+            !poisoned(long, Some(ROOM_BYTES - 1)),
+            "the disk is still full: wait"
+        );
+        assert!(!poisoned(long, None), "free space unknown: do not guess");
+    }
 
     #[test]
     fn only_a_flush_running_past_the_limit_is_wedged() {

@@ -491,6 +491,12 @@ impl Storage {
         self.commit.stalled_for()
     }
 
+    /// How long every store flush has failed (None after a success): see
+    /// `node::watchdog`.
+    pub fn flush_failing_for(&self) -> Option<Duration> {
+        self.commit.failing_for()
+    }
+
     pub fn members_to_ask(&self) -> (Vec<Member>, Vec<String>) {
         let (asked, silent): (Vec<Member>, Vec<Member>) = self
             .members()

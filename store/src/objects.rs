@@ -713,6 +713,10 @@ pub struct GroupCommit {
     /// a flush that never returns (sled after a failed write on a full
     /// disk) shows as a growing [`GroupCommit::stalled_for`].
     running_since: Arc<AtomicU64>,
+    /// When flushes began failing (ms since `base`), 0 after a flush that
+    /// succeeded: sled 0.34 keeps a write error and returns it from every
+    /// later flush, also once the disk has space again.
+    failing_since: Arc<AtomicU64>,
     base: std::time::Instant,
 }
 
@@ -727,6 +731,8 @@ impl GroupCommit {
         let base = std::time::Instant::now();
         let running_since = Arc::new(AtomicU64::new(0));
         let running = running_since.clone();
+        let failing_since = Arc::new(AtomicU64::new(0));
+        let failing = failing_since.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -739,9 +745,15 @@ impl GroupCommit {
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
-                if let Err(e) = &res {
-                    // A flush error is fatal for this node's durability.
-                    tracing::error!(error = %e, "store flush failed");
+                match &res {
+                    Err(e) => {
+                        // A flush error is fatal for this node's durability.
+                        tracing::error!(error = %e, "store flush failed");
+                        let now = base.elapsed().as_millis() as u64 + 1;
+                        let _ =
+                            failing.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+                    }
+                    Ok(()) => failing.store(0, Ordering::SeqCst),
                 }
                 running.store(0, Ordering::SeqCst);
                 count.fetch_add(1, Ordering::Relaxed);
@@ -754,8 +766,19 @@ impl GroupCommit {
             waiters: tx,
             flushes,
             running_since,
+            failing_since,
             base,
         }
+    }
+
+    /// How long every flush has failed, since the first failure after the
+    /// last success (None when the last flush succeeded).
+    pub fn failing_for(&self) -> Option<std::time::Duration> {
+        let since = self.failing_since.load(Ordering::SeqCst);
+        (since > 0).then(|| {
+            let now = self.base.elapsed().as_millis() as u64 + 1;
+            std::time::Duration::from_millis(now.saturating_sub(since))
+        })
     }
 
     /// How long the flush now running has been running (None when idle).
@@ -1154,6 +1177,8 @@ mod tests {
         applies: AtomicU64,
         /// (applies completed when the flush began, flush finished)
         flushes: std::sync::Mutex<Vec<(u64, bool)>>,
+        /// Flushes fail (a disk error) while set.
+        failing: std::sync::atomic::AtomicBool,
     }
 
     impl Recording {
@@ -1209,7 +1234,11 @@ mod tests {
             };
             // A slow disk, so that writers pile up behind a running flush.
             std::thread::sleep(std::time::Duration::from_millis(20));
-            let r = self.inner.flush();
+            let r = if self.failing.load(Ordering::SeqCst) {
+                Err(StoreError::Flush("No space left on device".into()))
+            } else {
+                self.inner.flush()
+            };
             self.flushes.lock().unwrap()[index].1 = true;
             r
         }
@@ -1222,6 +1251,7 @@ mod tests {
             inner,
             applies: AtomicU64::new(0),
             flushes: std::sync::Mutex::new(Vec::new()),
+            failing: Default::default(),
         });
         let s: Arc<dyn ObjectStore> = rec.clone();
         let gc = GroupCommit::start(s.clone());
@@ -1253,5 +1283,35 @@ mod tests {
             flushes.len()
         );
         assert_eq!(s.counts().0, 64);
+    }
+
+    /// Failing flushes show as a growing `failing_for` (what the node's
+    /// watchdog reads), from the first failure after a success, and a
+    /// successful flush clears it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_reports_how_long_flushes_have_failed() {
+        let (_d, inner) = open();
+        let rec = Arc::new(Recording {
+            inner,
+            applies: AtomicU64::new(0),
+            flushes: std::sync::Mutex::new(Vec::new()),
+            failing: Default::default(),
+        });
+        let gc = GroupCommit::start(rec.clone());
+        gc.flush().await.unwrap();
+        assert_eq!(gc.failing_for(), None);
+        rec.failing.store(true, Ordering::SeqCst);
+        assert!(gc.flush().await.is_err());
+        let first = gc.failing_for().expect("failing after a failed flush");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(gc.flush().await.is_err());
+        let later = gc.failing_for().expect("still failing");
+        assert!(
+            later >= first + std::time::Duration::from_millis(50),
+            "{first:?} then {later:?}: counted from the first failure"
+        );
+        rec.failing.store(false, Ordering::SeqCst);
+        gc.flush().await.unwrap();
+        assert_eq!(gc.failing_for(), None, "a successful flush clears it");
     }
 }
