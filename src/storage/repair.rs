@@ -460,13 +460,12 @@ async fn their_entries(
     peer: &Member,
     partitions: &[u16],
 ) -> Result<Vec<Vec<(String, plexi_util::hlc::Version)>>, String> {
-    let one_by_one = |s: &Storage| {
-        s.entries_one_by_one
-            .lock()
-            .expect("entries_one_by_one lock")
-            .contains(&peer.peer_id)
-    };
-    if !one_by_one(s) {
+    let one_by_one = s
+        .entries_one_by_one
+        .lock()
+        .expect("entries_one_by_one lock")
+        .contains(&peer.peer_id);
+    if !one_by_one {
         let batched = s
             .call(
                 &peer.peer_id,

@@ -1182,6 +1182,15 @@ mod tests {
     }
 
     impl Recording {
+        fn new(inner: SledObjects) -> Self {
+            Recording {
+                inner,
+                applies: AtomicU64::new(0),
+                flushes: std::sync::Mutex::new(Vec::new()),
+                failing: Default::default(),
+            }
+        }
+
         /// Whether a flush that began after `applies` applies had completed
         /// has finished.
         fn covered(&self, applies: u64) -> bool {
@@ -1247,12 +1256,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn group_commit_batches_concurrent_flushes() {
         let (_d, inner) = open();
-        let rec = Arc::new(Recording {
-            inner,
-            applies: AtomicU64::new(0),
-            flushes: std::sync::Mutex::new(Vec::new()),
-            failing: Default::default(),
-        });
+        let rec = Arc::new(Recording::new(inner));
         let s: Arc<dyn ObjectStore> = rec.clone();
         let gc = GroupCommit::start(s.clone());
         let mut tasks = Vec::new();
@@ -1291,12 +1295,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn group_commit_reports_how_long_flushes_have_failed() {
         let (_d, inner) = open();
-        let rec = Arc::new(Recording {
-            inner,
-            applies: AtomicU64::new(0),
-            flushes: std::sync::Mutex::new(Vec::new()),
-            failing: Default::default(),
-        });
+        let rec = Arc::new(Recording::new(inner));
         let gc = GroupCommit::start(rec.clone());
         gc.flush().await.unwrap();
         assert_eq!(gc.failing_for(), None);

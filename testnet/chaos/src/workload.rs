@@ -204,16 +204,8 @@ impl Client {
             "{api}/api/v1/clustering/storage/data/{}?consistency=strong",
             register_id(key)
         );
-        let res = self
-            .cluster
-            .http
-            .get(url)
-            .bearer_auth(READ_TOKEN)
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await;
-        let r = match res {
-            Err(e) => return from_error(&e),
+        let r = match self.read_get(url).await {
+            Err(outcome) => return outcome,
             Ok(r) => r,
         };
         if r.status().as_u16() == 404 {
@@ -227,6 +219,18 @@ impl Client {
             Ok(Err(e)) => Outcome::Info(format!("unparsable register value: {e}")),
             Err(e) => Outcome::Info(format!("body: {e}")),
         }
+    }
+
+    /// `GET url` with the read token; a transport error as its outcome.
+    async fn read_get(&self, url: String) -> Result<reqwest::Response, Outcome> {
+        self.cluster
+            .http
+            .get(url)
+            .bearer_auth(READ_TOKEN)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| from_error(&e))
     }
 
     /// Reads the whole set of `level` through `node` (the listing; a page
@@ -253,16 +257,8 @@ impl Client {
             if let Some(a) = &after {
                 url.push_str(&format!("&after={a}"));
             }
-            let res = self
-                .cluster
-                .http
-                .get(url)
-                .bearer_auth(READ_TOKEN)
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-                .await;
-            let r = match res {
-                Err(e) => return from_error(&e),
+            let r = match self.read_get(url).await {
+                Err(outcome) => return outcome,
                 Ok(r) => r,
             };
             if !r.status().is_success() {
