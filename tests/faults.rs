@@ -156,11 +156,47 @@ fn clock_offset(nodes: &[TestNode]) {
             .as_ref(),
         b"from the future"
     );
+    a_later_strong_write_outranks_one_from_a_clock_ahead(nodes);
     remove_faults(s1);
     wait_for(Duration::from_secs(5), || {
         clock_skew_ms(s1).filter(|d| d.abs() < 2_000)
     })
     .expect("s1's clock came back");
+}
+
+/// s1's clock is 20 s ahead. A strong write through s1 of an object whose
+/// one replica is s3, then one through s2 (whose clock is right, and which
+/// never saw that version): the second must win, since it began after the
+/// first was acknowledged. Without the coordinator learning the newest
+/// version from a majority first, the second write was acknowledged with
+/// a lower version and lost to the first by last-writer-wins.
+fn a_later_strong_write_outranks_one_from_a_clock_ahead(nodes: &[TestNode]) {
+    let (s1, s2, s3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let query = "consistency=strong&replication_factor=1";
+    let id = (0..200)
+        .map(|i| format!("skew-order-{i}"))
+        .find(|id| {
+            let res = s1.put(id, b"first, from s1", query);
+            assert!(res.status().is_success(), "put {id}: {}", res.status());
+            let put: Value = res.json().unwrap();
+            put["replicas"] == serde_json::json!([s3.name])
+        })
+        .expect("some object placed on s3 alone");
+    let res = s2.put(&id, b"second, from s2", query);
+    assert!(
+        res.status().is_success(),
+        "put {id} via s2: {}",
+        res.status()
+    );
+    for node in nodes {
+        let got = node.fetch(&id, "consistency=strong").bytes().unwrap();
+        assert_eq!(
+            got.as_ref(),
+            b"second, from s2",
+            "a strong read of {id} through {} returned the earlier write",
+            node.name
+        );
+    }
 }
 
 /// `store_write_error_percent: 100` on s3: every write of its store

@@ -26,13 +26,23 @@ pub enum StorageError {
         needed: usize,
         failed: String,
     },
-    #[error("a {consistency} read needs {majority} of {rf} replicas; {answered} answered")]
+    #[error("a {consistency} operation needs {majority} of {rf} replicas to answer; {answered} answered")]
     NoQuorum {
         consistency: Consistency,
         majority: usize,
         rf: usize,
         answered: usize,
     },
+    #[error(
+        "the newest version is on {holding} of {rf} replicas and could not be written back to a majority ({majority}); retry"
+    )]
+    WriteBackFailed {
+        majority: usize,
+        rf: usize,
+        holding: usize,
+    },
+    #[error("an existing version {newest} is more than a minute ahead of this node's clock; a strong write here would not outrank it (fix the clocks)")]
+    ClockBehind { newest: String },
     #[error("no replica holding the newest version could serve it")]
     ReadFailed,
     #[error("this node started moments ago and is still learning the cluster; strong operations wait for that")]

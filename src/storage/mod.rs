@@ -916,8 +916,14 @@ impl Storage {
                 limit_bytes: self.config.max_object_bytes(),
             });
         }
+        let newest = if consistency == Consistency::Strong {
+            self.await_view().await?;
+            self.newest_on_a_majority(&req.data_id, rf as usize).await?
+        } else {
+            None
+        };
         let now = wall_ms();
-        let version = self.hlc.lock().expect("hlc lock").now(now);
+        let version = self.version_above(newest, now)?;
         let data = Arc::new(req.bytes.to_vec());
         let meta = ObjectMeta {
             data_id: req.data_id.clone(),
@@ -947,6 +953,53 @@ impl Storage {
             acknowledged_by,
             under_replicated,
         })
+    }
+
+    /// Before a strong write takes its version: the newest version a
+    /// majority of the object's nominal owners hold (`None`: none holds
+    /// one). The write is then versioned above it ([`Self::version_above`]),
+    /// so it outranks every write that completed before it began, even when
+    /// this node's clock is behind that writer's and this node was not
+    /// among the replicas that saw it (the hybrid clock only learns from
+    /// versions it receives). Without it a strong write acknowledged after
+    /// another could lose to it by last-writer-wins: a read after both
+    /// would return the first (chaos, clock skew).
+    async fn newest_on_a_majority(
+        self: &Arc<Self>,
+        data_id: &str,
+        rf: usize,
+    ) -> Result<Option<plexi_util::hlc::Version>, StorageError> {
+        let (_, nominal, answers) = self.survey(data_id).await;
+        let votes = quorum_answers(&answers);
+        let owners: Vec<&str> = nominal
+            .iter()
+            .take(rf)
+            .map(|m| m.peer_id.as_str())
+            .collect();
+        quorum::check_strong_read(&owners, &votes)?;
+        Ok(quorum::newest(&votes).map(|n| n.version))
+    }
+
+    /// A new version from this node's clock, above `newest` (a version seen
+    /// on the object's replicas). Refused when `newest` is further ahead of
+    /// this node's clock than the hybrid clock accepts
+    /// ([`plexi_util::hlc::MAX_DRIFT_MS`]): the write could not outrank it.
+    fn version_above(
+        &self,
+        newest: Option<plexi_util::hlc::Version>,
+        now: u64,
+    ) -> Result<plexi_util::hlc::Version, StorageError> {
+        let mut hlc = self.hlc.lock().expect("hlc lock");
+        if let Some(newest) = newest {
+            let _ = hlc.observe(newest, now);
+        }
+        let version = hlc.now(now);
+        match newest {
+            Some(newest) if newest >= version => Err(StorageError::ClockBehind {
+                newest: newest.to_text(),
+            }),
+            _ => Ok(version),
+        }
     }
 
     /// The newest metadata among the candidate replicas that answer, with who
@@ -1178,6 +1231,7 @@ impl Storage {
             .map(|m| m.peer_id.as_str())
             .collect();
         quorum::check_strong_read(&owners, &votes)?;
+        let nominal_owners = owners.len();
         // The placement at rf is the prefix of the placement at max rf.
         for m in candidates.iter().take(rf) {
             if !owners.contains(&m.peer_id.as_str()) {
@@ -1206,13 +1260,29 @@ impl Storage {
         let Some((meta, data)) = got else {
             return Err(StorageError::ReadFailed);
         };
-        // Repair stale owners before answering, so the next strong read agrees.
-        for peer in quorum::repair_targets(&owners, &votes, meta.version) {
-            if self.send_object(peer, &meta, &data).await.is_ok() {
+        // Repair stale owners before answering, so the next strong read
+        // agrees; answer only once a majority of the nominal owners holds
+        // what we return.
+        let targets = quorum::repair_targets(&owners, &votes, meta.version);
+        let sent = futures::future::join_all(targets.iter().map(|&peer| {
+            let (meta, data) = (&meta, &data);
+            async move { (peer, self.send_object(peer, meta, data).await.is_ok()) }
+        }))
+        .await;
+        let mut written_back = Vec::new();
+        for (peer, ok) in sent {
+            if ok {
                 self.metrics
                     .repaired(RepairSource::ReadRepair, data.len() as u64);
+                written_back.push(peer);
             }
         }
+        quorum::check_write_back(
+            &owners[..nominal_owners],
+            &votes,
+            &written_back,
+            meta.version,
+        )?;
         if meta.tombstone {
             return Err(Self::not_found(data_id));
         }
@@ -1266,14 +1336,29 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let consistency = self.resolve_consistency(consistency);
         let started = Instant::now();
-        let (_, _, answers) = self.survey(data_id).await;
+        if consistency == Consistency::Strong {
+            self.await_view().await?;
+        }
+        let (_, nominal, answers) = self.survey(data_id).await;
         let rf = answers
             .iter()
             .filter_map(|(_, m)| m.as_ref().map(|m| m.replication_factor as u32))
             .max()
             .unwrap_or(self.config.default_replication_factor);
+        let votes = quorum_answers(&answers);
+        if consistency == Consistency::Strong {
+            let owners: Vec<&str> = nominal
+                .iter()
+                .take(rf as usize)
+                .map(|m| m.peer_id.as_str())
+                .collect();
+            quorum::check_strong_read(&owners, &votes)?;
+        }
+        // The tombstone outranks every copy the survey saw, whatever this
+        // node's clock says (see `newest_on_a_majority`).
+        let newest = quorum::newest(&votes).map(|n| n.version);
         let now = wall_ms();
-        let version = self.hlc.lock().expect("hlc lock").now(now);
+        let version = self.version_above(newest, now)?;
         let meta = ObjectMeta {
             data_id: data_id.to_string(),
             data_type: String::new(),

@@ -148,6 +148,39 @@ pub fn repair_targets<'a>(owners: &[&'a str], answers: &[Answer], winner: Versio
         .collect()
 }
 
+/// Whether a strong read may answer with `winner`: a majority of the
+/// nominal `owners` must hold it now, those that answered with it (or
+/// newer) and those it was just written back to (`written_back`). This is
+/// the write-back half of a majority read (ABD): a version held by a
+/// minority (a write that failed part-way, its outcome unknown) may be
+/// returned only once a majority has it, or a later strong read through
+/// another majority would miss what this one returned.
+pub fn check_write_back(
+    owners: &[&str],
+    answers: &[Answer],
+    written_back: &[&str],
+    winner: Version,
+) -> Result<(), StorageError> {
+    let holding = owners
+        .iter()
+        .filter(|o| {
+            written_back.contains(o)
+                || answers
+                    .iter()
+                    .any(|a| a.peer == **o && a.version.is_some_and(|v| v >= winner))
+        })
+        .count();
+    let majority = majority(owners.len());
+    if holding < majority {
+        return Err(StorageError::WriteBackFailed {
+            majority,
+            rf: owners.len(),
+            holding,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +266,70 @@ mod tests {
         assert_eq!(strong_read_rf(Some(5), 3, 3), 3);
         assert_eq!(strong_read_rf(None, 3, 4), 3);
         assert_eq!(strong_read_rf(Some(2), 3, 0), 1);
+    }
+
+    #[test]
+    fn a_strong_read_answers_only_what_a_majority_holds() {
+        let owners = ["a", "b", "c"];
+        let new = v(2, 0, 0);
+        let answers = [
+            Answer {
+                peer: "a",
+                version: Some(new),
+            },
+            Answer {
+                peer: "b",
+                version: Some(v(1, 0, 0)),
+            },
+        ];
+        // Held by a alone: the write-back to b must succeed first.
+        assert_eq!(
+            check_write_back(&owners, &answers, &[], new),
+            Err(StorageError::WriteBackFailed {
+                majority: 2,
+                rf: 3,
+                holding: 1
+            })
+        );
+        assert_eq!(check_write_back(&owners, &answers, &["b"], new), Ok(()));
+        // A write-back to a non-owner does not count.
+        assert!(check_write_back(&owners, &answers, &["x"], new).is_err());
+        // Newer than the winner (a write landed since) counts as holding it.
+        let answers = [
+            answers[0],
+            Answer {
+                peer: "c",
+                version: Some(v(3, 0, 0)),
+            },
+        ];
+        assert_eq!(check_write_back(&owners, &answers, &[], new), Ok(()));
+    }
+
+    proptest! {
+        /// Any two strong reads that both pass the write-back rule over
+        /// the same owners share an owner holding the first's winner: the
+        /// second cannot miss it.
+        #[test]
+        fn write_back_majorities_intersect(
+            first in proptest::collection::vec(any::<bool>(), 5),
+            second in proptest::collection::vec(any::<bool>(), 5),
+        ) {
+            let owners = ["a", "b", "c", "d", "e"];
+            let new = v(2, 0, 0);
+            let holders = |mask: &[bool]| -> Vec<&str> {
+                owners.iter().zip(mask).filter(|(_, m)| **m).map(|(o, _)| *o).collect()
+            };
+            let (held, asked) = (holders(&first), holders(&second));
+            let answers: Vec<Answer> = held
+                .iter()
+                .map(|p| Answer { peer: p, version: Some(new) })
+                .collect();
+            if check_write_back(&owners, &answers, &[], new).is_ok()
+                && check_strong_read(&owners, &asked.iter().map(|p| Answer { peer: p, version: None }).collect::<Vec<_>>()).is_ok()
+            {
+                prop_assert!(asked.iter().any(|p| held.contains(p)));
+            }
+        }
     }
 
     #[test]

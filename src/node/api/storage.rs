@@ -33,6 +33,8 @@ impl From<StorageError> for ApiError {
             }
             StorageError::NoQuorum { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
             StorageError::ReadFailed => (StatusCode::SERVICE_UNAVAILABLE, "read_failed"),
+            StorageError::WriteBackFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
+            StorageError::ClockBehind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "clock_behind"),
             StorageError::LearningCluster => (StatusCode::SERVICE_UNAVAILABLE, "learning_cluster"),
             StorageError::NoSuchJob { .. } => (StatusCode::NOT_FOUND, "not_found"),
         };
