@@ -310,7 +310,11 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         start_p2p(dir, &config, cluster_key, api_bound, &mut registry).await?;
     rpc::spawn_refusal_audit(node.clone(), &p2p);
     let services = services::start(&node, &config, config_path, api_bound, &p2p, &mut registry)?;
-    watchdog::spawn(services.storage.clone(), config.node.data_dir.clone());
+    watchdog::spawn(
+        services.storage.clone(),
+        node.store.clone(),
+        config.node.data_dir.clone(),
+    );
     tokens::spawn_audit(services.audit.clone(), &tokens, &node.name);
     record::spawn_incarnation_persistence(p2p.incarnation(), node.store.clone());
     record::spawn_refresh(

@@ -14,10 +14,20 @@
 //! device" for 80 s after the full disk was healed, and 307 objects
 //! under-replicated at the end). On a disk that is still full the node
 //! stays up (reads go on) and the watchdog waits for space.
+//!
+//! The group commit's flushes are not the only way in: the first error can
+//! come through writes alone (object applies, hints, the audit head) with
+//! no flush ever failing (CI's next run of seed 3: 381 objects stayed
+//! under-replicated). So a second thread probes the store itself (a write
+//! and a flush, [`PROBE_EVERY`], only while the disk has room) and its
+//! failures and stalls count as the flushes' do.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use plexi_store::NodeStore;
 
 use crate::storage::Storage;
 
@@ -36,6 +46,98 @@ pub const FLUSH_FAILING_LIMIT: Duration = Duration::from_secs(10);
 /// poisoned one rather than one on a full disk.
 pub const ROOM_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How often the probe thread writes and flushes the store while the disk
+/// has room.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// The probe thread's record, read by the watchdog: since when its running
+/// probe has been running and since when its probes have failed, in ms
+/// after `base` plus one (0: not running, not failing).
+struct Probe {
+    base: Instant,
+    running_since: AtomicU64,
+    failing_since: AtomicU64,
+}
+
+impl Probe {
+    fn new() -> Self {
+        Probe {
+            base: Instant::now(),
+            running_since: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+
+    fn started(&self) {
+        self.running_since.store(self.now(), Ordering::SeqCst);
+    }
+
+    /// The probe ended: a success clears the failure record, a failure
+    /// starts it (or keeps its first time).
+    fn ended(&self, ok: bool) {
+        self.running_since.store(0, Ordering::SeqCst);
+        if ok {
+            self.failing_since.store(0, Ordering::SeqCst);
+        } else {
+            let _ = self.failing_since.compare_exchange(
+                0,
+                self.now(),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+    }
+
+    fn since(&self, at: &AtomicU64) -> Option<Duration> {
+        let at = at.load(Ordering::SeqCst);
+        (at > 0).then(|| Duration::from_millis(self.now().saturating_sub(at)))
+    }
+
+    fn failing_for(&self) -> Option<Duration> {
+        self.since(&self.failing_since)
+    }
+
+    fn stalled_for(&self) -> Option<Duration> {
+        self.since(&self.running_since)
+    }
+}
+
+/// The longer of two "for how long" figures (None when neither holds).
+fn longest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    a.max(b)
+}
+
+/// Free bytes on the file system of `data_dir` (None: unknown).
+fn free_bytes(data_dir: &std::path::Path) -> Option<u64> {
+    super::health::fs_space(data_dir).ok().map(|(_, free)| free)
+}
+
+/// Starts the probe thread: every [`PROBE_EVERY`], while the disk has
+/// [`ROOM_BYTES`] free, one write and flush of the store.
+fn spawn_probe(store: Arc<NodeStore>, data_dir: PathBuf, probe: Arc<Probe>) {
+    let spawned = std::thread::Builder::new()
+        .name("store-probe".into())
+        .spawn(move || loop {
+            std::thread::sleep(PROBE_EVERY);
+            if free_bytes(&data_dir).is_none_or(|f| f < ROOM_BYTES) {
+                continue; // a full disk fails writes for good reason: wait
+            }
+            probe.started();
+            let res = store.probe();
+            if let Err(e) = &res {
+                tracing::warn!(error = %e, "store probe failed with room on the disk");
+            }
+            probe.ended(res.is_ok());
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the store probe");
+    }
+}
+
 /// Whether flushes failing for `failing` with `free` bytes free on the
 /// data dir's file system (None: unknown) mean the store is poisoned.
 pub fn poisoned(failing: Option<Duration>, free: Option<u64>) -> bool {
@@ -47,15 +149,18 @@ pub fn wedged(running: Option<Duration>) -> bool {
     running.is_some_and(|d| d >= FLUSH_STALL_LIMIT)
 }
 
-/// Starts the watchdog thread; `data_dir` is where the store lives.
-pub fn spawn(storage: Arc<Storage>, data_dir: PathBuf) {
+/// Starts the watchdog and probe threads; `data_dir` is where the store
+/// lives.
+pub fn spawn(storage: Arc<Storage>, store: Arc<NodeStore>, data_dir: PathBuf) {
+    let probe = Arc::new(Probe::new());
+    spawn_probe(store, data_dir.clone(), probe.clone());
     let spawned = std::thread::Builder::new()
         .name("store-watchdog".into())
         .spawn(move || loop {
             std::thread::sleep(CHECK_EVERY);
-            let failing = storage.flush_failing_for();
+            let failing = longest(storage.flush_failing_for(), probe.failing_for());
             if failing.is_some() {
-                let free = super::health::fs_space(&data_dir).ok().map(|(_, free)| free);
+                let free = free_bytes(&data_dir);
                 if poisoned(failing, free) {
                     tracing::error!(
                         failing_s = failing.unwrap_or_default().as_secs(),
@@ -66,7 +171,7 @@ pub fn spawn(storage: Arc<Storage>, data_dir: PathBuf) {
                     std::process::exit(EXIT_STORE_WEDGED);
                 }
             }
-            let running = storage.flush_stalled_for();
+            let running = longest(storage.flush_stalled_for(), probe.stalled_for());
             if wedged(running) {
                 tracing::error!(
                     stalled_s = running.unwrap_or_default().as_secs(),
@@ -105,6 +210,38 @@ mod tests {
             "the disk is still full: wait"
         );
         assert!(!poisoned(long, None), "free space unknown: do not guess");
+    }
+
+    #[test]
+    fn the_probe_record_keeps_the_first_failure_until_a_success() {
+        let p = Probe::new();
+        assert_eq!((p.failing_for(), p.stalled_for()), (None, None));
+        p.started();
+        assert!(p.stalled_for().is_some(), "a running probe is timed");
+        p.ended(false);
+        assert_eq!(p.stalled_for(), None);
+        let first = p.failing_since.load(Ordering::SeqCst);
+        assert!(first > 0);
+        std::thread::sleep(Duration::from_millis(5));
+        p.started();
+        p.ended(false);
+        assert_eq!(
+            p.failing_since.load(Ordering::SeqCst),
+            first,
+            "a later failure keeps the first one's time"
+        );
+        assert!(p.failing_for().unwrap() >= Duration::from_millis(5));
+        p.started();
+        p.ended(true);
+        assert_eq!(p.failing_for(), None, "a success clears the record");
+        assert_eq!(
+            longest(Some(Duration::from_secs(1)), None),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            longest(Some(Duration::from_secs(1)), Some(Duration::from_secs(3))),
+            Some(Duration::from_secs(3))
+        );
     }
 
     #[test]
