@@ -182,6 +182,7 @@ impl NodeArgs {
 }
 
 fn main() -> ExitCode {
+    node::memory::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
         // The supervisor builds its own current-thread runtime on this thread.

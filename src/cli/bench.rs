@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Seconds to wait after the run (and its deletes) before the last
+    /// memory sample, so the nodes' allocator trim has run.
+    #[arg(long, default_value_t = 6.0)]
+    pub settle: f64,
     /// Measure bare sled on this machine instead of a cluster: insert +
     /// flush per put (get: sled get) in a temporary directory.
     #[arg(long)]
@@ -381,6 +385,65 @@ pub struct Report {
     pub results: Vec<Row>,
     /// Error messages and how often each was seen.
     pub errors: BTreeMap<String, u64>,
+    /// Each node's resident memory (worker + supervisor), from its
+    /// `plexi_process_resident_bytes`; empty for the engine.
+    pub memory: Vec<NodeMemory>,
+}
+
+/// One node's resident memory over the run, MiB (worker and supervisor
+/// together): before the timed phase, the largest sample during it (every
+/// [`MEMORY_SAMPLE_EVERY`]), and after the deletes and `--settle`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct NodeMemory {
+    pub api: String,
+    pub before_mib: f64,
+    pub peak_mib: f64,
+    pub after_mib: f64,
+}
+
+/// How often the nodes' memory is sampled during the timed phase.
+const MEMORY_SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+/// The sum of `plexi_process_resident_bytes` in a `/metrics` text, MiB.
+fn resident_mib(metrics: &str) -> Option<f64> {
+    let mut found = false;
+    let mut total = 0.0;
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("plexi_process_resident_bytes{") {
+            let value = rest.rsplit(' ').next()?.parse::<f64>().ok()?;
+            total += value;
+            found = true;
+        }
+    }
+    found.then_some(total / MIB)
+}
+
+/// One memory sample of every node (`None` where a node did not answer).
+async fn sample_memory(pool: &Pool) -> Vec<Option<f64>> {
+    let mut out = Vec::new();
+    for turn in 0..pool.bases().len() {
+        let text = match pool.send(turn, reqwest::Method::GET, "/metrics", &[], None).await {
+            Ok(res) => res.text().await.ok(),
+            Err(_) => None,
+        };
+        out.push(text.as_deref().and_then(resident_mib));
+    }
+    out
+}
+
+/// Samples every node until `stop` is set; the largest sample per node.
+async fn sample_peaks(pool: Arc<Target>, stop: Arc<AtomicBool>) -> Vec<f64> {
+    let Target::Http(h) = &*pool else {
+        return Vec::new();
+    };
+    let mut peaks = vec![0.0f64; h.pool.bases().len()];
+    while !stop.load(Ordering::Relaxed) {
+        for (p, s) in peaks.iter_mut().zip(sample_memory(&h.pool).await) {
+            *p = p.max(s.unwrap_or(0.0));
+        }
+        tokio::time::sleep(MEMORY_SAMPLE_EVERY).await;
+    }
+    peaks
 }
 
 fn row(op: &str, mut s: OpStats, size: u64, elapsed: f64) -> Row {
@@ -599,7 +662,13 @@ async fn timed(a: &BenchArgs, l: &Arc<Load>) -> Result<(WorkerStats, f64)> {
 }
 
 /// The rows (put, get, and for mixed both together) and the settings.
-fn report(a: &BenchArgs, apis: Vec<String>, total: WorkerStats, elapsed: f64) -> Report {
+fn report(
+    a: &BenchArgs,
+    apis: Vec<String>,
+    total: WorkerStats,
+    elapsed: f64,
+    memory: Vec<NodeMemory>,
+) -> Report {
     let mut results = Vec::new();
     let WorkerStats { put, get, errors } = total;
     let both = a.mode == Mode::Mixed;
@@ -659,6 +728,7 @@ fn report(a: &BenchArgs, apis: Vec<String>, total: WorkerStats, elapsed: f64) ->
         apis,
         results,
         errors,
+        memory,
     }
 }
 
@@ -684,10 +754,34 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     if a.mode != Mode::Put {
         fill(&a, &load).await?;
     }
+    let before = match &*load.target {
+        Target::Http(h) => sample_memory(&h.pool).await,
+        Target::Engine(_) => Vec::new(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let peaks = tokio::spawn(sample_peaks(load.target.clone(), stop.clone()));
     let (total, elapsed) = timed(&a, &load).await?;
+    stop.store(true, Ordering::Relaxed);
+    let peaks = peaks.await.unwrap_or_default();
     cleanup(&a, &load.target, &load.prefix, &load.written, &load.payload).await;
+    let memory = match &*load.target {
+        Target::Http(h) => {
+            tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
+            let after = sample_memory(&h.pool).await;
+            apis.iter()
+                .enumerate()
+                .map(|(i, api)| NodeMemory {
+                    api: api.clone(),
+                    before_mib: before.get(i).copied().flatten().unwrap_or(0.0),
+                    peak_mib: peaks.get(i).copied().unwrap_or(0.0),
+                    after_mib: after.get(i).copied().flatten().unwrap_or(0.0),
+                })
+                .collect()
+        }
+        Target::Engine(_) => Vec::new(),
+    };
 
-    let report = report(&a, apis, total, elapsed);
+    let report = report(&a, apis, total, elapsed, memory);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -786,6 +880,24 @@ fn print_report(r: &Report) {
         ]);
     }
     t.print();
+    if !r.memory.is_empty() {
+        println!("resident memory per node (worker + supervisor), MiB:");
+        let mut t = Table::new(&[
+            ("NODE API", Left),
+            ("BEFORE", Right),
+            ("PEAK", Right),
+            ("AFTER", Right),
+        ]);
+        for m in &r.memory {
+            t.row([
+                m.api.clone(),
+                format!("{:.1}", m.before_mib),
+                format!("{:.1}", m.peak_mib),
+                format!("{:.1}", m.after_mib),
+            ]);
+        }
+        t.print();
+    }
     for (e, n) in &r.errors {
         println!("error ×{n}: {e}");
     }
@@ -794,6 +906,21 @@ fn print_report(r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resident_memory_is_summed_from_the_metrics_text() {
+        let text = "# HELP plexi_process_resident_bytes x\n\
+            # TYPE plexi_process_resident_bytes gauge\n\
+            plexi_process_resident_bytes{process=\"worker\"} 20971520\n\
+            plexi_process_resident_bytes{process=\"supervisor\"} 8388608\n\
+            plexi_node_uptime_seconds 3\n";
+        assert_eq!(resident_mib(text), Some(28.0));
+        assert_eq!(resident_mib("plexi_node_uptime_seconds 3\n"), None);
+        assert_eq!(
+            resident_mib("plexi_process_resident_bytes{process=\"worker\"} x\n"),
+            None
+        );
+    }
 
     #[test]
     fn sizes() {

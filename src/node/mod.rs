@@ -16,6 +16,7 @@ mod data_dir;
 mod fault;
 mod fault_file;
 mod health;
+pub mod memory;
 mod record;
 mod rpc;
 mod services;
@@ -310,6 +311,8 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         start_p2p(dir, &config, cluster_key, api_bound, &mut registry).await?;
     rpc::spawn_refusal_audit(node.clone(), &p2p);
     let services = services::start(&node, &config, config_path, api_bound, &p2p, &mut registry)?;
+    registry.register_collector(Box::new(memory::MemoryGauges));
+    memory::spawn_trim();
     watchdog::spawn(
         services.storage.clone(),
         node.store.clone(),
