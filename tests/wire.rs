@@ -93,6 +93,7 @@ fn store_call() -> impl Strategy<Value = StoreCall> {
         prop::collection::vec(any::<u16>(), 0..17)
             .prop_map(|partitions| StoreCall::EntriesOf { partitions }),
         Just(StoreCall::Census),
+        Just(StoreCall::FactorDigests),
         (text(), prop::sample::select(JobKind::ALL))
             .prop_map(|(job_id, kind)| StoreCall::StartJob { job_id, kind }),
         text().prop_map(|job_id| StoreCall::JobStatus { job_id }),
@@ -155,6 +156,17 @@ fn store_reply() -> impl Strategy<Value = StoreReply> {
             .prop_map(StoreReply::EntriesOf),
         (prop::collection::vec(census, 0..3), any::<bool>())
             .prop_map(|(entries, truncated)| StoreReply::Census { entries, truncated }),
+        prop::collection::vec(
+            (any::<u16>(), any::<u8>(), any::<[u8; 32]>()).prop_map(|(partition, rf, digest)| {
+                plexi_store::objects::FactorDigest {
+                    partition,
+                    rf,
+                    digest,
+                }
+            }),
+            0..3
+        )
+        .prop_map(StoreReply::FactorDigests),
         Just(StoreReply::JobStarted),
         prop::option::of(job_part()).prop_map(StoreReply::Job),
     ]

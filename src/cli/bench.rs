@@ -422,7 +422,10 @@ fn resident_mib(metrics: &str) -> Option<f64> {
 async fn sample_memory(pool: &Pool) -> Vec<Option<f64>> {
     let mut out = Vec::new();
     for turn in 0..pool.bases().len() {
-        let text = match pool.send(turn, reqwest::Method::GET, "/metrics", &[], None).await {
+        let text = match pool
+            .send(turn, reqwest::Method::GET, "/metrics", &[], None)
+            .await
+        {
             Ok(res) => res.text().await.ok(),
             Err(_) => None,
         };

@@ -113,7 +113,7 @@ mod tests {
     fn the_resident_set_is_read_from_proc() {
         let mine = resident_bytes(None).expect("/proc/self/statm");
         // A test binary holds at least a page and less than 16 GiB.
-        assert!(mine >= 4096 && mine < 16 << 30, "{mine}");
+        assert!((4096..16 << 30).contains(&mine), "{mine}");
         let parent = resident_bytes(Some(std::os::unix::process::parent_id()));
         assert!(parent.is_some_and(|b| b > 0));
         assert_eq!(resident_bytes(Some(u32::MAX)), None, "no such process");

@@ -139,6 +139,9 @@ pub struct Storage {
     /// before it): asked one partition at a time from then on, so that
     /// anti-entropy does not keep earning us their strikes.
     pub(crate) entries_one_by_one: Mutex<std::collections::HashSet<String>>,
+    /// Peers that do not know `StoreCall::FactorDigests` (a version before
+    /// it, during a roll): anti-entropy compares whole partitions with them.
+    pub(crate) whole_partition_digests: Mutex<std::collections::HashSet<String>>,
 }
 
 /// How long a strong operation waits, right after this node started, for
@@ -436,6 +439,7 @@ impl Storage {
             reads_served: std::sync::atomic::AtomicU64::new(0),
             view_ready: tokio::sync::watch::channel(false).0,
             entries_one_by_one: Mutex::new(Default::default()),
+            whole_partition_digests: Mutex::new(Default::default()),
         })
     }
 
@@ -1550,6 +1554,11 @@ impl Storage {
                 .engine
                 .digests()
                 .map(StoreReply::Digests)
+                .map_err(|e| e.to_string()),
+            StoreCall::FactorDigests => self
+                .engine
+                .factor_digests()
+                .map(StoreReply::FactorDigests)
                 .map_err(|e| e.to_string()),
             StoreCall::Entries { partition } => {
                 if partition >= placement::PARTITIONS {

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plexi_store::objects::{ObjectMeta, ObjectStore};
+use plexi_store::objects::{FactorDigest, ObjectMeta, ObjectStore};
 use plexi_store::placement::PARTITIONS;
 use plexi_store::StoreError;
 
@@ -301,31 +301,9 @@ async fn exchange(
     moves: Moves,
     start: u16,
 ) -> Result<Pass, String> {
-    let theirs = match s.call(&peer.peer_id, StoreCall::Digests).await? {
-        StoreReply::Digests(d) if d.len() == PARTITIONS as usize => d,
-        _ => return Err("bad digests reply".into()),
-    };
-    let mine = s.engine().digests().map_err(|e| e.to_string())?;
     let members = s.members();
     let placement = s.placement_members(&members);
-    // Only partitions where the exchange could move something: digests of
-    // two nodes differ for good where one of them owns nothing.
-    let max_rf = s.config.max_replication_factor as usize;
-    let worth = |p: u16| {
-        let (mine, theirs) = (&mine[p as usize], &theirs[p as usize]);
-        if mine == theirs {
-            return false;
-        }
-        let owners = s.partition_replicas(p, max_rf, &placement);
-        let owns = |id: &str| owners.iter().any(|o| o.peer_id == id);
-        worth_exchanging(
-            *mine != EMPTY_DIGEST,
-            *theirs != EMPTY_DIGEST,
-            owns(s.local_peer()),
-            owns(&peer.peer_id),
-        )
-    };
-    let worth: Vec<bool> = (0..PARTITIONS).map(worth).collect();
+    let worth = worth_by_digests(s, peer, &placement).await?;
     let (examined, next) = partitions_from(&worth, start, MAX_PARTITIONS_PER_PASS);
     let pass = Pass {
         examined: examined.len(),
@@ -450,6 +428,99 @@ async fn exchange(
         }
     }
     Ok(pass)
+}
+
+/// Which partitions are worth an exchange with `peer` (index =
+/// partition): those where, for some replication factor, the two digests
+/// of the objects written at that factor differ and placement at that
+/// factor lets something move ([`worth_exchanging`]). With a peer that
+/// does not know `FactorDigests`, whole partitions at the largest factor.
+async fn worth_by_digests(
+    s: &Arc<Storage>,
+    peer: &Member,
+    placement: &[Member],
+) -> Result<Vec<bool>, String> {
+    let whole = s
+        .whole_partition_digests
+        .lock()
+        .expect("whole_partition_digests lock")
+        .contains(&peer.peer_id);
+    if !whole {
+        match s.call(&peer.peer_id, StoreCall::FactorDigests).await {
+            Ok(StoreReply::FactorDigests(theirs)) => {
+                let mine = s.engine().factor_digests().map_err(|e| e.to_string())?;
+                return Ok(worth_by_factor(&mine, &theirs, |p, rf| {
+                    let owners = s.partition_replicas(p, rf, placement);
+                    let owns = |id: &str| owners.iter().any(|o| o.peer_id == id);
+                    (owns(s.local_peer()), owns(&peer.peer_id))
+                }));
+            }
+            Ok(_) => return Err("bad factor digests reply".into()),
+            Err(e) if !e.contains(MALFORMED_CALL) => return Err(e),
+            Err(_) => {
+                tracing::info!(node_id = %peer.name, "peer does not know per-factor digests; comparing whole partitions");
+                s.whole_partition_digests
+                    .lock()
+                    .expect("whole_partition_digests lock")
+                    .insert(peer.peer_id.clone());
+            }
+        }
+    }
+    let theirs = match s.call(&peer.peer_id, StoreCall::Digests).await? {
+        StoreReply::Digests(d) if d.len() == PARTITIONS as usize => d,
+        _ => return Err("bad digests reply".into()),
+    };
+    let mine = s.engine().digests().map_err(|e| e.to_string())?;
+    // Ownership at the largest factor, which contains every object's
+    // owners.
+    let max_rf = s.config.max_replication_factor as usize;
+    Ok((0..PARTITIONS)
+        .map(|p| {
+            let (mine, theirs) = (&mine[p as usize], &theirs[p as usize]);
+            if mine == theirs {
+                return false;
+            }
+            let owners = s.partition_replicas(p, max_rf, placement);
+            let owns = |id: &str| owners.iter().any(|o| o.peer_id == id);
+            worth_exchanging(
+                *mine != EMPTY_DIGEST,
+                *theirs != EMPTY_DIGEST,
+                owns(s.local_peer()),
+                owns(&peer.peer_id),
+            )
+        })
+        .collect())
+}
+
+/// [`worth_by_digests`] from both sides' per-factor digests (absent =
+/// holds nothing at that factor); `owns(partition, rf)` says whether this
+/// node and the peer are among the partition's owners at factor `rf`.
+/// Pure.
+fn worth_by_factor(
+    mine: &[FactorDigest],
+    theirs: &[FactorDigest],
+    owns: impl Fn(u16, usize) -> (bool, bool),
+) -> Vec<bool> {
+    let index = |v: &[FactorDigest]| -> HashMap<(u16, u8), [u8; 32]> {
+        v.iter()
+            .filter(|d| d.partition < PARTITIONS)
+            .map(|d| ((d.partition, d.rf), d.digest))
+            .collect()
+    };
+    let (m, t) = (index(mine), index(theirs));
+    let mut worth = vec![false; PARTITIONS as usize];
+    for &(p, rf) in m.keys().chain(t.keys()) {
+        if worth[p as usize] {
+            continue;
+        }
+        let (a, b) = (m.get(&(p, rf)), t.get(&(p, rf)));
+        if a == b {
+            continue;
+        }
+        let (i_own, peer_owns) = owns(p, rf.max(1) as usize);
+        worth[p as usize] = worth_exchanging(a.is_some(), b.is_some(), i_own, peer_owns);
+    }
+    worth
 }
 
 /// The peer's entries of `partitions` (at most [`MAX_ENTRIES_PARTITIONS`]),
@@ -879,6 +950,35 @@ mod tests {
             .enumerate()
             .map(|(j, o)| OwnerCopy { me: i == j, ..*o })
             .collect()
+    }
+
+    #[test]
+    fn partitions_are_compared_per_factor_where_both_own() {
+        let d = |partition: u16, rf: u8, b: u8| FactorDigest {
+            partition,
+            rf,
+            digest: [b; 32],
+        };
+        // Ownership: at factor 3 both own every partition; at factor 5 only
+        // this node owns partition 2's objects... and at factor 1 only the
+        // peer owns partition 4's.
+        let owns = |p: u16, rf: usize| match (p, rf) {
+            (4, 1) => (false, true),
+            (2, 5) => (true, false),
+            _ => (true, true),
+        };
+        let mine = [d(1, 3, 7), d(2, 3, 7), d(2, 5, 9), d(3, 3, 1), d(5, 3, 1)];
+        let theirs = [d(1, 3, 7), d(2, 3, 7), d(3, 3, 2), d(4, 1, 1), d(6, 3, 1)];
+        let worth = worth_by_factor(&mine, &theirs, owns);
+        let marked: Vec<usize> = (0..worth.len()).filter(|&p| worth[p]).collect();
+        // 1: equal. 2: equal at 3; at 5 only mine, and the peer owns none of
+        // those (the difference that stays for good): skip. 3: differ, both
+        // own. 4: theirs at 1, which only they own: nothing to move. 5: mine
+        // only, they own it: push. 6: theirs only, I own it: pull.
+        assert_eq!(marked, vec![3, 5, 6]);
+        // Out-of-range partitions from a peer are ignored, not a panic.
+        let worth = worth_by_factor(&[], &[d(u16::MAX, 3, 1)], owns);
+        assert!(worth.iter().all(|w| !w));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! chunks so no frame nears the codec's caps.
 
 use plexi_p2p::protocol::serde_bytes;
-use plexi_store::objects::{AccessStats, ObjectMeta};
+use plexi_store::objects::{AccessStats, FactorDigest, ObjectMeta};
 use plexi_util::hlc::Version;
 use plexi_util::types::{JobKind, JobStatus};
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,9 @@ pub enum StoreCall {
     /// `Entries` of up to [`MAX_ENTRIES_PARTITIONS`] partitions at once
     /// (anti-entropy: one round trip where it took one per partition).
     EntriesOf { partitions: Vec<u16> },
+    /// The digest of each (partition, replication factor) holding an
+    /// entry: anti-entropy compares only the factors both sides own.
+    FactorDigests,
 }
 
 /// Most partitions one `EntriesOf` asks for: 16 partitions of a node
@@ -141,4 +144,6 @@ pub enum StoreReply {
     },
     /// The entries of each partition an `EntriesOf` named, in its order.
     EntriesOf(Vec<Vec<(String, Version)>>),
+    /// A `FactorDigests` answer, in partition order.
+    FactorDigests(Vec<FactorDigest>),
 }

@@ -50,6 +50,13 @@ const PRE_CHECK_MAX_OBJECTS: usize = 100_000;
 /// before each retry.
 const PRE_CHECK_ATTEMPTS: usize = 3;
 const PRE_CHECK_RETRY: Duration = Duration::from_secs(2);
+/// Bound on the pre-check's sync with one peer; past it (or once the peer
+/// is judged dead) that peer counts as no current replica. A peer killed
+/// mid-sync otherwise held the check until its calls timed out (chaos
+/// seed 1: 19 s).
+const PRE_CHECK_SYNC_LIMIT: Duration = Duration::from_secs(30);
+/// How often a pre-check sync looks whether its peer is still alive.
+const PRE_CHECK_PEER_POLL: Duration = Duration::from_millis(250);
 
 /// Live (not deleted) objects this node holds, with their factor.
 fn live_objects(s: &Storage, limit: usize) -> Result<Vec<(String, usize)>, String> {
@@ -855,12 +862,14 @@ impl Engine {
             .filter(|p| !out.contains(p.name.as_str()))
             .collect();
         let syncs = peers.iter().map(|peer| async move {
-            let r = crate::storage::repair::anti_entropy_with(
-                &self.storage,
-                peer,
-                &crate::storage::repair::Progress::default(),
-            )
-            .await;
+            let progress = crate::storage::repair::Progress::default();
+            let sync = crate::storage::repair::anti_entropy_with(&self.storage, peer, &progress);
+            let r = tokio::select! {
+                r = tokio::time::timeout(PRE_CHECK_SYNC_LIMIT, sync) => r.unwrap_or_else(|_| {
+                    Err(format!("sync did not finish within {} s", PRE_CHECK_SYNC_LIMIT.as_secs()))
+                }),
+                () = self.until_unreachable(&peer.peer_id) => Err("the peer went down during the sync".to_string()),
+            };
             (peer, r)
         });
         let mut current = std::collections::BTreeSet::new();
@@ -906,6 +915,21 @@ impl Engine {
             )));
         }
         Ok(())
+    }
+
+    /// Resolves once membership no longer judges `peer_id` reachable.
+    async fn until_unreachable(&self, peer_id: &str) {
+        loop {
+            let reachable = self
+                .storage
+                .members()
+                .iter()
+                .any(|m| m.peer_id == peer_id && m.reachable());
+            if !reachable {
+                return;
+            }
+            tokio::time::sleep(PRE_CHECK_PEER_POLL).await;
+        }
     }
 
     /// The nodes out of service (drained or restarting) for an update of
@@ -1020,7 +1044,9 @@ impl Engine {
             if let Some(p) = rec.nodes.get(&self.node_id) {
                 if let (Some(a), Some(b)) = (p.started_at_ms, p.completed_at_ms) {
                     if status == NodeUpdateStatus::Completed {
-                        self.metrics.durations.observe((b - a) as f64 / 1000.0);
+                        self.metrics
+                            .durations
+                            .observe(b.saturating_sub(a) as f64 / 1000.0);
                     }
                 }
             }

@@ -403,7 +403,9 @@ impl OpRecord {
             .nodes
             .values()
             .filter(|p| p.status == NodeUpdateStatus::Completed)
-            .filter_map(|p| Some((p.completed_at_ms? - p.started_at_ms?) as f64 / 1000.0))
+            .filter_map(|p| {
+                Some(p.completed_at_ms?.saturating_sub(p.started_at_ms?) as f64 / 1000.0)
+            })
             .collect();
         (!d.is_empty()).then(|| d.iter().sum::<f64>() / d.len() as f64)
     }
@@ -1010,6 +1012,23 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{from} -> {to}: {e:?}"));
             assert!(p.breaking_changes.is_empty(), "{from} -> {to}");
         }
+    }
+
+    #[test]
+    fn a_node_whose_clock_went_back_during_its_part_does_not_panic_the_estimate() {
+        let mut r = record(UpdateStrategy::Rolling, 3);
+        let node = r.nodes.keys().next().unwrap().clone();
+        set(
+            &mut r,
+            node.as_str(),
+            NodeUpdateStatus::Completed,
+            true,
+            Some(0),
+        );
+        // Started "later" than it completed: its clock was set back (skew).
+        r.nodes.get_mut(&node).unwrap().started_at_ms = Some(5_000);
+        assert_eq!(r.measured_node_seconds(), Some(0.0));
+        let _ = r.estimated_completion_ms(1_000);
     }
 
     fn record(strategy: UpdateStrategy, n: usize) -> OpRecord {

@@ -3,9 +3,12 @@
 //!
 //! Keys are `partition (u16 BE) ++ data_id`, so one partition is one range
 //! scan. Each write runs in one sled transaction over three trees: metadata,
-//! bytes, and a per-partition digest (XOR of blake3(key, version) over the
-//! partition's entries, updated incrementally), so anti-entropy compares two
-//! replicas' partitions by one 32-byte value. Writes are last-writer-wins by
+//! bytes, and a digest per partition and replication factor (XOR of
+//! blake3(key, version) over the entries of that partition written at that
+//! factor, updated incrementally), so anti-entropy compares two replicas'
+//! partitions by one 32-byte value per factor, and only where both own the
+//! objects of that factor (two nodes' partitions differ for good where one
+//! of them owns only the objects written at a larger factor). Writes are last-writer-wins by
 //! [`Version`]; deletes are tombstones. Nothing is durable until
 //! [`ObjectStore::flush`] returns; [`GroupCommit`] batches flushes across
 //! concurrent writers. Reads re-hash the bytes and never return bytes whose
@@ -87,8 +90,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Removes the replica if it still holds exactly `version` (cleanup of a
     /// replica this node no longer owns; a tombstone past its grace period).
     fn remove_if(&self, data_id: &str, version: Version) -> Result<bool, StoreError>;
-    /// The 32-byte digest of every partition (index = partition).
+    /// The 32-byte digest of every partition (index = partition): the XOR
+    /// of its [`Self::factor_digests`].
     fn digests(&self) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// The digest of each (partition, replication factor) that holds an
+    /// entry, in partition order.
+    fn factor_digests(&self) -> Result<Vec<FactorDigest>, StoreError>;
     /// `(data_id, version)` of every entry of a partition, tombstones included.
     fn entries(&self, partition: u16) -> Result<Vec<(String, Version)>, StoreError>;
     /// Live (non-tombstone) objects and their bytes on this replica.
@@ -116,6 +123,47 @@ fn entry_hash(data_id: &str, v: &Version) -> [u8; 32] {
     h.update(&v.node.to_be_bytes());
     *h.finalize().as_bytes()
 }
+
+/// The digest of the entries of one partition written at one replication
+/// factor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactorDigest {
+    pub partition: u16,
+    pub rf: u8,
+    pub digest: [u8; 32],
+}
+
+/// The key of a (partition, factor) digest.
+fn factor_key(partition: u16, rf: u8) -> [u8; 3] {
+    let [a, b] = partition.to_be_bytes();
+    [a, b, rf]
+}
+
+/// XORs `hash` into the digest under `key` inside a transaction (an
+/// absent digest is all zeros; one that comes back to zeros is removed).
+fn xor_into(
+    g: &sled::transaction::TransactionalTree,
+    key: &[u8; 3],
+    hash: &[u8; 32],
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    let mut digest = [0u8; 32];
+    if let Some(cur) = g.get(key)? {
+        if cur.len() == 32 {
+            digest.copy_from_slice(&cur);
+        }
+    }
+    xor(&mut digest, hash);
+    if digest == [0u8; 32] {
+        g.remove(key.as_slice())?;
+    } else {
+        g.insert(key.as_slice(), digest.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Marks the factor-digest tree as built from the metadata (a data dir of
+/// an earlier version has none).
+const FACTOR_DIGESTS_BUILT: &[u8] = b"built";
 
 fn xor(a: &mut [u8; 32], b: &[u8; 32]) {
     for (x, y) in a.iter_mut().zip(b) {
@@ -174,7 +222,7 @@ impl SledObjects {
         let s = SledObjects {
             db: db.clone(),
             data: db.open_tree("objects.data").map_err(wrap)?,
-            digests: db.open_tree("objects.digests").map_err(wrap)?,
+            digests: db.open_tree("objects.factor_digests").map_err(wrap)?,
             access: db.open_tree("objects.access").map_err(wrap)?,
             meta,
             live_objects: AtomicU64::new(0),
@@ -185,6 +233,8 @@ impl SledObjects {
             keyring,
         };
         let (mut n, mut bytes) = (0, 0);
+        let built = s.digests.contains_key(FACTOR_DIGESTS_BUILT).map_err(wrap)?;
+        let mut rebuilt: std::collections::BTreeMap<[u8; 3], [u8; 32]> = Default::default();
         for item in s.meta.iter() {
             let (_, v) = item.map_err(wrap)?;
             if let Some(m) = decode_meta(&v) {
@@ -192,7 +242,29 @@ impl SledObjects {
                     n += 1;
                     bytes += m.size_bytes;
                 }
+                if !built {
+                    let key = factor_key(partition_of(&m.data_id), m.replication_factor);
+                    xor(
+                        rebuilt.entry(key).or_insert([0; 32]),
+                        &entry_hash(&m.data_id, &m.version),
+                    );
+                }
             }
+        }
+        if !built {
+            // Before any write is served: nothing races the rebuild.
+            s.digests.clear().map_err(wrap)?;
+            for (k, d) in &rebuilt {
+                s.digests.insert(k, d.as_slice()).map_err(wrap)?;
+            }
+            s.digests
+                .insert(FACTOR_DIGESTS_BUILT, &[1u8][..])
+                .map_err(wrap)?;
+            let _ = db.drop_tree("objects.digests");
+            tracing::info!(
+                partitions_factors = rebuilt.len(),
+                "built the per-factor digests from the metadata"
+            );
         }
         s.live_objects.store(n, Ordering::Relaxed);
         s.live_bytes.store(bytes, Ordering::Relaxed);
@@ -482,7 +554,7 @@ impl SledObjects {
             });
         }
         let key = object_key(&meta.data_id);
-        let partition = partition_of(&meta.data_id).to_be_bytes();
+        let partition = partition_of(&meta.data_id);
         let encoded = encode(meta);
         let new_hash = entry_hash(&meta.data_id, &meta.version);
         let stored = if meta.tombstone {
@@ -505,15 +577,15 @@ impl SledObjects {
             } else {
                 d.insert(key.as_slice(), stored.as_slice())?;
             }
-            let mut digest = [0u8; 32];
-            if let Some(cur) = g.get(partition)? {
-                digest.copy_from_slice(&cur);
-            }
             if let Some(old) = &old {
-                xor(&mut digest, &entry_hash(&old.data_id, &old.version));
+                let k = factor_key(partition, old.replication_factor);
+                xor_into(g, &k, &entry_hash(&old.data_id, &old.version))?;
             }
-            xor(&mut digest, &new_hash);
-            g.insert(&partition, &digest)?;
+            xor_into(
+                g,
+                &factor_key(partition, meta.replication_factor),
+                &new_hash,
+            )?;
             Ok::<_, ConflictableTransactionError<StoreError>>((Applied::Stored, Some(old)))
         });
         let (applied, old) = res.map_err(|e| self.tx_err(e))?;
@@ -604,7 +676,7 @@ impl ObjectStore for SledObjects {
             return Err(e);
         }
         let key = object_key(data_id);
-        let partition = partition_of(data_id).to_be_bytes();
+        let partition = partition_of(data_id);
         let res = (&self.meta, &self.data, &self.digests).transaction(|(m, d, g)| {
             let Some(old) = m.get(&key)?.and_then(|v| decode_meta(&v)) else {
                 return Ok(None);
@@ -614,12 +686,8 @@ impl ObjectStore for SledObjects {
             }
             m.remove(key.as_slice())?;
             d.remove(key.as_slice())?;
-            let mut digest = [0u8; 32];
-            if let Some(cur) = g.get(partition)? {
-                digest.copy_from_slice(&cur);
-            }
-            xor(&mut digest, &entry_hash(&old.data_id, &old.version));
-            g.insert(&partition, &digest)?;
+            let k = factor_key(partition, old.replication_factor);
+            xor_into(g, &k, &entry_hash(&old.data_id, &old.version))?;
             Ok::<_, ConflictableTransactionError<StoreError>>(Some(old))
         });
         let old = res.map_err(|e| self.tx_err(e))?;
@@ -635,13 +703,29 @@ impl ObjectStore for SledObjects {
 
     fn digests(&self) -> Result<Vec<[u8; 32]>, StoreError> {
         let mut out = vec![[0u8; 32]; crate::placement::PARTITIONS as usize];
+        for d in self.factor_digests()? {
+            if let Some(p) = out.get_mut(d.partition as usize) {
+                xor(p, &d.digest);
+            }
+        }
+        Ok(out)
+    }
+
+    fn factor_digests(&self) -> Result<Vec<FactorDigest>, StoreError> {
+        let mut out = Vec::new();
         for item in self.digests.iter() {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            if k.len() == 2 && v.len() == 32 {
-                let p = u16::from_be_bytes([k[0], k[1]]) as usize;
-                if p < out.len() {
-                    out[p].copy_from_slice(&v);
-                }
+            if k.len() != 3 || v.len() != 32 {
+                continue; // the "built" marker
+            }
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(&v);
+            if digest != [0u8; 32] {
+                out.push(FactorDigest {
+                    partition: u16::from_be_bytes([k[0], k[1]]),
+                    rf: k[2],
+                    digest,
+                });
             }
         }
         Ok(out)
@@ -1000,6 +1084,54 @@ mod tests {
     }
 
     #[test]
+    fn factor_digests_keep_each_factor_apart_and_are_rebuilt_for_an_old_dir() {
+        let at = |id: &str, rf: u8, ms: u64| ObjectMeta {
+            replication_factor: rf,
+            ..meta(id, b"x", ms)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let s = open_at(dir.path(), Keyring::none());
+            // Two objects in one partition at two factors: two digests.
+            let (a, b) = (
+                "f-a",
+                (0..)
+                    .map(|i| format!("f-b{i}"))
+                    .find(|id| partition_of(id) == partition_of("f-a"))
+                    .unwrap(),
+            );
+            s.apply(&at(a, 3, 10), b"x").unwrap();
+            s.apply(&at(&b, 1, 10), b"x").unwrap();
+            let d = s.factor_digests().unwrap();
+            let rfs: Vec<u8> = d.iter().map(|d| d.rf).collect();
+            assert_eq!(rfs, vec![1, 3]);
+            assert!(d.iter().all(|d| d.partition == partition_of(a)));
+            // The partition's digest is their XOR.
+            let mut x = d[0].digest;
+            xor(&mut x, &d[1].digest);
+            assert_eq!(s.digests().unwrap()[partition_of(a) as usize], x);
+            // Rewritten at another factor: it leaves its old class, which
+            // empties (and is gone).
+            s.apply(&at(&b, 3, 11), b"x").unwrap();
+            let d = s.factor_digests().unwrap();
+            assert_eq!(d.iter().map(|d| d.rf).collect::<Vec<_>>(), vec![3]);
+            // A data dir of an earlier version: no marker, digests keyed
+            // otherwise.
+            s.digests.clear().unwrap();
+            s.digests.insert([0u8, 7], &[9u8; 32][..]).unwrap();
+            s.flush().unwrap();
+            d
+        };
+        let s = open_at(dir.path(), Keyring::none());
+        assert_eq!(
+            s.factor_digests().unwrap(),
+            before,
+            "rebuilt from the metadata"
+        );
+        assert!(s.digests.contains_key(FACTOR_DIGESTS_BUILT).unwrap());
+    }
+
+    #[test]
     fn large_values_overwritten_and_flushed() {
         // Values over sled's blob threshold live in blob files that sled
         // never fsyncs and removes when superseded; a flush must fsync the
@@ -1219,6 +1351,9 @@ mod tests {
         }
         fn digests(&self) -> Result<Vec<[u8; 32]>, StoreError> {
             self.inner.digests()
+        }
+        fn factor_digests(&self) -> Result<Vec<FactorDigest>, StoreError> {
+            self.inner.factor_digests()
         }
         fn entries(&self, partition: u16) -> Result<Vec<(String, Version)>, StoreError> {
             self.inner.entries(partition)
