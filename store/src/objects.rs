@@ -91,7 +91,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// replica this node no longer owns; a tombstone past its grace period).
     fn remove_if(&self, data_id: &str, version: Version) -> Result<bool, StoreError>;
     /// The 32-byte digest of every partition (index = partition): the XOR
-    /// of its [`Self::factor_digests`].
+    /// of its [`Self::factor_digests`] (kept in its own tree).
     fn digests(&self) -> Result<Vec<[u8; 32]>, StoreError>;
     /// The digest of each (partition, replication factor) that holds an
     /// entry, in partition order.
@@ -143,7 +143,7 @@ fn factor_key(partition: u16, rf: u8) -> [u8; 3] {
 /// absent digest is all zeros; one that comes back to zeros is removed).
 fn xor_into(
     g: &sled::transaction::TransactionalTree,
-    key: &[u8; 3],
+    key: &[u8],
     hash: &[u8; 32],
 ) -> Result<(), sled::transaction::UnabortableTransactionError> {
     let mut digest = [0u8; 32];
@@ -154,9 +154,9 @@ fn xor_into(
     }
     xor(&mut digest, hash);
     if digest == [0u8; 32] {
-        g.remove(key.as_slice())?;
+        g.remove(key)?;
     } else {
-        g.insert(key.as_slice(), digest.as_slice())?;
+        g.insert(key, digest.as_slice())?;
     }
     Ok(())
 }
@@ -186,7 +186,12 @@ pub struct SledObjects {
     db: sled::Db,
     meta: sled::Tree,
     data: sled::Tree,
+    /// Whole-partition digests (key: partition BE), what `Digests`
+    /// answers; kept for peers of a version before per-factor digests and
+    /// for a rollback to one.
     digests: sled::Tree,
+    /// Per-factor digests (key: partition BE ++ rf).
+    factor_digests: sled::Tree,
     access: sled::Tree,
     live_objects: AtomicU64,
     live_bytes: AtomicU64,
@@ -222,7 +227,8 @@ impl SledObjects {
         let s = SledObjects {
             db: db.clone(),
             data: db.open_tree("objects.data").map_err(wrap)?,
-            digests: db.open_tree("objects.factor_digests").map_err(wrap)?,
+            digests: db.open_tree("objects.digests").map_err(wrap)?,
+            factor_digests: db.open_tree("objects.factor_digests").map_err(wrap)?,
             access: db.open_tree("objects.access").map_err(wrap)?,
             meta,
             live_objects: AtomicU64::new(0),
@@ -233,7 +239,10 @@ impl SledObjects {
             keyring,
         };
         let (mut n, mut bytes) = (0, 0);
-        let built = s.digests.contains_key(FACTOR_DIGESTS_BUILT).map_err(wrap)?;
+        let built = s
+            .factor_digests
+            .contains_key(FACTOR_DIGESTS_BUILT)
+            .map_err(wrap)?;
         let mut rebuilt: std::collections::BTreeMap<[u8; 3], [u8; 32]> = Default::default();
         for item in s.meta.iter() {
             let (_, v) = item.map_err(wrap)?;
@@ -253,14 +262,13 @@ impl SledObjects {
         }
         if !built {
             // Before any write is served: nothing races the rebuild.
-            s.digests.clear().map_err(wrap)?;
+            s.factor_digests.clear().map_err(wrap)?;
             for (k, d) in &rebuilt {
-                s.digests.insert(k, d.as_slice()).map_err(wrap)?;
+                s.factor_digests.insert(k, d.as_slice()).map_err(wrap)?;
             }
-            s.digests
+            s.factor_digests
                 .insert(FACTOR_DIGESTS_BUILT, &[1u8][..])
                 .map_err(wrap)?;
-            let _ = db.drop_tree("objects.digests");
             tracing::info!(
                 partitions_factors = rebuilt.len(),
                 "built the per-factor digests from the metadata"
@@ -564,7 +572,8 @@ impl SledObjects {
         } else {
             self.keyring.seal(&meta.data_id, &meta.version, data)
         };
-        let res = (&self.meta, &self.data, &self.digests).transaction(|(m, d, g)| {
+        let trees = (&self.meta, &self.data, &self.digests, &self.factor_digests);
+        let res = trees.transaction(|(m, d, w, g)| {
             let old = m.get(&key)?.and_then(|v| decode_meta(&v));
             if let Some(old) = &old {
                 if old.version >= meta.version {
@@ -577,10 +586,13 @@ impl SledObjects {
             } else {
                 d.insert(key.as_slice(), stored.as_slice())?;
             }
+            let whole = partition.to_be_bytes();
             if let Some(old) = &old {
-                let k = factor_key(partition, old.replication_factor);
-                xor_into(g, &k, &entry_hash(&old.data_id, &old.version))?;
+                let old_hash = entry_hash(&old.data_id, &old.version);
+                xor_into(w, &whole, &old_hash)?;
+                xor_into(g, &factor_key(partition, old.replication_factor), &old_hash)?;
             }
+            xor_into(w, &whole, &new_hash)?;
             xor_into(
                 g,
                 &factor_key(partition, meta.replication_factor),
@@ -677,7 +689,8 @@ impl ObjectStore for SledObjects {
         }
         let key = object_key(data_id);
         let partition = partition_of(data_id);
-        let res = (&self.meta, &self.data, &self.digests).transaction(|(m, d, g)| {
+        let trees = (&self.meta, &self.data, &self.digests, &self.factor_digests);
+        let res = trees.transaction(|(m, d, w, g)| {
             let Some(old) = m.get(&key)?.and_then(|v| decode_meta(&v)) else {
                 return Ok(None);
             };
@@ -686,8 +699,9 @@ impl ObjectStore for SledObjects {
             }
             m.remove(key.as_slice())?;
             d.remove(key.as_slice())?;
-            let k = factor_key(partition, old.replication_factor);
-            xor_into(g, &k, &entry_hash(&old.data_id, &old.version))?;
+            let old_hash = entry_hash(&old.data_id, &old.version);
+            xor_into(w, &partition.to_be_bytes(), &old_hash)?;
+            xor_into(g, &factor_key(partition, old.replication_factor), &old_hash)?;
             Ok::<_, ConflictableTransactionError<StoreError>>(Some(old))
         });
         let old = res.map_err(|e| self.tx_err(e))?;
@@ -703,9 +717,13 @@ impl ObjectStore for SledObjects {
 
     fn digests(&self) -> Result<Vec<[u8; 32]>, StoreError> {
         let mut out = vec![[0u8; 32]; crate::placement::PARTITIONS as usize];
-        for d in self.factor_digests()? {
-            if let Some(p) = out.get_mut(d.partition as usize) {
-                xor(p, &d.digest);
+        for item in self.digests.iter() {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if k.len() == 2 && v.len() == 32 {
+                let p = u16::from_be_bytes([k[0], k[1]]) as usize;
+                if p < out.len() {
+                    out[p].copy_from_slice(&v);
+                }
             }
         }
         Ok(out)
@@ -713,7 +731,7 @@ impl ObjectStore for SledObjects {
 
     fn factor_digests(&self) -> Result<Vec<FactorDigest>, StoreError> {
         let mut out = Vec::new();
-        for item in self.digests.iter() {
+        for item in self.factor_digests.iter() {
             let (k, v) = item.map_err(|e| self.err(e))?;
             if k.len() != 3 || v.len() != 32 {
                 continue; // the "built" marker
@@ -1115,10 +1133,8 @@ mod tests {
             s.apply(&at(&b, 3, 11), b"x").unwrap();
             let d = s.factor_digests().unwrap();
             assert_eq!(d.iter().map(|d| d.rf).collect::<Vec<_>>(), vec![3]);
-            // A data dir of an earlier version: no marker, digests keyed
-            // otherwise.
-            s.digests.clear().unwrap();
-            s.digests.insert([0u8, 7], &[9u8; 32][..]).unwrap();
+            // A data dir of an earlier version: no per-factor tree.
+            s.factor_digests.clear().unwrap();
             s.flush().unwrap();
             d
         };
@@ -1128,7 +1144,7 @@ mod tests {
             before,
             "rebuilt from the metadata"
         );
-        assert!(s.digests.contains_key(FACTOR_DIGESTS_BUILT).unwrap());
+        assert!(s.factor_digests.contains_key(FACTOR_DIGESTS_BUILT).unwrap());
     }
 
     #[test]
