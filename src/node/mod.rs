@@ -15,7 +15,7 @@ mod api;
 mod data_dir;
 mod fault;
 mod fault_file;
-mod health;
+pub(crate) mod health;
 pub mod memory;
 mod record;
 mod rpc;

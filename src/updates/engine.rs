@@ -55,6 +55,32 @@ const PRE_CHECK_RETRY: Duration = Duration::from_secs(2);
 /// mid-sync otherwise held the check until its calls timed out (chaos
 /// seed 1: 19 s).
 const PRE_CHECK_SYNC_LIMIT: Duration = Duration::from_secs(30);
+/// Free space the pre-check asks for, in copies of the store: the backup's
+/// snapshot, and a restore's staged copy should the update roll back (chaos
+/// seed 3: a rollback's restore ran out of space on a disk the backup had
+/// filled, and the node stayed on a full disk).
+const BACKUP_ROOM_COPIES: u64 = 2;
+/// And beyond those copies, the headroom the node keeps anyway.
+const BACKUP_ROOM_SPARE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Whether `free` bytes leave room for an update's backup and a possible
+/// restore of a store of `store_bytes`.
+fn room_for_backup(store_bytes: u64, free: u64) -> Result<(), String> {
+    let needed = store_bytes
+        .saturating_mul(BACKUP_ROOM_COPIES)
+        .saturating_add(BACKUP_ROOM_SPARE_BYTES);
+    if free < needed {
+        return Err(format!(
+            "{} MiB free, an update needs {} MiB here ({BACKUP_ROOM_COPIES} copies of the {} MiB store for its backup and a restore, and {} MiB spare)",
+            free >> 20,
+            needed >> 20,
+            store_bytes >> 20,
+            BACKUP_ROOM_SPARE_BYTES >> 20
+        ));
+    }
+    Ok(())
+}
+
 /// How often a pre-check sync looks whether its peer is still alive.
 const PRE_CHECK_PEER_POLL: Duration = Duration::from_millis(250);
 
@@ -854,6 +880,15 @@ impl Engine {
             .healthy()
             .await
             .map_err(|e| StepError(format!("pre-check: node unhealthy: {e}")))?;
+        let data_dir = self.data_dir.clone();
+        let room = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let store = crate::files::dir_bytes(&data_dir.join("store"))?;
+            let (_, free) = crate::node::health::fs_space(&data_dir)?;
+            room_for_backup(store, free).map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(|e| StepError(e.to_string()))?;
+        room.map_err(|e| StepError(format!("pre-check: disk: {e}")))?;
         let out = self.out_of_service();
         let peers: Vec<_> = self
             .storage
@@ -1399,5 +1434,22 @@ impl Engine {
                 .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_needs_room_for_a_backup_and_a_restore() {
+        let mib = 1 << 20;
+        assert!(room_for_backup(100 * mib, 456 * mib).is_ok());
+        let e = room_for_backup(100 * mib, 455 * mib).unwrap_err();
+        assert!(e.contains("needs 456 MiB"), "{e}");
+        assert!(
+            room_for_backup(u64::MAX, u64::MAX - 1).is_err(),
+            "no overflow"
+        );
     }
 }

@@ -98,7 +98,10 @@ pub fn path(data_dir: &Path) -> PathBuf {
 }
 
 /// Writes `faults` to `data_dir/test-faults.json` atomically: the tmp
-/// file is written and fsynced, then renamed over the old one.
+/// file is written and fsynced, then renamed over the old one. No faults
+/// at all removes the file instead (the node heals the same way), which
+/// needs no space: a node's own data may have filled its disk (a restore
+/// after a rollback, chaos seed 3), and the heal must still get through.
 pub fn write(data_dir: &Path, faults: &Faults) -> Result<(), FaultsError> {
     faults.validate()?;
     let tmp = data_dir.join(FAULT_FILE_TMP);
@@ -106,6 +109,14 @@ pub fn write(data_dir: &Path, faults: &Faults) -> Result<(), FaultsError> {
         let path = path.to_path_buf();
         move |source| FaultsError::Io { path, source }
     };
+    if faults.is_empty() {
+        let _ = std::fs::remove_file(&tmp);
+        let dst = path(data_dir);
+        return match std::fs::remove_file(&dst) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&dst)(e)),
+            _ => Ok(()),
+        };
+    }
     // Serializing a struct of options and integers cannot fail.
     let text = serde_json::to_string(faults).unwrap_or_else(|_| "{}".into());
     let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
@@ -168,14 +179,22 @@ mod tests {
             "{\"clock_offset_ms\":5}"
         );
         write(&d, &Faults::default()).unwrap();
-        assert_eq!(std::fs::read_to_string(path(&d)).unwrap(), "{}");
+        assert!(!path(&d).exists(), "no faults: no file");
+        write(&d, &Faults::default()).unwrap();
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn a_write_replaces_by_rename_so_an_open_reader_keeps_the_old_file() {
         let d = dir("rename");
-        write(&d, &Faults::default()).unwrap();
+        write(
+            &d,
+            &Faults {
+                net_loss_percent: Some(1),
+                ..Faults::default()
+            },
+        )
+        .unwrap();
         let before = std::fs::File::open(path(&d)).unwrap();
         use std::os::unix::fs::MetadataExt;
         let ino = before.metadata().unwrap().ino();
