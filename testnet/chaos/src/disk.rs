@@ -7,8 +7,12 @@
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// Size of each node's tmpfs.
-pub const TMPFS_MIB: u64 = 1536;
+/// Size of each node's tmpfs: room for the store (about 450 MiB after a
+/// short run, the update's release object included) and the two copies the
+/// pre-check asks for before an update (its backup and a restore). Memory
+/// is taken only as it is written (the `disk_full` ballast fills one node's
+/// tmpfs at a time).
+pub const TMPFS_MIB: u64 = 2560;
 /// What the ballast leaves free.
 pub const LEAVE_FREE_BYTES: u64 = 64 * 1024;
 /// The ballast's name in the data dir.
