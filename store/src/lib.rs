@@ -20,8 +20,11 @@ use std::sync::Arc;
 
 const META_TREE: &str = "meta";
 const HINTS_TREE: &str = "hints";
-/// sled's page cache (its default is 1 GiB per node).
-const CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// sled's page cache (its default is 1 GiB per node). 32 MiB, down from
+/// 128: the node's whole resident bound is 160 MiB (issue 12), and sled
+/// keeps recently written values in its nodes beyond what this counts
+/// (heaptrack after 1 MiB puts: 150 MiB of `IVec`s held; docs/BENCHMARKS.md).
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 const INCARNATION_KEY: &[u8] = b"incarnation";
 
 #[derive(Debug, thiserror::Error)]
