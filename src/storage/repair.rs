@@ -440,12 +440,7 @@ async fn worth_by_digests(
     peer: &Member,
     placement: &[Member],
 ) -> Result<Vec<bool>, String> {
-    let whole = s
-        .whole_partition_digests
-        .lock()
-        .expect("whole_partition_digests lock")
-        .contains(&peer.peer_id);
-    if !whole {
+    if !knows_not(&s.whole_partition_digests, peer) {
         match s.call(&peer.peer_id, StoreCall::FactorDigests).await {
             Ok(StoreReply::FactorDigests(theirs)) => {
                 let mine = s.engine().factor_digests().map_err(|e| e.to_string())?;
@@ -457,13 +452,11 @@ async fn worth_by_digests(
             }
             Ok(_) => return Err("bad factor digests reply".into()),
             Err(e) if !e.contains(MALFORMED_CALL) => return Err(e),
-            Err(_) => {
-                tracing::info!(node_id = %peer.name, "peer does not know per-factor digests; comparing whole partitions");
-                s.whole_partition_digests
-                    .lock()
-                    .expect("whole_partition_digests lock")
-                    .insert(peer.peer_id.clone());
-            }
+            Err(_) => remember_knows_not(
+                &s.whole_partition_digests,
+                peer,
+                "per-factor digests; comparing whole partitions",
+            ),
         }
     }
     let theirs = match s.call(&peer.peer_id, StoreCall::Digests).await? {
@@ -531,12 +524,7 @@ async fn their_entries(
     peer: &Member,
     partitions: &[u16],
 ) -> Result<Vec<Vec<(String, plexi_util::hlc::Version)>>, String> {
-    let one_by_one = s
-        .entries_one_by_one
-        .lock()
-        .expect("entries_one_by_one lock")
-        .contains(&peer.peer_id);
-    if !one_by_one {
+    if !knows_not(&s.entries_one_by_one, peer) {
         let batched = s
             .call(
                 &peer.peer_id,
@@ -549,13 +537,11 @@ async fn their_entries(
             Ok(StoreReply::EntriesOf(e)) if e.len() == partitions.len() => return Ok(e),
             Ok(_) => return Err("bad entries reply".into()),
             Err(e) if !e.contains(MALFORMED_CALL) => return Err(e),
-            Err(_) => {
-                tracing::info!(node_id = %peer.name, "peer does not know batched entries; asking per partition");
-                s.entries_one_by_one
-                    .lock()
-                    .expect("entries_one_by_one lock")
-                    .insert(peer.peer_id.clone());
-            }
+            Err(_) => remember_knows_not(
+                &s.entries_one_by_one,
+                peer,
+                "batched entries; asking per partition",
+            ),
         }
     }
     let mut out = Vec::with_capacity(partitions.len());
@@ -645,6 +631,28 @@ async fn allowed(
         .zip(keep)
         .filter_map(|((o, _), k)| k.then_some(o))
         .collect()
+}
+
+/// Whether `peer` is known (from an earlier refusal) not to know a call.
+fn knows_not(peers: &std::sync::Mutex<std::collections::HashSet<String>>, peer: &Member) -> bool {
+    peers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&peer.peer_id)
+}
+
+/// Remembers that `peer` refused a call as malformed (a version before
+/// it, during a roll), so it is not asked again and handed strikes.
+fn remember_knows_not(
+    peers: &std::sync::Mutex<std::collections::HashSet<String>>,
+    peer: &Member,
+    what: &str,
+) {
+    tracing::info!(node_id = %peer.name, "peer does not know {what}");
+    peers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(peer.peer_id.clone());
 }
 
 /// How a peer's refusal of a call it could not decode reads
