@@ -62,27 +62,6 @@ pub fn copy_dir(src: &Path, dst: &Path) -> io::Result<()> {
     fsync_dir(dst)
 }
 
-/// Bytes of the files under `dir`, recursively (symlinks not followed; a
-/// missing dir is 0).
-pub fn dir_bytes(dir: &Path) -> io::Result<u64> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let mut total = 0;
-    for entry in entries {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            total += dir_bytes(&entry.path())?;
-        } else if kind.is_file() {
-            total += entry.metadata()?.len();
-        }
-    }
-    Ok(total)
-}
-
 /// Removes `dir` recursively; a missing one is fine.
 pub fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
     match fs::remove_dir_all(dir) {

@@ -23,10 +23,10 @@
 //! failures and stalls count as the flushes' do.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use plexi_store::objects::FlushRecord;
 use plexi_store::NodeStore;
 
 use crate::storage::Storage;
@@ -50,62 +50,6 @@ pub const ROOM_BYTES: u64 = 64 * 1024 * 1024;
 /// has room.
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 
-/// The probe thread's record, read by the watchdog: since when its running
-/// probe has been running and since when its probes have failed, in ms
-/// after `base` plus one (0: not running, not failing).
-struct Probe {
-    base: Instant,
-    running_since: AtomicU64,
-    failing_since: AtomicU64,
-}
-
-impl Probe {
-    fn new() -> Self {
-        Probe {
-            base: Instant::now(),
-            running_since: AtomicU64::new(0),
-            failing_since: AtomicU64::new(0),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64 + 1
-    }
-
-    fn started(&self) {
-        self.running_since.store(self.now(), Ordering::SeqCst);
-    }
-
-    /// The probe ended: a success clears the failure record, a failure
-    /// starts it (or keeps its first time).
-    fn ended(&self, ok: bool) {
-        self.running_since.store(0, Ordering::SeqCst);
-        if ok {
-            self.failing_since.store(0, Ordering::SeqCst);
-        } else {
-            let _ = self.failing_since.compare_exchange(
-                0,
-                self.now(),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-        }
-    }
-
-    fn since(&self, at: &AtomicU64) -> Option<Duration> {
-        let at = at.load(Ordering::SeqCst);
-        (at > 0).then(|| Duration::from_millis(self.now().saturating_sub(at)))
-    }
-
-    fn failing_for(&self) -> Option<Duration> {
-        self.since(&self.failing_since)
-    }
-
-    fn stalled_for(&self) -> Option<Duration> {
-        self.since(&self.running_since)
-    }
-}
-
 /// The longer of two "for how long" figures (None when neither holds).
 fn longest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     a.max(b)
@@ -118,7 +62,7 @@ fn free_bytes(data_dir: &std::path::Path) -> Option<u64> {
 
 /// Starts the probe thread: every [`PROBE_EVERY`], while the disk has
 /// [`ROOM_BYTES`] free, one write and flush of the store.
-fn spawn_probe(store: Arc<NodeStore>, data_dir: PathBuf, probe: Arc<Probe>) {
+fn spawn_probe(store: Arc<NodeStore>, data_dir: PathBuf, probe: Arc<FlushRecord>) {
     let spawned = std::thread::Builder::new()
         .name("store-probe".into())
         .spawn(move || loop {
@@ -152,7 +96,7 @@ pub fn wedged(running: Option<Duration>) -> bool {
 /// Starts the watchdog and probe threads; `data_dir` is where the store
 /// lives.
 pub fn spawn(storage: Arc<Storage>, store: Arc<NodeStore>, data_dir: PathBuf) {
-    let probe = Arc::new(Probe::new());
+    let probe = Arc::new(FlushRecord::default());
     spawn_probe(store, data_dir.clone(), probe.clone());
     let spawned = std::thread::Builder::new()
         .name("store-watchdog".into())
@@ -213,27 +157,7 @@ mod tests {
     }
 
     #[test]
-    fn the_probe_record_keeps_the_first_failure_until_a_success() {
-        let p = Probe::new();
-        assert_eq!((p.failing_for(), p.stalled_for()), (None, None));
-        p.started();
-        assert!(p.stalled_for().is_some(), "a running probe is timed");
-        p.ended(false);
-        assert_eq!(p.stalled_for(), None);
-        let first = p.failing_since.load(Ordering::SeqCst);
-        assert!(first > 0);
-        std::thread::sleep(Duration::from_millis(5));
-        p.started();
-        p.ended(false);
-        assert_eq!(
-            p.failing_since.load(Ordering::SeqCst),
-            first,
-            "a later failure keeps the first one's time"
-        );
-        assert!(p.failing_for().unwrap() >= Duration::from_millis(5));
-        p.started();
-        p.ended(true);
-        assert_eq!(p.failing_for(), None, "a success clears the record");
+    fn the_longer_of_two_durations_counts() {
         assert_eq!(
             longest(Some(Duration::from_secs(1)), None),
             Some(Duration::from_secs(1))

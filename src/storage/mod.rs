@@ -501,6 +501,11 @@ impl Storage {
         self.commit.failing_for()
     }
 
+    /// Bytes this node's store occupies on disk.
+    pub fn store_bytes_on_disk(&self) -> Result<u64, StoreError> {
+        self.store.size_on_disk()
+    }
+
     pub fn members_to_ask(&self) -> (Vec<Member>, Vec<String>) {
         let (asked, silent): (Vec<Member>, Vec<Member>) = self
             .members()
@@ -816,9 +821,8 @@ impl Storage {
         meta: ObjectMeta,
         data: Arc<Vec<u8>>,
     ) -> Result<(Vec<String>, Vec<String>, bool), StorageError> {
-        if meta.consistency_level == Consistency::Strong {
-            self.await_view().await?;
-        }
+        // Strong writes passed `await_view` in `put` / `delete` already:
+        // their version comes from a survey that needs the whole view.
         let rf = meta.replication_factor as usize;
         let (replicas, nominal) = self.owner_sets(&meta.data_id, rf);
         let names: Vec<String> = replicas.iter().map(|m| m.name.clone()).collect();
@@ -975,12 +979,7 @@ impl Storage {
     ) -> Result<Option<plexi_util::hlc::Version>, StorageError> {
         let (_, nominal, answers) = self.survey(data_id).await;
         let votes = quorum_answers(&answers);
-        let owners: Vec<&str> = nominal
-            .iter()
-            .take(rf)
-            .map(|m| m.peer_id.as_str())
-            .collect();
-        quorum::check_strong_read(&owners, &votes)?;
+        quorum::check_strong_read(&owner_ids(&nominal, rf), &votes)?;
         Ok(quorum::newest(&votes).map(|n| n.version))
     }
 
@@ -1229,11 +1228,7 @@ impl Storage {
             self.config.default_replication_factor as usize,
             nominal.len(),
         );
-        let mut owners: Vec<&str> = nominal
-            .iter()
-            .take(rf)
-            .map(|m| m.peer_id.as_str())
-            .collect();
+        let mut owners = owner_ids(&nominal, rf);
         quorum::check_strong_read(&owners, &votes)?;
         let nominal_owners = owners.len();
         // The placement at rf is the prefix of the placement at max rf.
@@ -1351,12 +1346,7 @@ impl Storage {
             .unwrap_or(self.config.default_replication_factor);
         let votes = quorum_answers(&answers);
         if consistency == Consistency::Strong {
-            let owners: Vec<&str> = nominal
-                .iter()
-                .take(rf as usize)
-                .map(|m| m.peer_id.as_str())
-                .collect();
-            quorum::check_strong_read(&owners, &votes)?;
+            quorum::check_strong_read(&owner_ids(&nominal, rf as usize), &votes)?;
         }
         // The tombstone outranks every copy the survey saw, whatever this
         // node's clock says (see `newest_on_a_majority`).
@@ -1640,6 +1630,16 @@ impl Storage {
             stored: applied == Applied::Stored,
         })
     }
+}
+
+/// The peer ids of the first `rf` of `nominal` (the nominal owners at
+/// that factor), what the strong rules count a majority of.
+fn owner_ids(nominal: &[Member], rf: usize) -> Vec<&str> {
+    nominal
+        .iter()
+        .take(rf)
+        .map(|m| m.peer_id.as_str())
+        .collect()
 }
 
 /// The survey's answers as the quorum rules read them.

@@ -440,15 +440,16 @@ async fn worth_by_digests(
     peer: &Member,
     placement: &[Member],
 ) -> Result<Vec<bool>, String> {
+    let owns = |p: u16, rf: usize| {
+        let owners = s.partition_replicas(p, rf, placement);
+        let owns = |id: &str| owners.iter().any(|o| o.peer_id == id);
+        (owns(s.local_peer()), owns(&peer.peer_id))
+    };
     if !knows_not(&s.whole_partition_digests, peer) {
         match s.call(&peer.peer_id, StoreCall::FactorDigests).await {
             Ok(StoreReply::FactorDigests(theirs)) => {
                 let mine = s.engine().factor_digests().map_err(|e| e.to_string())?;
-                return Ok(worth_by_factor(&mine, &theirs, |p, rf| {
-                    let owners = s.partition_replicas(p, rf, placement);
-                    let owns = |id: &str| owners.iter().any(|o| o.peer_id == id);
-                    (owns(s.local_peer()), owns(&peer.peer_id))
-                }));
+                return Ok(worth_by_factor(&mine, &theirs, owns));
             }
             Ok(_) => return Err("bad factor digests reply".into()),
             Err(e) if !e.contains(MALFORMED_CALL) => return Err(e),
@@ -464,25 +465,28 @@ async fn worth_by_digests(
         _ => return Err("bad digests reply".into()),
     };
     let mine = s.engine().digests().map_err(|e| e.to_string())?;
-    // Ownership at the largest factor, which contains every object's
-    // owners.
-    let max_rf = s.config.max_replication_factor as usize;
-    Ok((0..PARTITIONS)
-        .map(|p| {
-            let (mine, theirs) = (&mine[p as usize], &theirs[p as usize]);
-            if mine == theirs {
-                return false;
-            }
-            let owners = s.partition_replicas(p, max_rf, placement);
-            let owns = |id: &str| owners.iter().any(|o| o.peer_id == id);
-            worth_exchanging(
-                *mine != EMPTY_DIGEST,
-                *theirs != EMPTY_DIGEST,
-                owns(s.local_peer()),
-                owns(&peer.peer_id),
-            )
+    // The same rule with every object counted at the largest factor,
+    // whose owners contain every object's owners.
+    let rf = u8::try_from(s.config.max_replication_factor).unwrap_or(u8::MAX);
+    Ok(worth_by_factor(
+        &as_factor_digests(&mine, rf),
+        &as_factor_digests(&theirs, rf),
+        owns,
+    ))
+}
+
+/// Whole-partition digests as per-factor ones, all at factor `rf` (empty
+/// partitions left out, as `factor_digests` leaves them).
+fn as_factor_digests(whole: &[[u8; 32]], rf: u8) -> Vec<FactorDigest> {
+    (0..PARTITIONS)
+        .zip(whole)
+        .filter(|(_, d)| **d != EMPTY_DIGEST)
+        .map(|(partition, digest)| FactorDigest {
+            partition,
+            rf,
+            digest: *digest,
         })
-        .collect())
+        .collect()
 }
 
 /// [`worth_by_digests`] from both sides' per-factor digests (absent =

@@ -55,6 +55,8 @@ const PRE_CHECK_RETRY: Duration = Duration::from_secs(2);
 /// mid-sync otherwise held the check until its calls timed out (chaos
 /// seed 1: 19 s).
 const PRE_CHECK_SYNC_LIMIT: Duration = Duration::from_secs(30);
+/// How often a pre-check sync looks whether its peer is still alive.
+const PRE_CHECK_PEER_POLL: Duration = Duration::from_millis(250);
 /// Free space the pre-check asks for, in copies of the store: the backup's
 /// snapshot, and a restore's staged copy should the update roll back (chaos
 /// seed 3: a rollback's restore ran out of space on a disk the backup had
@@ -80,9 +82,6 @@ fn room_for_backup(store_bytes: u64, free: u64) -> Result<(), String> {
     }
     Ok(())
 }
-
-/// How often a pre-check sync looks whether its peer is still alive.
-const PRE_CHECK_PEER_POLL: Duration = Duration::from_millis(250);
 
 /// Live (not deleted) objects this node holds, with their factor.
 fn live_objects(s: &Storage, limit: usize) -> Result<Vec<(String, usize)>, String> {
@@ -880,11 +879,11 @@ impl Engine {
             .healthy()
             .await
             .map_err(|e| StepError(format!("pre-check: node unhealthy: {e}")))?;
-        let data_dir = self.data_dir.clone();
-        let room = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let store = crate::files::dir_bytes(&data_dir.join("store"))?;
-            let (_, free) = crate::node::health::fs_space(&data_dir)?;
-            room_for_backup(store, free).map_err(std::io::Error::other)
+        let (storage, data_dir) = (self.storage.clone(), self.data_dir.clone());
+        let room = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let store = storage.store_bytes_on_disk().map_err(|e| e.to_string())?;
+            let (_, free) = crate::node::health::fs_space(&data_dir).map_err(|e| e.to_string())?;
+            room_for_backup(store, free)
         })
         .await
         .map_err(|e| StepError(e.to_string()))?;

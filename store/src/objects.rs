@@ -2,8 +2,9 @@
 //! [`ObjectStore`] trait so the engine can change.
 //!
 //! Keys are `partition (u16 BE) ++ data_id`, so one partition is one range
-//! scan. Each write runs in one sled transaction over three trees: metadata,
-//! bytes, and a digest per partition and replication factor (XOR of
+//! scan. Each write runs in one sled transaction over four trees: metadata,
+//! bytes, a digest per partition (for peers of an older version), and a
+//! digest per partition and replication factor (XOR of
 //! blake3(key, version) over the entries of that partition written at that
 //! factor, updated incrementally), so anti-entropy compares two replicas'
 //! partitions by one 32-byte value per factor, and only where both own the
@@ -159,6 +160,19 @@ fn xor_into(
         g.insert(key, digest.as_slice())?;
     }
     Ok(())
+}
+
+/// Adds an entry's `hash` to (or takes it from: XOR) both digests of its
+/// partition: the whole partition's in `whole`, its factor's in `factors`.
+fn xor_entry(
+    whole: &sled::transaction::TransactionalTree,
+    factors: &sled::transaction::TransactionalTree,
+    partition: u16,
+    rf: u8,
+    hash: &[u8; 32],
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    xor_into(whole, &partition.to_be_bytes(), hash)?;
+    xor_into(factors, &factor_key(partition, rf), hash)
 }
 
 /// Marks the factor-digest tree as built from the metadata (a data dir of
@@ -586,18 +600,11 @@ impl SledObjects {
             } else {
                 d.insert(key.as_slice(), stored.as_slice())?;
             }
-            let whole = partition.to_be_bytes();
             if let Some(old) = &old {
                 let old_hash = entry_hash(&old.data_id, &old.version);
-                xor_into(w, &whole, &old_hash)?;
-                xor_into(g, &factor_key(partition, old.replication_factor), &old_hash)?;
+                xor_entry(w, g, partition, old.replication_factor, &old_hash)?;
             }
-            xor_into(w, &whole, &new_hash)?;
-            xor_into(
-                g,
-                &factor_key(partition, meta.replication_factor),
-                &new_hash,
-            )?;
+            xor_entry(w, g, partition, meta.replication_factor, &new_hash)?;
             Ok::<_, ConflictableTransactionError<StoreError>>((Applied::Stored, Some(old)))
         });
         let (applied, old) = res.map_err(|e| self.tx_err(e))?;
@@ -700,8 +707,7 @@ impl ObjectStore for SledObjects {
             m.remove(key.as_slice())?;
             d.remove(key.as_slice())?;
             let old_hash = entry_hash(&old.data_id, &old.version);
-            xor_into(w, &partition.to_be_bytes(), &old_hash)?;
-            xor_into(g, &factor_key(partition, old.replication_factor), &old_hash)?;
+            xor_entry(w, g, partition, old.replication_factor, &old_hash)?;
             Ok::<_, ConflictableTransactionError<StoreError>>(Some(old))
         });
         let old = res.map_err(|e| self.tx_err(e))?;
@@ -805,21 +811,78 @@ impl ObjectStore for SledObjects {
     }
 }
 
+/// The record of a repeated write-and-flush (the group commit's flushes,
+/// the store watchdog's probe): since when the one now running has been
+/// running (a flush that never returns: sled after a failed write on a
+/// full disk) and since when they have failed (sled 0.34 keeps a write
+/// error and returns it from every later flush, also once the disk has
+/// space again). Times are ms after `base` plus one; 0 means idle, or not
+/// failing.
+#[derive(Debug)]
+pub struct FlushRecord {
+    base: std::time::Instant,
+    running_since: AtomicU64,
+    failing_since: AtomicU64,
+}
+
+impl Default for FlushRecord {
+    fn default() -> Self {
+        FlushRecord {
+            base: std::time::Instant::now(),
+            running_since: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl FlushRecord {
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+
+    /// One starts.
+    pub fn started(&self) {
+        self.running_since.store(self.now(), Ordering::SeqCst);
+    }
+
+    /// It ended: a success clears the failure record, a failure starts it
+    /// (or keeps its first time).
+    pub fn ended(&self, ok: bool) {
+        self.running_since.store(0, Ordering::SeqCst);
+        if ok {
+            self.failing_since.store(0, Ordering::SeqCst);
+        } else {
+            let now = self.now();
+            let _ = self
+                .failing_since
+                .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+
+    fn since(&self, at: &AtomicU64) -> Option<std::time::Duration> {
+        let at = at.load(Ordering::SeqCst);
+        (at > 0).then(|| std::time::Duration::from_millis(self.now().saturating_sub(at)))
+    }
+
+    /// How long every one has failed, since the first failure after the
+    /// last success (None when the last one succeeded).
+    pub fn failing_for(&self) -> Option<std::time::Duration> {
+        self.since(&self.failing_since)
+    }
+
+    /// How long the one now running has been running (None when idle).
+    pub fn stalled_for(&self) -> Option<std::time::Duration> {
+        self.since(&self.running_since)
+    }
+}
+
 /// Batches flushes across concurrent writers: every waiter that arrives
 /// while a flush runs is served by the next single flush. Queue bounded.
 #[derive(Clone)]
 pub struct GroupCommit {
     waiters: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
     flushes: Arc<AtomicU64>,
-    /// When the flush now running began (ms since `base`), 0 when idle:
-    /// a flush that never returns (sled after a failed write on a full
-    /// disk) shows as a growing [`GroupCommit::stalled_for`].
-    running_since: Arc<AtomicU64>,
-    /// When flushes began failing (ms since `base`), 0 after a flush that
-    /// succeeded: sled 0.34 keeps a write error and returns it from every
-    /// later flush, also once the disk has space again.
-    failing_since: Arc<AtomicU64>,
-    base: std::time::Instant,
+    record: Arc<FlushRecord>,
 }
 
 /// Bound on writers waiting for the next flush.
@@ -830,11 +893,8 @@ impl GroupCommit {
         let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(MAX_FLUSH_WAITERS);
         let flushes = Arc::new(AtomicU64::new(0));
         let count = flushes.clone();
-        let base = std::time::Instant::now();
-        let running_since = Arc::new(AtomicU64::new(0));
-        let running = running_since.clone();
-        let failing_since = Arc::new(AtomicU64::new(0));
-        let failing = failing_since.clone();
+        let record = Arc::new(FlushRecord::default());
+        let rec = record.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -842,22 +902,16 @@ impl GroupCommit {
                     batch.push(more);
                 }
                 let s = store.clone();
-                running.store(base.elapsed().as_millis() as u64 + 1, Ordering::SeqCst);
+                rec.started();
                 let res = tokio::task::spawn_blocking(move || s.flush())
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
-                match &res {
-                    Err(e) => {
-                        // A flush error is fatal for this node's durability.
-                        tracing::error!(error = %e, "store flush failed");
-                        let now = base.elapsed().as_millis() as u64 + 1;
-                        let _ =
-                            failing.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
-                    }
-                    Ok(()) => failing.store(0, Ordering::SeqCst),
+                if let Err(e) = &res {
+                    // A flush error is fatal for this node's durability.
+                    tracing::error!(error = %e, "store flush failed");
                 }
-                running.store(0, Ordering::SeqCst);
+                rec.ended(res.is_ok());
                 count.fetch_add(1, Ordering::Relaxed);
                 for w in batch {
                     let _ = w.send(res.clone());
@@ -867,29 +921,19 @@ impl GroupCommit {
         GroupCommit {
             waiters: tx,
             flushes,
-            running_since,
-            failing_since,
-            base,
+            record,
         }
     }
 
     /// How long every flush has failed, since the first failure after the
     /// last success (None when the last flush succeeded).
     pub fn failing_for(&self) -> Option<std::time::Duration> {
-        let since = self.failing_since.load(Ordering::SeqCst);
-        (since > 0).then(|| {
-            let now = self.base.elapsed().as_millis() as u64 + 1;
-            std::time::Duration::from_millis(now.saturating_sub(since))
-        })
+        self.record.failing_for()
     }
 
     /// How long the flush now running has been running (None when idle).
     pub fn stalled_for(&self) -> Option<std::time::Duration> {
-        let since = self.running_since.load(Ordering::SeqCst);
-        (since > 0).then(|| {
-            let now = self.base.elapsed().as_millis() as u64 + 1;
-            std::time::Duration::from_millis(now.saturating_sub(since))
-        })
+        self.record.stalled_for()
     }
 
     /// Returns once every write applied before the call is durable.
@@ -1066,6 +1110,30 @@ mod tests {
                 assert_eq!(s.get(id).unwrap().unwrap().1, bytes);
             }
         }
+    }
+
+    #[test]
+    fn the_probe_record_keeps_the_first_failure_until_a_success() {
+        let p = FlushRecord::default();
+        assert_eq!((p.failing_for(), p.stalled_for()), (None, None));
+        p.started();
+        assert!(p.stalled_for().is_some(), "a running probe is timed");
+        p.ended(false);
+        assert_eq!(p.stalled_for(), None);
+        let first = p.failing_since.load(Ordering::SeqCst);
+        assert!(first > 0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        p.started();
+        p.ended(false);
+        assert_eq!(
+            p.failing_since.load(Ordering::SeqCst),
+            first,
+            "a later failure keeps the first one's time"
+        );
+        assert!(p.failing_for().unwrap() >= std::time::Duration::from_millis(5));
+        p.started();
+        p.ended(true);
+        assert_eq!(p.failing_for(), None, "a success clears the record");
     }
 
     #[test]
