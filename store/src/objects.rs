@@ -116,7 +116,9 @@ pub fn object_key(data_id: &str) -> Vec<u8> {
     k
 }
 
-fn entry_hash(data_id: &str, v: &Version) -> [u8; 32] {
+/// The hash an entry contributes to its partition's digests (public for
+/// the digest microbenchmark).
+pub fn entry_hash(data_id: &str, v: &Version) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(data_id.as_bytes());
     h.update(&v.physical_ms.to_be_bytes());
@@ -179,7 +181,8 @@ fn xor_entry(
 /// an earlier version has none).
 const FACTOR_DIGESTS_BUILT: &[u8] = b"built";
 
-fn xor(a: &mut [u8; 32], b: &[u8; 32]) {
+/// XORs `b` into `a` (a digest update; public for the microbenchmark).
+pub fn xor(a: &mut [u8; 32], b: &[u8; 32]) {
     for (x, y) in a.iter_mut().zip(b) {
         *x ^= y;
     }
