@@ -1,6 +1,6 @@
 //! Encryption at rest with real `plexi node` processes: with a data key no
 //! byte of a stored marker is anywhere under any node's directory (store,
-//! blobs, logs, snapshots), and without one it is (so the grep can fail);
+//! value files, logs, snapshots), and without one it is (so the grep can fail);
 //! a node restarted with its key reads everything back; a key rotation
 //! through the re-encryption job (API and CLI) leaves a cluster whose nodes,
 //! started with only the new key, read everything; a node that lost its key
@@ -163,16 +163,16 @@ fn with_a_data_key_the_marker_is_nowhere_on_disk_and_reads_survive_a_restart() {
     let mut nodes = cluster(root.path(), 3, &config_with_key(&key));
     write_and_stop(&mut nodes, &objs);
 
-    // The large object really lies in blob files, on every node.
+    // The large object really lies in value files, on every node.
     for n in &nodes {
-        let blobs = files_named(&n.dir.join("data/store"), "/blobs/");
+        let files = files_named(&n.dir.join("data/store"), "/values/");
         assert!(
-            !blobs.is_empty(),
-            "{}: no blob file; the large object did not exercise sled's blobs",
+            !files.is_empty(),
+            "{}: no value file; the large object did not exercise value files",
             n.name
         );
     }
-    // Every file under every node's directory: store, blobs, logs, config.
+    // Every file under every node's directory: store, value files, logs, config.
     let found = files_containing(root.path(), &marker);
     assert!(found.is_empty(), "the marker is on disk in: {found:?}");
     let key_hex = std::fs::read_to_string(&key).unwrap();
@@ -208,8 +208,8 @@ fn without_a_data_key_the_marker_is_found_on_disk() {
         assert!(
             found
                 .iter()
-                .any(|p| p.to_string_lossy().contains("/blobs/")),
-            "the large object's plaintext is not in a blob file: {found:?}"
+                .any(|p| p.to_string_lossy().contains("/values/")),
+            "the large object's plaintext is not in a value file: {found:?}"
         );
     }
 }

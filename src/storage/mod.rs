@@ -158,8 +158,10 @@ const MOVE_SPARE_RANKS: usize = 2;
 /// unless the read itself showed a replica lacking the object.
 const READ_REPAIR_EVERY: u64 = 16;
 
-/// Bound on object bytes (MiB) a coordinator holds for replica writes in flight.
-const MAX_INFLIGHT_MIB: u32 = 256;
+/// Bound on object bytes (MiB) a coordinator holds for replica writes in
+/// flight: 32, down from 256, inside the node's 160 MiB resident bound
+/// (issue 12); 16 concurrent 1 MiB puts still all proceed.
+const MAX_INFLIGHT_MIB: u32 = 32;
 /// How a replica still catching up after a (re)start refuses a plain read
 /// (the reader tries another replica; see `StoreCall::Read::newest`).
 const CATCHING_UP: &str = "replica is catching up";

@@ -41,6 +41,14 @@ pub enum StoreError {
     ChecksumMismatch { data_id: String },
     #[error("flush failed: {0}")]
     Flush(String),
+    /// A value file (a stored value of `objects::FILE_VALUE_BYTES` or more)
+    /// could not be written, synced or read.
+    #[error("value file {path}: {source}")]
+    ValueFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The value is sealed under a data key this node does not hold (a key
     /// lost or not configured as retired): treated as a bad local replica.
     #[error("object {data_id}: sealed under data key {key_id}, which this node does not hold")]
@@ -328,9 +336,10 @@ impl NodeStore {
         Ok(started.elapsed())
     }
 
-    /// Bytes the database occupies on disk.
+    /// Bytes the store occupies on disk: sled's files and the value files.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(|e| self.err(e))
+        let sled = self.db.size_on_disk().map_err(|e| self.err(e))?;
+        Ok(sled + self.objects.file_bytes())
     }
 
     pub fn path(&self) -> &Path {

@@ -27,6 +27,7 @@
 //! flushes it and aborts the process, as a power cut mid-write would leave
 //! it; the read path's blake3 check then refuses those bytes.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -188,6 +189,99 @@ pub fn xor(a: &mut [u8; 32], b: &[u8; 32]) {
     }
 }
 
+/// Stored values of this many bytes or more are kept in a value file of
+/// their own under `values/`, and sled keeps only a [`FileRef`] in
+/// `objects.files`: sled 0.34 keeps every value written in its in-memory
+/// nodes beyond its cache bound (heaptrack, docs/BENCHMARKS.md), and keeps
+/// large ones in blob files it never fsyncs.
+pub const FILE_VALUE_BYTES: usize = 64 * 1024;
+/// Bound on superseded value files waiting for the next flush to be
+/// removed; past it they are left for the next open's sweep (counted).
+pub const MAX_PENDING_REMOVALS: usize = 4096;
+/// Reads of an entry whose value file a concurrent overwrite removed, in
+/// all, before the replica counts as bad.
+const READ_ATTEMPTS: usize = 3;
+/// The value files' directory, in the store's own.
+const VALUES_DIR: &str = "values";
+
+/// Names a value file: the stored value's length and its name under
+/// `values/`: `hh/` ++ 32 hex digits of blake3(data id) (`hh` their first
+/// two) ++ `-` ++ 16 random hex digits (every write gets a new file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileRef {
+    len: u64,
+    name: String,
+}
+
+impl FileRef {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.name.len());
+        out.extend_from_slice(&self.len.to_be_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out
+    }
+
+    /// `None` for anything but a length and a well-formed name: no entry
+    /// can point outside `values/`.
+    fn decode(b: &[u8]) -> Option<FileRef> {
+        let (len, name) = b.split_at_checked(8)?;
+        let name = std::str::from_utf8(name).ok()?;
+        let n = name.as_bytes();
+        let hex = |r: std::ops::Range<usize>| {
+            n[r].iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        };
+        let well_formed = n.len() == 52
+            && n[2] == b'/'
+            && n[35] == b'-'
+            && n[..2] == n[3..5]
+            && hex(0..2)
+            && hex(3..35)
+            && hex(36..52);
+        well_formed.then(|| FileRef {
+            len: u64::from_be_bytes(len.try_into().expect("8 bytes")),
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Where a write's stored value goes.
+enum Placed {
+    /// In `objects.data`.
+    Inline(Vec<u8>),
+    /// In a value file (already durable), named by `encoded` in `objects.files`.
+    File { file: FileRef, encoded: Vec<u8> },
+    /// Nowhere: a tombstone, or a removal.
+    Nothing,
+}
+
+/// Stores `placed` under `key` in a write's transaction; returns the value
+/// file it replaces, if any.
+fn put_value(
+    d: &sled::transaction::TransactionalTree,
+    f: &sled::transaction::TransactionalTree,
+    key: &[u8],
+    placed: &Placed,
+) -> Result<Option<FileRef>, sled::transaction::UnabortableTransactionError> {
+    let replaced = f.get(key)?.and_then(|v| FileRef::decode(&v));
+    match placed {
+        Placed::Inline(v) => {
+            d.insert(key, v.as_slice())?;
+        }
+        Placed::File { encoded, .. } => {
+            d.remove(key)?;
+            f.insert(key, encoded.as_slice())?;
+        }
+        Placed::Nothing => {
+            d.remove(key)?;
+        }
+    }
+    if replaced.is_some() && !matches!(placed, Placed::File { .. }) {
+        f.remove(key)?;
+    }
+    Ok(replaced)
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::ser::into_writer(v, &mut out).expect("encoding to a Vec cannot fail");
@@ -210,6 +304,18 @@ pub struct SledObjects {
     /// Per-factor digests (key: partition BE ++ rf).
     factor_digests: sled::Tree,
     access: sled::Tree,
+    /// Values kept in files (key: object key; value: a [`FileRef`]).
+    files: sled::Tree,
+    /// `<path>/values`, where value files live.
+    values_dir: PathBuf,
+    /// Superseded value files, removed after the next successful flush
+    /// (bounded by [`MAX_PENDING_REMOVALS`]).
+    pending_removals: std::sync::Mutex<Vec<FileRef>>,
+    /// Superseded value files not queued because the queue was full (the
+    /// next open's sweep removes them).
+    removals_dropped: AtomicU64,
+    /// Bytes of the value files named by `files`.
+    file_bytes: AtomicU64,
     live_objects: AtomicU64,
     live_bytes: AtomicU64,
     path: String,
@@ -247,6 +353,11 @@ impl SledObjects {
             digests: db.open_tree("objects.digests").map_err(wrap)?,
             factor_digests: db.open_tree("objects.factor_digests").map_err(wrap)?,
             access: db.open_tree("objects.access").map_err(wrap)?,
+            files: db.open_tree("objects.files").map_err(wrap)?,
+            values_dir: Path::new(path).join(VALUES_DIR),
+            pending_removals: std::sync::Mutex::new(Vec::new()),
+            removals_dropped: AtomicU64::new(0),
+            file_bytes: AtomicU64::new(0),
             meta,
             live_objects: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
@@ -293,7 +404,159 @@ impl SledObjects {
         }
         s.live_objects.store(n, Ordering::Relaxed);
         s.live_bytes.store(bytes, Ordering::Relaxed);
+        s.sweep_value_files()?;
         Ok(s)
+    }
+
+    /// Creates the value-file directories and removes every value file
+    /// that `files` does not name (written by a write that crashed before
+    /// its transaction, or superseded and not removed before a crash); adds
+    /// up the bytes of the named ones. Runs before any write is served.
+    fn sweep_value_files(&self) -> Result<(), StoreError> {
+        let mut named = std::collections::HashSet::new();
+        let mut bytes = 0u64;
+        for item in self.files.iter() {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            if let Some(r) = FileRef::decode(&v) {
+                bytes += r.len;
+                named.insert(r.name);
+            }
+        }
+        self.file_bytes.store(bytes, Ordering::Relaxed);
+        let mut swept = 0usize;
+        for b in 0..=255u8 {
+            let sub = format!("{b:02x}");
+            let dir = self.values_dir.join(&sub);
+            std::fs::create_dir_all(&dir).map_err(|e| self.file_err(&dir, e))?;
+            for entry in std::fs::read_dir(&dir).map_err(|e| self.file_err(&dir, e))? {
+                let entry = entry.map_err(|e| self.file_err(&dir, e))?;
+                let name = format!("{sub}/{}", entry.file_name().to_string_lossy());
+                if !named.contains(&name) {
+                    let path = entry.path();
+                    std::fs::remove_file(&path).map_err(|e| self.file_err(&path, e))?;
+                    swept += 1;
+                }
+            }
+        }
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                named = named.len(),
+                "removed value files no entry names"
+            );
+        }
+        Ok(())
+    }
+
+    fn file_err(&self, path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::ValueFile {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Writes `stored` to a new value file of `data_id` and makes it
+    /// durable (the file and its directory fsynced) before anything names it.
+    fn write_value_file(&self, data_id: &str, stored: &[u8]) -> Result<FileRef, StoreError> {
+        use std::io::Write;
+        let hash = blake3::hash(data_id.as_bytes()).to_hex();
+        let name = format!(
+            "{}/{}-{:016x}",
+            &hash[..2],
+            &hash[..32],
+            rand::random::<u64>()
+        );
+        let path = self.values_dir.join(&name);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(stored)?;
+                f.sync_all()
+            });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&path);
+            return Err(self.file_err(&path, e));
+        }
+        let dir = path.parent().expect("a value file is in a subdirectory");
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.file_err(dir, e))?;
+        Ok(FileRef {
+            len: stored.len() as u64,
+            name,
+        })
+    }
+
+    /// The stored value in a value file, checked against its length.
+    fn read_value_file(&self, r: &FileRef) -> std::io::Result<Vec<u8>> {
+        let data = std::fs::read(self.values_dir.join(&r.name))?;
+        if data.len() as u64 != r.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} bytes, its entry says {}", data.len(), r.len),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Where a write's stored value goes: `None` for a tombstone.
+    fn place(&self, data_id: &str, stored: Option<Vec<u8>>) -> Result<Placed, StoreError> {
+        Ok(match stored {
+            None => Placed::Nothing,
+            Some(v) if v.len() >= FILE_VALUE_BYTES => {
+                let file = self.write_value_file(data_id, &v)?;
+                let encoded = file.encode();
+                Placed::File { file, encoded }
+            }
+            Some(v) => Placed::Inline(v),
+        })
+    }
+
+    /// After a write's transaction: a value file written for it but not
+    /// named (the write was stale or failed) is removed now; the one it
+    /// replaced is removed after the next successful flush, once the entry
+    /// naming its successor is durable.
+    fn settle_files(&self, placed: &Placed, named: bool, replaced: Option<FileRef>) {
+        if let Placed::File { file, .. } = placed {
+            if named {
+                self.file_bytes.fetch_add(file.len, Ordering::Relaxed);
+            } else {
+                self.remove_value_file(file);
+            }
+        }
+        if let Some(r) = replaced {
+            self.file_bytes.fetch_sub(r.len, Ordering::Relaxed);
+            let mut q = self.pending_removals.lock().expect("removal queue lock");
+            if q.len() >= MAX_PENDING_REMOVALS {
+                self.removals_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(file = %r.name, "value-file removal queue full; the next open's sweep removes it");
+            } else {
+                q.push(r);
+            }
+        }
+    }
+
+    fn remove_value_file(&self, r: &FileRef) {
+        match std::fs::remove_file(self.values_dir.join(&r.name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %r.name, error = %e, "could not remove a superseded value file; the next open's sweep removes it")
+            }
+        }
+    }
+
+    /// Bytes of the value files entries name (besides sled's own files).
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Superseded value files left for the next open's sweep because the
+    /// removal queue was full.
+    pub fn removals_dropped(&self) -> u64 {
+        self.removals_dropped.load(Ordering::Relaxed)
     }
 
     /// Blob files (values sled keeps outside its log) fsynced by flushes
@@ -316,7 +579,7 @@ impl SledObjects {
 
     /// The object's bytes from its stored value, checked against the
     /// metadata's size and blake3.
-    fn open_value(&self, meta: &ObjectMeta, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+    fn open_value(&self, meta: &ObjectMeta, stored: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let data_id = meta.data_id.as_str();
         let data = match self
             .keyring
@@ -363,6 +626,22 @@ impl SledObjects {
         if meta.tombstone {
             return Ok(None);
         }
+        if let Some(r) = self.files.get(&key).map_err(|e| self.err(e))? {
+            let Some(r) = FileRef::decode(&r) else {
+                return Ok(None);
+            };
+            // Only the head of the file: its format byte and key id.
+            use std::io::Read;
+            let path = self.values_dir.join(&r.name);
+            let mut head = Vec::with_capacity(sealing::KIND_HEAD_BYTES);
+            std::fs::File::open(&path)
+                .and_then(|f| {
+                    f.take(sealing::KIND_HEAD_BYTES as u64)
+                        .read_to_end(&mut head)
+                })
+                .map_err(|e| self.file_err(&path, e))?;
+            return Ok(sealing::kind_of_head(r.len, &head, meta.size_bytes));
+        }
         let stored = self.data.get(&key).map_err(|e| self.err(e))?;
         Ok(stored.and_then(|v| sealing::kind_of(&v, meta.size_bytes)))
     }
@@ -389,15 +668,26 @@ impl SledObjects {
         }
         let key = object_key(data_id);
         let sealed = self.keyring.seal(data_id, &meta.version, &data);
-        let res = (&self.meta, &self.data).transaction(|(m, d)| {
+        drop(data);
+        let placed = self.place(data_id, Some(sealed))?;
+        let res = (&self.meta, &self.data, &self.files).transaction(|(m, d, f)| {
             let now = m.get(&key)?.and_then(|v| decode_meta(&v));
             if now.as_ref().map(|n| n.version) != Some(meta.version) {
-                return Ok(Resealed::Superseded);
+                return Ok((Resealed::Superseded, None));
             }
-            d.insert(key.as_slice(), sealed.as_slice())?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(Resealed::Rewritten)
+            let replaced = put_value(d, f, &key, &placed)?;
+            Ok::<_, ConflictableTransactionError<StoreError>>((Resealed::Rewritten, replaced))
         });
-        res.map_err(|e| self.tx_err(e))
+        match res {
+            Ok((r, replaced)) => {
+                self.settle_files(&placed, r == Resealed::Rewritten, replaced);
+                Ok(r)
+            }
+            Err(e) => {
+                self.settle_files(&placed, false, None);
+                Err(self.tx_err(e))
+            }
+        }
     }
 
     /// Up to `limit` data ids after `after` (exclusive; `None`: from the
@@ -583,34 +873,52 @@ impl SledObjects {
         let encoded = encode(meta);
         let new_hash = entry_hash(&meta.data_id, &meta.version);
         let stored = if meta.tombstone {
-            Vec::new()
+            None
         } else if torn {
-            torn_payload(&self.keyring.seal(&meta.data_id, &meta.version, data))
+            Some(torn_payload(&self.keyring.seal(
+                &meta.data_id,
+                &meta.version,
+                data,
+            )))
         } else {
-            self.keyring.seal(&meta.data_id, &meta.version, data)
+            Some(self.keyring.seal(&meta.data_id, &meta.version, data))
         };
-        let trees = (&self.meta, &self.data, &self.digests, &self.factor_digests);
-        let res = trees.transaction(|(m, d, w, g)| {
+        let placed = self.place(&meta.data_id, stored)?;
+        let trees = (
+            &self.meta,
+            &self.data,
+            &self.digests,
+            &self.factor_digests,
+            &self.files,
+        );
+        let res = trees.transaction(|(m, d, w, g, f)| {
             let old = m.get(&key)?.and_then(|v| decode_meta(&v));
             if let Some(old) = &old {
                 if old.version >= meta.version {
-                    return Ok((Applied::Stale, None));
+                    return Ok((Applied::Stale, None, None));
                 }
             }
             m.insert(key.as_slice(), encoded.as_slice())?;
-            if meta.tombstone {
-                d.remove(key.as_slice())?;
-            } else {
-                d.insert(key.as_slice(), stored.as_slice())?;
-            }
+            let replaced = put_value(d, f, &key, &placed)?;
             if let Some(old) = &old {
                 let old_hash = entry_hash(&old.data_id, &old.version);
                 xor_entry(w, g, partition, old.replication_factor, &old_hash)?;
             }
             xor_entry(w, g, partition, meta.replication_factor, &new_hash)?;
-            Ok::<_, ConflictableTransactionError<StoreError>>((Applied::Stored, Some(old)))
+            Ok::<_, ConflictableTransactionError<StoreError>>((
+                Applied::Stored,
+                Some(old),
+                replaced,
+            ))
         });
-        let (applied, old) = res.map_err(|e| self.tx_err(e))?;
+        let (applied, old, replaced) = match res {
+            Ok(r) => r,
+            Err(e) => {
+                self.settle_files(&placed, false, None);
+                return Err(self.tx_err(e));
+            }
+        };
+        self.settle_files(&placed, applied == Applied::Stored, replaced);
         if applied == Applied::Stored {
             let old = old.flatten();
             let (was_live, old_bytes) = match &old {
@@ -653,28 +961,57 @@ impl ObjectStore for SledObjects {
 
     fn get(&self, data_id: &str) -> Result<Option<(ObjectMeta, Vec<u8>)>, StoreError> {
         let key = object_key(data_id);
-        // Metadata and bytes from one transaction: a concurrent write must
-        // not pair new metadata with old bytes (a false "corrupt").
-        let res = (&self.meta, &self.data).transaction(|(m, d)| {
-            let meta = m.get(&key)?;
-            let data = match &meta {
-                Some(_) => d.get(&key)?,
-                None => None,
-            };
-            Ok::<_, ConflictableTransactionError<StoreError>>((meta, data))
-        });
-        let (meta, data) = res.map_err(|e| self.tx_err(e))?;
-        let Some(meta) = meta else { return Ok(None) };
-        let meta = decode_meta(&meta).ok_or_else(|| StoreError::Corrupt {
+        let corrupt = || StoreError::Corrupt {
             path: self.path.clone(),
             key: data_id.to_string(),
-        })?;
-        if meta.tombstone {
-            return Ok(Some((meta, Vec::new())));
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Metadata and value (or its file's name) from one transaction:
+            // a concurrent write must not pair new metadata with old bytes
+            // (a false "corrupt").
+            let res = (&self.meta, &self.data, &self.files).transaction(|(m, d, f)| {
+                let meta = m.get(&key)?;
+                let (data, file) = match &meta {
+                    Some(_) => (d.get(&key)?, f.get(&key)?),
+                    None => (None, None),
+                };
+                Ok::<_, ConflictableTransactionError<StoreError>>((meta, data, file))
+            });
+            let (meta, data, file) = res.map_err(|e| self.tx_err(e))?;
+            let Some(meta) = meta else { return Ok(None) };
+            let meta = decode_meta(&meta).ok_or_else(corrupt)?;
+            if meta.tombstone {
+                return Ok(Some((meta, Vec::new())));
+            }
+            let stored = match file {
+                None => data.map(|d| d.to_vec()).unwrap_or_default(),
+                Some(r) => {
+                    let Some(r) = FileRef::decode(&r) else {
+                        tracing::error!(data_id, "malformed value-file entry; not served");
+                        return Err(corrupt());
+                    };
+                    match self.read_value_file(&r) {
+                        Ok(v) => v,
+                        // A concurrent overwrite replaced the file and a
+                        // flush removed it: read the new entry.
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::NotFound
+                                && attempt < READ_ATTEMPTS =>
+                        {
+                            continue
+                        }
+                        Err(e) => {
+                            tracing::error!(data_id, file = %r.name, error = %e, "value file unreadable; not served");
+                            return Err(corrupt());
+                        }
+                    }
+                }
+            };
+            let data = self.open_value(&meta, stored)?;
+            return Ok(Some((meta, data)));
         }
-        let stored = data.map(|d| d.to_vec()).unwrap_or_default();
-        let data = self.open_value(&meta, &stored)?;
-        Ok(Some((meta, data)))
     }
 
     fn meta(&self, data_id: &str) -> Result<Option<ObjectMeta>, StoreError> {
@@ -699,21 +1036,28 @@ impl ObjectStore for SledObjects {
         }
         let key = object_key(data_id);
         let partition = partition_of(data_id);
-        let trees = (&self.meta, &self.data, &self.digests, &self.factor_digests);
-        let res = trees.transaction(|(m, d, w, g)| {
+        let trees = (
+            &self.meta,
+            &self.data,
+            &self.digests,
+            &self.factor_digests,
+            &self.files,
+        );
+        let res = trees.transaction(|(m, d, w, g, f)| {
             let Some(old) = m.get(&key)?.and_then(|v| decode_meta(&v)) else {
-                return Ok(None);
+                return Ok((None, None));
             };
             if old.version != version {
-                return Ok(None);
+                return Ok((None, None));
             }
             m.remove(key.as_slice())?;
-            d.remove(key.as_slice())?;
+            let replaced = put_value(d, f, &key, &Placed::Nothing)?;
             let old_hash = entry_hash(&old.data_id, &old.version);
             xor_entry(w, g, partition, old.replication_factor, &old_hash)?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(Some(old))
+            Ok::<_, ConflictableTransactionError<StoreError>>((Some(old), replaced))
         });
-        let old = res.map_err(|e| self.tx_err(e))?;
+        let (old, replaced) = res.map_err(|e| self.tx_err(e))?;
+        self.settle_files(&Placed::Nothing, true, replaced);
         if let Some(o) = &old {
             if !o.tombstone {
                 self.live_objects.fetch_sub(1, Ordering::Relaxed);
@@ -809,8 +1153,34 @@ impl ObjectStore for SledObjects {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.err(e))?;
-        self.sync_new_blobs()
+        // Taken before the flush: every file queued so far was replaced by
+        // a write this flush makes durable.
+        let superseded =
+            std::mem::take(&mut *self.pending_removals.lock().expect("removal queue lock"));
+        let res = self
+            .db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+            .and_then(|()| self.sync_new_blobs());
+        if res.is_ok() {
+            for r in &superseded {
+                self.remove_value_file(r);
+            }
+        } else {
+            // Not durable: their successors may yet be lost; keep them.
+            let mut q = self.pending_removals.lock().expect("removal queue lock");
+            let mut back = superseded;
+            back.append(&mut q);
+            let over = back.len().saturating_sub(MAX_PENDING_REMOVALS);
+            if over > 0 {
+                self.removals_dropped
+                    .fetch_add(over as u64, Ordering::Relaxed);
+                back.truncate(MAX_PENDING_REMOVALS);
+            }
+            *q = back;
+        }
+        res
     }
 }
 
@@ -1218,33 +1588,168 @@ mod tests {
         assert!(s.factor_digests.contains_key(FACTOR_DIGESTS_BUILT).unwrap());
     }
 
+    /// Names of the value files on disk (`hh/name`).
+    fn value_files(s: &SledObjects) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in std::fs::read_dir(&s.values_dir).unwrap() {
+            let sub = sub.unwrap();
+            for f in std::fs::read_dir(sub.path()).unwrap() {
+                let f = f.unwrap();
+                out.push(format!(
+                    "{}/{}",
+                    sub.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn big(seed: u64, len: u32) -> Vec<u8> {
+        (0..len).map(|j| (j as u64 * 7 + seed) as u8).collect()
+    }
+
     #[test]
     fn large_values_overwritten_and_flushed() {
-        // Values over sled's blob threshold live in blob files that sled
-        // never fsyncs and removes when superseded; a flush must fsync the
-        // new ones and cope with the vanished ones.
         let (_d, s) = open();
-        // Small values stay in sled's log: no blob file to fsync.
+        // Small values stay in sled: no value file.
         for i in 0..20u64 {
             let data = vec![i as u8; 1024];
             s.apply(&meta(&format!("small{i}"), &data, 100 + i), &data)
                 .unwrap();
         }
         s.flush().unwrap();
-        assert_eq!(s.blob_files_fsynced(), 0, "small values fsync no blob");
-        for i in 0..20u64 {
-            let data: Vec<u8> = (0..300_000u32).map(|j| (j as u64 * 7 + i) as u8).collect();
-            let m = meta("big", &data, 100 + i);
-            assert_eq!(s.apply(&m, &data).unwrap(), Applied::Stored);
-            let before = s.blob_files_fsynced();
-            s.flush().unwrap();
-            assert!(
-                s.blob_files_fsynced() > before,
-                "flush {i} after a 300 KB write fsynced no blob file"
+        assert!(value_files(&s).is_empty(), "small values need no file");
+        assert_eq!(s.file_bytes(), 0);
+        let len = FILE_VALUE_BYTES as u32 * 4;
+        for i in 0..5u64 {
+            let data = big(i, len);
+            assert_eq!(
+                s.apply(&meta("big", &data, 100 + i), &data).unwrap(),
+                Applied::Stored
             );
             assert_eq!(s.get("big").unwrap().unwrap().1, data);
+            // The superseded file stays until the flush that makes its
+            // successor's entry durable.
+            assert_eq!(value_files(&s).len(), if i == 0 { 1 } else { 2 });
+            s.flush().unwrap();
+            assert_eq!(value_files(&s).len(), 1, "after flush {i}");
+            assert_eq!(s.file_bytes(), len as u64);
         }
-        assert!(std::path::Path::new(&s.path).join("blobs").exists());
+        // A stale write's file is removed at once; nothing changes.
+        let old = big(99, len);
+        assert_eq!(
+            s.apply(&meta("big", &old, 50), &old).unwrap(),
+            Applied::Stale
+        );
+        assert_eq!(value_files(&s).len(), 1);
+        assert_eq!(s.get("big").unwrap().unwrap().1, big(4, len));
+        // A small overwrite moves the value back into sled.
+        let small = b"now small".to_vec();
+        s.apply(&meta("big", &small, 200), &small).unwrap();
+        s.flush().unwrap();
+        assert!(value_files(&s).is_empty());
+        assert_eq!(s.get("big").unwrap().unwrap().1, small);
+        // A tombstone and a removal take their files too.
+        let data = big(7, len);
+        s.apply(&meta("gone", &data, 10), &data).unwrap();
+        s.apply(&meta("removed", &data, 10), &data).unwrap();
+        s.flush().unwrap();
+        assert_eq!(value_files(&s).len(), 2);
+        let mut t = meta("gone", b"", 11);
+        t.tombstone = true;
+        s.apply(&t, b"").unwrap();
+        assert!(s
+            .remove_if("removed", meta("removed", &data, 10).version)
+            .unwrap());
+        s.flush().unwrap();
+        assert!(value_files(&s).is_empty());
+        assert_eq!(s.file_bytes(), 0);
+        assert!(s.get("gone").unwrap().unwrap().0.tombstone);
+        assert!(s.get("removed").unwrap().is_none());
+        assert_eq!(s.removals_dropped(), 0);
+    }
+
+    #[test]
+    fn the_open_sweeps_unreferenced_value_files_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = big(3, FILE_VALUE_BYTES as u32 + 1);
+        let kept = {
+            let s = open_at(dir.path(), Keyring::none());
+            s.apply(&meta("kept", &data, 10), &data).unwrap();
+            s.flush().unwrap();
+            let kept = value_files(&s);
+            assert_eq!(kept.len(), 1);
+            // What a crash between a file's write and its transaction leaves.
+            let stray = s
+                .values_dir
+                .join(format!("ab/ab{}-{:016x}", "0".repeat(30), 7));
+            std::fs::write(&stray, b"never named").unwrap();
+            assert_eq!(value_files(&s).len(), 2);
+            kept
+        };
+        let s = open_at(dir.path(), Keyring::none());
+        assert_eq!(value_files(&s), kept, "only the stray file is swept");
+        assert_eq!(s.get("kept").unwrap().unwrap().1, data);
+        assert_eq!(s.file_bytes(), data.len() as u64);
+    }
+
+    #[test]
+    fn a_missing_or_damaged_value_file_is_a_bad_replica() {
+        let (_d, s) = open();
+        for id in ["missing", "damaged", "short"] {
+            let data = big(1, FILE_VALUE_BYTES as u32 * 2);
+            s.apply(&meta(id, &data, 10), &data).unwrap();
+        }
+        s.flush().unwrap();
+        let path_of = |id: &str| {
+            let r = s.files.get(object_key(id)).unwrap().unwrap();
+            s.values_dir.join(FileRef::decode(&r).unwrap().name)
+        };
+        std::fs::remove_file(path_of("missing")).unwrap();
+        let mut bytes = std::fs::read(path_of("damaged")).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(path_of("damaged"), &bytes).unwrap();
+        bytes.truncate(1000);
+        std::fs::write(path_of("short"), &bytes).unwrap();
+        for id in ["missing", "damaged", "short"] {
+            match s.get(id) {
+                Err(e) => assert!(e.is_bad_replica(), "{id}: {e}"),
+                Ok(v) => panic!("{id}: served {:?}", v.map(|v| v.1.len())),
+            }
+            assert!(s.meta(id).unwrap().is_some(), "{id}: metadata kept");
+        }
+    }
+
+    #[test]
+    fn file_refs_outside_the_values_dir_are_refused() {
+        let with = |name: &str| {
+            let mut b = 10u64.to_be_bytes().to_vec();
+            b.extend_from_slice(name.as_bytes());
+            b
+        };
+        let good = format!("ab/ab{}-{}", "0".repeat(30), "1".repeat(16));
+        assert!(FileRef::decode(&with(&good)).is_some());
+        for bad in [
+            "../../../../etc/passwd".to_string(),
+            format!("/b/ab{}-{}", "0".repeat(30), "1".repeat(16)),
+            format!("cd/ab{}-{}", "0".repeat(30), "1".repeat(16)),
+            format!("ab/ab{}-{}", "0".repeat(30), "../../../../../x"),
+            format!("AB/AB{}-{}", "0".repeat(30), "1".repeat(16)),
+            good[..51].to_string(),
+        ] {
+            assert_eq!(FileRef::decode(&with(&bad)), None, "{bad}");
+        }
+        assert_eq!(FileRef::decode(b"short"), None);
+        // An entry naming a file outside values/ is never followed.
+        let (_d, s) = open();
+        let data = big(1, FILE_VALUE_BYTES as u32);
+        s.apply(&meta("x", &data, 10), &data).unwrap();
+        s.files
+            .insert(object_key("x"), with("../../../../etc/passwd"))
+            .unwrap();
+        assert!(matches!(s.get("x"), Err(StoreError::Corrupt { .. })));
     }
 
     fn key(b: u8) -> plexi_util::secret::SecretKey {
@@ -1344,8 +1849,14 @@ mod tests {
 
     #[test]
     fn plaintext_store_then_key_added_then_rotated() {
+        // A value kept in sled and one kept in a value file.
+        key_added_then_rotated(1000);
+        key_added_then_rotated(FILE_VALUE_BYTES as u32 * 2);
+    }
+
+    fn key_added_then_rotated(len: u32) {
         let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
         {
             let s = open_at(dir.path(), Keyring::none());
             s.apply(&meta("old", &data, 10), &data).unwrap();

@@ -18,7 +18,8 @@
 //! ciphertext moved to another object or version fails to open. The nonce
 //! is random per write (24 bytes: collisions are negligible).
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::Tag;
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use plexi_util::hlc::Version;
 use plexi_util::secret::SecretKey;
@@ -199,44 +200,49 @@ impl Keyring {
         header[1..1 + KEY_ID_BYTES].copy_from_slice(&cur.id.0);
         header[1 + KEY_ID_BYTES..].copy_from_slice(&nonce);
         let aad = associated_data(&header, data_id, version);
-        let ct = cur
-            .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: data,
-                    aad: &aad,
-                },
-            )
-            .expect("XChaCha20-Poly1305 encrypts any message that fits in memory");
-        let mut out = Vec::with_capacity(HEADER_BYTES + ct.len());
+        // One buffer, encrypted in place: the object's bytes are copied once.
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD + data.len());
         out.extend_from_slice(&header);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(data);
+        let tag = cur
+            .cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, &mut out[HEADER_BYTES..])
+            .expect("XChaCha20-Poly1305 encrypts any message that fits in memory");
+        out.extend_from_slice(&tag);
         out
     }
 
-    /// The object's bytes from its stored value (`size` from its metadata).
-    /// The caller still checks them against the checksum.
+    /// The object's bytes from its stored value (`size` from its metadata),
+    /// opened in the value's own buffer. The caller still checks them
+    /// against the checksum.
     pub fn open(
         &self,
         data_id: &str,
         version: &Version,
         size: u64,
-        stored: &[u8],
+        mut stored: Vec<u8>,
     ) -> Result<Vec<u8>, OpenError> {
-        match kind_of(stored, size).ok_or(OpenError::Invalid)? {
-            ValueKind::Plain => Ok(stored.to_vec()),
+        match kind_of(&stored, size).ok_or(OpenError::Invalid)? {
+            ValueKind::Plain => Ok(stored),
             ValueKind::Sealed(id) => {
                 let entry = self.entry(id).ok_or(OpenError::UnknownKey(id))?;
-                let (header, ct) = stored.split_at(HEADER_BYTES);
-                let aad = associated_data(header, data_id, version);
+                let mut header = [0u8; HEADER_BYTES];
+                header.copy_from_slice(&stored[..HEADER_BYTES]);
+                let aad = associated_data(&header, data_id, version);
+                let tag = Tag::clone_from_slice(&stored[stored.len() - TAG_BYTES..]);
+                let end = stored.len() - TAG_BYTES;
                 entry
                     .cipher
-                    .decrypt(
+                    .decrypt_in_place_detached(
                         XNonce::from_slice(&header[1 + KEY_ID_BYTES..]),
-                        Payload { msg: ct, aad: &aad },
+                        &aad,
+                        &mut stored[HEADER_BYTES..end],
+                        &tag,
                     )
-                    .map_err(|_| OpenError::Invalid)
+                    .map_err(|_| OpenError::Invalid)?;
+                stored.truncate(end);
+                stored.drain(..HEADER_BYTES);
+                Ok(stored)
             }
         }
     }
@@ -245,17 +251,29 @@ impl Keyring {
 /// How `stored` is kept, for an object of `size` bytes; `None` if it is
 /// neither a plain nor a sealed value of that size.
 pub fn kind_of(stored: &[u8], size: u64) -> Option<ValueKind> {
-    let len = stored.len() as u64;
+    kind_of_head(stored.len() as u64, stored, size)
+}
+
+/// [`kind_of`] from a stored value's length and its first bytes (at least
+/// [`KIND_HEAD_BYTES`] of them, or all of a shorter value): what a value
+/// kept in a file needs read of it.
+pub fn kind_of_head(len: u64, head: &[u8], size: u64) -> Option<ValueKind> {
     if len == size {
         return Some(ValueKind::Plain);
     }
-    if len == size.checked_add(SEAL_OVERHEAD as u64)? && stored[0] == FORMAT_SEALED_V1 {
+    if len == size.checked_add(SEAL_OVERHEAD as u64)?
+        && head.len() >= KIND_HEAD_BYTES
+        && head[0] == FORMAT_SEALED_V1
+    {
         let mut id = [0u8; KEY_ID_BYTES];
-        id.copy_from_slice(&stored[1..1 + KEY_ID_BYTES]);
+        id.copy_from_slice(&head[1..1 + KEY_ID_BYTES]);
         return Some(ValueKind::Sealed(KeyId(id)));
     }
     None
 }
+
+/// The bytes of a stored value that tell its kind: format byte and key id.
+pub const KIND_HEAD_BYTES: usize = 1 + KEY_ID_BYTES;
 
 /// header ++ data id length (u32 BE) ++ data id ++ version.
 fn associated_data(header: &[u8], data_id: &str, v: &Version) -> Vec<u8> {
@@ -298,7 +316,7 @@ mod tests {
             Some(ValueKind::Sealed(KeyId::of(&key(1))))
         );
         assert_eq!(
-            ring.open("obj", &v(10), data.len() as u64, &sealed)
+            ring.open("obj", &v(10), data.len() as u64, sealed.clone())
                 .unwrap(),
             data
         );
@@ -318,12 +336,12 @@ mod tests {
         let a = Keyring::new(Some(key(1)), vec![]);
         let b = Keyring::new(Some(key(2)), vec![]);
         let sealed = a.seal("obj", &v(1), b"bytes");
-        let e = b.open("obj", &v(1), 5, &sealed).unwrap_err();
+        let e = b.open("obj", &v(1), 5, sealed.clone()).unwrap_err();
         assert_eq!(e, OpenError::UnknownKey(KeyId::of(&key(1))));
         assert!(e.to_string().contains(&key(1).fingerprint()));
         // A node without any key cannot open it either.
         assert!(matches!(
-            Keyring::none().open("obj", &v(1), 5, &sealed),
+            Keyring::none().open("obj", &v(1), 5, sealed.clone()),
             Err(OpenError::UnknownKey(_))
         ));
     }
@@ -333,14 +351,17 @@ mod tests {
         let ring = Keyring::new(Some(key(1)), vec![]);
         let sealed = ring.seal("obj", &v(1), b"bytes");
         assert_eq!(
-            ring.open("other", &v(1), 5, &sealed),
+            ring.open("other", &v(1), 5, sealed.clone()),
             Err(OpenError::Invalid)
         );
-        assert_eq!(ring.open("obj", &v(2), 5, &sealed), Err(OpenError::Invalid));
+        assert_eq!(
+            ring.open("obj", &v(2), 5, sealed.clone()),
+            Err(OpenError::Invalid)
+        );
         let mut later = v(1);
         later.logical = 1;
         assert_eq!(
-            ring.open("obj", &later, 5, &sealed),
+            ring.open("obj", &later, 5, sealed.clone()),
             Err(OpenError::Invalid)
         );
     }
@@ -352,15 +373,21 @@ mod tests {
         for i in [HEADER_BYTES, sealed.len() - 1, 1 + KEY_ID_BYTES + 3] {
             let mut t = sealed.clone();
             t[i] ^= 1;
-            assert_eq!(ring.open("obj", &v(1), 10, &t), Err(OpenError::Invalid));
+            assert_eq!(
+                ring.open("obj", &v(1), 10, t.clone()),
+                Err(OpenError::Invalid)
+            );
         }
         // A key id rewritten to another key this node holds: still refused.
         let mut t = sealed.clone();
         t[1..1 + KEY_ID_BYTES].copy_from_slice(&KeyId::of(&key(2)).0);
-        assert_eq!(ring.open("obj", &v(1), 10, &t), Err(OpenError::Invalid));
+        assert_eq!(
+            ring.open("obj", &v(1), 10, t.clone()),
+            Err(OpenError::Invalid)
+        );
         // Wrong length for the object: neither plain nor sealed.
         assert_eq!(
-            ring.open("obj", &v(1), 10, &sealed[..sealed.len() - 1]),
+            ring.open("obj", &v(1), 10, sealed[..sealed.len() - 1].to_vec()),
             Err(OpenError::Invalid)
         );
     }
@@ -371,7 +398,10 @@ mod tests {
         let sealed_old = old.seal("obj", &v(1), b"old");
         let new = Keyring::new(Some(key(2)), vec![key(1)]);
         assert_eq!(new.current_id(), Some(KeyId::of(&key(2))));
-        assert_eq!(new.open("obj", &v(1), 3, &sealed_old).unwrap(), b"old");
+        assert_eq!(
+            new.open("obj", &v(1), 3, sealed_old.clone()).unwrap(),
+            b"old"
+        );
         let sealed_new = new.seal("obj", &v(2), b"new");
         assert_eq!(
             kind_of(&sealed_new, 3),
@@ -380,7 +410,7 @@ mod tests {
         // Without the retired key the old value is refused by id.
         let only_new = Keyring::new(Some(key(2)), vec![]);
         assert_eq!(
-            only_new.open("obj", &v(1), 3, &sealed_old),
+            only_new.open("obj", &v(1), 3, sealed_old.clone()),
             Err(OpenError::UnknownKey(KeyId::of(&key(1))))
         );
         assert_eq!(new.keys(), vec![key(2), key(1)]);
@@ -395,7 +425,10 @@ mod tests {
         let none = Keyring::none();
         assert_eq!(none.seal("obj", &v(1), b"plain"), b"plain");
         let with_key = Keyring::new(Some(key(1)), vec![]);
-        assert_eq!(with_key.open("obj", &v(1), 5, b"plain").unwrap(), b"plain");
+        assert_eq!(
+            with_key.open("obj", &v(1), 5, b"plain".to_vec()).unwrap(),
+            b"plain"
+        );
         assert_eq!(kind_of(b"", 0), Some(ValueKind::Plain));
     }
 
@@ -414,7 +447,7 @@ mod tests {
             let stored = ring.seal(&id, &version, &data);
             let kind = kind_of(&stored, data.len() as u64).unwrap();
             prop_assert_eq!(kind, if sealed { ValueKind::Sealed(KeyId::of(&key(9))) } else { ValueKind::Plain });
-            prop_assert_eq!(ring.open(&id, &version, data.len() as u64, &stored).unwrap(), data);
+            prop_assert_eq!(ring.open(&id, &version, data.len() as u64, stored.clone()).unwrap(), data);
         }
 
         #[test]
@@ -423,7 +456,7 @@ mod tests {
             size in 0u64..300,
         ) {
             let ring = Keyring::new(Some(key(9)), vec![]);
-            let _ = ring.open("x", &v(1), size, &stored);
+            let _ = ring.open("x", &v(1), size, stored.clone());
             let _ = kind_of(&stored, size);
             let _ = kind_of(&stored, u64::MAX);
         }
