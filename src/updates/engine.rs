@@ -57,6 +57,26 @@ const PRE_CHECK_RETRY: Duration = Duration::from_secs(2);
 const PRE_CHECK_SYNC_LIMIT: Duration = Duration::from_secs(30);
 /// How often a pre-check sync looks whether its peer is still alive.
 const PRE_CHECK_PEER_POLL: Duration = Duration::from_millis(250);
+/// Bound on operations whose release this node remembers prefetching.
+const MAX_PREFETCHED: usize = 16;
+/// A failed prefetch is tried again after this long (the node's turn
+/// fetches for itself anyway).
+const PREFETCH_RETRY: Duration = Duration::from_secs(10);
+
+/// This worker's prefetch of one operation's target release (see
+/// [`Engine::prefetch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Prefetch {
+    Running,
+    /// Fetched, verified and installed by this worker.
+    Installed {
+        version: String,
+        blake3: String,
+    },
+    Failed {
+        at: Instant,
+    },
+}
 /// Free space the pre-check asks for, in copies of the store: the backup's
 /// snapshot, and a restore's staged copy should the update roll back (chaos
 /// seed 3: a rollback's restore ran out of space on a disk the backup had
@@ -269,6 +289,12 @@ pub struct Engine {
     pub metrics: UpdateMetrics,
     busy: AtomicBool,
     actor: String,
+    /// Operation id → this worker's prefetch of its release (bounded by
+    /// [`MAX_PREFETCHED`]).
+    prefetched: std::sync::Mutex<std::collections::HashMap<String, Prefetch>>,
+    /// Held while a release is fetched and installed (a prefetch and the
+    /// node's own turn never install at once).
+    installing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -318,6 +344,8 @@ impl Engine {
             metrics,
             busy: AtomicBool::new(false),
             actor,
+            prefetched: Default::default(),
+            installing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -454,16 +482,96 @@ impl Engine {
                     .await;
                     self.metrics.outcome(NodeUpdateStatus::RolledBack);
                 }
-            } else if rec.update_turn(me.as_str(), now)
-                && mine
-                    .as_ref()
-                    .is_some_and(|p| p.status == NodeUpdateStatus::Pending)
-                && (rec.plan.strategy != UpdateStrategy::Parallel
-                    || self.state.maintenance().active(now))
+            } else if mine
+                .as_ref()
+                .is_some_and(|p| p.status == NodeUpdateStatus::Pending)
             {
-                self.run_exclusive(id, false);
+                if rec.update_turn(me.as_str(), now)
+                    && (rec.plan.strategy != UpdateStrategy::Parallel
+                        || self.state.maintenance().active(now))
+                {
+                    self.run_exclusive(id, false);
+                } else if rec.halted.is_none() {
+                    self.prefetch(&rec);
+                }
             }
         }
+    }
+
+    /// Fetches, verifies and installs the operation's target release in the
+    /// background while this node waits for its turn, so that the turn
+    /// only switches (only the first node fetches during its own turn).
+    /// Once per operation; a failure is retried after [`PREFETCH_RETRY`].
+    /// Never for an operation halted or rolling back (the caller checks).
+    fn prefetch(self: &Arc<Self>, rec: &OpRecord) {
+        let id = rec.plan.operation_id.clone();
+        {
+            let mut table = self.prefetched.lock().expect("prefetch table lock");
+            match table.get(&id) {
+                Some(Prefetch::Running | Prefetch::Installed { .. }) => return,
+                Some(Prefetch::Failed { at }) if at.elapsed() < PREFETCH_RETRY => return,
+                _ => {}
+            }
+            if table.len() >= MAX_PREFETCHED && !table.contains_key(&id) {
+                let now = wall_ms();
+                table.retain(|k, _| self.state.get(k).is_some_and(|r| !r.is_final(now)));
+                if table.len() >= MAX_PREFETCHED {
+                    return;
+                }
+            }
+            table.insert(id.clone(), Prefetch::Running);
+        }
+        let (e, plan) = (self.clone(), rec.plan.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let res = match plan.target_version.parse::<semver::Version>() {
+                Ok(v) => {
+                    let _installing = e.installing.lock().await;
+                    e.fetch_and_install(&v, &plan.target_blake3).await
+                }
+                Err(err) => Err(StepError(err.to_string())),
+            };
+            let next = match res {
+                Ok(()) => {
+                    tracing::info!(operation_id = %id, version = %plan.target_version, elapsed_ms = started.elapsed().as_millis() as u64, "target release prefetched: fetched, verified and installed ahead of this node's turn");
+                    Prefetch::Installed {
+                        version: plan.target_version.clone(),
+                        blake3: plan.target_blake3.clone(),
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(operation_id = %id, version = %plan.target_version, error = %err.0, "prefetch of the target release failed; the node's turn fetches it");
+                    Prefetch::Failed { at: Instant::now() }
+                }
+            };
+            e.prefetched
+                .lock()
+                .expect("prefetch table lock")
+                .insert(id, next);
+        });
+    }
+
+    /// True when this worker's prefetch installed exactly this release.
+    fn prefetched_install(&self, id: &str, version: &semver::Version, blake3: &str) -> bool {
+        let table = self.prefetched.lock().expect("prefetch table lock");
+        matches!(table.get(id), Some(Prefetch::Installed { version: v, blake3: b })
+            if *v == version.to_string() && b == blake3)
+    }
+
+    /// Fetches and verifies a release, then installs it (the caller holds
+    /// `installing`).
+    async fn fetch_and_install(
+        &self,
+        version: &semver::Version,
+        blake3: &str,
+    ) -> Result<(), StepError> {
+        let bytes = self.fetch_verified(version, blake3).await?;
+        let data_dir = self.data_dir.clone();
+        let v = version.to_string();
+        tokio::task::spawn_blocking(move || switch::install_release(&data_dir, &v, &bytes))
+            .await
+            .map_err(|e| StepError(e.to_string()))??;
+        Ok(())
     }
 
     fn run_exclusive(self: &Arc<Self>, id: String, rollback: bool) {
@@ -707,25 +815,32 @@ impl Engine {
 
         self.enter_phase(id, UpdatePhase::Fetch).await;
         let target: semver::Version = plan.target_version.parse()?;
-        let bytes = match self.fetch_verified(&target, &plan.target_blake3).await {
-            Ok(b) => b,
-            Err(e) => {
-                self.audit(
-                    "release.refused",
-                    Some(id),
-                    serde_json::json!({"version": target.to_string(), "reason": e.0}),
-                )
-                .await;
-                return Err(e);
-            }
-        };
-
-        self.enter_phase(id, UpdatePhase::Install).await;
-        let data_dir = self.data_dir.clone();
-        let v = target.to_string();
-        tokio::task::spawn_blocking(move || switch::install_release(&data_dir, &v, &bytes))
-            .await
-            .map_err(|e| StepError(e.to_string()))??;
+        // A prefetch still installing finishes first.
+        let installing = self.installing.lock().await;
+        if self.prefetched_install(id, &target, &plan.target_blake3) {
+            tracing::info!(operation_id = id, version = %target, "target release already fetched, verified and installed (prefetched)");
+            self.enter_phase(id, UpdatePhase::Install).await;
+        } else {
+            let bytes = match self.fetch_verified(&target, &plan.target_blake3).await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.audit(
+                        "release.refused",
+                        Some(id),
+                        serde_json::json!({"version": target.to_string(), "reason": e.0}),
+                    )
+                    .await;
+                    return Err(e);
+                }
+            };
+            self.enter_phase(id, UpdatePhase::Install).await;
+            let data_dir = self.data_dir.clone();
+            let v = target.to_string();
+            tokio::task::spawn_blocking(move || switch::install_release(&data_dir, &v, &bytes))
+                .await
+                .map_err(|e| StepError(e.to_string()))??;
+        }
+        drop(installing);
 
         self.renew(id).await?;
         if self.halted(id) {
