@@ -328,6 +328,16 @@ fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
     eprintln!("client: {ops} operations, {failures} failed");
     assert_eq!(failures, 0, "client operations failed during the roll");
     assert!(ops > 20, "the client barely ran: {ops}");
+    // Every node but the first had the release installed ahead of its turn.
+    let prefetched = nodes
+        .iter()
+        .filter(|n| n.log().contains("installed (prefetched)"))
+        .count();
+    assert!(
+        prefetched >= nodes.len() - 1,
+        "{prefetched} of {} nodes switched to a prefetched release",
+        nodes.len()
+    );
     // Every acknowledged write is readable.
     let api = api_of(&nodes[2].dir).unwrap();
     for (key, body) in client.acked.lock().unwrap().iter() {
