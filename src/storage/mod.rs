@@ -641,20 +641,8 @@ impl Storage {
         if peer == self.local_peer {
             return self.handle_call(&self.local_peer.clone(), call).await;
         }
-        let body = encode_cbor(&call).map_err(|e| e.to_string())?;
-        // Only the encoded body is held while the call is out.
-        drop(call);
-        self.call_encoded(peer, kind, body).await
-    }
-
-    /// [`Self::call`] to another node with its body already encoded.
-    async fn call_encoded(
-        self: &Arc<Self>,
-        peer: &str,
-        kind: &'static str,
-        body: Vec<u8>,
-    ) -> Result<StoreReply, String> {
         let peer_id: PeerId = peer.parse().map_err(|_| format!("bad peer id {peer}"))?;
+        let body = encode_cbor(&call).map_err(|e| e.to_string())?;
         let started = Instant::now();
         let reply = self
             .p2p
@@ -673,7 +661,7 @@ impl Storage {
         meta: &ObjectMeta,
         data: &[u8],
     ) -> Result<bool, String> {
-        let reply = if peer == self.local_peer {
+        let reply = if data.len() <= CHUNK_BYTES || meta.tombstone {
             self.call(
                 peer,
                 StoreCall::Put {
@@ -682,10 +670,6 @@ impl Storage {
                 },
             )
             .await?
-        } else if data.len() <= CHUNK_BYTES || meta.tombstone {
-            // Encoded straight from the borrowed bytes: one copy, the body.
-            let body = encode_cbor(&wire::PutRef::Put { meta, data }).map_err(|e| e.to_string())?;
-            self.call_encoded(peer, "write", body).await?
         } else {
             let upload: u64 = rand::random();
             for (i, chunk) in data.chunks(CHUNK_BYTES).enumerate() {
@@ -933,7 +917,7 @@ impl Storage {
         });
     }
 
-    pub async fn put(self: &Arc<Self>, mut req: PutRequest) -> Result<PutResult, StorageError> {
+    pub async fn put(self: &Arc<Self>, req: PutRequest) -> Result<PutResult, StorageError> {
         let started = Instant::now();
         let rf = self.resolve_rf(req.replication_factor)?;
         let consistency = self.resolve_consistency(req.consistency);
@@ -950,9 +934,7 @@ impl Storage {
         };
         let now = wall_ms();
         let version = self.version_above(newest, now)?;
-        // The request's bytes move (no copy when the body is one buffer);
-        // the request no longer holds them.
-        let data = Arc::new(Vec::from(std::mem::take(&mut req.bytes)));
+        let data = Arc::new(req.bytes.to_vec());
         let meta = ObjectMeta {
             data_id: req.data_id.clone(),
             data_type: req.data_type.clone(),
@@ -1530,15 +1512,9 @@ impl Storage {
                         let end = start
                             .saturating_add(len.min(READ_CHUNK_BYTES) as usize)
                             .min(data.len());
-                        // The whole value moves as it is; a slice is copied.
-                        let data = if start == 0 && end == data.len() {
-                            data
-                        } else {
-                            data[start..end].to_vec()
-                        };
                         Ok(StoreReply::Read {
                             meta: Some(meta),
-                            data,
+                            data: data[start..end].to_vec(),
                         })
                     }
                     Err(e @ (StoreError::Corrupt { .. } | StoreError::UnknownKey { .. })) => {
@@ -1683,14 +1659,12 @@ fn quorum_answers(answers: &[(Member, Option<ObjectMeta>)]) -> Vec<quorum::Answe
 pub async fn serve(
     storage: &Arc<Storage>,
     from: PeerId,
-    body: Vec<u8>,
+    body: &[u8],
 ) -> Result<Vec<u8>, CallError> {
-    let call: StoreCall = decode_cbor(&body).map_err(|e| {
+    let call: StoreCall = decode_cbor(body).map_err(|e| {
         tracing::warn!(peer = %from, error = %e, "malformed store call dropped");
         CallError::malformed(e)
     })?;
-    // The frame is not held through the call (a put's flush wait).
-    drop(body);
     let reply = storage
         .handle_call(&from.to_string(), call)
         .await

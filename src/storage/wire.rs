@@ -16,18 +16,6 @@ pub const READ_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 /// Most ids in one `Metas` call.
 pub const MAX_BATCH: usize = 1024;
 
-/// [`StoreCall::Put`] from borrowed parts: encodes to the same bytes
-/// (a test pins it), so a coordinator sends an object to its replicas
-/// without first copying it into an owned call per replica.
-#[derive(Serialize)]
-pub enum PutRef<'a> {
-    Put {
-        meta: &'a ObjectMeta,
-        #[serde(with = "serde_bytes")]
-        data: &'a [u8],
-    },
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum StoreCall {
     /// Apply (last writer wins) and flush before answering.
@@ -158,43 +146,4 @@ pub enum StoreReply {
     EntriesOf(Vec<Vec<(String, Version)>>),
     /// A `FactorDigests` answer, in partition order.
     FactorDigests(Vec<FactorDigest>),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use plexi_util::types::Consistency;
-
-    #[test]
-    fn a_borrowed_put_encodes_as_the_owned_one() {
-        let data = vec![7u8; 3000];
-        let meta = ObjectMeta {
-            data_id: "k".into(),
-            data_type: "bin".into(),
-            size_bytes: data.len() as u64,
-            checksum: *blake3::hash(&data).as_bytes(),
-            version: Version {
-                physical_ms: 5,
-                logical: 1,
-                node: 9,
-            },
-            replication_factor: 3,
-            consistency_level: Consistency::Eventual,
-            created_at_ms: 5,
-            tombstone: false,
-        };
-        let borrowed = plexi_p2p::codec::encode_cbor(&PutRef::Put {
-            meta: &meta,
-            data: &data,
-        })
-        .unwrap();
-        let owned = plexi_p2p::codec::encode_cbor(&StoreCall::Put {
-            meta: meta.clone(),
-            data: data.clone(),
-        })
-        .unwrap();
-        assert_eq!(borrowed, owned);
-        let back: StoreCall = plexi_p2p::codec::decode_cbor(&borrowed).unwrap();
-        assert!(matches!(back, StoreCall::Put { meta: m, data: d } if m == meta && d == data));
-    }
 }
