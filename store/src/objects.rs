@@ -548,6 +548,25 @@ impl SledObjects {
         }
     }
 
+    /// The five trees one write's transaction spans.
+    fn write_trees(
+        &self,
+    ) -> (
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+    ) {
+        (
+            &self.meta,
+            &self.data,
+            &self.digests,
+            &self.factor_digests,
+            &self.files,
+        )
+    }
+
     /// Bytes of the value files entries name (besides sled's own files).
     pub fn file_bytes(&self) -> u64 {
         self.file_bytes.load(Ordering::Relaxed)
@@ -884,13 +903,7 @@ impl SledObjects {
             Some(self.keyring.seal(&meta.data_id, &meta.version, data))
         };
         let placed = self.place(&meta.data_id, stored)?;
-        let trees = (
-            &self.meta,
-            &self.data,
-            &self.digests,
-            &self.factor_digests,
-            &self.files,
-        );
+        let trees = self.write_trees();
         let res = trees.transaction(|(m, d, w, g, f)| {
             let old = m.get(&key)?.and_then(|v| decode_meta(&v));
             if let Some(old) = &old {
@@ -1036,13 +1049,7 @@ impl ObjectStore for SledObjects {
         }
         let key = object_key(data_id);
         let partition = partition_of(data_id);
-        let trees = (
-            &self.meta,
-            &self.data,
-            &self.digests,
-            &self.factor_digests,
-            &self.files,
-        );
+        let trees = self.write_trees();
         let res = trees.transaction(|(m, d, w, g, f)| {
             let Some(old) = m.get(&key)?.and_then(|v| decode_meta(&v)) else {
                 return Ok((None, None));
