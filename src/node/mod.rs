@@ -392,6 +392,26 @@ fn joins_a_cluster(config: &Config) -> bool {
     !config.node.bootstrap.is_empty() || !data_dir::known_peers(&config.node.data_dir).is_empty()
 }
 
+/// What this start knows of its cluster: whether it joins one, and how
+/// many distinct members `peers.json` remembers (the catch-up's view wait
+/// ends once they are all back).
+fn start_of(config: &Config) -> crate::storage::repair::Start {
+    let remembered: std::collections::BTreeSet<PeerId> =
+        data_dir::known_peers(&config.node.data_dir)
+            .iter()
+            .filter_map(|a| {
+                a.iter().find_map(|p| match p {
+                    plexi_p2p::multiaddr::Protocol::P2p(id) => Some(id),
+                    _ => None,
+                })
+            })
+            .collect();
+    crate::storage::repair::Start {
+        joins: joins_a_cluster(config),
+        remembered_peers: remembered.len(),
+    }
+}
+
 /// The cluster key for this start (see [`keys::find_cluster_key`]). A node
 /// that joins (bootstrap addresses, or peers remembered from an earlier run)
 /// and has none cannot start: a configuration error (exit 2) that says

@@ -57,7 +57,7 @@ pub fn start(
         StorageMetrics::register(registry),
     );
     node.storage.set(storage.clone()).ok().expect("set once");
-    crate::storage::repair::spawn(storage.clone(), super::joins_a_cluster(config));
+    crate::storage::repair::spawn(storage.clone(), super::start_of(config));
     crate::storage::report::spawn_census_gauges(storage.clone());
     registry.register_collector(Box::new(crate::storage::gauges::StorageGauges(
         storage.clone(),

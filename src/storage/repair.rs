@@ -101,21 +101,60 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 /// peer (the membership exchange with it brings the whole member list).
 const CATCH_UP_VIEW_WAIT: Duration = Duration::from_secs(15);
 
+/// Longest wait, after its first peer, for the rest of the members a
+/// restarted node remembers (`peers.json`); a founding node waits this
+/// long (at most `anti_entropy_interval`) for anyone at all.
+const CATCH_UP_VIEW_SETTLE: Duration = Duration::from_secs(2);
+
+/// How often the start-up view wait looks at membership.
+const CATCH_UP_VIEW_POLL: Duration = Duration::from_millis(50);
+
+/// What a start knows of the cluster it is part of.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Start {
+    /// It joins a cluster (bootstrap addresses, or peers remembered from
+    /// an earlier run) rather than founds one.
+    pub joins: bool,
+    /// Distinct other members `peers.json` remembers alive at the last run.
+    pub remembered_peers: usize,
+}
+
+/// Whether a start's view of the cluster is settled enough to coordinate
+/// strong operations over. A joining node needs a peer, and then either
+/// every member it remembers back in its view or `settle` since it
+/// started (never later than a fixed wait would be); a founding node waits
+/// `settle` for anyone to show up. Pure: the caller brings the clock.
+pub fn view_settled(start: Start, peers: usize, since_start: Duration, settle: Duration) -> bool {
+    if !start.joins {
+        return since_start >= settle;
+    }
+    if peers == 0 {
+        // Never a peer: judged alone only after the long wait.
+        return since_start >= CATCH_UP_VIEW_WAIT;
+    }
+    (start.remembered_peers > 0 && peers >= start.remembered_peers) || since_start >= settle
+}
+
 /// Start-up: learn the cluster, then serve strong operations as a
 /// coordinator (before, this node's view may hold itself alone, and a
 /// strong majority counted over it would be a majority of one: see
 /// [`Storage::set_view_ready`]); sync with every reachable peer once (hints
-/// they hold for us arrive meanwhile), then serve reads as a replica.
-async fn catch_up(s: &Arc<Storage>, joins: bool) {
+/// they hold for us arrive meanwhile), then serve reads as a replica. A
+/// restarted node (a rolling update's) is ready as soon as the members it
+/// remembers are back in its view, not after a fixed wait.
+async fn catch_up(s: &Arc<Storage>, start: Start) {
     let moves = Moves::automatic(s.config.auto_rebalance);
     let started = Instant::now();
-    // Give membership a moment to learn the cluster before judging it empty.
-    tokio::time::sleep(s.config.anti_entropy_interval().min(Duration::from_secs(2))).await;
-    if joins {
-        while s.peers().is_empty() && started.elapsed() < CATCH_UP_VIEW_WAIT {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let settle = s.config.anti_entropy_interval().min(CATCH_UP_VIEW_SETTLE);
+    while !view_settled(start, s.peers().len(), started.elapsed(), settle) {
+        tokio::time::sleep(CATCH_UP_VIEW_POLL).await;
     }
+    tracing::info!(
+        peers = s.peers().len(),
+        remembered = start.remembered_peers,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "learned the cluster"
+    );
     s.set_view_ready();
     let peers: Vec<Member> = s.peers();
     let progress = Progress::default();
@@ -137,12 +176,12 @@ async fn catch_up(s: &Arc<Storage>, joins: bool) {
     );
 }
 
-/// Starts the background loops; `joins`: this start joins a cluster (see
-/// [`catch_up`]).
-pub fn spawn(storage: Arc<Storage>, joins: bool) {
+/// Starts the background loops; `start`: what this start knows of its
+/// cluster (see [`catch_up`]).
+pub fn spawn(storage: Arc<Storage>, start: Start) {
     let s = storage.clone();
     tokio::spawn(async move {
-        catch_up(&s, joins).await;
+        catch_up(&s, start).await;
         let mut tick = tokio::time::interval(s.config.anti_entropy_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round = 0usize;
@@ -953,6 +992,40 @@ mod tests {
             logical: 0,
             node: 0,
         }
+    }
+
+    #[test]
+    fn a_restarted_node_settles_its_view_once_the_members_it_remembers_are_back() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let settle = s(2);
+        let rejoin = Start {
+            joins: true,
+            remembered_peers: 4,
+        };
+        // No peer yet: not settled, until the long wait says alone.
+        assert!(!view_settled(rejoin, 0, ms(300), settle));
+        assert!(!view_settled(rejoin, 0, s(14), settle));
+        assert!(view_settled(rejoin, 0, CATCH_UP_VIEW_WAIT, settle));
+        // Some of them: not yet; all of them: at once, long before settle.
+        assert!(!view_settled(rejoin, 3, ms(400), settle));
+        assert!(view_settled(rejoin, 4, ms(400), settle));
+        assert!(view_settled(rejoin, 5, ms(400), settle));
+        // One stays away (dead, a batch-mate restarting): settle bounds it.
+        assert!(!view_settled(rejoin, 3, ms(1999), settle));
+        assert!(view_settled(rejoin, 3, settle, settle));
+        // A first join remembers nobody: settle, as long as it has a peer.
+        let first_join = Start {
+            joins: true,
+            remembered_peers: 0,
+        };
+        assert!(!view_settled(first_join, 7, s(1), settle));
+        assert!(view_settled(first_join, 7, settle, settle));
+        assert!(!view_settled(first_join, 0, s(3), settle));
+        // A founder waits settle for anyone, then is on its own.
+        let founds = Start::default();
+        assert!(!view_settled(founds, 0, ms(1999), settle));
+        assert!(view_settled(founds, 0, settle, settle));
     }
 
     /// The same owners as seen by owner `i`.
