@@ -37,7 +37,7 @@ impl plexi_p2p::AppHandler for Rpc {
         match service.as_str() {
             HEALTH_SERVICE => encode_cbor(&node.local_health().await).map_err(CallError::failed),
             wire::STORE_SERVICE => match node.storage.get() {
-                Some(storage) => crate::storage::serve(storage, peer, &body).await,
+                Some(storage) => crate::storage::serve(storage, peer, body).await,
                 None => Err(starting(&service)),
             },
             crate::audit::SERVICE => match node.audit.get() {

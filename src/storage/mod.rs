@@ -8,6 +8,7 @@
 //! background loops that heal the cluster (hints, anti-entropy, cleanup)
 //! live in `repair.rs`.
 
+mod batch;
 mod error;
 pub mod gauges;
 pub mod jobs;
@@ -122,6 +123,8 @@ pub struct Storage {
     hlc: Mutex<Hlc>,
     stats: Mutex<HashMap<String, PeerStats>>,
     uploads: Mutex<HashMap<u64, Upload>>,
+    /// Small replica writes queued per peer (`batch.rs`).
+    batcher: batch::Batcher,
     pub jobs: jobs::Jobs,
     pub metrics: StorageMetrics,
     /// Set once this node has synced with every reachable peer after start.
@@ -158,10 +161,12 @@ const MOVE_SPARE_RANKS: usize = 2;
 /// unless the read itself showed a replica lacking the object.
 const READ_REPAIR_EVERY: u64 = 16;
 
-/// Bound on object bytes (MiB) a coordinator holds for replica writes in
-/// flight: 32, down from 256, inside the node's 160 MiB resident bound
-/// (issue 12); 16 concurrent 1 MiB puts still all proceed.
-const MAX_INFLIGHT_MIB: u32 = 32;
+/// Bound on object bytes (KiB) a coordinator holds for replica writes in
+/// flight: 32 MiB, inside the node's 160 MiB resident bound (issue 12); 16
+/// concurrent 1 MiB puts still all proceed. Counted in KiB, each object at
+/// least one: counted in MiB, every small object took a whole MiB and 32
+/// of them in flight were the bound.
+const MAX_INFLIGHT_KIB: u32 = 32 * 1024;
 /// How a replica still catching up after a (re)start refuses a plain read
 /// (the reader tries another replica; see `StoreCall::Read::newest`).
 const CATCHING_UP: &str = "replica is catching up";
@@ -433,10 +438,11 @@ impl Storage {
             commit,
             stats: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
+            batcher: batch::Batcher::default(),
             jobs: jobs::Jobs::default(),
             metrics,
             caught_up: std::sync::atomic::AtomicBool::new(false),
-            inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_MIB as usize)),
+            inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_KIB as usize)),
             read_repairs: Arc::new(tokio::sync::Semaphore::new(MAX_READ_REPAIRS)),
             reads_served: std::sync::atomic::AtomicU64::new(0),
             view_ready: tokio::sync::watch::channel(false).0,
@@ -641,8 +647,20 @@ impl Storage {
         if peer == self.local_peer {
             return self.handle_call(&self.local_peer.clone(), call).await;
         }
-        let peer_id: PeerId = peer.parse().map_err(|_| format!("bad peer id {peer}"))?;
         let body = encode_cbor(&call).map_err(|e| e.to_string())?;
+        // Only the encoded body is held while the call is out.
+        drop(call);
+        self.call_encoded(peer, kind, body).await
+    }
+
+    /// [`Self::call`] to another node with its body already encoded.
+    async fn call_encoded(
+        self: &Arc<Self>,
+        peer: &str,
+        kind: &'static str,
+        body: Vec<u8>,
+    ) -> Result<StoreReply, String> {
+        let peer_id: PeerId = peer.parse().map_err(|_| format!("bad peer id {peer}"))?;
         let started = Instant::now();
         let reply = self
             .p2p
@@ -661,7 +679,7 @@ impl Storage {
         meta: &ObjectMeta,
         data: &[u8],
     ) -> Result<bool, String> {
-        let reply = if data.len() <= CHUNK_BYTES || meta.tombstone {
+        let reply = if peer == self.local_peer {
             self.call(
                 peer,
                 StoreCall::Put {
@@ -670,6 +688,13 @@ impl Storage {
                 },
             )
             .await?
+        } else if data.len() <= batch::MAX_BATCHED_OBJECT_BYTES {
+            // Small: rides with the other puts queued for that peer.
+            return self.put_batched(peer, meta, data).await;
+        } else if data.len() <= CHUNK_BYTES || meta.tombstone {
+            // Encoded straight from the borrowed bytes: one copy, the body.
+            let body = encode_cbor(&wire::PutRef::Put { meta, data }).map_err(|e| e.to_string())?;
+            self.call_encoded(peer, "write", body).await?
         } else {
             let upload: u64 = rand::random();
             for (i, chunk) in data.chunks(CHUNK_BYTES).enumerate() {
@@ -842,11 +867,11 @@ impl Storage {
         }
         // Bound the bytes held for replica writes in flight (weak and
         // eventual answers leave them running): past the bound, writers wait.
-        let mib = (data.len() / (1024 * 1024) + 1).min(MAX_INFLIGHT_MIB as usize) as u32;
+        let kib = (data.len() / 1024 + 1).min(MAX_INFLIGHT_KIB as usize) as u32;
         let permit = self
             .inflight
             .clone()
-            .acquire_many_owned(mib)
+            .acquire_many_owned(kib)
             .await
             .map_err(|_| StorageError::ShuttingDown)?;
         let mut under = live.len() < rf;
@@ -917,7 +942,7 @@ impl Storage {
         });
     }
 
-    pub async fn put(self: &Arc<Self>, req: PutRequest) -> Result<PutResult, StorageError> {
+    pub async fn put(self: &Arc<Self>, mut req: PutRequest) -> Result<PutResult, StorageError> {
         let started = Instant::now();
         let rf = self.resolve_rf(req.replication_factor)?;
         let consistency = self.resolve_consistency(req.consistency);
@@ -934,7 +959,9 @@ impl Storage {
         };
         let now = wall_ms();
         let version = self.version_above(newest, now)?;
-        let data = Arc::new(req.bytes.to_vec());
+        // The request's bytes move (no copy when the body is one buffer);
+        // the request no longer holds them.
+        let data = Arc::new(Vec::from(std::mem::take(&mut req.bytes)));
         let meta = ObjectMeta {
             data_id: req.data_id.clone(),
             data_type: req.data_type.clone(),
@@ -1441,6 +1468,17 @@ impl Storage {
     ) -> Result<StoreReply, String> {
         match call {
             StoreCall::Put { meta, data } => self.apply_durably(meta, data).await,
+            StoreCall::PutMany { puts } => {
+                if puts.len() > wire::MAX_BATCH_PUTS {
+                    return Err("batch too large".into());
+                }
+                let outcomes = self.apply_many(puts).await?;
+                // One flush makes the whole batch durable.
+                if outcomes.iter().any(|o| o.is_ok()) {
+                    self.commit.flush().await.map_err(|e| e.to_string())?;
+                }
+                Ok(StoreReply::AppliedMany(outcomes))
+            }
             StoreCall::PutChunk {
                 upload,
                 offset,
@@ -1512,9 +1550,15 @@ impl Storage {
                         let end = start
                             .saturating_add(len.min(READ_CHUNK_BYTES) as usize)
                             .min(data.len());
+                        // The whole value moves as it is; a slice is copied.
+                        let data = if start == 0 && end == data.len() {
+                            data
+                        } else {
+                            data[start..end].to_vec()
+                        };
                         Ok(StoreReply::Read {
                             meta: Some(meta),
-                            data: data[start..end].to_vec(),
+                            data,
                         })
                     }
                     Err(e @ (StoreError::Corrupt { .. } | StoreError::UnknownKey { .. })) => {
@@ -1614,7 +1658,45 @@ impl Storage {
         meta: ObjectMeta,
         data: Vec<u8>,
     ) -> Result<StoreReply, String> {
-        if meta.data_id.is_empty() || meta.data_id.len() > plexi_util::limits::MAX_DATA_ID_BYTES {
+        let stored = self.apply(meta, data).await?;
+        self.commit.flush().await.map_err(|e| e.to_string())?;
+        Ok(StoreReply::Applied { stored })
+    }
+
+    /// [`Self::apply`] of each put of a batch, in one trip to the blocking
+    /// pool; each put's own outcome.
+    async fn apply_many(
+        self: &Arc<Self>,
+        puts: Vec<wire::PutItem>,
+    ) -> Result<Vec<Result<bool, String>>, String> {
+        {
+            let mut hlc = self.hlc.lock().expect("hlc lock");
+            for p in &puts {
+                let _ = hlc.observe(p.meta.version, wall_ms());
+            }
+        }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            puts.into_iter()
+                .map(|p| {
+                    if !valid_data_id(&p.meta.data_id) {
+                        return Err("bad data id".to_string());
+                    }
+                    engine
+                        .apply(&p.meta, &p.data)
+                        .map(|a| a == Applied::Stored)
+                        .map_err(|e| e.to_string())
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// Applies a write (not yet durable: a flush follows); whether it was
+    /// stored (false: a newer version is already here).
+    async fn apply(self: &Arc<Self>, meta: ObjectMeta, data: Vec<u8>) -> Result<bool, String> {
+        if !valid_data_id(&meta.data_id) {
             return Err("bad data id".into());
         }
         let _ = self
@@ -1627,11 +1709,13 @@ impl Storage {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        self.commit.flush().await.map_err(|e| e.to_string())?;
-        Ok(StoreReply::Applied {
-            stored: applied == Applied::Stored,
-        })
+        Ok(applied == Applied::Stored)
     }
+}
+
+/// Whether a replica accepts a write of this id.
+fn valid_data_id(data_id: &str) -> bool {
+    !data_id.is_empty() && data_id.len() <= plexi_util::limits::MAX_DATA_ID_BYTES
 }
 
 /// The peer ids of the first `rf` of `nominal` (the nominal owners at
@@ -1659,12 +1743,14 @@ fn quorum_answers(answers: &[(Member, Option<ObjectMeta>)]) -> Vec<quorum::Answe
 pub async fn serve(
     storage: &Arc<Storage>,
     from: PeerId,
-    body: &[u8],
+    body: Vec<u8>,
 ) -> Result<Vec<u8>, CallError> {
-    let call: StoreCall = decode_cbor(body).map_err(|e| {
+    let call: StoreCall = decode_cbor(&body).map_err(|e| {
         tracing::warn!(peer = %from, error = %e, "malformed store call dropped");
         CallError::malformed(e)
     })?;
+    // The frame is not held through the call (a put's flush wait).
+    drop(body);
     let reply = storage
         .handle_call(&from.to_string(), call)
         .await

@@ -223,3 +223,75 @@ async fn wait_idle(s: &Arc<Storage>) {
     }
     panic!("read repairs never finished");
 }
+
+/// A replica applies a batch of puts each on its own (a bad one fails
+/// alone), makes them durable with one flush, and answers in order; a
+/// batch over its bound is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_puts_is_applied_put_by_put_and_answered_in_order() {
+    let lone = lone_node(DistributedStorage::default()).await;
+    let s = &lone.storage;
+    let item = |id: &str, body: &[u8], physical_ms: u64| wire::PutItem {
+        meta: ObjectMeta {
+            data_id: id.into(),
+            data_type: "bin".into(),
+            size_bytes: body.len() as u64,
+            checksum: *blake3::hash(body).as_bytes(),
+            version: plexi_util::hlc::Version {
+                physical_ms,
+                logical: 0,
+                node: 1,
+            },
+            replication_factor: 1,
+            consistency_level: Consistency::Eventual,
+            created_at_ms: physical_ms,
+            tombstone: false,
+        },
+        data: body.to_vec(),
+    };
+    let flushes = s.commit.flush_count();
+    let puts = vec![
+        item("a", b"one", 10),
+        item("", b"bad", 10),
+        item("b", b"two", 10),
+    ];
+    let reply = s
+        .handle_call(&s.local_peer.clone(), StoreCall::PutMany { puts })
+        .await
+        .unwrap();
+    let StoreReply::AppliedMany(outcomes) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(outcomes.len(), 3);
+    assert_eq!(outcomes[0], Ok(true));
+    assert!(outcomes[1].is_err(), "{outcomes:?}");
+    assert_eq!(outcomes[2], Ok(true));
+    assert_eq!(
+        s.commit.flush_count(),
+        flushes + 1,
+        "one flush for the batch"
+    );
+    // An older version than the stored one is not stored, and says so.
+    let puts = vec![item("a", b"old", 5), item("b", b"three", 20)];
+    let StoreReply::AppliedMany(outcomes) = s
+        .handle_call(&s.local_peer.clone(), StoreCall::PutMany { puts })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(outcomes, vec![Ok(false), Ok(true)]);
+    assert_eq!(s.get("a", None).await.unwrap().bytes, b"one");
+    assert_eq!(s.get("b", None).await.unwrap().bytes, b"three");
+    let too_many = (0..wire::MAX_BATCH_PUTS + 1)
+        .map(|i| item(&format!("k{i}"), b"x", 30))
+        .collect();
+    assert!(s
+        .handle_call(&s.local_peer.clone(), StoreCall::PutMany { puts: too_many })
+        .await
+        .is_err());
+    assert!(
+        s.engine.get("k0").unwrap().is_none(),
+        "nothing of it applied"
+    );
+}

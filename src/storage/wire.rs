@@ -16,6 +16,33 @@ pub const READ_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 /// Most ids in one `Metas` call.
 pub const MAX_BATCH: usize = 1024;
 
+/// Most puts in one `PutMany`.
+pub const MAX_BATCH_PUTS: usize = 64;
+/// A `PutMany` stops taking puts once its bytes reach this (so its frame
+/// stays far inside the codec's cap: one more object is at most
+/// `batch::MAX_BATCHED_OBJECT_BYTES`).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// One object of a `PutMany`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PutItem {
+    pub meta: ObjectMeta,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// [`StoreCall::Put`] from borrowed parts: encodes to the same bytes
+/// (a test pins it), so a coordinator sends an object to its replicas
+/// without first copying it into an owned call per replica.
+#[derive(Serialize)]
+pub enum PutRef<'a> {
+    Put {
+        meta: &'a ObjectMeta,
+        #[serde(with = "serde_bytes")]
+        data: &'a [u8],
+    },
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum StoreCall {
     /// Apply (last writer wins) and flush before answering.
@@ -24,6 +51,10 @@ pub enum StoreCall {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// Several small objects (at most [`MAX_BATCH_PUTS`]), each applied as
+    /// by `Put`, then one flush; answered with `AppliedMany`, in order.
+    /// Older peers do not know it (the coordinator then sends `Put`s).
+    PutMany { puts: Vec<PutItem> },
     /// One chunk of a large object's upload.
     PutChunk {
         upload: u64,
@@ -123,6 +154,8 @@ pub enum StoreReply {
         stored: bool,
     },
     ChunkAccepted,
+    /// Each put of a `PutMany`, in its order: `Ok(stored)` as `Applied`.
+    AppliedMany(Vec<Result<bool, String>>),
     Read {
         meta: Option<ObjectMeta>,
         #[serde(with = "serde_bytes")]
@@ -146,4 +179,43 @@ pub enum StoreReply {
     EntriesOf(Vec<Vec<(String, Version)>>),
     /// A `FactorDigests` answer, in partition order.
     FactorDigests(Vec<FactorDigest>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexi_util::types::Consistency;
+
+    #[test]
+    fn a_borrowed_put_encodes_as_the_owned_one() {
+        let data = vec![7u8; 3000];
+        let meta = ObjectMeta {
+            data_id: "k".into(),
+            data_type: "bin".into(),
+            size_bytes: data.len() as u64,
+            checksum: *blake3::hash(&data).as_bytes(),
+            version: Version {
+                physical_ms: 5,
+                logical: 1,
+                node: 9,
+            },
+            replication_factor: 3,
+            consistency_level: Consistency::Eventual,
+            created_at_ms: 5,
+            tombstone: false,
+        };
+        let borrowed = plexi_p2p::codec::encode_cbor(&PutRef::Put {
+            meta: &meta,
+            data: &data,
+        })
+        .unwrap();
+        let owned = plexi_p2p::codec::encode_cbor(&StoreCall::Put {
+            meta: meta.clone(),
+            data: data.clone(),
+        })
+        .unwrap();
+        assert_eq!(borrowed, owned);
+        let back: StoreCall = plexi_p2p::codec::decode_cbor(&borrowed).unwrap();
+        assert!(matches!(back, StoreCall::Put { meta: m, data: d } if m == meta && d == data));
+    }
 }
