@@ -98,14 +98,20 @@ impl Storage {
             return self.put_alone(peer, meta, data).await;
         };
         match rx.await {
-            Ok(Err(e)) if e == OLD_PEER => self.put_alone(peer, meta, data).await,
+            Ok(Err(e)) if e == SEND_ALONE => self.put_alone(peer, meta, data).await,
             Ok(outcome) => outcome,
             Err(_) => Err("batch dropped; shutting down".into()),
         }
     }
 
-    /// One `Put` call for one object.
-    async fn put_alone(self: &Arc<Self>, peer: &str, meta: &ObjectMeta, data: &[u8]) -> PutOutcome {
+    /// One `Put` call for one object, encoded straight from the borrowed
+    /// bytes (one copy: the body).
+    pub(super) async fn put_alone(
+        self: &Arc<Self>,
+        peer: &str,
+        meta: &ObjectMeta,
+        data: &[u8],
+    ) -> PutOutcome {
         let body = plexi_p2p::codec::encode_cbor(&super::wire::PutRef::Put { meta, data })
             .map_err(|e| e.to_string())?;
         match self.call_encoded(peer, "write", body).await? {
@@ -125,36 +131,24 @@ impl Storage {
             Ok(body) => self.call_encoded(peer, "write", body).await,
             Err(e) => Err(e.to_string()),
         };
-        match outcome {
-            Ok(StoreReply::AppliedMany(outcomes)) if outcomes.len() == n => {
-                for (reply, o) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(o);
-                }
-            }
-            Ok(other) => {
-                let e = format!("unexpected reply to a batch: {other:?}");
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+        let outcomes: Vec<PutOutcome> = match outcome {
+            Ok(StoreReply::AppliedMany(outcomes)) if outcomes.len() == n => outcomes,
+            Ok(other) => vec![Err(format!("unexpected reply to a batch: {other:?}")); n],
             Err(e) if e.contains("malformed request") => {
                 tracing::debug!(peer, error = %e, "peer takes no batches; puts sent one by one");
-                for reply in replies {
-                    let _ = reply.send(Err(OLD_PEER.into()));
-                }
+                vec![Err(SEND_ALONE.into()); n]
             }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+            Err(e) => vec![Err(e); n],
+        };
+        for (reply, o) in replies.into_iter().zip(outcomes) {
+            let _ = reply.send(o);
         }
     }
 }
 
-/// What a put in a batch learns when the peer does not know batches: the
-/// caller sends it alone.
-pub(super) const OLD_PEER: &str = "peer takes no batches";
+/// What a put in a batch learns when it must go alone after all: the peer
+/// does not know batches, or the queue ended with the put still in it.
+const SEND_ALONE: &str = "send alone";
 
 /// Takes up to [`MAX_BATCH_PUTS`] queued puts and [`MAX_BATCH_BYTES`] of
 /// their bytes, `first` included, without waiting for more.
@@ -197,7 +191,7 @@ async fn drain(storage: Weak<Storage>, peer: String, mut queue: mpsc::Receiver<Q
     // and go alone.
     queue.close();
     while let Ok(q) = queue.try_recv() {
-        let _ = q.reply.send(Err(OLD_PEER.into()));
+        let _ = q.reply.send(Err(SEND_ALONE.into()));
     }
     if let Some(s) = storage.upgrade() {
         s.batcher.forget_closed(&peer);

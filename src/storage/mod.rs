@@ -692,9 +692,7 @@ impl Storage {
             // Small: rides with the other puts queued for that peer.
             return self.put_batched(peer, meta, data).await;
         } else if data.len() <= CHUNK_BYTES || meta.tombstone {
-            // Encoded straight from the borrowed bytes: one copy, the body.
-            let body = encode_cbor(&wire::PutRef::Put { meta, data }).map_err(|e| e.to_string())?;
-            self.call_encoded(peer, "write", body).await?
+            return self.put_alone(peer, meta, data).await;
         } else {
             let upload: u64 = rand::random();
             for (i, chunk) in data.chunks(CHUNK_BYTES).enumerate() {
