@@ -351,6 +351,13 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         tracing::warn!(error = %e, "cannot mark the clean stop; the next start counts as unplanned");
     }
     stop_api(stop_tx, server).await;
+    // Read statistics still counted in memory (store/src/access.rs).
+    let objects = services.storage.engine().clone();
+    match tokio::task::spawn_blocking(move || objects.write_access()).await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "read statistics not written at stop"),
+        Err(e) => tracing::warn!(error = %e, "read statistics task failed at stop"),
+        Ok(Ok(())) => {}
+    }
     tracing::info!("node stopped");
     Ok(code)
 }

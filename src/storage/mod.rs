@@ -157,9 +157,12 @@ const STRONG_VIEW_WAIT: Duration = Duration::from_secs(5);
 const MOVE_SPARE_RANKS: usize = 2;
 
 /// An eventual or weak read surveys the object's owners for a read repair
-/// only one time in this many (anti-entropy's digests find the rest),
-/// unless the read itself showed a replica lacking the object.
-const READ_REPAIR_EVERY: u64 = 16;
+/// only one time in this many (anti-entropy's digests, every
+/// `anti_entropy_interval_seconds`, find the rest), unless the read itself
+/// showed a replica lacking the object. At one in 16 the surveys' remote
+/// calls were about a seventh of a 4 KiB get's work on 3 nodes (context
+/// switches per get 28.6 against 24.6 without them; docs/BENCHMARKS.md).
+const READ_REPAIR_EVERY: u64 = 128;
 
 /// Bound on object bytes (KiB) a coordinator holds for replica writes in
 /// flight: 32 MiB, inside the node's 160 MiB resident bound (issue 12); 16
@@ -1523,27 +1526,31 @@ impl Storage {
                     return Err(CATCHING_UP.into());
                 }
                 let engine = self.engine.clone();
-                let res =
-                    tokio::task::spawn_blocking(move || engine.get(&data_id).map(|r| (data_id, r)))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                // Still catching up: only a copy the reader's quorum vouches for.
-                if catching_up {
-                    let vouched =
-                        matches!(&res, Ok((_, Some((meta, _)))) if Some(meta.version) >= newest);
-                    if !vouched {
-                        return Err(CATCHING_UP.into());
+                let (res, vouched) = tokio::task::spawn_blocking(move || {
+                    let res = engine.get(&data_id);
+                    // Still catching up: only a copy the reader's quorum vouches for.
+                    let vouched = !catching_up
+                        || matches!(&res, Ok(Some((meta, _))) if Some(meta.version) >= newest);
+                    // A read of the whole object counts, where it ran (the
+                    // count is in memory; access.rs writes it in batches).
+                    if let Ok(Some((meta, _))) = &res {
+                        if offset == 0 && !meta.tombstone && vouched {
+                            engine.record_access(&data_id, wall_ms());
+                        }
                     }
+                    (res, vouched)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                if !vouched {
+                    return Err(CATCHING_UP.into());
                 }
                 match res {
-                    Ok((_, None)) => Ok(StoreReply::Read {
+                    Ok(None) => Ok(StoreReply::Read {
                         meta: None,
                         data: Vec::new(),
                     }),
-                    Ok((data_id, Some((meta, data)))) => {
-                        if offset == 0 && !meta.tombstone {
-                            self.engine.record_access(&data_id, wall_ms());
-                        }
+                    Ok(Some((meta, data))) => {
                         let start = (offset as usize).min(data.len());
                         let end = start
                             .saturating_add(len.min(READ_CHUNK_BYTES) as usize)

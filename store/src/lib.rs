@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod access;
 pub mod objects;
 pub mod placement;
 pub mod sealing;

@@ -73,12 +73,8 @@ pub enum Applied {
     Stale,
 }
 
-/// Per-replica read statistics (not replicated).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccessStats {
-    pub last_accessed_ms: u64,
-    pub access_count: u64,
-}
+use crate::access::AccessLog;
+pub use crate::access::AccessStats;
 
 /// A local object engine.
 pub trait ObjectStore: Send + Sync + 'static {
@@ -303,7 +299,8 @@ pub struct SledObjects {
     digests: sled::Tree,
     /// Per-factor digests (key: partition BE ++ rf).
     factor_digests: sled::Tree,
-    access: sled::Tree,
+    /// Read statistics, counted in memory and written in batches.
+    access: AccessLog,
     /// Values kept in files (key: object key; value: a [`FileRef`]).
     files: sled::Tree,
     /// `<path>/values`, where value files live.
@@ -339,6 +336,11 @@ pub enum Resealed {
 }
 
 impl SledObjects {
+    /// Writes the read statistics counted in memory so far (at a stop).
+    pub fn write_access(&self) -> Result<(), StoreError> {
+        self.access.write_pending().map_err(|e| self.err(e))
+    }
+
     /// Opens the engine's trees in `db` and counts what they hold; values
     /// are sealed and opened with `keyring`.
     pub fn open(db: &sled::Db, path: &str, keyring: Keyring) -> Result<Self, StoreError> {
@@ -352,7 +354,7 @@ impl SledObjects {
             data: db.open_tree("objects.data").map_err(wrap)?,
             digests: db.open_tree("objects.digests").map_err(wrap)?,
             factor_digests: db.open_tree("objects.factor_digests").map_err(wrap)?,
-            access: db.open_tree("objects.access").map_err(wrap)?,
+            access: AccessLog::new(db.open_tree("objects.access").map_err(wrap)?, meta.clone()),
             files: db.open_tree("objects.files").map_err(wrap)?,
             values_dir: Path::new(path).join(VALUES_DIR),
             pending_removals: std::sync::Mutex::new(Vec::new()),
@@ -1070,7 +1072,7 @@ impl ObjectStore for SledObjects {
                 self.live_objects.fetch_sub(1, Ordering::Relaxed);
                 self.live_bytes.fetch_sub(o.size_bytes, Ordering::Relaxed);
             }
-            let _ = self.access.remove(object_key(data_id));
+            let _ = self.access.remove(&object_key(data_id));
         }
         Ok(old.is_some())
     }
@@ -1139,24 +1141,13 @@ impl ObjectStore for SledObjects {
     }
 
     fn record_access(&self, data_id: &str, now_ms: u64) {
-        let key = object_key(data_id);
-        let _ = self.access.update_and_fetch(key, |old| {
-            let mut s: AccessStats = old
-                .and_then(|b| ciborium::de::from_reader_with_recursion_limit(b, 4).ok())
-                .unwrap_or_default();
-            s.access_count += 1;
-            s.last_accessed_ms = now_ms;
-            Some(encode(&s))
-        });
+        if let Err(e) = self.access.record(object_key(data_id), now_ms) {
+            tracing::warn!(path = %self.path, error = %e, "read statistics not written");
+        }
     }
 
     fn access(&self, data_id: &str) -> AccessStats {
-        self.access
-            .get(object_key(data_id))
-            .ok()
-            .flatten()
-            .and_then(|b| ciborium::de::from_reader_with_recursion_limit(&b[..], 4).ok())
-            .unwrap_or_default()
+        self.access.get(&object_key(data_id))
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -1764,7 +1755,20 @@ mod tests {
     }
 
     fn open_at(dir: &std::path::Path, keyring: Keyring) -> SledObjects {
-        let db = sled::open(dir).unwrap();
+        // sled's flusher thread lets go of a dropped database's file lock a
+        // moment later: retry the reopen, bounded.
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    eprintln!("reopen {}: {e}; retrying", dir.display());
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopen {}: {e}", dir.display()),
+            }
+        };
         SledObjects::open(&db, &dir.display().to_string(), keyring).unwrap()
     }
 
