@@ -24,6 +24,7 @@ use axum::response::Response;
 
 use crate::error::ApiError;
 use crate::ApiState;
+use crate::Shared;
 
 /// How long an event-stream ticket may be used to open a stream.
 pub const TICKET_TTL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -250,7 +251,7 @@ fn bearer(req: &Request) -> Option<&str> {
 
 /// Middleware: 401 without a valid token, 403 for the wrong role.
 pub async fn require_token(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {

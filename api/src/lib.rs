@@ -165,6 +165,9 @@ impl ApiMetrics {
     }
 }
 
+/// What handlers and middleware hold: the state behind one `Arc`.
+pub type Shared = Arc<ApiState>;
+
 #[derive(Clone)]
 pub struct ApiState {
     pub cluster: Arc<dyn Cluster>,
@@ -259,7 +262,7 @@ pub const DATA_PATH_PREFIX: &str = "/api/v1/clustering/storage/data/";
 /// `draining` with `Retry-After`; every other route keeps working. Requests
 /// admitted before the drain began run to the end, and are counted in
 /// [`ApiState::in_flight`] until their response is sent.
-async fn drain_gate(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+async fn drain_gate(State(state): State<Shared>, req: Request, next: Next) -> Response {
     if !req.uri().path().starts_with(DATA_PATH_PREFIX) {
         return next.run(req).await;
     }
@@ -285,7 +288,7 @@ async fn drain_gate(State(state): State<ApiState>, req: Request, next: Next) -> 
     })
 }
 
-async fn count_requests(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+async fn count_requests(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
     let res = next.run(req).await;
     state
@@ -315,7 +318,7 @@ pub(crate) fn retry_after(err: ApiError, secs: u64) -> Response {
 /// handlers at once (authenticated or not, so a flood of bad tokens is
 /// bounded too); past it 503 `overloaded` with Retry-After, at once.
 /// `/health` is never refused, so liveness stays visible under load.
-async fn concurrency_gate(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+async fn concurrency_gate(State(state): State<Shared>, req: Request, next: Next) -> Response {
     if PUBLIC_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
@@ -342,6 +345,9 @@ async fn concurrency_gate(State(state): State<ApiState>, req: Request, next: Nex
 /// JSON bodies are capped at [`limits::MAX_JSON_BODY_BYTES`]; the data
 /// route sets its own cap (`max_object_bytes`).
 pub fn router(state: ApiState) -> Router {
+    // One allocation shared by every request (a clone of the whole state
+    // per request and middleware was about 3 % of a 4 KiB get's CPU).
+    let state: Shared = Arc::new(state);
     Router::new()
         .route("/health", get(routes::liveness))
         .route("/metrics", get(routes::metrics))

@@ -1,6 +1,7 @@
 //! Handlers, each annotated for the OpenAPI document.
 
 use crate::extract::ApiPath;
+use crate::Shared;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +12,6 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{HealthCheck, HealthReport, Liveness, NodeList, NodeView};
-use crate::ApiState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -133,7 +133,7 @@ fn add_guard_responses(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
+pub(crate) fn protected(max_object_bytes: usize) -> Router<Shared> {
     use crate::storage_routes as s;
     use crate::update_routes as u;
     use axum::routing::post;
@@ -215,7 +215,7 @@ pub(crate) fn protected(max_object_bytes: usize) -> Router<ApiState> {
     responses((status = 200, body = crate::model::AlertList), (status = 400, body = ErrorBody))
 )]
 pub(crate) async fn alerts(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     q: Result<
         axum::extract::Query<crate::update_routes::LimitQuery>,
         axum::extract::rejection::QueryRejection,
@@ -231,7 +231,7 @@ pub(crate) async fn alerts(
 
 /// Liveness of the answering node. Needs no token.
 #[utoipa::path(get, path = "/health", security(()), responses((status = 200, body = Liveness)))]
-pub(crate) async fn liveness(State(state): State<ApiState>) -> Json<Liveness> {
+pub(crate) async fn liveness(State(state): State<Shared>) -> Json<Liveness> {
     Json(Liveness {
         status: plexi_util::types::LivenessStatus::Ok,
         node_id: state.cluster.local_node_id().into(),
@@ -241,7 +241,7 @@ pub(crate) async fn liveness(State(state): State<ApiState>) -> Json<Liveness> {
 
 /// Metrics in the Prometheus/OpenMetrics text format (read token).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
-pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
+pub(crate) async fn metrics(State(state): State<Shared>) -> Response {
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &state.registry) {
         Ok(()) => (
@@ -263,7 +263,7 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
 
 /// This document (read token).
 #[utoipa::path(get, path = "/api/v1/openapi.json", responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
-pub(crate) async fn openapi(State(state): State<ApiState>) -> Json<serde_json::Value> {
+pub(crate) async fn openapi(State(state): State<Shared>) -> Json<serde_json::Value> {
     Json(crate::schema::document(&crate::schema::DocLimits {
         max_replication_factor: state.storage.max_replication_factor(),
         max_object_bytes: state.storage.max_object_bytes(),
@@ -297,7 +297,7 @@ pub(crate) async fn whoami(
         (status = 401, body = ErrorBody),
     )
 )]
-pub(crate) async fn list_nodes(State(state): State<ApiState>) -> Json<NodeList> {
+pub(crate) async fn list_nodes(State(state): State<Shared>) -> Json<NodeList> {
     Json(NodeList {
         nodes: state.cluster.nodes(),
     })
@@ -314,7 +314,7 @@ pub(crate) async fn list_nodes(State(state): State<ApiState>) -> Json<NodeList> 
     )
 )]
 pub(crate) async fn node_health(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     ApiPath(node_id): ApiPath<String>,
 ) -> Result<Json<HealthReport>, ApiError> {
     crate::rules::NODE_ID.check(&node_id)?;
@@ -324,7 +324,7 @@ pub(crate) async fn node_health(
 /// Published releases, newest first, with whether this node trusts each.
 #[utoipa::path(get, path = "/api/v1/clustering/updates/releases", responses((status = 200, body = crate::model::ReleaseList)))]
 pub(crate) async fn list_releases(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
 ) -> Result<Json<crate::model::ReleaseList>, ApiError> {
     state.updates.releases().await.map(Json)
 }
@@ -343,7 +343,7 @@ pub(crate) async fn list_releases(
     )
 )]
 pub(crate) async fn publish_release(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     caller: Option<axum::Extension<crate::auth::Caller>>,
     body: Result<Json<crate::model::SignedRelease>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<crate::model::ReleaseView>), ApiError> {

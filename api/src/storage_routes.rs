@@ -4,6 +4,7 @@
 //! rebalance, cleanup and re-encryption jobs.
 
 use crate::extract::{ApiPath, ApiQuery};
+use crate::Shared;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -15,7 +16,7 @@ use serde::Deserialize;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{DataInfo, PutRequest, PutResult};
-use crate::{rules, ApiState};
+use crate::rules;
 use plexi_util::types::{Consistency, JobKind};
 
 /// Query of `PUT .../data/{data_id}`.
@@ -67,7 +68,7 @@ fn parse_consistency(c: &Option<String>) -> Result<Option<Consistency>, ApiError
     )
 )]
 pub(crate) async fn put_data(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     ApiPath(data_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<PutQuery>,
     caller: Option<Extension<Caller>>,
@@ -145,7 +146,7 @@ pub const DEFAULT_LIST_LIMIT: u32 = 100;
     )
 )]
 pub(crate) async fn list_data(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<crate::model::ObjectList>, ApiError> {
     for v in [&q.prefix, &q.after].into_iter().flatten() {
@@ -171,7 +172,7 @@ pub(crate) async fn list_data(
     )
 )]
 pub(crate) async fn get_data(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     ApiPath(data_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<GetQuery>,
 ) -> Result<Response, ApiError> {
@@ -203,7 +204,7 @@ pub(crate) async fn get_data(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
 pub(crate) async fn delete_data(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     ApiPath(data_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<GetQuery>,
 ) -> Result<StatusCode, ApiError> {
@@ -221,7 +222,7 @@ pub(crate) async fn delete_data(
     responses((status = 200, body = DataInfo), (status = 404, body = ErrorBody))
 )]
 pub(crate) async fn data_info(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     ApiPath(data_id): ApiPath<String>,
 ) -> Result<Json<DataInfo>, ApiError> {
     let storage = &state.storage;
@@ -231,21 +232,21 @@ pub(crate) async fn data_info(
 
 #[utoipa::path(get, path = "/api/v1/clustering/storage/overview", responses((status = 200, body = crate::model::StorageOverview)))]
 pub(crate) async fn overview(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
 ) -> Result<Json<crate::model::StorageOverview>, ApiError> {
     state.storage.overview().await.map(Json)
 }
 
 #[utoipa::path(get, path = "/api/v1/clustering/storage/nodes", responses((status = 200, body = crate::model::StorageNodes)))]
 pub(crate) async fn storage_nodes(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
 ) -> Result<Json<crate::model::StorageNodes>, ApiError> {
     state.storage.nodes().await.map(Json)
 }
 
 #[utoipa::path(get, path = "/api/v1/clustering/storage/distribution", responses((status = 200, body = crate::model::Distribution)))]
 pub(crate) async fn distribution(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
 ) -> Result<Json<crate::model::Distribution>, ApiError> {
     state.storage.distribution().await.map(Json)
 }
@@ -258,7 +259,7 @@ fn actor(caller: Option<Extension<Caller>>) -> String {
 /// placement says it should hold, then drops what it no longer owns.
 #[utoipa::path(post, path = "/api/v1/clustering/storage/rebalance", responses((status = 202, body = crate::model::Job), (status = 403, body = ErrorBody)))]
 pub(crate) async fn rebalance(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     caller: Option<Extension<Caller>>,
 ) -> Result<(StatusCode, Json<crate::model::Job>), ApiError> {
     let job = state
@@ -272,7 +273,7 @@ pub(crate) async fn rebalance(
 /// confirmed), purge old tombstones, scrub bytes.
 #[utoipa::path(post, path = "/api/v1/clustering/storage/cleanup", responses((status = 202, body = crate::model::Job), (status = 403, body = ErrorBody)))]
 pub(crate) async fn cleanup(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     caller: Option<Extension<Caller>>,
 ) -> Result<(StatusCode, Json<crate::model::Job>), ApiError> {
     let job = state
@@ -287,7 +288,7 @@ pub(crate) async fn cleanup(
 /// it with `GET /api/v1/clustering/storage/jobs/{job_id}`.
 #[utoipa::path(post, path = "/api/v1/clustering/storage/reencrypt", responses((status = 202, body = crate::model::Job), (status = 403, body = ErrorBody)))]
 pub(crate) async fn reencrypt(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     caller: Option<Extension<Caller>>,
 ) -> Result<(StatusCode, Json<crate::model::Job>), ApiError> {
     let job = state
@@ -299,7 +300,7 @@ pub(crate) async fn reencrypt(
 
 #[utoipa::path(get, path = "/api/v1/clustering/storage/jobs/{job_id}", params(("job_id" = String, Path)), responses((status = 200, body = crate::model::Job), (status = 404, body = ErrorBody)))]
 pub(crate) async fn job(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<crate::model::Job>, ApiError> {
     rules::JOB_ID.check(&job_id)?;

@@ -21,7 +21,8 @@ use crate::model::{
     AuditList, AuditVerifyReport, ClusterEvent, EventTicket, Maintenance, MaintenanceRequest,
     PlanRequest, UpdateList, UpdateOperation,
 };
-use crate::{rules, ApiState};
+use crate::rules;
+use crate::Shared;
 
 /// Keep-alive comment period of the event stream.
 pub const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -164,7 +165,7 @@ fn check_plan(body: PlanBody) -> Result<PlanRequest, ApiError> {
     )
 )]
 pub(crate) async fn plan_update(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     caller: Option<Extension<Caller>>,
     body: Result<Json<PlanBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<UpdateOperation>), ApiError> {
@@ -187,7 +188,7 @@ pub(crate) async fn plan_update(
     )
 )]
 pub(crate) async fn execute_update(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     caller: Option<Extension<Caller>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<UpdateOperation>), ApiError> {
@@ -204,7 +205,7 @@ pub(crate) async fn execute_update(
     responses((status = 200, body = UpdateOperation), (status = 404, body = ErrorBody))
 )]
 pub(crate) async fn update_status(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UpdateOperation>, ApiError> {
     let id = operation_id(path)?;
@@ -225,7 +226,7 @@ pub(crate) async fn update_status(
     )
 )]
 pub(crate) async fn rollback_update(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     caller: Option<Extension<Caller>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<UpdateOperation>), ApiError> {
@@ -237,7 +238,7 @@ pub(crate) async fn rollback_update(
 /// Operations that are planned, running or rolling back.
 #[utoipa::path(get, path = "/api/v1/clustering/updates/active", responses((status = 200, body = UpdateList)))]
 pub(crate) async fn active_updates(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
 ) -> Result<Json<UpdateList>, ApiError> {
     state.updates.active().await.map(Json)
 }
@@ -250,7 +251,7 @@ pub(crate) async fn active_updates(
     responses((status = 200, body = UpdateList), (status = 400, body = ErrorBody))
 )]
 pub(crate) async fn update_history(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> Result<Json<UpdateList>, ApiError> {
     let limit = parse_limit(q, rules::HISTORY_LIMIT, rules::HISTORY_LIMIT_DEFAULT)?;
@@ -260,7 +261,7 @@ pub(crate) async fn update_history(
 /// Whether the cluster is in maintenance mode, since when and until when.
 #[utoipa::path(get, path = "/api/v1/clustering/maintenance", responses((status = 200, body = Maintenance)))]
 pub(crate) async fn get_maintenance(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
 ) -> Result<Json<Maintenance>, ApiError> {
     state.updates.maintenance().await.map(Json)
 }
@@ -278,7 +279,7 @@ pub(crate) async fn get_maintenance(
     )
 )]
 pub(crate) async fn set_maintenance(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     caller: Option<Extension<Caller>>,
     body: Result<Json<MaintenanceRequest>, JsonRejection>,
 ) -> Result<Json<Maintenance>, ApiError> {
@@ -305,7 +306,7 @@ pub(crate) async fn set_maintenance(
     responses((status = 200, body = AuditList), (status = 400, body = ErrorBody))
 )]
 pub(crate) async fn audit(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> Result<Json<AuditList>, ApiError> {
     let limit = parse_limit(q, rules::AUDIT_LIMIT, rules::AUDIT_LIMIT_DEFAULT)?;
@@ -322,7 +323,7 @@ pub(crate) async fn audit(
     responses((status = 200, body = AuditVerifyReport), (status = 503, body = ErrorBody))
 )]
 pub(crate) async fn audit_verify(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
 ) -> Result<Json<AuditVerifyReport>, ApiError> {
     state.updates.audit_verify().await.map(Json)
 }
@@ -393,7 +394,7 @@ pub struct TicketQuery {
     )
 )]
 pub(crate) async fn events(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     crate::extract::ApiQuery(q): crate::extract::ApiQuery<TicketQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Verified by the auth layer when it stood in for a token; here only
@@ -426,7 +427,7 @@ pub(crate) async fn events(
     responses((status = 200, body = EventTicket))
 )]
 pub(crate) async fn events_ticket(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     caller: Option<Extension<Caller>>,
 ) -> Result<Json<EventTicket>, ApiError> {
     let Some(Extension(caller)) = caller else {

@@ -117,6 +117,9 @@ pub struct Storage {
     pub config: DistributedStorage,
     local_peer: String,
     p2p: P2pHandle,
+    /// The membership as the data path places by, rebuilt at most every
+    /// [`VIEW_TTL`] (see [`PlacementView`]).
+    view: std::sync::Mutex<Option<(Instant, Arc<PlacementView>)>>,
     store: Arc<NodeStore>,
     engine: Arc<SledObjects>,
     commit: GroupCommit,
@@ -170,6 +173,13 @@ const READ_REPAIR_EVERY: u64 = 128;
 /// least one: counted in MiB, every small object took a whole MiB and 32
 /// of them in flight were the bound.
 const MAX_INFLIGHT_KIB: u32 = 32 * 1024;
+/// How long the data path places by one read of the membership table
+/// ([`PlacementView`]). Reading and converting the table on every operation
+/// was about 75 allocations per 4 KiB get on 3 nodes; membership itself
+/// moves at heartbeat pace (hundreds of milliseconds and more), so 50 ms
+/// adds nothing a gossip round does not already have.
+const VIEW_TTL: Duration = Duration::from_millis(50);
+
 /// How a replica still catching up after a (re)start refuses a plain read
 /// (the reader tries another replica; see `StoreCall::Read::newest`).
 const CATCHING_UP: &str = "replica is catching up";
@@ -447,6 +457,7 @@ impl Storage {
             caught_up: std::sync::atomic::AtomicBool::new(false),
             inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_KIB as usize)),
             read_repairs: Arc::new(tokio::sync::Semaphore::new(MAX_READ_REPAIRS)),
+            view: std::sync::Mutex::new(None),
             reads_served: std::sync::atomic::AtomicU64::new(0),
             view_ready: tokio::sync::watch::channel(false).0,
             entries_one_by_one: Mutex::new(Default::default()),
@@ -585,23 +596,15 @@ impl Storage {
     /// [`Self::replicas_among`] for every object of `partition` (placement
     /// is per partition; an object's factor takes a prefix).
     pub fn partition_replicas(&self, partition: u16, rf: usize, members: &[Member]) -> Vec<Member> {
-        // Only gossiped figures go into placement, so that every node
-        // computes the same replica sets.
-        let candidates: Vec<Candidate> = members
-            .iter()
-            .map(|m| Candidate {
-                id: m.peer_id.clone(),
-                region: m.region.clone(),
-                zone: m.zone.clone(),
-                capacity_bytes: m.capacity_bytes,
-                latency_ms: (m.store_latency_us > 0).then(|| m.store_latency_us as f64 / 1000.0),
-                reliability: scores::reliability(m.unplanned_restarts),
-            })
-            .collect();
-        placement::replicas(partition, &candidates, self.config.storage_strategy, rf)
-            .into_iter()
-            .map(|i| members[i].clone())
-            .collect()
+        placement::replicas(
+            partition,
+            &candidates(members),
+            self.config.storage_strategy,
+            rf,
+        )
+        .into_iter()
+        .map(|i| members[i].clone())
+        .collect()
     }
 
     /// The nominal owners of `data_id` at `rf`: its placement over every
@@ -614,19 +617,43 @@ impl Storage {
     /// The placement ([`Self::replicas_for`]) and the nominal owners of
     /// `data_id` at `rf`, from one read of the membership table.
     fn owner_sets(&self, data_id: &str, rf: usize) -> (Vec<Member>, Vec<Member>) {
+        let v = self.view();
+        let partition = placement::partition_of(data_id);
+        (
+            v.replicas(partition, rf, false, self.config.storage_strategy),
+            v.replicas(partition, rf, true, self.config.storage_strategy),
+        )
+    }
+
+    pub fn replicas_for(&self, data_id: &str, rf: usize) -> Vec<Member> {
+        let partition = placement::partition_of(data_id);
+        self.view()
+            .replicas(partition, rf, false, self.config.storage_strategy)
+    }
+
+    /// The membership as placement reads it, at most [`VIEW_TTL`] old.
+    fn view(&self) -> Arc<PlacementView> {
+        let mut cached = self.view.lock().expect("view lock");
+        if let Some((at, v)) = cached.as_ref() {
+            if at.elapsed() < VIEW_TTL {
+                return v.clone();
+            }
+        }
         let members = self.members();
+        let placement = self.placement_members(&members);
         let not_left: Vec<Member> = members
             .iter()
             .filter(|m| m.status != MemberStatus::Left)
             .cloned()
             .collect();
-        let placement = self.replicas_among(data_id, rf, &self.placement_members(&members));
-        (placement, self.replicas_among(data_id, rf, &not_left))
-    }
-
-    pub fn replicas_for(&self, data_id: &str, rf: usize) -> Vec<Member> {
-        let members = self.placement_members(&self.members());
-        self.replicas_among(data_id, rf, &members)
+        let v = Arc::new(PlacementView {
+            placement_candidates: candidates(&placement),
+            placement,
+            not_left_candidates: candidates(&not_left),
+            not_left,
+        });
+        *cached = Some((Instant::now(), v.clone()));
+        v
     }
 
     fn record_latency(&self, peer: &str, started: Instant, kind: &'static str) {
@@ -1730,6 +1757,55 @@ fn owner_ids(nominal: &[Member], rf: usize) -> Vec<&str> {
         .iter()
         .take(rf)
         .map(|m| m.peer_id.as_str())
+        .collect()
+}
+
+/// One read of the membership table as the data path places by: the
+/// placement members ([`Storage::placement_members`]) and every member that
+/// has not left (the nominal owners' universe, see `quorum`), each with its
+/// placement candidates.
+struct PlacementView {
+    placement: Vec<Member>,
+    placement_candidates: Vec<Candidate>,
+    not_left: Vec<Member>,
+    not_left_candidates: Vec<Candidate>,
+}
+
+impl PlacementView {
+    /// The replica set of `partition` at `rf`, primary first, among the
+    /// placement members or (`nominal`) every member that has not left.
+    fn replicas(
+        &self,
+        partition: u16,
+        rf: usize,
+        nominal: bool,
+        strategy: plexi_util::types::StorageStrategy,
+    ) -> Vec<Member> {
+        let (members, candidates) = if nominal {
+            (&self.not_left, &self.not_left_candidates)
+        } else {
+            (&self.placement, &self.placement_candidates)
+        };
+        placement::replicas(partition, candidates, strategy, rf)
+            .into_iter()
+            .map(|i| members[i].clone())
+            .collect()
+    }
+}
+
+/// Members as placement sees them: only gossiped figures, so that every
+/// node computes the same replica sets.
+fn candidates(members: &[Member]) -> Vec<Candidate> {
+    members
+        .iter()
+        .map(|m| Candidate {
+            id: m.peer_id.clone(),
+            region: m.region.clone(),
+            zone: m.zone.clone(),
+            capacity_bytes: m.capacity_bytes,
+            latency_ms: (m.store_latency_us > 0).then(|| m.store_latency_us as f64 / 1000.0),
+            reliability: scores::reliability(m.unplanned_restarts),
+        })
         .collect()
 }
 
