@@ -12,6 +12,7 @@
 //! written back by a batch (a batch skips keys without metadata).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,9 @@ pub struct AccessLog {
     /// The object metadata tree: a batch writes only keys it still holds.
     meta: sled::Tree,
     pending: Mutex<Pending>,
+    /// A batch write is asked for and not finished: further reads do not ask
+    /// again (one write in flight at most).
+    writing: AtomicBool,
 }
 
 /// Whether a batch begun at `since_ms` holding `len` entries is written now.
@@ -79,33 +83,32 @@ impl AccessLog {
             tree,
             meta,
             pending: Mutex::new(Pending::default()),
+            writing: AtomicBool::new(false),
         }
     }
 
-    /// Counts one read of `key` at `now_ms`; writes the batch when it is
-    /// due (full, or [`ACCESS_WRITE_INTERVAL_MS`] old). Runs where the read
-    /// ran (the blocking pool), never on an async worker.
-    pub fn record(&self, key: Vec<u8>, now_ms: u64) -> Result<(), sled::Error> {
-        let batch = {
-            let mut p = self.pending.lock().expect("access lock");
-            if p.stats.is_empty() {
-                p.since_ms = now_ms;
-            }
-            let s = p.stats.entry(key).or_default();
-            s.access_count = s.access_count.saturating_add(1);
-            s.last_accessed_ms = s.last_accessed_ms.max(now_ms);
-            if !batch_due(p.stats.len(), p.since_ms, now_ms) {
-                return Ok(());
-            }
-            std::mem::take(&mut p.stats)
-        };
-        self.write(batch)
+    /// Counts one read of `key` at `now_ms`; true when the batch is due
+    /// (full, or [`ACCESS_WRITE_INTERVAL_MS`] old): the caller then has
+    /// [`Self::write_pending`] run where blocking is fine (a read may count
+    /// on an async worker; the batch write must not run there).
+    pub fn record(&self, key: Vec<u8>, now_ms: u64) -> bool {
+        let mut p = self.pending.lock().expect("access lock");
+        if p.stats.is_empty() {
+            p.since_ms = now_ms;
+        }
+        let s = p.stats.entry(key).or_default();
+        s.access_count = s.access_count.saturating_add(1);
+        s.last_accessed_ms = s.last_accessed_ms.max(now_ms);
+        batch_due(p.stats.len(), p.since_ms, now_ms) && !self.writing.swap(true, Ordering::AcqRel)
     }
 
-    /// Writes every read counted so far (the node calls it when it stops).
+    /// Writes every read counted so far (when [`Self::record`] says the
+    /// batch is due, and when the node stops).
     pub fn write_pending(&self) -> Result<(), sled::Error> {
         let batch = std::mem::take(&mut self.pending.lock().expect("access lock").stats);
-        self.write(batch)
+        let res = self.write(batch);
+        self.writing.store(false, Ordering::Release);
+        res
     }
 
     fn write(&self, batch: HashMap<Vec<u8>, AccessStats>) -> Result<(), sled::Error> {
@@ -177,7 +180,7 @@ mod tests {
         let l = log();
         l.meta.insert(b"k", &b"m"[..]).unwrap();
         for t in 0..3 {
-            l.record(b"k".to_vec(), 1_000 + t).unwrap();
+            assert!(!l.record(b"k".to_vec(), 1_000 + t));
         }
         assert!(l.tree.is_empty(), "no sled write before the batch is due");
         let want = AccessStats {
@@ -186,18 +189,22 @@ mod tests {
         };
         assert_eq!(l.get(b"k"), want);
         // The batch falls due: written, merged with what was there.
-        l.record(b"k".to_vec(), 1_000 + ACCESS_WRITE_INTERVAL_MS)
-            .unwrap();
+        assert!(l.record(b"k".to_vec(), 1_000 + ACCESS_WRITE_INTERVAL_MS));
+        // Asked once: the next read does not ask again until it is written.
+        assert!(!l.record(b"k".to_vec(), 2_000 + ACCESS_WRITE_INTERVAL_MS));
+        l.write_pending().unwrap();
         assert_eq!(l.tree.len(), 1);
         let want = AccessStats {
-            last_accessed_ms: 1_000 + ACCESS_WRITE_INTERVAL_MS,
-            access_count: 4,
+            last_accessed_ms: 2_000 + ACCESS_WRITE_INTERVAL_MS,
+            access_count: 5,
         };
         assert_eq!(l.get(b"k"), want);
-        l.record(b"k".to_vec(), 9_000).unwrap();
+        // The next batch begins with the next read and asks when it is due.
+        assert!(!l.record(b"k".to_vec(), 90_000));
+        assert!(l.record(b"k".to_vec(), 90_000 + ACCESS_WRITE_INTERVAL_MS));
         l.write_pending().unwrap();
-        assert_eq!(l.get(b"k").access_count, 5);
-        assert_eq!(decode(&l.tree.get(b"k").unwrap().unwrap()).access_count, 5);
+        assert_eq!(l.get(b"k").access_count, 7);
+        assert_eq!(decode(&l.tree.get(b"k").unwrap().unwrap()).access_count, 7);
     }
 
     #[test]
@@ -208,13 +215,15 @@ mod tests {
             if i % 2 == 0 {
                 l.meta.insert(&key, &b"m"[..]).unwrap();
             }
-            l.record(key, 1_000).unwrap();
+            let due = l.record(key, 1_000);
+            assert_eq!(due, i == MAX_PENDING_ACCESS - 1, "due only when full");
         }
+        l.write_pending().unwrap();
         assert!(l.pending.lock().unwrap().stats.is_empty());
         assert_eq!(l.tree.len(), MAX_PENDING_ACCESS / 2);
         // A removed object's pending reads go with it.
         l.meta.insert(b"gone", &b"m"[..]).unwrap();
-        l.record(b"gone".to_vec(), 2_000).unwrap();
+        l.record(b"gone".to_vec(), 2_000);
         l.remove(b"gone").unwrap();
         l.write_pending().unwrap();
         assert_eq!(l.get(b"gone"), AccessStats::default());

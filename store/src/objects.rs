@@ -76,6 +76,9 @@ pub enum Applied {
 use crate::access::AccessLog;
 pub use crate::access::AccessStats;
 
+/// What a read found: the object and its value, or nothing.
+pub type Found = Option<(ObjectMeta, Vec<u8>)>;
+
 /// A local object engine.
 pub trait ObjectStore: Send + Sync + 'static {
     /// Applies a write if its version is newer than what the replica holds.
@@ -100,7 +103,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn counts(&self) -> (u64, u64);
     /// Metadata of up to `limit` entries (tombstones included), in key order.
     fn census(&self, limit: usize) -> Result<Vec<ObjectMeta>, StoreError>;
-    fn record_access(&self, data_id: &str, now_ms: u64);
+    /// Counts a read; true when the counted reads are due to be written
+    /// ([`SledObjects::write_access`], off the async workers).
+    fn record_access(&self, data_id: &str, now_ms: u64) -> bool;
     fn access(&self, data_id: &str) -> AccessStats;
     /// Makes every write applied so far durable.
     fn flush(&self) -> Result<(), StoreError>;
@@ -336,6 +341,80 @@ pub enum Resealed {
 }
 
 impl SledObjects {
+    /// [`ObjectStore::get`] of an object whose value is in the tree, on
+    /// the caller's thread: `Ok(None)` when its value is in a value file
+    /// (the caller reads it with `get` on the blocking pool).
+    pub fn get_in_tree(
+        &self,
+        data_id: &str,
+    ) -> Result<Option<Found>, StoreError> {
+        self.read(data_id, false)
+    }
+
+    /// The object and its value; with `files` false, `Ok(None)` rather
+    /// than reading a value file.
+    fn read(
+        &self,
+        data_id: &str,
+        files: bool,
+    ) -> Result<Option<Found>, StoreError> {
+        let key = object_key(data_id);
+        let corrupt = || StoreError::Corrupt {
+            path: self.path.clone(),
+            key: data_id.to_string(),
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Metadata and value (or its file's name) from one transaction:
+            // a concurrent write must not pair new metadata with old bytes
+            // (a false "corrupt").
+            let res = (&self.meta, &self.data, &self.files).transaction(|(m, d, f)| {
+                let meta = m.get(&key)?;
+                let (data, file) = match &meta {
+                    Some(_) => (d.get(&key)?, f.get(&key)?),
+                    None => (None, None),
+                };
+                Ok::<_, ConflictableTransactionError<StoreError>>((meta, data, file))
+            });
+            let (meta, data, file) = res.map_err(|e| self.tx_err(e))?;
+            let Some(meta) = meta else {
+                return Ok(Some(None));
+            };
+            let meta = decode_meta(&meta).ok_or_else(corrupt)?;
+            if meta.tombstone {
+                return Ok(Some(Some((meta, Vec::new()))));
+            }
+            let stored = match file {
+                None => data.map(|d| d.to_vec()).unwrap_or_default(),
+                Some(_) if !files => return Ok(None),
+                Some(r) => {
+                    let Some(r) = FileRef::decode(&r) else {
+                        tracing::error!(data_id, "malformed value-file entry; not served");
+                        return Err(corrupt());
+                    };
+                    match self.read_value_file(&r) {
+                        Ok(v) => v,
+                        // A concurrent overwrite replaced the file and a
+                        // flush removed it: read the new entry.
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::NotFound
+                                && attempt < READ_ATTEMPTS =>
+                        {
+                            continue
+                        }
+                        Err(e) => {
+                            tracing::error!(data_id, file = %r.name, error = %e, "value file unreadable; not served");
+                            return Err(corrupt());
+                        }
+                    }
+                }
+            };
+            let data = self.open_value(&meta, stored)?;
+            return Ok(Some(Some((meta, data))));
+        }
+    }
+
     /// Writes the read statistics counted in memory so far (at a stop).
     pub fn write_access(&self) -> Result<(), StoreError> {
         self.access.write_pending().map_err(|e| self.err(e))
@@ -975,58 +1054,9 @@ impl ObjectStore for SledObjects {
     }
 
     fn get(&self, data_id: &str) -> Result<Option<(ObjectMeta, Vec<u8>)>, StoreError> {
-        let key = object_key(data_id);
-        let corrupt = || StoreError::Corrupt {
-            path: self.path.clone(),
-            key: data_id.to_string(),
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // Metadata and value (or its file's name) from one transaction:
-            // a concurrent write must not pair new metadata with old bytes
-            // (a false "corrupt").
-            let res = (&self.meta, &self.data, &self.files).transaction(|(m, d, f)| {
-                let meta = m.get(&key)?;
-                let (data, file) = match &meta {
-                    Some(_) => (d.get(&key)?, f.get(&key)?),
-                    None => (None, None),
-                };
-                Ok::<_, ConflictableTransactionError<StoreError>>((meta, data, file))
-            });
-            let (meta, data, file) = res.map_err(|e| self.tx_err(e))?;
-            let Some(meta) = meta else { return Ok(None) };
-            let meta = decode_meta(&meta).ok_or_else(corrupt)?;
-            if meta.tombstone {
-                return Ok(Some((meta, Vec::new())));
-            }
-            let stored = match file {
-                None => data.map(|d| d.to_vec()).unwrap_or_default(),
-                Some(r) => {
-                    let Some(r) = FileRef::decode(&r) else {
-                        tracing::error!(data_id, "malformed value-file entry; not served");
-                        return Err(corrupt());
-                    };
-                    match self.read_value_file(&r) {
-                        Ok(v) => v,
-                        // A concurrent overwrite replaced the file and a
-                        // flush removed it: read the new entry.
-                        Err(e)
-                            if e.kind() == std::io::ErrorKind::NotFound
-                                && attempt < READ_ATTEMPTS =>
-                        {
-                            continue
-                        }
-                        Err(e) => {
-                            tracing::error!(data_id, file = %r.name, error = %e, "value file unreadable; not served");
-                            return Err(corrupt());
-                        }
-                    }
-                }
-            };
-            let data = self.open_value(&meta, stored)?;
-            return Ok(Some((meta, data)));
-        }
+        Ok(self
+            .read(data_id, true)?
+            .expect("a read that may open value files always ends"))
     }
 
     fn meta(&self, data_id: &str) -> Result<Option<ObjectMeta>, StoreError> {
@@ -1140,10 +1170,8 @@ impl ObjectStore for SledObjects {
         )
     }
 
-    fn record_access(&self, data_id: &str, now_ms: u64) {
-        if let Err(e) = self.access.record(object_key(data_id), now_ms) {
-            tracing::warn!(path = %self.path, error = %e, "read statistics not written");
-        }
+    fn record_access(&self, data_id: &str, now_ms: u64) -> bool {
+        self.access.record(object_key(data_id), now_ms)
     }
 
     fn access(&self, data_id: &str) -> AccessStats {
@@ -1973,7 +2001,7 @@ mod tests {
         fn census(&self, limit: usize) -> Result<Vec<ObjectMeta>, StoreError> {
             self.inner.census(limit)
         }
-        fn record_access(&self, data_id: &str, now_ms: u64) {
+        fn record_access(&self, data_id: &str, now_ms: u64) -> bool {
             self.inner.record_access(data_id, now_ms)
         }
         fn access(&self, data_id: &str) -> AccessStats {
