@@ -344,20 +344,13 @@ impl SledObjects {
     /// [`ObjectStore::get`] of an object whose value is in the tree, on
     /// the caller's thread: `Ok(None)` when its value is in a value file
     /// (the caller reads it with `get` on the blocking pool).
-    pub fn get_in_tree(
-        &self,
-        data_id: &str,
-    ) -> Result<Option<Found>, StoreError> {
+    pub fn get_in_tree(&self, data_id: &str) -> Result<Option<Found>, StoreError> {
         self.read(data_id, false)
     }
 
     /// The object and its value; with `files` false, `Ok(None)` rather
     /// than reading a value file.
-    fn read(
-        &self,
-        data_id: &str,
-        files: bool,
-    ) -> Result<Option<Found>, StoreError> {
+    fn read(&self, data_id: &str, files: bool) -> Result<Option<Found>, StoreError> {
         let key = object_key(data_id);
         let corrupt = || StoreError::Corrupt {
             path: self.path.clone(),
