@@ -596,15 +596,13 @@ impl Storage {
     /// [`Self::replicas_among`] for every object of `partition` (placement
     /// is per partition; an object's factor takes a prefix).
     pub fn partition_replicas(&self, partition: u16, rf: usize, members: &[Member]) -> Vec<Member> {
-        placement::replicas(
+        pick(
             partition,
+            rf,
+            members,
             &candidates(members),
             self.config.storage_strategy,
-            rf,
         )
-        .into_iter()
-        .map(|i| members[i].clone())
-        .collect()
     }
 
     /// The nominal owners of `data_id` at `rf`: its placement over every
@@ -1800,11 +1798,23 @@ impl PlacementView {
         } else {
             (&self.placement, &self.placement_candidates)
         };
-        placement::replicas(partition, candidates, strategy, rf)
-            .into_iter()
-            .map(|i| members[i].clone())
-            .collect()
+        pick(partition, rf, members, candidates, strategy)
     }
+}
+
+/// The replica set of `partition` at `rf` among `members` (whose placement
+/// candidates are `candidates`, in the same order), primary first.
+fn pick(
+    partition: u16,
+    rf: usize,
+    members: &[Member],
+    candidates: &[Candidate],
+    strategy: plexi_util::types::StorageStrategy,
+) -> Vec<Member> {
+    placement::replicas(partition, candidates, strategy, rf)
+        .into_iter()
+        .map(|i| members[i].clone())
+        .collect()
 }
 
 /// Members as placement sees them: only gossiped figures, so that every
