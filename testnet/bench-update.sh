@@ -40,6 +40,8 @@
 #   BENCH_STEADY_SECONDS default 30   BENCH_RESTARTS default 3
 #   BENCH_HEALTH_TIMEOUT default 60   BENCH_TIMEOUT default 600 (one operation)
 #   BENCH_OUT        where the raw JSON goes        BENCH_KEEP=1 keep the temp dir
+#   BENCH_WAIT_STAGED default 1: execute once the status shows every node
+#                    staged (the release prefetched after the plan); 0: at once
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -60,6 +62,7 @@ BENCH_RESTARTS=${BENCH_RESTARTS:-3}
 BENCH_HEALTH_TIMEOUT=${BENCH_HEALTH_TIMEOUT:-60}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-600}
 BENCH_OUT=${BENCH_OUT:-${TMPDIR:-/tmp}/bench-update.json}
+BENCH_WAIT_STAGED=${BENCH_WAIT_STAGED:-1}
 
 die() {
     echo "bench-update.sh: $*" >&2
@@ -67,7 +70,7 @@ die() {
 }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
-for v in BENCH_BASE_PORT BENCH_STEADY_SECONDS BENCH_RESTARTS BENCH_HEALTH_TIMEOUT BENCH_TIMEOUT; do
+for v in BENCH_BASE_PORT BENCH_STEADY_SECONDS BENCH_RESTARTS BENCH_HEALTH_TIMEOUT BENCH_TIMEOUT BENCH_WAIT_STAGED; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer"
 done
 ((BENCH_RESTARTS >= 1)) || die "BENCH_RESTARTS must be at least 1"
@@ -244,6 +247,25 @@ for n in "${sizes[@]}"; do
         -d "{\"target_version\": \"$next_version\", \"strategy\": \"rolling\"}" "$api1/api/v1/clustering/updates/plan") ||
         die "plan failed"
     op=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["operation_id"])' <<<"$plan")
+    # Nodes fetch the planned release in the background; an operator
+    # executes once the status shows every node staged (BENCH_WAIT_STAGED=0:
+    # execute at once, and the first node fetches during its turn).
+    t_plan=$(now_ms)
+    staged_ms=""
+    if ((BENCH_WAIT_STAGED)); then
+        while :; do
+            if curl -fsS --max-time 2 -H "Authorization: Bearer $token" -o "$work/plan-n$n.json" \
+                "$api1/api/v1/clustering/updates/$op/status" 2>/dev/null &&
+                [[ $(json_get "$work/plan-n$n.json" 'all(s.get("staged_at") for s in d["node_statuses"].values())') == True ]]; then
+                staged_ms=$(($(now_ms) - t_plan))
+                break
+            fi
+            (($(now_ms) - t_plan < BENCH_TIMEOUT * 1000)) || die "operation $op: nodes not staged after ${BENCH_TIMEOUT}s"
+            sleep 0.1
+        done
+        log "N=$n: every node staged $next_version ${staged_ms} ms after the plan"
+    fi
+    printf '%s\n' "$staged_ms" >"$work/staged-n$n.ms"
     t_exec=$(now_ms)
     curl -fsS --max-time 10 -H "Authorization: Bearer $token" -X POST "$api1/api/v1/clustering/updates/$op/execute" \
         -o /dev/null || die "execute failed"
@@ -311,6 +333,8 @@ for n in sizes:
     op = json.load(open("%s/op-n%d.json" % (work, n)))
     t_exec = int(open("%s/exec-n%d.ms" % (work, n)).read()) / 1000
     t_final = int(open("%s/final-n%d.ms" % (work, n)).read()) / 1000
+    staged = open("%s/staged-n%d.ms" % (work, n)).read().strip()
+    staged_s = int(staged) / 1000 if staged else None
     restarts = []
     for line in open("%s/restarts-n%d.tsv" % (work, n)):
         node, h, rd, al, bo = line.split()
@@ -345,6 +369,7 @@ for n in sizes:
         "steady_client": steady, "roll_client": roll, "restarts": restarts,
         "restart_health_check_s": r2(restart_s), "ideal_s": r2(n * restart_s),
         "total_s": r2(total), "total_polled_s": r2(t_final - t_exec),
+        "plan_to_staged_s": r2(staged_s) if staged_s is not None else None,
         "op_started_at": op["started_at"], "op_completed_at": op["completed_at"],
         "sum_node_durations_s": r2(sum(x["duration_s"] for x in nodes)),
         "node_updates": nodes})
@@ -362,13 +387,14 @@ print("")
 print("Machine: %s, %s cores; commit %s; %s build; loopback, one testnet at a time." % (cpu, ncpu, commit, profile))
 print("Client: eventual 4 KiB writes alternating with reads, retrying on the next node; latency of whole operations.")
 print("")
-print("| N | steady: ops/s, failures, p50 / p99 ms | restart + health check (s, median of %d) | ideal N x that (s) | rolling upgrade, execute -> completed (s) | x ideal | per node (s, median) | restart + post_check (s, median) | overhead per node (s, median) | during the roll: ops, failures, p50 / p99 ms |" % len(raw["runs"][0]["restarts"]))
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| N | steady: ops/s, failures, p50 / p99 ms | restart + health check (s, median of %d) | ideal N x that (s) | plan -> every node staged (s) | rolling upgrade, execute -> completed (s) | x ideal | per node (s, median) | restart + post_check (s, median) | overhead per node (s, median) | during the roll: ops, failures, p50 / p99 ms |" % len(raw["runs"][0]["restarts"]))
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in raw["runs"]:
     st, ro, ns = r["steady_client"], r["roll_client"], r["node_updates"]
-    print("| %d | %.0f, %d, %s | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %d, %d, %s |" % (
+    staged = "%.2f" % r["plan_to_staged_s"] if r["plan_to_staged_s"] is not None else "not waited"
+    print("| %d | %.0f, %d, %s | %.2f | %.1f | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %d, %d, %s |" % (
         r["nodes"], st["ops"] / max(st["seconds"], 0.001), st["failures"], lat(st),
-        r["restart_health_check_s"], r["ideal_s"], r["total_s"], r["total_s"] / r["ideal_s"],
+        r["restart_health_check_s"], r["ideal_s"], staged, r["total_s"], r["total_s"] / r["ideal_s"],
         med([x["duration_s"] for x in ns]), med([x["restart_post_check_s"] for x in ns]),
         med([x["overhead_s"] for x in ns]), ro["ops"], ro["failures"], lat(ro)))
 print("")

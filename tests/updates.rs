@@ -307,12 +307,43 @@ fn rolling_upgrade_under_load_then_broken_release_then_downgrade() {
     }
 
     // 1. Rolling upgrade from a node that is not first, under client load.
+    // Every node fetches the planned release before anything is executed,
+    // and says so in the status (staged_at), so the roll fetches nothing.
     let mut client = Client::start(nodes.iter().map(|n| n.dir.clone()).collect());
-    let id = plan_and_execute(
+    let (st, planned) = post(
         &nodes[1].api,
+        "/api/v1/clustering/updates/plan",
         json!({"target_version": "0.1.1", "update_type": "upgrade", "strategy": "rolling"}),
     );
+    assert_eq!(st, 201, "{planned}");
+    let id = planned["operation_id"].as_str().unwrap().to_string();
+    let staged = wait_for(Duration::from_secs(120), || {
+        let op = get_json_at(&api, &format!("/api/v1/clustering/updates/{id}/status"))?;
+        let nodes = op["node_statuses"].as_object()?;
+        (nodes.len() == 3 && nodes.values().all(|n| n["staged_at"].is_string())).then_some(op)
+    });
+    assert!(
+        staged.is_some(),
+        "not every node staged 0.1.1 after the plan"
+    );
+    let (st, body) = post(
+        &nodes[1].api,
+        &format!("/api/v1/clustering/updates/{id}/execute"),
+        json!({}),
+    );
+    assert_eq!(st, 202, "{body}");
     let op = wait_final(&nodes, &id, Duration::from_secs(240));
+    // Each node's turn used what it staged (its log says so) instead of
+    // fetching again.
+    let used = format!("(prefetched) operation_id=\"{id}\"");
+    for n in &nodes {
+        assert!(
+            n.log().contains(&used),
+            "{} fetched during its turn although it was staged:\n{}",
+            n.name,
+            n.log_tail()
+        );
+    }
     std::thread::sleep(Duration::from_secs(1));
     client.stop();
     assert_eq!(op["status"], "completed", "{op:#}");

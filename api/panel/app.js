@@ -383,13 +383,15 @@ function progressOf(op) {
   const rows = Object.values(op.node_statuses).map((n) => h("tr", { "data-update-node": n.node_id },
     h("td", {}, n.node_id), h("td", {}, pill(n.status)), h("td", {}, n.current_phase),
     h("td", {}, bar(n.progress_percentage), fmtNum(n.progress_percentage, 0) + " %"),
-    h("td", {}, n.from_version + " → " + n.to_version), h("td", {}, n.error_message || "")));
+    h("td", {}, n.from_version + " → " + n.to_version),
+    h("td", { "data-staged": n.staged_at ? "yes" : "no" }, n.staged_at ? "staged " + fmtTime(n.staged_at) : "not yet"),
+    h("td", {}, n.error_message || "")));
   return h("div", { "data-operation": op.operation_id, "data-status": op.status },
     opSummary(op),
     h("p", {}, "Overall: ", h("strong", { class: "overall" }, fmtNum(op.overall_progress, 0) + " %"), " · ", op.current_phase,
       op.halted_reason ? h("span", { class: "error" }, " · halted: " + op.halted_reason) : null),
     bar(op.overall_progress),
-    table(["Node", "Status", "Phase", "Progress", "Versions", "Error"], rows),
+    table(["Node", "Status", "Phase", "Progress", "Versions", "Release on the node", "Error"], rows),
     isAdmin() && ["running", "failed", "completed"].includes(op.status)
       ? h("button", { type: "button", class: "danger", "data-action": "rollback", "data-op": op.operation_id, onclick: () => rollback(op.operation_id) }, "Roll back") : null);
 }

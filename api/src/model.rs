@@ -399,6 +399,11 @@ pub struct NodeUpdateStatus {
     pub completed_at: Option<String>,
     pub error_message: Option<String>,
     pub rollback_available: bool,
+    /// When the target release was fetched, verified and installed on this
+    /// node; null until then. Nodes fetch it in the background as soon as
+    /// the operation is planned, so executing once every node is staged
+    /// spends no fetch during the roll.
+    pub staged_at: Option<String>,
     /// Seconds spent in each finished phase.
     pub phase_seconds: std::collections::BTreeMap<UpdatePhase, f64>,
 }

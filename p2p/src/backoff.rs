@@ -25,6 +25,11 @@ impl Backoff {
         now_ms >= self.next_at_ms
     }
 
+    /// How long from `now_ms` until the next attempt is due.
+    pub fn wait_ms(&self, now_ms: u64) -> u64 {
+        self.next_at_ms.saturating_sub(now_ms)
+    }
+
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
@@ -79,5 +84,9 @@ mod tests {
         let mut b = Backoff::new(1000, 1000);
         b.attempted(0, 0.0);
         assert!(!b.due(499) && b.due(500));
+        assert_eq!(
+            (b.wait_ms(100), b.wait_ms(500), b.wait_ms(900)),
+            (400, 0, 0)
+        );
     }
 }

@@ -96,6 +96,9 @@ impl Throttle {
 
 /// Bound on the start-up catch-up: after this the node serves reads anyway.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+/// Peers the start-up catch-up syncs with at once (a restarted node is out
+/// of service until it is done, so not one after another).
+const CATCH_UP_PARALLEL: usize = 8;
 
 /// How long a node that joins a cluster waits, at start, for its first
 /// peer (the membership exchange with it brings the whole member list).
@@ -158,14 +161,23 @@ async fn catch_up(s: &Arc<Storage>, start: Start) {
     s.set_view_ready();
     let peers: Vec<Member> = s.peers();
     let progress = Progress::default();
-    for peer in &peers {
-        if started.elapsed() > CATCH_UP_LIMIT {
-            tracing::warn!("catch-up took too long; serving reads anyway");
-            break;
+    let syncs = async {
+        for group in peers.chunks(CATCH_UP_PARALLEL) {
+            let syncs = group
+                .iter()
+                .map(|peer| sync_with(s, peer, &progress, moves));
+            for (peer, r) in group.iter().zip(futures::future::join_all(syncs).await) {
+                if let Err(e) = r {
+                    tracing::debug!(node_id = %peer.name, error = %e, "catch-up pass failed");
+                }
+            }
         }
-        if let Err(e) = sync_with(s, peer, &progress, moves).await {
-            tracing::debug!(node_id = %peer.name, error = %e, "catch-up pass failed");
-        }
+    };
+    if tokio::time::timeout(CATCH_UP_LIMIT.saturating_sub(started.elapsed()), syncs)
+        .await
+        .is_err()
+    {
+        tracing::warn!("catch-up took too long; serving reads anyway");
     }
     s.set_caught_up();
     tracing::info!(

@@ -49,7 +49,10 @@ const RESTART_BASE: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(30);
 /// A worker that ran this long resets the restart backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
-const READY_POLL: Duration = Duration::from_millis(100);
+/// How often a switch looks for the new worker's ready file (one stat of
+/// a small file; the whole wait is bounded by the switch's deadline).
+const READY_POLL: Duration = Duration::from_millis(25);
+
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     #[error("configuration error: {0}")]

@@ -34,6 +34,8 @@ use plexi_util::types::{Consistency, NodeId, NodeUpdateStatus, UpdatePhase, Upda
 pub const RETRY_AFTER_S: u64 = 2;
 /// Bound on waiting for in-flight requests to finish when draining.
 const DRAIN_WAIT: Duration = Duration::from_secs(30);
+/// How often the drain looks at the in-flight count (an atomic).
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 const TICK: Duration = Duration::from_millis(500);
 /// A lease holder silent past its lease by this much is declared failed.
 const HOLDER_GRACE_MS: u64 = 3_000;
@@ -57,6 +59,17 @@ const PRE_CHECK_RETRY: Duration = Duration::from_secs(2);
 const PRE_CHECK_SYNC_LIMIT: Duration = Duration::from_secs(30);
 /// How often a pre-check sync looks whether its peer is still alive.
 const PRE_CHECK_PEER_POLL: Duration = Duration::from_millis(250);
+/// Waits between attempts at an update lease: from the first to the
+/// last, doubling, the upper half jittered. The common denial is the
+/// previous holder's release still on its way (it is sent right after that
+/// node shows completed), which a first retry after 25-50 ms finds gone;
+/// a slot held for a whole update is asked again at most every second.
+const LEASE_RETRY_FIRST_MS: u64 = 50;
+const LEASE_RETRY_MAX_MS: u64 = 1_000;
+/// How often the post-update check looks at whether the restarted node has
+/// rejoined, and at the supervisor's answer to its ready (each look is a
+/// read of memory or of one small file).
+const POST_SWITCH_POLL: Duration = Duration::from_millis(25);
 /// Bound on operations whose release this node remembers prefetching.
 const MAX_PREFETCHED: usize = 16;
 /// A failed prefetch is tried again after this long (the node's turn
@@ -398,7 +411,14 @@ impl Engine {
                 }
             }
         });
-        self.push(id).await;
+        // Not awaited: the records merge by `seq`, so pushes arriving out of
+        // order do no harm, and a step never waits on a slow or dead peer
+        // to hear of a phase. The steps that need a majority to know (the
+        // switch) push and count the acks themselves.
+        let (state, p2p, id) = (self.state.clone(), self.p2p.clone(), id.to_string());
+        tokio::spawn(async move {
+            state::push(&state, &p2p, Some(&id)).await;
+        });
     }
 
     /// Moves this node to `phase`, adding the time spent in the previous
@@ -531,6 +551,7 @@ impl Engine {
                 }
                 Err(err) => Err(StepError(err.to_string())),
             };
+            let staged = res.is_ok();
             let next = match res {
                 Ok(()) => {
                     tracing::info!(operation_id = %id, version = %plan.target_version, elapsed_ms = started.elapsed().as_millis() as u64, "target release prefetched: fetched, verified and installed ahead of this node's turn");
@@ -547,7 +568,13 @@ impl Engine {
             e.prefetched
                 .lock()
                 .expect("prefetch table lock")
-                .insert(id, next);
+                .insert(id.clone(), next);
+            if staged {
+                e.progress(&id, |p| {
+                    p.staged_at_ms.get_or_insert(wall_ms());
+                })
+                .await;
+            }
         });
     }
 
@@ -691,6 +718,7 @@ impl Engine {
     /// while there is no majority. Returns None if the operation stopped.
     async fn take_lease(&self, id: &str) -> Option<LeaseHold> {
         let mut warned = false;
+        let mut retry = plexi_p2p::backoff::Backoff::new(LEASE_RETRY_FIRST_MS, LEASE_RETRY_MAX_MS);
         loop {
             let rec = self.state.get(id)?;
             let wanted = rec.nodes.get(&self.node_id)?.status;
@@ -733,8 +761,9 @@ impl Engine {
                 }
             }
             // Jittered, so two nodes splitting the grants do not repeat it.
-            let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0..1000);
-            tokio::time::sleep(Duration::from_millis(500 + jitter)).await;
+            let now = wall_ms();
+            retry.attempted(now, rand::Rng::gen(&mut rand::thread_rng()));
+            tokio::time::sleep(Duration::from_millis(retry.wait_ms(now))).await;
         }
     }
 
@@ -850,6 +879,7 @@ impl Engine {
         self.progress(id, |p| {
             p.on_target = true;
             p.rollback_available = true;
+            p.staged_at_ms.get_or_insert(wall_ms());
         })
         .await;
         self.switch(SwitchRequest {
@@ -958,7 +988,7 @@ impl Engine {
         .await;
         let start = Instant::now();
         while self.drain.in_flight.count() > 0 && start.elapsed() < DRAIN_WAIT {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(DRAIN_POLL).await;
         }
     }
 
@@ -1200,15 +1230,19 @@ impl Engine {
                 }
             }
         }
-        self.audit(
+        // The next node starts on seeing this one completed and asks for
+        // the lease at once: release it without waiting on the audit entry.
+        let in_service = self.audit(
             "node.in_service",
             Some(id),
             serde_json::json!({"node_id": self.node_id, "version": self.version.to_string(), "status": status}),
-        )
-        .await;
-        if let Some(l) = lease {
-            self.release_lease(id, &l).await;
-        }
+        );
+        let release = async {
+            if let Some(l) = lease {
+                self.release_lease(id, &l).await;
+            }
+        };
+        tokio::join!(in_service, release);
     }
 
     /// At start: finish a switch this worker is the target of (post-check,
@@ -1367,7 +1401,7 @@ impl Engine {
             if result.is_some() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(POST_SWITCH_POLL).await;
         }
         match result {
             Some(r) if r.outcome == SwitchOutcome::Switched => {
@@ -1397,11 +1431,16 @@ impl Engine {
                 .iter()
                 .filter(|m| m.status == MemberStatus::Alive)
                 .count();
-            let healthy = self.checks.healthy().await;
-            let ready = alive >= super::leases::rules::majority(voters)
-                && self.storage.caught_up()
-                && healthy.is_ok();
-            if ready {
+            let joined =
+                alive >= super::leases::rules::majority(voters) && self.storage.caught_up();
+            // The health check writes and flushes the store: run it only
+            // once the cheap conditions hold, not on every poll.
+            let healthy = if joined {
+                self.checks.healthy().await
+            } else {
+                Err("not asked before a majority is alive and the node caught up".to_string())
+            };
+            if joined && healthy.is_ok() {
                 break;
             }
             if start.elapsed() > budget {
@@ -1411,7 +1450,7 @@ impl Engine {
                     healthy
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(POST_SWITCH_POLL).await;
         }
         Ok(())
     }

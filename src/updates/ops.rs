@@ -141,6 +141,12 @@ pub struct NodeProgress {
     /// When the current phase began (wall-clock ms).
     #[serde(default)]
     pub phase_since_ms: Option<u64>,
+    /// When the target release was fetched, verified and installed here
+    /// (wall-clock ms): by the prefetch, ahead of the node's turn, or by the
+    /// turn's own fetch. An operator who executes once every node is staged
+    /// spends no fetch in the roll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_at_ms: Option<u64>,
 }
 
 impl NodeProgress {
@@ -161,6 +167,7 @@ impl NodeProgress {
             lease: None,
             out_of_service_since_ms: None,
             phase_since_ms: None,
+            staged_at_ms: None,
         }
     }
 }

@@ -39,6 +39,7 @@ pub fn operation(r: &OpRecord, now: u64) -> UpdateOperation {
                     completed_at: p.completed_at_ms.map(rfc3339_ms),
                     error_message: error,
                     rollback_available: p.rollback_available,
+                    staged_at: p.staged_at_ms.map(rfc3339_ms),
                     phase_seconds: p
                         .phase_ms
                         .iter()
