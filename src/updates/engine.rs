@@ -514,8 +514,49 @@ impl Engine {
                 } else if rec.halted.is_none() {
                     self.prefetch(&rec);
                 }
+            } else if mine
+                .as_ref()
+                .is_some_and(|p| p.status == NodeUpdateStatus::Updating)
+                && !self.busy.load(Ordering::SeqCst)
+            {
+                self.fail_orphaned(&id).await;
             }
         }
+    }
+
+    /// Our part of `id` is `updating` but nothing in this worker runs it
+    /// and no switch is pending: the part was interrupted by a restart and
+    /// the worker learned of it only from a peer (its own copy was never
+    /// persisted: a full disk). Failed as [`Self::fail_interrupted`] does
+    /// at start; left alone, the operation would wait on it for ever
+    /// (chaos seed 3, a disk-full node restarted by its watchdog in its
+    /// pre-check).
+    async fn fail_orphaned(&self, id: &str) {
+        let data_dir = self.data_dir.clone();
+        let pending = tokio::task::spawn_blocking(move || switch::pending_switch(&data_dir))
+            .await
+            .ok()
+            .flatten();
+        // A switch on disk is the supervisor's to finish (post_switch, or
+        // its revert after a failed post-check).
+        if pending.is_some() || self.busy.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(phase) = self
+            .state
+            .get(id)
+            .and_then(|r| r.nodes.get(&self.node_id).map(|p| (p.status, p.phase)))
+            .filter(|(status, _)| *status == NodeUpdateStatus::Updating)
+            .map(|(_, phase)| phase)
+        else {
+            return;
+        };
+        tracing::warn!(operation_id = %id, ?phase, "this node's part is updating but nothing runs it (interrupted by a restart; learned from a peer)");
+        self.fail(
+            id,
+            &format!("the node restarted during its update ({phase:?} phase) before switching"),
+        )
+        .await;
     }
 
     /// Fetches, verifies and installs the operation's target release in the
