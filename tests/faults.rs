@@ -298,11 +298,21 @@ fn torn_write(nodes: &mut [TestNode]) {
         assert_eq!(got.len(), body.len(), "{level} read served torn bytes");
         assert_eq!(got, body, "{level} read served wrong bytes");
     }
-    // A full scrub (the cleanup job) finds the torn copy, unless a read
-    // found it first, and replaces it from a replica: the next scrub finds
+    // A read that met the torn copy had s2 replace it at once from a
+    // replica (no scrub needed); a full scrub (the cleanup job) finds
     // nothing more.
     nodes[1].api = api;
     let s2 = &nodes[1];
+    let replaced = wait_for(Duration::from_secs(15), || {
+        (metric(s2, "plexi_storage_corrupt_replicas_total") >= 1
+            && metric(s2, "plexi_storage_repaired_replicas_total") >= 1)
+            .then_some(())
+    });
+    assert!(
+        replaced.is_some(),
+        "no read found and replaced s2's torn copy\n{}",
+        s2.log_tail()
+    );
     run_cleanup(s2);
     let corrupt = metric(s2, "plexi_storage_corrupt_replicas_total");
     assert!(

@@ -1349,6 +1349,31 @@ impl Storage {
     /// (counted in `plexi_storage_read_repair_skipped`), since anti-entropy
     /// repairs the object anyway and a read burst must not become as many
     /// surveys and writes.
+    /// A read found this node's copy of `data_id` unservable: fetch a good
+    /// one from another owner and put it in place, in the background, at
+    /// most [`MAX_READ_REPAIRS`] at once (with the read repairs; one
+    /// skipped is found by the next read or the scheduled scrub).
+    fn replace_bad_replica_in_background(self: &Arc<Self>, data_id: &str) {
+        let Ok(permit) = self.read_repairs.clone().try_acquire_owned() else {
+            self.metrics.read_repair_skipped.inc();
+            return;
+        };
+        let (this, id) = (self.clone(), data_id.to_string());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let meta = match this.engine.meta(&id) {
+                Ok(Some(m)) if !m.tombstone => m,
+                _ => return,
+            };
+            let owners =
+                this.replicas_among(&id, meta.replication_factor as usize, &this.members());
+            let progress = repair::Progress::default();
+            if repair::replace_bad_replica(&this, &id, &meta, &owners, &progress).await {
+                tracing::info!(data_id = %id, "replaced a replica a read could not serve");
+            }
+        });
+    }
+
     fn read_repair_in_background(
         self: &Arc<Self>,
         data_id: String,
@@ -1607,8 +1632,12 @@ impl Storage {
                     }
                     Err(e @ (StoreError::Corrupt { .. } | StoreError::UnknownKey { .. })) => {
                         // Sealed under a key this node lacks counts as a
-                        // bad replica too: the reader asks another one.
+                        // bad replica too: the reader asks another one, and
+                        // this node replaces its copy in the background
+                        // (metadata surveys cannot see a bad value: its
+                        // version is current).
                         self.metrics.corrupt_found();
+                        self.replace_bad_replica_in_background(&data_id);
                         Err(format!("{BAD_REPLICA}: {e}"))
                     }
                     Err(e) => Err(e.to_string()),

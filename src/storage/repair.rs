@@ -968,29 +968,43 @@ pub(super) async fn scrub_one(
         Err(e) if e.is_bad_replica() => {
             s.metrics.corrupt_found();
             tracing::warn!(data_id = id, error = %e, "scrub found a replica it cannot serve; replacing it");
-            for o in owners
-                .iter()
-                .filter(|o| o.peer_id != s.local_peer() && o.reachable())
-            {
-                if let Ok(Some((good, data))) = s.fetch_object(&o.peer_id, id).await {
-                    let len = data.len() as u64;
-                    if good.version >= meta.version
-                        && s.engine().remove_if(id, meta.version).is_ok()
-                        && s.apply_durably(good, data).await.is_ok()
-                    {
-                        progress.repaired.fetch_add(1, Ordering::Relaxed);
-                        s.metrics.repaired(super::RepairSource::Scrub, len);
-                        return;
-                    }
-                }
-            }
-            tracing::error!(
-                data_id = id,
-                "no healthy replica to replace a corrupt one with"
-            );
+            replace_bad_replica(s, id, meta, owners, progress).await;
         }
         Err(e) => tracing::warn!(data_id = id, error = %e, "scrub read failed"),
     }
+}
+
+/// Replaces this node's copy of `id` (at `meta`'s version), which it cannot
+/// serve, by a copy at that version or newer from another owner. True when
+/// replaced.
+pub(super) async fn replace_bad_replica(
+    s: &Arc<Storage>,
+    id: &str,
+    meta: &ObjectMeta,
+    owners: &[Member],
+    progress: &Progress,
+) -> bool {
+    for o in owners
+        .iter()
+        .filter(|o| o.peer_id != s.local_peer() && o.reachable())
+    {
+        if let Ok(Some((good, data))) = s.fetch_object(&o.peer_id, id).await {
+            let len = data.len() as u64;
+            if good.version >= meta.version
+                && s.engine().remove_if(id, meta.version).is_ok()
+                && s.apply_durably(good, data).await.is_ok()
+            {
+                progress.repaired.fetch_add(1, Ordering::Relaxed);
+                s.metrics.repaired(super::RepairSource::Scrub, len);
+                return true;
+            }
+        }
+    }
+    tracing::error!(
+        data_id = id,
+        "no healthy replica to replace a corrupt one with"
+    );
+    false
 }
 
 #[cfg(test)]
