@@ -1343,12 +1343,6 @@ impl Storage {
         Ok((meta, data))
     }
 
-    /// Checks the object's owners after an eventual read and sends the
-    /// served copy to those holding an older one or none. At most
-    /// [`MAX_READ_REPAIRS`] run at once: past that the repair is skipped
-    /// (counted in `plexi_storage_read_repair_skipped`), since anti-entropy
-    /// repairs the object anyway and a read burst must not become as many
-    /// surveys and writes.
     /// A read found this node's copy of `data_id` unservable: fetch a good
     /// one from another owner and put it in place, in the background, at
     /// most [`MAX_READ_REPAIRS`] at once (with the read repairs; one
@@ -1365,8 +1359,7 @@ impl Storage {
                 Ok(Some(m)) if !m.tombstone => m,
                 _ => return,
             };
-            let owners =
-                this.replicas_among(&id, meta.replication_factor as usize, &this.members());
+            let owners = repair::owners(&this, &meta, &this.members());
             let progress = repair::Progress::default();
             if repair::replace_bad_replica(&this, &id, &meta, &owners, &progress).await {
                 tracing::info!(data_id = %id, "replaced a replica a read could not serve");
@@ -1374,6 +1367,12 @@ impl Storage {
         });
     }
 
+    /// Checks the object's owners after an eventual read and sends the
+    /// served copy to those holding an older one or none. At most
+    /// [`MAX_READ_REPAIRS`] run at once: past that the repair is skipped
+    /// (counted in `plexi_storage_read_repair_skipped`), since anti-entropy
+    /// repairs the object anyway and a read burst must not become as many
+    /// surveys and writes.
     fn read_repair_in_background(
         self: &Arc<Self>,
         data_id: String,

@@ -264,7 +264,7 @@ pub fn spawn(storage: Arc<Storage>, start: Start) {
 }
 
 /// The object's current owners (placement at its own factor).
-fn owners(s: &Storage, meta: &ObjectMeta, placement: &[Member]) -> Vec<Member> {
+pub(super) fn owners(s: &Storage, meta: &ObjectMeta, placement: &[Member]) -> Vec<Member> {
     s.replicas_among(&meta.data_id, meta.replication_factor as usize, placement)
 }
 
