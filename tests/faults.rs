@@ -304,6 +304,17 @@ fn torn_write(nodes: &mut [TestNode]) {
     nodes[1].api = api;
     let s2 = &nodes[1];
     let replaced = wait_for(Duration::from_secs(15), || {
+        // Reads through s2 go on until one meets its own copy: right after
+        // its restart s2 reads its own copy last (catching up), and an
+        // earlier read may have been served elsewhere.
+        let _ = reqwest::blocking::Client::new()
+            .get(format!(
+                "{}/api/v1/clustering/storage/data/torn?consistency=weak",
+                s2.api
+            ))
+            .bearer_auth(READ)
+            .timeout(Duration::from_secs(5))
+            .send();
         (metric(s2, "plexi_storage_corrupt_replicas_total") >= 1
             && metric(s2, "plexi_storage_repaired_replicas_total") >= 1)
             .then_some(())
