@@ -399,7 +399,7 @@ impl Engine {
             if let Some(p) = r.nodes.get_mut(&me) {
                 let before = (p.phase, p.status);
                 f(p);
-                p.seq += 1;
+                p.seq = p.next_seq(wall_ms());
                 if matches!(
                     p.status,
                     NodeUpdateStatus::Updating | NodeUpdateStatus::RollingBack
@@ -677,7 +677,7 @@ impl Engine {
         let reason_s = reason.to_string();
         self.state.update(id, |r| {
             if let Some(p) = r.nodes.get_mut(&me) {
-                p.seq += 1;
+                p.seq = p.next_seq(wall_ms());
                 close_phase(p, None);
                 p.status = NodeUpdateStatus::Failed;
                 p.error = Some(reason_s.clone());

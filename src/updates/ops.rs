@@ -119,7 +119,8 @@ pub struct LeaseHold {
 /// One node's own account of its part.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct NodeProgress {
-    /// Bumped at every change by the node; the higher wins.
+    /// Set at every change by the node to [`NodeProgress::next_seq`]; the
+    /// higher wins ([`NodeProgress::supersedes`]).
     pub seq: u64,
     pub status: NodeUpdateStatus,
     pub phase: UpdatePhase,
@@ -149,7 +150,38 @@ pub struct NodeProgress {
     pub staged_at_ms: Option<u64>,
 }
 
+fn cbor_bytes(v: &impl Serialize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    ciborium::ser::into_writer(v, &mut bytes).expect("encoding to a Vec cannot fail");
+    bytes
+}
+
 impl NodeProgress {
+    /// The `seq` of this node's next change at wall-clock `now_ms`: above
+    /// the last one it knows, and never below the clock. A node's own copy
+    /// can go back: the supervisor restores the store snapshot taken at the
+    /// switch after the failed target version had pushed more changes (its
+    /// post-check phase, its error). Counting on from the restored `seq`
+    /// reused those numbers with other content, peers kept theirs, and the
+    /// copies never converged (tests/restore.rs, the health-check variant,
+    /// failed on CI so). The clock puts a change made after the restore
+    /// above everything written before it.
+    pub fn next_seq(&self, now_ms: u64) -> u64 {
+        (self.seq + 1).max(now_ms)
+    }
+
+    /// Whether this copy replaces `other` in a merge: the higher `seq`; at
+    /// equal `seq` with different content (which [`Self::next_seq`] keeps
+    /// from happening, short of a clock stepped back), the greater CBOR
+    /// encoding, so every node still picks the same copy.
+    pub fn supersedes(&self, other: &NodeProgress) -> bool {
+        match self.seq.cmp(&other.seq) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => self != other && cbor_bytes(self) > cbor_bytes(other),
+        }
+    }
+
     pub fn pending(from: &str, to: &str) -> Self {
         NodeProgress {
             seq: 0,
@@ -226,7 +258,7 @@ impl OpRecord {
                 continue;
             }
             match self.nodes.get(n) {
-                Some(mine) if mine.seq >= p.seq => {}
+                Some(mine) if !p.supersedes(mine) => {}
                 _ => {
                     self.nodes.insert(n.clone(), p.clone());
                     changed = true;
@@ -238,9 +270,7 @@ impl OpRecord {
 
     /// A digest of the replicated content, for anti-entropy.
     pub fn digest(&self) -> [u8; 32] {
-        let mut bytes = Vec::new();
-        ciborium::ser::into_writer(self, &mut bytes).expect("encoding to a Vec cannot fail");
-        *blake3::hash(&bytes).as_bytes()
+        *blake3::hash(&cbor_bytes(self)).as_bytes()
     }
 
     /// Every target finished its update.
@@ -1038,6 +1068,61 @@ mod tests {
         let _ = r.estimated_completion_ms(1_000);
     }
 
+    /// The CI failure of tests/restore.rs (health-check variant): the
+    /// failed target pushed changes after the supervisor's snapshot, the
+    /// store was restored, and the old version's next changes must still
+    /// reach every copy, so the operation ends `rolled_back` everywhere.
+    #[test]
+    fn changes_after_a_restored_store_supersede_what_the_restore_lost() {
+        let mut r = record(UpdateStrategy::Rolling, 3);
+        r.halted = Some(Mark {
+            at_ms: 1,
+            by: "n0".into(),
+            reason: String::new(),
+        });
+        let n0 = |r: &mut OpRecord| r.nodes.get_mut("n0").unwrap().clone();
+        let mut p = n0(&mut r);
+        // At the switch: the snapshot holds this.
+        p.seq = p.next_seq(1_000);
+        p.status = NodeUpdateStatus::Updating;
+        p.phase = UpdatePhase::Restart;
+        p.on_target = true;
+        let snapshot = p.clone();
+        // The target version, running: its post-check phase and error,
+        // pushed to the peers, lost on this node by the restore.
+        for t in [2_000, 11_000] {
+            p.seq = p.next_seq(t);
+            p.phase = UpdatePhase::PostCheck;
+            p.error = Some("post-check: not rejoined in time".into());
+        }
+        let lost = p;
+        // The old version, back on the restored store: on_target cleared,
+        // then failed (two changes, as many as the lost ones).
+        let mut mine = snapshot;
+        for t in [12_500, 12_501] {
+            mine.seq = mine.next_seq(t);
+            mine.on_target = false;
+        }
+        mine.status = NodeUpdateStatus::Failed;
+        assert!(mine.supersedes(&lost) && !lost.supersedes(&mine));
+        let with = |p: &NodeProgress| {
+            let mut c = r.clone();
+            c.nodes.insert("n0".into(), p.clone());
+            c
+        };
+        let (mut peer, mut local) = (with(&lost), with(&mine));
+        peer.merge(&with(&mine));
+        local.merge(&with(&lost));
+        assert_eq!(peer, local);
+        assert_eq!(peer.status(13_000), OperationStatus::RolledBack);
+        // Counting on from the restored seq (the old `seq + 1`) tied with
+        // the lost copy: the tie still resolves to one copy on both sides.
+        let mut tied = mine.clone();
+        tied.seq = lost.seq;
+        assert_ne!(tied.supersedes(&lost), lost.supersedes(&tied));
+        assert!(!tied.supersedes(&tied.clone()));
+    }
+
     fn record(strategy: UpdateStrategy, n: usize) -> OpRecord {
         let rel = [release("1.1.0", false, None)];
         let ms = members("1.0.0", n);
@@ -1333,20 +1418,14 @@ mod tests {
                 rec.halted = h;
                 rec.rollback = r;
                 for (i, p) in ps.into_iter().enumerate() {
-                    // One author per node: same seq means same content.
+                    // Same seq, different content included: a node whose
+                    // store was restored wrote so before `next_seq`, and
+                    // the merge must converge on it all the same.
                     let mut p = p;
                     if p.seq == 0 {
                         p = NodeProgress::pending("1.0.0", "1.1.0");
                     }
                     p.error = Some(format!("{}", p.seq));
-                    p.status = [
-                        NodeUpdateStatus::Pending,
-                        NodeUpdateStatus::Updating,
-                        NodeUpdateStatus::Completed,
-                        NodeUpdateStatus::Failed,
-                        NodeUpdateStatus::RolledBack,
-                    ][p.seq as usize % 5];
-                    p.on_target = p.seq % 2 == 1;
                     rec.nodes.insert(format!("n{i}").into(), p);
                 }
                 rec
