@@ -186,9 +186,21 @@ fn rollback_restores(version: &str, fault: &str) {
             .then(|| ops[0].clone())
     })
     .unwrap_or_else(|| {
+        // Each node's view of the operation, then its log.
         let logs: Vec<String> = nodes
             .iter()
-            .map(|n| format!("--- {}\n{}", n.name, n.log_tail()))
+            .map(|n| {
+                let view = api_of(&n.dir).and_then(|a| get_json_at(&a, &status_path));
+                format!(
+                    "--- {} sees {}\n{}",
+                    n.name,
+                    view.map_or("no answer".into(), |v| format!(
+                        "{} {}",
+                        v["status"], v["node_statuses"]
+                    )),
+                    n.log_tail()
+                )
+            })
             .collect();
         panic!(
             "{id} did not roll back everywhere within {FINAL_WITHIN:?}\n{}",
