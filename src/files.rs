@@ -45,9 +45,17 @@ pub fn remove_file_synced(path: &Path) -> io::Result<()> {
 
 /// Recursive copy; files and directories are fsynced.
 pub fn copy_dir(src: &Path, dst: &Path) -> io::Result<()> {
+    copy_dir_except(src, dst, None)
+}
+
+/// [`copy_dir`], leaving out the top-level entry named `except`.
+pub fn copy_dir_except(src: &Path, dst: &Path, except: Option<&str>) -> io::Result<()> {
     fs::create_dir_all(dst)?;
     for entry in fs::read_dir(src)? {
         let entry = entry?;
+        if except.is_some_and(|x| entry.file_name() == x) {
+            continue;
+        }
         let kind = entry.file_type()?;
         let to = dst.join(entry.file_name());
         if kind.is_dir() {
@@ -60,6 +68,45 @@ pub fn copy_dir(src: &Path, dst: &Path) -> io::Result<()> {
         }
     }
     fsync_dir(dst)
+}
+
+/// Mirrors the tree `src` to `dst` with hard links, for files that are
+/// never changed once written; directories fsynced. A file that cannot be
+/// linked (another file system) is copied into a new file and fsynced: never
+/// written through an existing name, which may be a link to `src`'s file.
+pub fn link_dir(src: &Path, dst: &Path) -> io::Result<()> {
+    fs::create_dir_all(dst)?;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if kind.is_dir() {
+            link_dir(&entry.path(), &to)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
+        } else {
+            link_file(&entry.path(), &to)?;
+        }
+    }
+    fsync_dir(dst)
+}
+
+/// Hard-links `src` as `to` (a new name), or where that fails (another
+/// file system) copies it into a new file, fsynced: never writes through
+/// an existing name, which may be a link to `src` itself.
+pub fn link_file(src: &Path, to: &Path) -> io::Result<()> {
+    match fs::hard_link(src, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) => {
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(to)?;
+            io::copy(&mut File::open(src)?, &mut out)?;
+            out.sync_all()
+        }
+    }
 }
 
 /// Removes `dir` recursively; a missing one is fine.

@@ -439,6 +439,10 @@ fn the_supervisors_store_snapshot_is_sealed_and_restores_with_the_key() {
     let big: Vec<u8> = marker.iter().cycle().take(300_000).copied().collect();
     std::fs::write(store.join("db"), &marker).unwrap();
     std::fs::write(store.join("blobs/1"), &big).unwrap();
+    // A value file written before the data key (plaintext): the snapshot
+    // seals it, where it links value files already sealed.
+    std::fs::create_dir_all(store.join("values/ab")).unwrap();
+    std::fs::write(store.join("values/ab/v1"), &marker).unwrap();
     let prelude = |v: &str| {
         format!(
             "#!/bin/sh\nD='{}'\nready() {{ printf '{{\"pid\":%s,\"version\":\"{v}\"}}' $$ > \"$D/releases/.r.$$\"; mv \"$D/releases/.r.$$\" \"$D/releases/ready.json\"; }}\n",
@@ -493,6 +497,7 @@ fn the_supervisors_store_snapshot_is_sealed_and_restores_with_the_key() {
         logs()
     );
     assert_eq!(std::fs::read(store.join("blobs/1")).unwrap(), big);
+    assert_eq!(std::fs::read(store.join("values/ab/v1")).unwrap(), marker);
     // The snapshot: sealed, no plaintext, no unsealed copy beside it.
     let backup = data.join("backups/op-sealed");
     let snap = backup.join(plexi::switch::SEALED_SNAPSHOT);
@@ -506,11 +511,15 @@ fn the_supervisors_store_snapshot_is_sealed_and_restores_with_the_key() {
     // Another key cannot open it; the right one gives identical bytes.
     let other = plexi_util::secret::SecretKey::from_hex(&"77".repeat(32)).unwrap();
     let out = tempfile::tempdir().unwrap();
-    assert!(plexi::switch::sealed::open_dir(&snap, &out.path().join("x"), &[other]).is_err());
+    assert!(plexi::switch::sealed::open_dir(&snap, &out.path().join("x"), &[other], None).is_err());
     let key = plexi_util::secret::SecretKey::from_hex(&key_hex).unwrap();
-    plexi::switch::sealed::open_dir(&snap, &out.path().join("y"), &[key]).unwrap();
+    plexi::switch::sealed::open_dir(&snap, &out.path().join("y"), &[key], None).unwrap();
     assert_eq!(std::fs::read(out.path().join("y/db")).unwrap(), marker);
     assert_eq!(std::fs::read(out.path().join("y/blobs/1")).unwrap(), big);
+    assert_eq!(
+        std::fs::read(out.path().join("y/values/ab/v1")).unwrap(),
+        marker
+    );
 }
 
 #[test]

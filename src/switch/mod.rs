@@ -29,7 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::{copy_dir, fsync_dir, remove_dir_if_exists};
+use crate::files::{copy_dir_except, fsync_dir, remove_dir_if_exists};
 use plexi_util::secret::SecretKey;
 
 pub mod restore;
@@ -237,10 +237,22 @@ pub fn file_blake3(path: &Path) -> io::Result<String> {
 
 /// Name of a snapshot whose files are sealed.
 pub const SEALED_SNAPSHOT: &str = "store.sealed";
+/// In a store snapshot, hard links to the store's value files
+/// (`DATA_DIR/store/values/`, [`plexi_store::objects::VALUES_DIR`]): each is
+/// written once under a fresh name, fsynced and never changed, so a link
+/// keeps its pre-switch bytes without reading them (copied where linking
+/// fails). Sealing them again was most of a switch's snapshot: a release
+/// binary is a value file (28 MB in the rolling-upgrade benchmark). With a
+/// data key only value files already sealed under it are linked; the
+/// others (written before the key, not yet resealed) are sealed with the
+/// rest of the store. Snapshots without it (older builds) hold every value
+/// file among the sealed or copied ones, and restore as before.
+pub const LINKED_VALUES: &str = "values.linked";
 
 /// Copies `DATA_DIR/store` to `backup_dir/store`, or with `seal` (the data
 /// key) seals every file into `backup_dir/store.sealed` (through a
-/// `.partial` name, so a complete snapshot is the only thing so named).
+/// `.partial` name, so a complete snapshot is the only thing so named);
+/// value files are linked into [`LINKED_VALUES`] instead where they can be.
 pub fn snapshot_store(
     data_dir: &Path,
     backup_dir: &Path,
@@ -256,15 +268,89 @@ pub fn snapshot_store(
     let dst = backup_dir.join(name);
     remove_dir_if_exists(&partial)?;
     let store = data_dir.join("store");
+    let values = plexi_store::objects::VALUES_DIR;
     match (store.exists(), seal) {
-        (true, Some(key)) => sealed::seal_dir(&store, &partial, key)?,
-        (true, None) => copy_dir(&store, &partial)?,
+        (true, Some(key)) => sealed::seal_dir(&store, &partial, key, Some(values))?,
+        (true, None) => copy_dir_except(&store, &partial, Some(values))?,
         (false, _) => fs::create_dir(&partial)?,
+    }
+    if store.join(values).is_dir() {
+        let seal = seal.map(|key| {
+            let mut header = vec![plexi_store::sealing::FORMAT_SEALED_V1];
+            header.extend_from_slice(&plexi_store::sealing::KeyId::of(key).0);
+            (header, key)
+        });
+        let seal = seal.as_ref().map(|(h, k)| (h.as_slice(), *k));
+        snapshot_values(&store.join(values), &partial, Path::new(""), seal)?;
+        fsync_dir(&partial)?;
     }
     remove_dir_if_exists(&dst)?;
     fs::rename(&partial, &dst)?;
     fsync_dir(backup_dir)?;
     Ok(dst)
+}
+
+/// The value files under `values` (at `rel` below the store's
+/// `values/`) into the snapshot `partial`: linked into [`LINKED_VALUES`],
+/// or with `seal` (the sealed-value header of the data key, and the key),
+/// sealed into `values/` like the store's other files when a file does not
+/// start with that header. Every directory made is fsynced.
+fn snapshot_values(
+    values: &Path,
+    partial: &Path,
+    rel: &Path,
+    seal: Option<(&[u8], &SecretKey)>,
+) -> io::Result<()> {
+    let vdir = Path::new(plexi_store::objects::VALUES_DIR);
+    let linked = partial.join(LINKED_VALUES).join(rel);
+    fs::create_dir_all(&linked)?;
+    let mut sealed_here = false;
+    for entry in fs::read_dir(values)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let rel = rel.join(entry.file_name());
+        if kind.is_dir() {
+            snapshot_values(&entry.path(), partial, &rel, seal)?;
+            continue;
+        }
+        match seal {
+            Some((header, key)) if !starts_with(&entry.path(), header)? => {
+                let to = partial.join(vdir).join(&rel);
+                if let Some(dir) = to.parent() {
+                    fs::create_dir_all(dir)?;
+                }
+                let name = vdir.join(&rel);
+                sealed::seal_file(&entry.path(), &to, key, &name.to_string_lossy())?;
+                sealed_here = true;
+            }
+            _ => crate::files::link_file(&entry.path(), &linked.join(entry.file_name()))?,
+        }
+    }
+    fsync_dir(&linked)?;
+    if sealed_here {
+        // This directory and its parents up to the snapshot's `values/`.
+        let mut dir = partial.join(vdir).join(rel);
+        while dir.starts_with(partial) && dir != partial {
+            fsync_dir(&dir)?;
+            dir.pop();
+        }
+    }
+    Ok(())
+}
+
+/// Whether the file at `path` begins with `header`.
+fn starts_with(path: &Path, header: &[u8]) -> io::Result<bool> {
+    use std::io::Read;
+    let mut buf = vec![0u8; header.len()];
+    let mut f = File::open(path)?;
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..])? {
+            0 => return Ok(false),
+            n => got += n,
+        }
+    }
+    Ok(buf == header)
 }
 
 /// Replaces `DATA_DIR/store` by a copy of `snapshot` through the

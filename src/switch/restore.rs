@@ -27,8 +27,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{releases_dir, sealed, SEALED_SNAPSHOT};
-use crate::files::{copy_dir, fsync_dir, read_json, remove_dir_if_exists, write_json_atomic};
+use super::{releases_dir, sealed, LINKED_VALUES, SEALED_SNAPSHOT};
+use crate::files::{
+    copy_dir_except, fsync_dir, link_dir, read_json, remove_dir_if_exists, write_json_atomic,
+};
 use plexi_util::secret::SecretKey;
 
 pub const RESTORE_FILE: &str = "restore.json";
@@ -187,10 +189,17 @@ fn step(data_dir: &Path, j: &RestoreJournal, keys: &[SecretKey]) -> io::Result<(
     match (j.step, &j.snapshot) {
         (RestoreStep::Stage, Some(snapshot)) => {
             remove_dir_if_exists(&incoming)?;
+            let linked = Some(LINKED_VALUES);
             if snapshot.file_name().is_some_and(|n| n == SEALED_SNAPSHOT) {
-                sealed::open_dir(snapshot, &incoming, keys)?;
+                sealed::open_dir(snapshot, &incoming, keys, linked)?;
             } else {
-                copy_dir(snapshot, &incoming)?;
+                copy_dir_except(snapshot, &incoming, linked)?;
+            }
+            if snapshot.join(LINKED_VALUES).is_dir() {
+                link_dir(
+                    &snapshot.join(LINKED_VALUES),
+                    &incoming.join(plexi_store::objects::VALUES_DIR),
+                )?;
             }
             fsync_dir(data_dir)
         }
@@ -266,8 +275,10 @@ mod tests {
     /// it, then a "migration" that changed both.
     fn migrated(d: &Path, key: Option<&SecretKey>) -> (PathBuf, RestoreJournal) {
         fs::create_dir_all(d.join("store/sub")).unwrap();
+        fs::create_dir_all(d.join("store/values/ab")).unwrap();
         fs::write(d.join("store/db"), "before").unwrap();
         fs::write(d.join("store/sub/x"), "x").unwrap();
+        fs::write(d.join("store/values/ab/v1"), "value one").unwrap();
         let cfg = d.join("clustering.yml");
         fs::write(&cfg, "a: 1\n# comment\n").unwrap();
         let backup = d.join("backups/1-op1");
@@ -287,6 +298,10 @@ mod tests {
         snapshot_store(d, &backup, key).unwrap();
         fs::write(d.join("store/db"), "migrated").unwrap();
         fs::write(d.join("store/marker"), "m").unwrap();
+        // The store supersedes value files: new names, old ones removed.
+        fs::remove_file(d.join("store/values/ab/v1")).unwrap();
+        fs::create_dir_all(d.join("store/values/cd")).unwrap();
+        fs::write(d.join("store/values/cd/v2"), "value two").unwrap();
         fs::write(&cfg, "a: 2\n").unwrap();
         let j = RestoreJournal::for_backup("op1", &backup, Some(&cfg));
         assert!(!j.is_empty());
@@ -296,6 +311,11 @@ mod tests {
     fn assert_restored(d: &Path, cfg: &Path) {
         assert_eq!(fs::read_to_string(d.join("store/db")).unwrap(), "before");
         assert_eq!(fs::read_to_string(d.join("store/sub/x")).unwrap(), "x");
+        assert_eq!(
+            fs::read_to_string(d.join("store/values/ab/v1")).unwrap(),
+            "value one"
+        );
+        assert!(!d.join("store/values/cd").exists(), "later value file left");
         assert!(!d.join("store/marker").exists(), "migration marker left");
         assert_eq!(fs::read_to_string(cfg).unwrap(), "a: 1\n# comment\n");
         assert!(!d.join(RESTORING).exists());
@@ -311,6 +331,70 @@ mod tests {
         let (cfg, j) = migrated(d, None);
         run(d, j, &[]).unwrap();
         assert_restored(d, &cfg);
+    }
+
+    /// The snapshot links the value files (the same inode: nothing read or
+    /// sealed) and seals or copies everything else; with a data key, a
+    /// value file not sealed under it (written before the key) is sealed
+    /// with the rest. A restore brings both back.
+    #[test]
+    fn value_files_are_linked_where_already_sealed() {
+        use std::os::unix::fs::MetadataExt;
+        let key = SecretKey::from_bytes([9; 32]);
+        let mut sealed_value = vec![plexi_store::sealing::FORMAT_SEALED_V1];
+        sealed_value.extend_from_slice(&plexi_store::sealing::KeyId::of(&key).0);
+        sealed_value.extend_from_slice(b"nonce and ciphertext");
+        let plain = b"PLAIN-VALUE-7c1d".repeat(100);
+        for k in [None, Some(&key)] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            fs::create_dir_all(d.join("store/values/ab")).unwrap();
+            fs::write(d.join("store/db"), "db").unwrap();
+            fs::write(d.join("store/values/ab/sealed"), &sealed_value).unwrap();
+            fs::write(d.join("store/values/ab/plain"), &plain).unwrap();
+            let snap = snapshot_store(d, &d.join("backups/1-op1"), k).unwrap();
+            let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+            let linked = snap.join(LINKED_VALUES).join("ab");
+            assert_eq!(
+                ino(&linked.join("sealed")),
+                ino(&d.join("store/values/ab/sealed"))
+            );
+            // Without a key everything is linked; with one, the plain
+            // value is sealed into the snapshot, never linked.
+            assert_eq!(linked.join("plain").exists(), k.is_none());
+            if k.is_some() {
+                let copy = fs::read(snap.join("values/ab/plain")).unwrap();
+                assert!(!copy.windows(16).any(|w| w == &plain[..16]));
+            }
+            fs::remove_dir_all(d.join("store/values")).unwrap();
+            fs::write(d.join("store/db"), "migrated").unwrap();
+            let keys: Vec<SecretKey> = k.into_iter().cloned().collect();
+            crate::switch::restore_store(d, &snap, &keys).unwrap();
+            assert_eq!(fs::read_to_string(d.join("store/db")).unwrap(), "db");
+            let back = d.join("store/values/ab");
+            assert_eq!(ino(&back.join("sealed")), ino(&linked.join("sealed")));
+            assert_eq!(fs::read(back.join("plain")).unwrap(), plain);
+        }
+    }
+
+    /// A snapshot an older build took (every file of the store, values
+    /// included, sealed into `store.sealed`) restores as before.
+    #[test]
+    fn a_snapshot_without_linked_values_restores_as_before() {
+        let key = SecretKey::from_bytes([9; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("store/values/ab")).unwrap();
+        fs::write(d.join("store/db"), "db").unwrap();
+        fs::write(d.join("store/values/ab/v1"), "value one").unwrap();
+        let snap = d.join("backups/1-op1").join(SEALED_SNAPSHOT);
+        sealed::seal_dir(&d.join("store"), &snap, &key, None).unwrap();
+        fs::remove_dir_all(d.join("store/values")).unwrap();
+        crate::switch::restore_store(d, &snap, &[key]).unwrap();
+        assert_eq!(
+            fs::read_to_string(d.join("store/values/ab/v1")).unwrap(),
+            "value one"
+        );
     }
 
     /// A crash before any step (journal written, step not run; before `done`

@@ -118,16 +118,22 @@ pub fn open_file(src: &Path, dst: &Path, keys: &[SecretKey], name: &str) -> io::
 
 /// Seals every file of the tree `src` into the same relative paths under
 /// `dst` (directories and symlinks as they are; each file's relative path
-/// is its authenticated name).
-pub fn seal_dir(src: &Path, dst: &Path, key: &SecretKey) -> io::Result<()> {
-    walk(src, dst, Path::new(""), &mut |from, to, rel| {
+/// is its authenticated name), leaving out the top-level entry `except`.
+pub fn seal_dir(src: &Path, dst: &Path, key: &SecretKey, except: Option<&str>) -> io::Result<()> {
+    walk(src, dst, Path::new(""), except, &mut |from, to, rel| {
         seal_file(from, to, key, &rel_name(rel))
     })
 }
 
-/// Opens a tree [`seal_dir`] wrote into `dst`: byte-identical files.
-pub fn open_dir(src: &Path, dst: &Path, keys: &[SecretKey]) -> io::Result<()> {
-    walk(src, dst, Path::new(""), &mut |from, to, rel| {
+/// Opens a tree [`seal_dir`] wrote into `dst`: byte-identical files;
+/// the top-level entry `except` is left out.
+pub fn open_dir(
+    src: &Path,
+    dst: &Path,
+    keys: &[SecretKey],
+    except: Option<&str>,
+) -> io::Result<()> {
+    walk(src, dst, Path::new(""), except, &mut |from, to, rel| {
         open_file(from, to, keys, &rel_name(rel))
     })
 }
@@ -136,21 +142,26 @@ fn rel_name(rel: &Path) -> String {
     rel.to_string_lossy().into_owned()
 }
 
-/// Mirrors the tree `src` to `dst`, calling `file` for each regular file.
+/// Mirrors the tree `src` to `dst`, calling `file` for each regular file;
+/// `except` names a top-level entry left out.
 fn walk(
     src: &Path,
     dst: &Path,
     rel: &Path,
+    except: Option<&str>,
     file: &mut dyn FnMut(&Path, &Path, &Path) -> io::Result<()>,
 ) -> io::Result<()> {
     fs::create_dir_all(dst)?;
     for entry in fs::read_dir(src)? {
         let entry = entry?;
+        if except.is_some_and(|x| entry.file_name() == x) {
+            continue;
+        }
         let kind = entry.file_type()?;
         let to = dst.join(entry.file_name());
         let rel: PathBuf = rel.join(entry.file_name());
         if kind.is_dir() {
-            walk(&entry.path(), &to, &rel, file)?;
+            walk(&entry.path(), &to, &rel, None, file)?;
         } else if kind.is_symlink() {
             std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
         } else {
