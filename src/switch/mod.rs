@@ -30,6 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::files::{copy_dir_except, fsync_dir, remove_dir_if_exists};
+use plexi_util::at_rest::{self, VALUES_DIR};
 use plexi_util::secret::SecretKey;
 
 pub mod restore;
@@ -238,7 +239,7 @@ pub fn file_blake3(path: &Path) -> io::Result<String> {
 /// Name of a snapshot whose files are sealed.
 pub const SEALED_SNAPSHOT: &str = "store.sealed";
 /// In a store snapshot, hard links to the store's value files
-/// (`DATA_DIR/store/values/`, [`plexi_store::objects::VALUES_DIR`]): each is
+/// (`DATA_DIR/store/values/`, [`VALUES_DIR`]): each is
 /// written once under a fresh name, fsynced and never changed, so a link
 /// keeps its pre-switch bytes without reading them (copied where linking
 /// fails). Sealing them again was most of a switch's snapshot: a release
@@ -268,18 +269,14 @@ pub fn snapshot_store(
     let dst = backup_dir.join(name);
     remove_dir_if_exists(&partial)?;
     let store = data_dir.join("store");
-    let values = plexi_store::objects::VALUES_DIR;
+    let values = VALUES_DIR;
     match (store.exists(), seal) {
         (true, Some(key)) => sealed::seal_dir(&store, &partial, key, Some(values))?,
         (true, None) => copy_dir_except(&store, &partial, Some(values))?,
         (false, _) => fs::create_dir(&partial)?,
     }
     if store.join(values).is_dir() {
-        let seal = seal.map(|key| {
-            let mut header = vec![plexi_store::sealing::FORMAT_SEALED_V1];
-            header.extend_from_slice(&plexi_store::sealing::KeyId::of(key).0);
-            (header, key)
-        });
+        let seal = seal.map(|key| (at_rest::sealed_prefix(key), key));
         let seal = seal.as_ref().map(|(h, k)| (h.as_slice(), *k));
         snapshot_values(&store.join(values), &partial, Path::new(""), seal)?;
         fsync_dir(&partial)?;
@@ -301,7 +298,7 @@ fn snapshot_values(
     rel: &Path,
     seal: Option<(&[u8], &SecretKey)>,
 ) -> io::Result<()> {
-    let vdir = Path::new(plexi_store::objects::VALUES_DIR);
+    let vdir = Path::new(VALUES_DIR);
     let linked = partial.join(LINKED_VALUES).join(rel);
     fs::create_dir_all(&linked)?;
     let mut sealed_here = false;

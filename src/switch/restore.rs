@@ -198,7 +198,7 @@ fn step(data_dir: &Path, j: &RestoreJournal, keys: &[SecretKey]) -> io::Result<(
             if snapshot.join(LINKED_VALUES).is_dir() {
                 link_dir(
                     &snapshot.join(LINKED_VALUES),
-                    &incoming.join(plexi_store::objects::VALUES_DIR),
+                    &incoming.join(plexi_util::at_rest::VALUES_DIR),
                 )?;
             }
             fsync_dir(data_dir)
@@ -341,8 +341,7 @@ mod tests {
     fn value_files_are_linked_where_already_sealed() {
         use std::os::unix::fs::MetadataExt;
         let key = SecretKey::from_bytes([9; 32]);
-        let mut sealed_value = vec![plexi_store::sealing::FORMAT_SEALED_V1];
-        sealed_value.extend_from_slice(&plexi_store::sealing::KeyId::of(&key).0);
+        let mut sealed_value = plexi_util::at_rest::sealed_prefix(&key).to_vec();
         sealed_value.extend_from_slice(b"nonce and ciphertext");
         let plain = b"PLAIN-VALUE-7c1d".repeat(100);
         for k in [None, Some(&key)] {

@@ -1175,13 +1175,14 @@ impl Engine {
             .join("backups")
             .join(format!("{}-{}", wall_ms(), id));
         std::fs::create_dir_all(&dir)?;
-        let exe = switch::release_dir(&self.data_dir, &self.version).join("plexi");
-        let exe = if exe.is_file() {
-            exe
+        let installed = switch::release_dir(&self.data_dir, &self.version).join("plexi");
+        if installed.is_file() {
+            // Installed releases are never changed once renamed into place
+            // (`switch::finish_install`): a link, not a copy of the binary.
+            crate::files::link_file(&installed, &dir.join("plexi"))?;
         } else {
-            std::env::current_exe()?
-        };
-        std::fs::copy(&exe, dir.join("plexi"))?;
+            std::fs::copy(std::env::current_exe()?, dir.join("plexi"))?;
+        }
         // With a data key the config copy is sealed under it (the binary
         // is a public release): `switch::sealed::open_file` opens it.
         let data_key = self.storage.engine().keyring().current_key().cloned();

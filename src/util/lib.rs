@@ -1,6 +1,8 @@
 //! plexi-util: what every layer needs, and nothing that does I/O beyond
 //! reading the wall clock.
 //!
+//! - [`at_rest`]: what the store writes on disk that the switch reads
+//!   without opening it (the values directory, the sealed-value prefix).
 //! - [`clock`]: the wall clock in milliseconds and its RFC 3339 text.
 //! - [`faults`]: the test-only fault file (`DATA_DIR/test-faults.json`):
 //!   its validation, the faults in force, the pure decisions; debug builds
@@ -22,6 +24,7 @@
 //! It is its own crate (under `src/util/`, like Garage's `src/util`) because
 //! the library crates (`p2p`, `store`, `api`) need it as much as the binary.
 
+pub mod at_rest;
 pub mod clock;
 pub mod faults;
 pub mod hlc;

@@ -202,11 +202,7 @@ pub const MAX_PENDING_REMOVALS: usize = 4096;
 /// Reads of an entry whose value file a concurrent overwrite removed, in
 /// all, before the replica counts as bad.
 const READ_ATTEMPTS: usize = 3;
-/// The value files' directory, in the store's own. A value file is
-/// written once under a fresh name, fsynced before anything names it, and
-/// never changed (removed once superseded): the supervisor's store
-/// snapshot hard-links them instead of copying (`switch::LINKED_VALUES`).
-pub const VALUES_DIR: &str = "values";
+pub use plexi_util::at_rest::VALUES_DIR;
 
 /// Names a value file: the stored value's length and its name under
 /// `values/`: `hh/` ++ 32 hex digits of blake3(data id) (`hh` their first

@@ -24,10 +24,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use plexi_util::hlc::Version;
 use plexi_util::secret::SecretKey;
 
-/// Format byte of a sealed value (version 1 of the format).
-pub const FORMAT_SEALED_V1: u8 = 1;
-/// Bytes of a key id.
-pub const KEY_ID_BYTES: usize = 8;
+pub use plexi_util::at_rest::{KeyId, FORMAT_SEALED_V1, KEY_ID_BYTES};
 /// Bytes of an XChaCha20 nonce.
 pub const NONCE_BYTES: usize = 24;
 /// Bytes of the Poly1305 tag.
@@ -40,37 +37,6 @@ pub const SEAL_OVERHEAD: usize = HEADER_BYTES + TAG_BYTES;
 pub const OBJECT_KEY_CONTEXT: &str = "plexi 2026 object data v1";
 /// Bound on retired data keys a keyring holds (each costs one cipher).
 pub const MAX_RETIRED_KEYS: usize = 16;
-
-/// Names a data key in stored values, logs and errors: its fingerprint.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub [u8; KEY_ID_BYTES]);
-
-impl KeyId {
-    /// The key id of a data key (its fingerprint as bytes).
-    pub fn of(key: &SecretKey) -> KeyId {
-        let fp = key.fingerprint();
-        let mut id = [0u8; KEY_ID_BYTES];
-        for (i, b) in id.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&fp[2 * i..2 * i + 2], 16).expect("fingerprint is hex");
-        }
-        KeyId(id)
-    }
-}
-
-impl std::fmt::Display for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyId({self})")
-    }
-}
 
 /// How a stored value is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
