@@ -13,6 +13,7 @@ mod error;
 pub mod gauges;
 pub mod jobs;
 pub mod listing;
+pub mod open_values;
 pub mod quorum;
 pub mod rebalance;
 pub mod reencrypt;
@@ -126,6 +127,8 @@ pub struct Storage {
     hlc: Mutex<Hlc>,
     stats: Mutex<HashMap<String, PeerStats>>,
     uploads: Mutex<HashMap<u64, Upload>>,
+    /// Large values opened for a reader's slices (`open_values.rs`).
+    open_values: open_values::OpenValues,
     /// Small replica writes queued per peer (`batch.rs`).
     batcher: batch::Batcher,
     pub jobs: jobs::Jobs,
@@ -451,6 +454,7 @@ impl Storage {
             commit,
             stats: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
+            open_values: open_values::OpenValues::default(),
             batcher: batch::Batcher::default(),
             jobs: jobs::Jobs::default(),
             metrics,
@@ -1574,6 +1578,28 @@ impl Storage {
                     // send the reader to another replica until it has synced.
                     return Err(CATCHING_UP.into());
                 }
+                // A later slice of a large value: the copy its first
+                // slice opened, while it is still the current version.
+                let kept = if offset > 0 {
+                    match self.engine.meta(&data_id) {
+                        Ok(Some(m)) if !m.tombstone => {
+                            self.open_values.get(&data_id, m.version, Instant::now())
+                        }
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                if let Some((meta, data)) = kept {
+                    let vouched = !catching_up || Some(meta.version) >= newest;
+                    if !vouched {
+                        return Err(CATCHING_UP.into());
+                    }
+                    return Ok(StoreReply::Read {
+                        data: slice_of(&data, offset, len),
+                        meta: Some(meta),
+                    });
+                }
                 // A value kept in the tree is read right here (no trip to
                 // the blocking pool and back: 4 of a 4 KiB get's 21 context
                 // switches on 3 nodes); a value file on the blocking pool.
@@ -1613,22 +1639,30 @@ impl Storage {
                         meta: None,
                         data: Vec::new(),
                     }),
-                    Ok(Some((meta, data))) => {
-                        let start = (offset as usize).min(data.len());
-                        let end = start
-                            .saturating_add(len.min(READ_CHUNK_BYTES) as usize)
-                            .min(data.len());
-                        // The whole value moves as it is; a slice is copied.
-                        let data = if start == 0 && end == data.len() {
-                            data
-                        } else {
-                            data[start..end].to_vec()
-                        };
+                    Ok(Some((meta, data))) if data.len() as u64 > READ_CHUNK_BYTES => {
+                        // Read in slices: opened once, kept for the next ones.
+                        let data = Arc::new(data);
+                        let now = Instant::now();
+                        self.open_values.insert(meta.clone(), data.clone(), now);
+                        let s = self.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(open_values::OPEN_VALUE_IDLE).await;
+                            s.open_values.expire(Instant::now());
+                        });
                         Ok(StoreReply::Read {
+                            data: slice_of(&data, offset, len),
                             meta: Some(meta),
-                            data,
                         })
                     }
+                    // The whole value moves as it is; a slice is copied.
+                    Ok(Some((meta, data))) => Ok(StoreReply::Read {
+                        data: if offset == 0 && len >= data.len() as u64 {
+                            data
+                        } else {
+                            slice_of(&data, offset, len)
+                        },
+                        meta: Some(meta),
+                    }),
                     Err(e @ (StoreError::Corrupt { .. } | StoreError::UnknownKey { .. })) => {
                         // Sealed under a key this node lacks counts as a
                         // bad replica too: the reader asks another one, and
@@ -1786,6 +1820,18 @@ impl Storage {
 }
 
 /// Whether a replica accepts a write of this id.
+/// The bytes of a `Read` slice: from `offset`, at most `len` and
+/// [`READ_CHUNK_BYTES`] of them (empty past the end).
+fn slice_of(data: &[u8], offset: u64, len: u64) -> Vec<u8> {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let end = start
+        .saturating_add(len.min(READ_CHUNK_BYTES) as usize)
+        .min(data.len());
+    data[start..end].to_vec()
+}
+
 fn valid_data_id(data_id: &str) -> bool {
     !data_id.is_empty() && data_id.len() <= plexi_util::limits::MAX_DATA_ID_BYTES
 }

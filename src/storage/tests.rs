@@ -295,3 +295,71 @@ async fn a_batch_of_puts_is_applied_put_by_put_and_answered_in_order() {
         "nothing of it applied"
     );
 }
+
+/// Removes every value file under `dir` (a store's `values/`).
+fn remove_value_files(dir: &std::path::Path) -> usize {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            removed += remove_value_files(&path);
+        } else if path
+            .ancestors()
+            .any(|a| a.file_name() == Some(plexi_store::objects::VALUES_DIR.as_ref()))
+        {
+            std::fs::remove_file(&path).unwrap();
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// A value read in `Read` slices is opened once: the later slices come
+/// from the copy the first one opened (here they still arrive after its
+/// value file is gone), and a newer write is read afresh.
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_value_read_in_slices_is_opened_once() {
+    let lone = lone_node(DistributedStorage::default()).await;
+    let s = &lone.storage;
+    let big: Vec<u8> = (0..2 * READ_CHUNK_BYTES as usize + 100)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    s.put(put_request("big", &big, Consistency::Eventual))
+        .await
+        .unwrap();
+    let me = s.local_peer.clone();
+    let read = |offset: usize| StoreCall::Read {
+        data_id: "big".into(),
+        offset: offset as u64,
+        len: READ_CHUNK_BYTES,
+        newest: None,
+    };
+    let slice = |reply: StoreReply| match reply {
+        StoreReply::Read {
+            meta: Some(m),
+            data,
+        } => (m.version, data),
+        other => panic!("unexpected reply {other:?}"),
+    };
+    let (v1, first) = slice(s.handle_call(&me, read(0)).await.unwrap());
+    let chunk = READ_CHUNK_BYTES as usize;
+    assert_eq!(first, big[..chunk]);
+    assert_eq!(s.open_values.bytes(), big.len());
+    assert!(remove_value_files(lone._dir.path()) >= 1);
+    let mut got = first;
+    while got.len() < big.len() {
+        let (v, more) = slice(s.handle_call(&me, read(got.len())).await.unwrap());
+        assert_eq!(v, v1);
+        assert!(!more.is_empty());
+        got.extend_from_slice(&more);
+    }
+    assert_eq!(got, big);
+    // A newer version: the kept copy is not served for it.
+    let newer: Vec<u8> = big.iter().map(|b| b.wrapping_add(1)).collect();
+    s.put(put_request("big", &newer, Consistency::Eventual))
+        .await
+        .unwrap();
+    let (v2, second) = slice(s.handle_call(&me, read(chunk)).await.unwrap());
+    assert!(v2 > v1);
+    assert_eq!(second, newer[chunk..2 * chunk]);
+}

@@ -29,7 +29,7 @@ pub const MAGIC: &[u8; 7] = b"PLXSEAL";
 /// Format byte of a sealed stream.
 pub const FORMAT_V1: u8 = 1;
 /// Bytes of a key id (the key's fingerprint).
-pub const KEY_ID_BYTES: usize = 8;
+pub const KEY_ID_BYTES: usize = crate::at_rest::KEY_ID_BYTES;
 /// STREAM nonce bytes: the 24-byte XChaCha nonce less the 5-byte counter.
 pub const STREAM_NONCE_BYTES: usize = 19;
 /// Bytes of a sealed stream's header.
@@ -43,12 +43,7 @@ pub const BACKUP_KEY_CONTEXT: &str = "plexi 2026 backup v1";
 
 /// The key id of `key`: its fingerprint as bytes.
 pub fn key_id(key: &SecretKey) -> [u8; KEY_ID_BYTES] {
-    let fp = key.fingerprint();
-    let mut id = [0u8; KEY_ID_BYTES];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&fp[2 * i..2 * i + 2], 16).expect("fingerprint is hex");
-    }
-    id
+    crate::at_rest::KeyId::of(key).0
 }
 
 fn hex(bytes: &[u8]) -> String {
