@@ -453,6 +453,7 @@ impl Supervisor {
             let data_dir = self.data_dir.clone();
             let b = backup_dir.clone();
             let seal = self.data_keys.current.clone();
+            let started = std::time::Instant::now();
             let res =
                 tokio::task::spawn_blocking(move || snapshot_store(&data_dir, &b, seal.as_ref()))
                     .await
@@ -460,7 +461,11 @@ impl Supervisor {
                     .and_then(|r| r);
             match res {
                 Ok(s) => {
-                    tracing::info!(path = %s.display(), "store snapshotted");
+                    tracing::info!(
+                        path = %s.display(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "store snapshotted"
+                    );
                     prune_backups(&self.data_dir, &backup_dir);
                     snapshot = Some(s);
                 }

@@ -1,5 +1,9 @@
-//! Harness for process-level tests: real `plexi node` processes on loopback
-//! (ports chosen by the OS), each in its own temp data dir, killed on drop.
+//! Harness for process-level tests: real `plexi node` processes on loopback,
+//! each in its own temp data dir, killed on drop. A node keeps its p2p port
+//! for life, across restarts (as a deployed node keeps the one in its
+//! config: with ports new at every start, nodes that all restart at once,
+//! a rollback's, would each remember only ports nobody listens on any
+//! more); its API port is the OS's choice at every start.
 //! Conditions are polled with deadlines, never waited for with fixed sleeps.
 //!
 //! Every node of one test root gets the same cluster key
@@ -61,6 +65,8 @@ pub struct TestNode {
     pub p2p: String,
     pub peer_id: String,
     config: Option<PathBuf>,
+    /// The p2p listen address, the same at every start.
+    listen: String,
     region: String,
     zone: String,
     key: ClusterKey,
@@ -87,20 +93,36 @@ impl<'a> NodeSpec<'a> {
     }
 }
 
-fn start(dir: &Path, spec: &NodeSpec, config: Option<&Path>, api: &str, key: &ClusterKey) -> Child {
+/// A loopback port free now and never handed out before by this process.
+fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        if !handed.contains(&port) {
+            handed.push(port);
+            return port;
+        }
+    }
+}
+
+fn start(
+    dir: &Path,
+    spec: &NodeSpec,
+    config: Option<&Path>,
+    listen: &str,
+    api: &str,
+    key: &ClusterKey,
+) -> Child {
     let log = std::fs::File::create(dir.join("node.log")).expect("log file");
     let mut cmd = Command::new(BIN);
     cmd.arg("node")
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .args([
-            "--name",
-            spec.name,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            api,
-        ])
+        .args(["--name", spec.name, "--listen", listen, "--api", api])
         .args(["--region", spec.region, "--zone", spec.zone]);
     for b in &spec.bootstrap {
         cmd.args(["--bootstrap", b]);
@@ -145,11 +167,13 @@ impl TestNode {
             std::fs::write(&p, text).unwrap();
             p
         });
-        let child = start(&dir, &spec, config.as_deref(), "127.0.0.1:0", &key);
+        let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+        let child = start(&dir, &spec, config.as_deref(), &listen, "127.0.0.1:0", &key);
         TestNode {
             name: spec.name.to_string(),
             dir,
             child: Some(child),
+            listen,
             api: String::new(),
             p2p: String::new(),
             peer_id: String::new(),
@@ -241,7 +265,8 @@ impl TestNode {
         code.code()
     }
 
-    /// Starts the node again on the same data dir (new ports).
+    /// Starts the node again on the same data dir (its p2p port, a new
+    /// API port).
     pub fn restart(&mut self, bootstrap: Vec<String>) {
         assert!(self.child.is_none(), "restart a stopped node");
         let (name, region, zone) = (self.name.clone(), self.region.clone(), self.zone.clone());
@@ -261,6 +286,7 @@ impl TestNode {
             &self.dir,
             &spec,
             self.config.as_deref(),
+            &self.listen,
             "127.0.0.1:0",
             &self.key,
         ));
