@@ -348,7 +348,10 @@ for n in sizes:
             continue
         nid = (e.get("detail") or {}).get("node_id", e.get("node_id"))
         if e["action"] in ("node.restart", "node.in_service"):
-            marks[(nid, e["action"])] = ts(e["at"])
+            # node.in_service names the moment it served again (its entry
+            # may be appended later, after the lease release).
+            at = (e.get("detail") or {}).get("in_service_at", e["at"])
+            marks[(nid, e["action"])] = ts(at)
     nodes = []
     for nid in [x for b in op["batches"] for x in b]:
         s = op["node_statuses"][nid]

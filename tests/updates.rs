@@ -140,8 +140,12 @@ fn out_of_service(api: &str, op: &str) -> Vec<(String, String, String)> {
                 open.insert(node, e["at"].as_str().unwrap().to_string());
             }
             "node.in_service" => {
+                // The moment it served again (its entry may be appended later).
+                let at = e["detail"]["in_service_at"]
+                    .as_str()
+                    .unwrap_or_else(|| e["at"].as_str().unwrap());
                 if let Some(s) = open.remove(&node) {
-                    out.push((node, s, e["at"].as_str().unwrap().to_string()));
+                    out.push((node, s, at.to_string()));
                 }
             }
             _ => {}

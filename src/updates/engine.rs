@@ -27,7 +27,7 @@ use super::state::{self, UpdateState};
 use crate::audit::AuditLog;
 use crate::storage::Storage;
 use crate::switch::{self, SwitchOutcome, SwitchRequest};
-use plexi_util::clock::wall_ms;
+use plexi_util::clock::{rfc3339_ms, wall_ms};
 use plexi_util::types::{Consistency, NodeId, NodeUpdateStatus, UpdatePhase, UpdateStrategy};
 
 /// Retry-After for data requests while this node is drained.
@@ -718,7 +718,7 @@ impl Engine {
             self.audit(
                 "node.in_service",
                 Some(id),
-                serde_json::json!({"node_id": self.node_id, "version": self.version.to_string(), "status": NodeUpdateStatus::Failed}),
+                serde_json::json!({"node_id": self.node_id, "version": self.version.to_string(), "status": NodeUpdateStatus::Failed, "in_service_at": rfc3339_ms(wall_ms())}),
             )
             .await;
         }
@@ -1248,6 +1248,7 @@ impl Engine {
             .get(id)
             .and_then(|r| r.nodes.get(&self.node_id).and_then(|p| p.lease.clone()));
         let rolled = status == NodeUpdateStatus::RolledBack;
+        let in_service_ms = wall_ms();
         self.progress(id, |p| {
             close_phase(p, Some(UpdatePhase::Done));
             p.status = status;
@@ -1274,10 +1275,13 @@ impl Engine {
         }
         // The next node starts on seeing this one completed and asks for
         // the lease at once: release it without waiting on the audit entry.
+        // The entry may be appended after the release (a restarted worker's
+        // audit log waits for its catch-up first), so it names the moment
+        // the node was in service (`in_service_at`, before the release).
         let in_service = self.audit(
             "node.in_service",
             Some(id),
-            serde_json::json!({"node_id": self.node_id, "version": self.version.to_string(), "status": status}),
+            serde_json::json!({"node_id": self.node_id, "version": self.version.to_string(), "status": status, "in_service_at": rfc3339_ms(in_service_ms)}),
         );
         let release = async {
             if let Some(l) = lease {
