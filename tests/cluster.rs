@@ -53,6 +53,26 @@ fn chain_of_five_converges_detects_kill_rejoins_and_leaves() {
         "chain of 5 converged {:?} after the last start",
         started.elapsed()
     );
+    // Within a few seconds every node remembers every other's address
+    // (`peers.json`), so a restart right now would still rejoin them all;
+    // the first node was started with no bootstrap address at all.
+    let remembered = wait_for(Duration::from_secs(5), || {
+        nodes
+            .iter()
+            .all(|n| {
+                let text =
+                    std::fs::read_to_string(n.dir.join("data/peers.json")).unwrap_or_default();
+                nodes
+                    .iter()
+                    .filter(|o| o.name != n.name)
+                    .all(|o| text.contains(&o.peer_id))
+            })
+            .then_some(())
+    });
+    assert!(
+        remembered.is_some(),
+        "peers.json does not list every other node within 5 s"
+    );
 
     // Every node sees every other with the right region, zone and peer id.
     for n in &nodes {

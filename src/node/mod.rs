@@ -328,6 +328,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> Result<i
         uptime,
     );
     record::spawn_runtime_info(node.clone(), api_bound);
+    record::spawn_remember_peers(node.clone());
 
     let state = ApiState {
         cluster: Arc::new(NodeApi(node.clone())),

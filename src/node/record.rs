@@ -41,7 +41,7 @@ pub fn advertised_api(bound: SocketAddr, listen: &[String]) -> String {
 
 /// Every `interval`: runs the local checks and publishes what the record
 /// says about us (the swarm signs and gossips it at its next heartbeat);
-/// refreshes the uptime gauge and `peers.json`.
+/// refreshes the uptime gauge.
 pub fn spawn_refresh(
     node: Arc<Node>,
     info_tx: watch::Sender<LocalInfo>,
@@ -82,6 +82,24 @@ pub fn spawn_refresh(
                 changed
             });
             uptime.set(node.started.elapsed().as_secs() as i64);
+        }
+    });
+}
+
+/// How often `peers.json` is brought up to date (rewritten only when the
+/// alive members' addresses changed): a node restarted right after a member
+/// joined, or right after its own start, still knows whom to wait for and
+/// dial (the record refresh above runs only every 10 s or more, and a
+/// founding node with nothing remembered waits its whole settle time).
+pub const PEERS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Keeps `DATA_DIR/peers.json` current (see [`PEERS_REFRESH`]).
+pub fn spawn_remember_peers(node: Arc<Node>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PEERS_REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
             node.remember_peers();
         }
     });
