@@ -906,8 +906,17 @@ async fn count_under_replicated(s: &Arc<Storage>) -> Result<u64, String> {
         .map_err(|e| e.to_string())?;
     let mut asks: HashMap<String, Vec<String>> = HashMap::new();
     let mut mine = Vec::new();
+    // Placement is per partition and factor: asked once for each, shared
+    // by its objects (once per object it held a list of members per
+    // object for the whole pass: 20 MiB at 400 000 objects, heaptrack).
+    let mut by_partition: HashMap<(u16, usize), Arc<Vec<Member>>> = HashMap::new();
     for m in metas.into_iter().filter(|m| !m.tombstone) {
-        let owners = owners(s, &m, &placement);
+        let rf = m.replication_factor as usize;
+        let partition = plexi_store::placement::partition_of(&m.data_id);
+        let owners = by_partition
+            .entry((partition, rf))
+            .or_insert_with(|| Arc::new(s.partition_replicas(partition, rf, &placement)))
+            .clone();
         if !owners.iter().any(|o| o.peer_id == me) {
             continue; // a copy this node does not own: its owners count it
         }
