@@ -1819,7 +1819,6 @@ impl Storage {
     }
 }
 
-/// Whether a replica accepts a write of this id.
 /// The bytes of a `Read` slice: from `offset`, at most `len` and
 /// [`READ_CHUNK_BYTES`] of them (empty past the end).
 fn slice_of(data: &[u8], offset: u64, len: u64) -> Vec<u8> {
@@ -1832,6 +1831,7 @@ fn slice_of(data: &[u8], offset: u64, len: u64) -> Vec<u8> {
     data[start..end].to_vec()
 }
 
+/// Whether a replica accepts a write of this id.
 fn valid_data_id(data_id: &str) -> bool {
     !data_id.is_empty() && data_id.len() <= plexi_util::limits::MAX_DATA_ID_BYTES
 }

@@ -269,16 +269,15 @@ pub fn snapshot_store(
     let dst = backup_dir.join(name);
     remove_dir_if_exists(&partial)?;
     let store = data_dir.join("store");
-    let values = VALUES_DIR;
     match (store.exists(), seal) {
-        (true, Some(key)) => sealed::seal_dir(&store, &partial, key, Some(values))?,
-        (true, None) => copy_dir_except(&store, &partial, Some(values))?,
+        (true, Some(key)) => sealed::seal_dir(&store, &partial, key, Some(VALUES_DIR))?,
+        (true, None) => copy_dir_except(&store, &partial, Some(VALUES_DIR))?,
         (false, _) => fs::create_dir(&partial)?,
     }
-    if store.join(values).is_dir() {
+    if store.join(VALUES_DIR).is_dir() {
         let seal = seal.map(|key| (at_rest::sealed_prefix(key), key));
         let seal = seal.as_ref().map(|(h, k)| (h.as_slice(), *k));
-        snapshot_values(&store.join(values), &partial, Path::new(""), seal)?;
+        snapshot_values(&store.join(VALUES_DIR), &partial, Path::new(""), seal)?;
         fsync_dir(&partial)?;
     }
     remove_dir_if_exists(&dst)?;

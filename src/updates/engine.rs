@@ -387,6 +387,18 @@ impl Engine {
         }
     }
 
+    /// The detail of a `node.in_service` entry: the node, the version it
+    /// serves on, how its part ended and the moment it served again
+    /// (`at_ms`; the entry may be appended later).
+    fn in_service_detail(&self, status: NodeUpdateStatus, at_ms: u64) -> serde_json::Value {
+        serde_json::json!({
+            "node_id": self.node_id,
+            "version": self.version.to_string(),
+            "status": status,
+            "in_service_at": rfc3339_ms(at_ms),
+        })
+    }
+
     /// Publishes operation `id` to every alive member.
     pub async fn push(&self, id: &str) -> usize {
         state::push(&self.state, &self.p2p, Some(id)).await
@@ -718,7 +730,7 @@ impl Engine {
             self.audit(
                 "node.in_service",
                 Some(id),
-                serde_json::json!({"node_id": self.node_id, "version": self.version.to_string(), "status": NodeUpdateStatus::Failed, "in_service_at": rfc3339_ms(wall_ms())}),
+                self.in_service_detail(NodeUpdateStatus::Failed, wall_ms()),
             )
             .await;
         }
@@ -1281,7 +1293,7 @@ impl Engine {
         let in_service = self.audit(
             "node.in_service",
             Some(id),
-            serde_json::json!({"node_id": self.node_id, "version": self.version.to_string(), "status": status, "in_service_at": rfc3339_ms(in_service_ms)}),
+            self.in_service_detail(status, in_service_ms),
         );
         let release = async {
             if let Some(l) = lease {
