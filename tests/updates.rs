@@ -501,7 +501,13 @@ fn parallel_update_breaking_unhealthy_and_tampered_releases() {
     assert_eq!(op["batches"].as_array().unwrap().len(), 2);
     assert!(versions(&nodes).values().all(|v| v == "0.1.1"));
     let api = api_of(&nodes[0].dir).unwrap();
-    let intervals = out_of_service(&api, &id);
+    // A node's in_service entry may be appended (and reach this node) after
+    // the operation is final: wait until every interval is closed.
+    let intervals = wait_for(Duration::from_secs(20), || {
+        let i = out_of_service(&api, &id);
+        (i.len() == 4 && i.iter().all(|(_, _, end)| end != "~")).then_some(i)
+    })
+    .unwrap_or_else(|| out_of_service(&api, &id));
     assert_eq!(intervals.len(), 4, "{intervals:?}");
     let overlap = max_overlap(&intervals);
     assert!((1..=2).contains(&overlap), "{intervals:?}");
